@@ -1,0 +1,24 @@
+# Recipes for those who have `just`; each is a plain cargo command you can run without it.
+
+# Run the whole federation on this machine (README command 1)
+up:
+    cargo run --release -- up
+
+# Run the whole test suite against a real nats-server (README command 2)
+test:
+    cargo test
+
+# What CI runs
+ci:
+    .ci/run
+
+# Lints as CI runs them
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --all-targets -- -D warnings
+
+# Check the three platform configs
+check-configs:
+    cargo run -q -- config check configs/legion.toml
+    cargo run -q -- config check configs/thor.toml
+    cargo run -q -- config check configs/sprout.toml

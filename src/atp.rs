@@ -1,0 +1,129 @@
+//! ATP amounts. The wire carries ATP as a decimal number (the seed's `float`); the ledger
+//! counts integer micro-ATP so that conservation is exact: no rounding can mint or lose a unit.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::limits::ATP_AMOUNT_MAX;
+
+/// Micro-ATP in one ATP.
+pub const MICROS_PER_ATP: u64 = 1_000_000;
+
+/// A non-negative amount of ATP, in micro-ATP.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Atp(u64);
+
+/// Why a number is not an acceptable ATP amount.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum AtpError {
+    #[error("{what} is not a finite number ({value})")]
+    NotFinite { what: &'static str, value: f64 },
+    #[error("{what} is negative ({value})")]
+    Negative { what: &'static str, value: f64 },
+    #[error("{what} is larger than the maximum of {ATP_AMOUNT_MAX} ATP ({value})")]
+    TooLarge { what: &'static str, value: f64 },
+    #[error("{what} must be more than zero")]
+    Zero { what: &'static str },
+}
+
+impl Atp {
+    pub const ZERO: Atp = Atp(0);
+
+    pub const fn from_micros(micros: u64) -> Self {
+        Self(micros)
+    }
+
+    pub const fn micros(self) -> u64 {
+        self.0
+    }
+
+    /// Converts a wire amount, refusing NaN, infinities, negatives and absurd sizes. Rounds to
+    /// the nearest micro-ATP. `what` names the field in the error.
+    pub fn from_f64(value: f64, what: &'static str) -> Result<Self, AtpError> {
+        if !value.is_finite() {
+            return Err(AtpError::NotFinite { what, value });
+        }
+        if value < 0.0 {
+            return Err(AtpError::Negative { what, value });
+        }
+        if value > ATP_AMOUNT_MAX {
+            return Err(AtpError::TooLarge { what, value });
+        }
+        // In range: value * 1e6 <= 1e18 < u64::MAX, so the cast cannot saturate.
+        Ok(Self((value * MICROS_PER_ATP as f64).round() as u64))
+    }
+
+    /// Like [`Atp::from_f64`], and also refuses zero.
+    pub fn positive_from_f64(value: f64, what: &'static str) -> Result<Self, AtpError> {
+        let atp = Self::from_f64(value, what)?;
+        if atp == Self::ZERO {
+            return Err(AtpError::Zero { what });
+        }
+        Ok(atp)
+    }
+
+    pub fn as_f64(self) -> f64 {
+        self.0 as f64 / MICROS_PER_ATP as f64
+    }
+
+    pub fn checked_add(self, other: Atp) -> Option<Atp> {
+        self.0.checked_add(other.0).map(Atp)
+    }
+
+    pub fn checked_sub(self, other: Atp) -> Option<Atp> {
+        self.0.checked_sub(other.0).map(Atp)
+    }
+
+    pub fn min(self, other: Atp) -> Atp {
+        Atp(self.0.min(other.0))
+    }
+}
+
+impl fmt::Display for Atp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let whole = self.0 / MICROS_PER_ATP;
+        let frac = self.0 % MICROS_PER_ATP;
+        if frac == 0 {
+            write!(f, "{whole}")
+        } else {
+            let text = format!("{whole}.{frac:06}");
+            f.write_str(text.trim_end_matches('0'))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_amounts_are_refused_with_the_field_named() {
+        assert!(matches!(
+            Atp::from_f64(f64::NAN, "atp_budget"),
+            Err(AtpError::NotFinite { what: "atp_budget", .. })
+        ));
+        assert!(matches!(
+            Atp::from_f64(f64::INFINITY, "x"),
+            Err(AtpError::NotFinite { .. })
+        ));
+        assert!(matches!(Atp::from_f64(-0.5, "x"), Err(AtpError::Negative { .. })));
+        assert!(matches!(Atp::from_f64(2.0e12, "x"), Err(AtpError::TooLarge { .. })));
+        assert!(matches!(Atp::positive_from_f64(0.0, "x"), Err(AtpError::Zero { .. })));
+        assert!(matches!(
+            Atp::positive_from_f64(1.0e-9, "x"),
+            Err(AtpError::Zero { .. })
+        ));
+    }
+
+    #[test]
+    fn amounts_convert_exactly_at_micro_precision() {
+        let a = Atp::from_f64(0.1, "x").expect("ok");
+        let b = Atp::from_f64(0.2, "x").expect("ok");
+        assert_eq!(a.checked_add(b), Some(Atp::from_f64(0.3, "x").expect("ok")));
+        assert_eq!(Atp::from_f64(1234.5, "x").expect("ok").to_string(), "1234.5");
+        assert_eq!(Atp::from_micros(7).to_string(), "0.000007");
+        assert_eq!(Atp::from_f64(10.0, "x").expect("ok").to_string(), "10");
+    }
+}

@@ -1,0 +1,143 @@
+//! The `sagefed` command line. Parses arguments and calls the library; prints errors as one
+//! line with their causes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod keygen;
+
+use crate::config::Config;
+
+/// Exit code of a command that failed.
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit code of a usage error (clap's own).
+pub const EXIT_USAGE: u8 = 2;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sagefed",
+    version,
+    about = "Delegate signed tasks between machines over NATS, settled on an escrow ATP ledger",
+    after_help = "Exit codes: 0 success, 1 failure (the message says why), 2 bad arguments.\n\
+                  Logs go to stderr; set SAGE_LOG (e.g. SAGE_LOG=debug) to change the level."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the whole federation on this machine: NATS server, ledger, three platforms
+    Up(crate::up::UpArgs),
+    /// Write a new Ed25519 keypair for a platform and print its public key
+    Keygen(keygen::KeygenArgs),
+    /// Check configuration files
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Validate a platform config file and print what it resolves to
+    Check {
+        /// The config file (TOML or YAML)
+        file: PathBuf,
+    },
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("sagefed: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sagefed: {e:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SAGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Up(args) => crate::up::run(args, shutdown_signal()).await?,
+        Command::Keygen(args) => keygen::run(&args)?,
+        Command::Config(ConfigCommand::Check { file }) => config_check(&file)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn config_check(file: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(file)?;
+    println!("{}: ok", file.display());
+    println!("  platform      {}", config.platform());
+    println!("  nats          {}", config.nats.url);
+    println!("  keypair       {}", config.keypair_path().display());
+    for (task_type, resource) in &config.resources {
+        let lct = config.lct(task_type.as_str())?;
+        println!(
+            "  resource      {lct}: budget {} ATP, max {} concurrent",
+            resource.atp_budget.atp(),
+            resource.max_concurrent
+        );
+    }
+    println!(
+        "  permissions   delegate={} execute=[{}] {} req/min per delegator",
+        config.permissions.delegate,
+        config
+            .permissions
+            .execute
+            .iter()
+            .map(|n| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        config.permissions.requests_per_minute
+    );
+    for known in &config.platforms {
+        let caps: Vec<&str> = known.capabilities.iter().map(|c| c.as_str()).collect();
+        println!("  knows         {} [{}]", known.name, caps.join(", "));
+    }
+    Ok(())
+}
+
+/// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

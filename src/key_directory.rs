@@ -1,0 +1,164 @@
+//! The key registry shared through the `sage_keys` KV bucket.
+//!
+//! Each platform publishes its own public keys (from its config) under
+//! `<platform>.<key_id>`; verifiers read them on first use and follow later changes
+//! (rotation windows, revocations) with a KV watch. Revocation is sticky: a record that says a
+//! key is revoked is never replaced by one that does not.
+
+use std::sync::{Arc, RwLock};
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use futures::StreamExt;
+
+use crate::clock::now_seconds;
+use crate::envelope::{EnvelopeError, Signable, Verified, peek_signer, verify};
+use crate::keys::{KeyError, KeyRecord, KeyRegistry};
+use crate::lct::{check_platform, token_problem};
+
+/// Longest key id worth looking up (ours are 16 hex digits).
+const KEY_ID_CHARS_MAX: usize = 64;
+use crate::subjects;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryError {
+    #[error("key bucket sage_keys: {0}")]
+    Kv(String),
+    #[error("key record {platform}/{key_id} in the bucket holds another public key; refusing to replace it")]
+    Conflict { platform: String, key_id: String },
+    #[error(transparent)]
+    Key(#[from] KeyError),
+}
+
+/// A KV-backed, locally cached [`KeyRegistry`].
+pub struct KeyDirectory {
+    kv: kv::Store,
+    cache: Arc<RwLock<KeyRegistry>>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for KeyDirectory {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
+}
+
+fn decode(value: &[u8]) -> Option<KeyRecord> {
+    let record: KeyRecord = serde_json::from_slice(value).ok()?;
+    // A record whose key id does not match its key is ignored, not trusted.
+    record.verifying_key().ok()?;
+    Some(record)
+}
+
+impl KeyDirectory {
+    /// Opens the bucket, loads every record and follows changes.
+    pub async fn open(js: &jetstream::Context) -> Result<Self, DirectoryError> {
+        let kv = js
+            .get_key_value(subjects::KEYS_BUCKET)
+            .await
+            .map_err(|e| DirectoryError::Kv(e.to_string()))?;
+        let cache = Arc::new(RwLock::new(KeyRegistry::new()));
+        // `watch_all` first replays the current value of every key, then follows updates.
+        let mut watch = kv.watch_all().await.map_err(|e| DirectoryError::Kv(e.to_string()))?;
+        let shared = Arc::clone(&cache);
+        let watcher = tokio::spawn(async move {
+            while let Some(entry) = watch.next().await {
+                let Ok(entry) = entry else { continue };
+                if let Some(record) = decode(&entry.value)
+                    && let Ok(mut registry) = shared.write()
+                {
+                    registry.insert(record);
+                }
+            }
+        });
+        let directory = Self { kv, cache, watcher };
+        directory.refresh().await?;
+        Ok(directory)
+    }
+
+    /// Reloads every record from the bucket.
+    pub async fn refresh(&self) -> Result<(), DirectoryError> {
+        let mut keys = self.kv.keys().await.map_err(|e| DirectoryError::Kv(e.to_string()))?;
+        let mut records = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|e| DirectoryError::Kv(e.to_string()))?;
+            if let Some(value) = self.kv.get(&key).await.map_err(|e| DirectoryError::Kv(e.to_string()))? {
+                records.extend(decode(&value));
+            }
+        }
+        self.insert_all(records);
+        Ok(())
+    }
+
+    fn insert_all(&self, records: impl IntoIterator<Item = KeyRecord>) {
+        if let Ok(mut registry) = self.cache.write() {
+            for record in records {
+                registry.insert(record);
+            }
+        }
+    }
+
+    /// Publishes `record`. Refuses to replace a record that holds another public key and
+    /// never un-revokes a revoked key.
+    pub async fn publish(&self, record: &KeyRecord) -> Result<(), DirectoryError> {
+        record.verifying_key()?;
+        let key = subjects::key_entry(&record.platform, &record.key_id);
+        let kv_err = |e: &dyn std::fmt::Display| DirectoryError::Kv(e.to_string());
+        let existing = self.kv.entry(&key).await.map_err(|e| kv_err(&e))?;
+        let mut record = record.clone();
+        match existing.as_ref().and_then(|e| decode(&e.value)) {
+            Some(old) if old.public_key != record.public_key => {
+                return Err(DirectoryError::Conflict {
+                    platform: record.platform,
+                    key_id: record.key_id,
+                });
+            }
+            Some(old) if old.revoked_at.is_some() && record.revoked_at.is_none() => {
+                record.revoked_at = old.revoked_at;
+            }
+            _ => {}
+        }
+        let value = Bytes::from(serde_json::to_vec(&record).map_err(|e| kv_err(&e))?);
+        match existing {
+            // Compare-and-swap, so two publishers cannot silently overwrite each other.
+            Some(entry) => self
+                .kv
+                .update(&key, value, entry.revision)
+                .await
+                .map(drop)
+                .map_err(|e| kv_err(&e))?,
+            None => self.kv.create(&key, value).await.map(drop).map_err(|e| kv_err(&e))?,
+        }
+        self.insert_all([record]);
+        Ok(())
+    }
+
+    /// A snapshot of the registry as cached now.
+    pub fn snapshot(&self) -> KeyRegistry {
+        self.cache.read().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Verifies an envelope of kind `T`, fetching the signer's key from the bucket when it
+    /// is not cached yet.
+    pub async fn verify<T: Signable>(&self, bytes: &Bytes) -> Result<Verified<T>, EnvelopeError> {
+        let (platform, key_id) = peek_signer(bytes)?;
+        let cached = self
+            .cache
+            .read()
+            .map(|r| r.get(&platform, &key_id).is_some())
+            .unwrap_or(false);
+        // Only names that are safe KV key tokens are looked up; others cannot be known.
+        let lookable = check_platform(&platform).is_ok() && token_problem(&key_id, KEY_ID_CHARS_MAX).is_none();
+        if !cached
+            && lookable
+            && let Ok(Some(value)) = self.kv.get(subjects::key_entry(&platform, &key_id)).await
+        {
+            self.insert_all(decode(&value));
+        }
+        let guard = self
+            .cache
+            .read()
+            .map_err(|_| EnvelopeError::Malformed("key cache poisoned".to_owned()))?;
+        verify(bytes, &guard, now_seconds())
+    }
+}

@@ -1,0 +1,119 @@
+//! Every NATS subject, stream, consumer and KV bucket name, built by pure functions.
+//!
+//! Architecture invariant: no other module spells a subject or a bucket name. `subjects.md`
+//! documents the same names with who publishes and who subscribes; keep the two in step.
+//!
+//! Callers pass validated names (`Lct` parts, `TaskId`), which are already safe subject
+//! tokens, so nothing here can build a subject with a wildcard or an empty token.
+
+/// Work-queue stream holding delegated tasks, one subject per target platform.
+pub const TASKS_STREAM: &str = "SAGE_TASKS";
+/// Subjects captured by [`TASKS_STREAM`].
+pub const TASKS_SUBJECTS: &str = "sage.delegate.*";
+
+/// Stream holding signed execution proofs, addressed to the delegator platform.
+pub const PROOFS_STREAM: &str = "SAGE_PROOFS";
+/// Subjects captured by [`PROOFS_STREAM`].
+pub const PROOFS_SUBJECTS: &str = "sage.proof.*.*";
+
+/// Stream holding tasks that exhausted their deliveries or could not be parsed.
+pub const DEAD_STREAM: &str = "SAGE_DEAD";
+/// Subjects captured by [`DEAD_STREAM`].
+pub const DEAD_SUBJECTS: &str = "sage.dead.*";
+
+/// KV bucket holding the ATP ledger: accounts, locks, journal, grants, supply.
+pub const LEDGER_BUCKET: &str = "sage_ledger";
+/// KV bucket holding every platform's public keys with their validity windows.
+pub const KEYS_BUCKET: &str = "sage_keys";
+/// KV bucket holding the platform registry: capabilities, heartbeat, load.
+pub const PLATFORMS_BUCKET: &str = "sage_platforms";
+/// KV bucket holding each executor platform's reputation.
+pub const REPUTATION_BUCKET: &str = "sage_reputation";
+/// KV bucket holding each task's status (queued, running, finished, cancelled).
+pub const TASKS_BUCKET: &str = "sage_tasks";
+
+/// Name of the micro service answering ledger requests.
+pub const LEDGER_SERVICE: &str = "sagefed-ledger";
+/// Queue group shared by every ledger service instance.
+pub const LEDGER_QUEUE_GROUP: &str = "sagefed-ledger";
+/// Prefix of the ledger service's endpoints: `sage.ledger.<operation>`.
+pub const LEDGER_ENDPOINT_PREFIX: &str = "sage.ledger";
+
+/// Name of the micro service answering status and cancel requests.
+pub const STATUS_SERVICE: &str = "sagefed-status";
+/// Prefix of the status service's endpoints.
+pub const STATUS_ENDPOINT_PREFIX: &str = "sage.status";
+
+/// Subject a delegator publishes a task for `platform` on.
+pub fn delegate(platform: &str) -> String {
+    format!("sage.delegate.{platform}")
+}
+
+/// Subject an executor publishes the proof of `task_id` on, for `delegator_platform`.
+pub fn proof(delegator_platform: &str, task_id: &str) -> String {
+    format!("sage.proof.{delegator_platform}.{task_id}")
+}
+
+/// Filter matching every proof addressed to `delegator_platform`.
+pub fn proofs_for(delegator_platform: &str) -> String {
+    format!("sage.proof.{delegator_platform}.*")
+}
+
+/// Subject a dead-lettered task of `platform` is copied to.
+pub fn dead_letter(platform: &str) -> String {
+    format!("sage.dead.{platform}")
+}
+
+/// Subject on which the workers of `platform` are told to abort a running task.
+pub fn abort(platform: &str) -> String {
+    format!("sage.abort.{platform}")
+}
+
+/// Durable pull consumer shared by all workers of `platform`.
+pub fn worker_consumer(platform: &str) -> String {
+    format!("worker-{platform}")
+}
+
+/// Durable pull consumer through which `platform` settles the proofs addressed to it.
+pub fn settle_consumer(platform: &str) -> String {
+    format!("settle-{platform}")
+}
+
+/// Key of a public key in [`KEYS_BUCKET`].
+pub fn key_entry(platform: &str, key_id: &str) -> String {
+    format!("{platform}.{key_id}")
+}
+
+/// Filter matching every key of `platform` in [`KEYS_BUCKET`].
+pub fn keys_of(platform: &str) -> String {
+    format!("{platform}.*")
+}
+
+/// The subject a KV key is stored under, for writes that bypass the KV API (atomic batches).
+pub fn kv_subject(bucket: &str, key: &str) -> String {
+    format!("$KV.{bucket}.{key}")
+}
+
+/// The stream backing a KV bucket.
+pub fn kv_stream(bucket: &str) -> String {
+    format!("KV_{bucket}")
+}
+
+/// Endpoint subject of a ledger operation.
+pub fn ledger_endpoint(operation: &str) -> String {
+    format!("{LEDGER_ENDPOINT_PREFIX}.{operation}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_match_their_stream_filters() {
+        assert_eq!(delegate("Thor"), "sage.delegate.Thor");
+        assert_eq!(proof("Legion", "t-1"), "sage.proof.Legion.t-1");
+        assert_eq!(kv_subject(LEDGER_BUCKET, "locks.t-1"), "$KV.sage_ledger.locks.t-1");
+        assert_eq!(kv_stream(LEDGER_BUCKET), "KV_sage_ledger");
+        assert_eq!(ledger_endpoint("lock"), "sage.ledger.lock");
+    }
+}

@@ -1,0 +1,213 @@
+//! The foundation against a real nats-server: streams and buckets, the key registry in KV,
+//! and the `sagefed` binary's commands and errors.
+
+mod common;
+
+use std::process::Command;
+
+use common::TestNats;
+use sage_federation::envelope::{EnvelopeError, Signer};
+use sage_federation::infra;
+use sage_federation::key_directory::KeyDirectory;
+use sage_federation::keys::{self, KeyError, KeyRecord};
+use sage_federation::subjects;
+use serde::{Deserialize, Serialize};
+
+#[tokio::test]
+async fn infrastructure_is_created_once_with_atomic_ledger() {
+    let nats = TestNats::start().await;
+    let js = nats.js().await;
+    let first = infra::ensure(&js, 1).await.expect("ensure");
+    let second = infra::ensure(&js, 1).await.expect("ensure again");
+    let names = |r: &[infra::Resource]| r.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&first), names(&second));
+    for stream in [subjects::TASKS_STREAM, subjects::PROOFS_STREAM, subjects::DEAD_STREAM] {
+        assert!(names(&first).contains(&stream.to_owned()), "{stream}");
+    }
+    let mut ledger = js
+        .get_stream(subjects::kv_stream(subjects::LEDGER_BUCKET))
+        .await
+        .expect("ledger stream");
+    assert!(
+        ledger.info().await.expect("info").config.allow_atomic_publish,
+        "ledger bucket allows atomic batches"
+    );
+    let mut tasks = js.get_stream(subjects::TASKS_STREAM).await.expect("tasks stream");
+    let config = tasks.info().await.expect("info").config.clone();
+    assert_eq!(
+        config.retention,
+        async_nats::jetstream::stream::RetentionPolicy::WorkQueue
+    );
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Hello {
+    from: String,
+    created_at: f64,
+}
+
+impl sage_federation::envelope::Signable for Hello {
+    const DOMAIN: &'static [u8] = b"sagefed/test-hello/v1\0";
+    const KIND: &'static str = "hello";
+    fn signer_platform(&self) -> &str {
+        &self.from
+    }
+    fn created_at(&self) -> f64 {
+        self.created_at
+    }
+    fn expires_at(&self) -> Option<f64> {
+        None
+    }
+    fn validate(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn keys_published_to_kv_verify_elsewhere_until_revoked() {
+    let nats = TestNats::with_infra().await;
+    let js = nats.js().await;
+    let thor_side = KeyDirectory::open(&js).await.expect("open");
+    let legion_side = KeyDirectory::open(&nats.js().await).await.expect("open");
+
+    let signer = Signer::new("Thor", keys::generate().expect("random")).expect("signer");
+    let hello = Hello {
+        from: "Thor".into(),
+        created_at: sage_federation::clock::now_seconds(),
+    };
+    let wire = signer.sign(&hello).expect("sign");
+    let unknown = legion_side.verify::<Hello>(&wire).await.expect_err("not published yet");
+    assert!(
+        matches!(unknown, EnvelopeError::Key(KeyError::Unknown { .. })),
+        "{unknown}"
+    );
+
+    let record = KeyRecord::new("Thor", &signer.verifying_key(), 0.0);
+    thor_side.publish(&record).await.expect("publish");
+    legion_side
+        .verify::<Hello>(&wire)
+        .await
+        .expect("found in KV on a cache miss");
+
+    // A record claiming Thor's key id with another key is refused.
+    let mut forged = record.clone();
+    forged.public_key = keys::public_key_text(&keys::generate().expect("random").verifying_key());
+    assert!(thor_side.publish(&forged).await.is_err());
+
+    // Revocation reaches the other side through the watch, and sticks.
+    let mut revoked = record.clone();
+    revoked.revoked_at = Some(1.0);
+    thor_side.publish(&revoked).await.expect("revoke");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match legion_side.verify::<Hello>(&wire).await {
+            Err(EnvelopeError::Key(KeyError::Revoked { .. })) => break,
+            other => assert!(
+                std::time::Instant::now() < deadline,
+                "revocation not seen: {:?}",
+                other.err()
+            ),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    thor_side.publish(&record).await.expect("republish");
+    let still = thor_side
+        .snapshot()
+        .get("Thor", &record.key_id)
+        .cloned()
+        .expect("record");
+    assert!(still.revoked_at.is_some(), "a republished record does not un-revoke");
+}
+
+#[tokio::test]
+async fn the_server_restarts_with_its_data() {
+    let mut nats = TestNats::with_infra().await;
+    let kv = nats
+        .js()
+        .await
+        .get_key_value(subjects::PLATFORMS_BUCKET)
+        .await
+        .expect("bucket");
+    kv.put("Thor", "up".into()).await.expect("put");
+    nats.server.restart().await.expect("restart");
+    let kv = nats
+        .js()
+        .await
+        .get_key_value(subjects::PLATFORMS_BUCKET)
+        .await
+        .expect("bucket");
+    assert_eq!(kv.get("Thor").await.expect("get").as_deref(), Some(&b"up"[..]));
+}
+
+fn sagefed(args: &[&str], dir: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_sagefed"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run sagefed")
+}
+
+fn one_line_error(output: &std::process::Output) -> String {
+    assert!(!output.status.success(), "expected failure");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr:?}");
+    stderr
+}
+
+#[test]
+fn cli_commands_and_their_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let help = sagefed(&["--help"], dir.path());
+    let text = String::from_utf8_lossy(&help.stdout);
+    for command in ["up", "keygen", "config"] {
+        assert!(
+            text.lines().any(|l| l.trim_start().starts_with(command)),
+            "--help lists {command}"
+        );
+    }
+
+    let ok = sagefed(&["keygen", "--platform", "Thor", "--out", "k/thor.key"], dir.path());
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let public = String::from_utf8_lossy(&ok.stdout).trim().to_owned();
+    assert!(
+        keys::parse_public_key(&public).is_ok(),
+        "prints the public key: {public}"
+    );
+
+    let again = one_line_error(&sagefed(
+        &["keygen", "--platform", "Thor", "--out", "k/thor.key"],
+        dir.path(),
+    ));
+    assert!(again.contains("already exists") && again.contains("--force"), "{again}");
+    let forced = sagefed(
+        &["keygen", "--platform", "Thor", "--out", "k/thor.key", "--force"],
+        dir.path(),
+    );
+    assert!(forced.status.success());
+
+    let bad_name = one_line_error(&sagefed(&["keygen", "--platform", "Th>or"], dir.path()));
+    assert!(bad_name.contains("Th>or"), "{bad_name}");
+
+    let repo = common::repo_dir();
+    let check = sagefed(&["config", "check", "configs/thor.toml"], &repo);
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "[federation]\nplatform_name = \"Thor\"\nlct_context = \"Thor\"\nkeypair_path = \"k\"\n[resources.consciousness]\natp_budget = \"lots\"\nmax_concurrent = 1\n",
+    )
+    .expect("write");
+    let bad_config = one_line_error(&sagefed(&["config", "check", "bad.toml"], dir.path()));
+    assert!(
+        bad_config.contains("atp_budget") && bad_config.contains("bad.toml"),
+        "{bad_config}"
+    );
+
+    let missing = one_line_error(&sagefed(&["config", "check", "nope.toml"], dir.path()));
+    assert!(missing.contains("nope.toml"), "{missing}");
+
+    std::fs::write(dir.path().join("junk.key"), "not a key").expect("write");
+    let sig = sage_federation::keys::read_secret(&dir.path().join("junk.key")).expect_err("junk");
+    assert!(sig.to_string().contains("junk.key"));
+}
