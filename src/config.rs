@@ -540,6 +540,7 @@ capabilities = ["consciousness", "consciousness.sage"]
             jail.set_env("SAGE_NATS__URL", "nats://127.0.0.1:5222");
             jail.set_env("SAGE_SETTLEMENT__QUALITY_THRESHOLD", "0.8");
             jail.set_env("SAGE_TOOLS_DIR", "/somewhere");
+            jail.set_env("SAGE_NATS_URL", "not a config key");
             let config = load(jail, "thor.toml")?;
             assert_eq!(config.nats.url, "nats://127.0.0.1:5222");
             assert_eq!(config.settlement.quality_threshold.get(), 0.8);

@@ -27,6 +27,28 @@ pub const DEAD_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How long a finished task's status record is kept.
 pub const TASK_STATUS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// Connects to NATS as `name`, failing within `timeout` with a message that says what to do.
+pub async fn connect(url: &str, name: &str, timeout: Duration) -> Result<async_nats::Client, ConnectError> {
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .connection_timeout(timeout)
+        .connect(url)
+        .await
+        .map_err(|e| ConnectError {
+            url: url.to_owned(),
+            why: e.to_string(),
+        })
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot connect to NATS at {url} ({why}); is `sagefed up` (or nats-server) running? Use --nats to point elsewhere"
+)]
+pub struct ConnectError {
+    url: String,
+    why: String,
+}
+
 /// One stream or bucket as [`ensure`] found or made it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Resource {

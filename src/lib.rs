@@ -32,6 +32,7 @@ pub mod infra;
 pub mod key_directory;
 pub mod keys;
 pub mod lct;
+pub mod ledger;
 pub mod limits;
 pub mod nats_server;
 pub mod proof;

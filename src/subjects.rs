@@ -99,6 +99,44 @@ pub fn kv_stream(bucket: &str) -> String {
     format!("KV_{bucket}")
 }
 
+/// Ledger key of the account of the LCT whose key path is `lct_key_path`
+/// (`<platform>.<owner>.<task_type>`, see `Lct::key_path`).
+pub fn ledger_account(lct_key_path: &str) -> String {
+    format!("{LEDGER_ACCOUNT_PREFIX}{lct_key_path}")
+}
+
+/// Prefix of every account key in the ledger bucket.
+pub const LEDGER_ACCOUNT_PREFIX: &str = "accounts.";
+/// Prefix of every lock key in the ledger bucket.
+pub const LEDGER_LOCK_PREFIX: &str = "locks.";
+/// Prefix of every journal key in the ledger bucket.
+pub const LEDGER_JOURNAL_PREFIX: &str = "journal.";
+/// Prefix of every grant key in the ledger bucket.
+pub const LEDGER_GRANT_PREFIX: &str = "grants.";
+/// Ledger key holding the total ATP ever granted.
+pub const LEDGER_SUPPLY: &str = "supply";
+
+/// Ledger key of the lock (escrow) of a task.
+pub fn ledger_lock(task_id: &str) -> String {
+    format!("{LEDGER_LOCK_PREFIX}{task_id}")
+}
+
+/// Ledger key of the journal entry of a task's lock.
+pub fn ledger_journal_lock(task_id: &str) -> String {
+    format!("{LEDGER_JOURNAL_PREFIX}{task_id}.lock")
+}
+
+/// Ledger key of the journal entry of a task's settlement (commit, rollback or expire).
+/// One key for all three: a lock can be settled once, which the key's uniqueness enforces.
+pub fn ledger_journal_settle(task_id: &str) -> String {
+    format!("{LEDGER_JOURNAL_PREFIX}{task_id}.settle")
+}
+
+/// Ledger key of a grant.
+pub fn ledger_grant(grant_id: &str) -> String {
+    format!("{LEDGER_GRANT_PREFIX}{grant_id}")
+}
+
 /// Endpoint subject of a ledger operation.
 pub fn ledger_endpoint(operation: &str) -> String {
     format!("{LEDGER_ENDPOINT_PREFIX}.{operation}")

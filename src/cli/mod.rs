@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod keygen;
+mod keys;
+mod ledger;
 
 use crate::config::Config;
 
@@ -20,7 +22,8 @@ pub const EXIT_USAGE: u8 = 2;
     name = "sagefed",
     version,
     about = "Delegate signed tasks between machines over NATS, settled on an escrow ATP ledger",
-    after_help = "Exit codes: 0 success, 1 failure (the message says why), 2 bad arguments.\n\
+    after_help = "Exit codes: 0 success, 1 failure (the message says why), 2 bad arguments,\n\
+                  3 `audit` found a broken invariant.\n\
                   Logs go to stderr; set SAGE_LOG (e.g. SAGE_LOG=debug) to change the level."
 )]
 pub struct Cli {
@@ -37,6 +40,38 @@ enum Command {
     /// Check configuration files
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Publish or list platform public keys in the key registry
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// Run the ATP ledger service
+    #[command(subcommand)]
+    Ledger(ledger::LedgerCommand),
+    /// Check the ledger's invariants (conservation, one settlement per lock); exit 3 on a violation
+    Audit(ledger::AuditArgs),
+    /// List ledger accounts with their balances and locked ATP
+    Balances(ledger::BalancesArgs),
+    /// Create ATP in an account (ledger admins only)
+    Grant(ledger::GrantArgs),
+}
+
+/// How to reach NATS, for commands that talk to a running federation.
+#[derive(clap::Args, Debug, Clone)]
+pub struct NatsArgs {
+    /// NATS server URL
+    #[arg(long = "nats", value_name = "URL", env = "SAGE_NATS__URL", default_value = crate::config::NATS_URL_DEFAULT)]
+    pub url: String,
+}
+
+/// How long a command waits to connect to NATS.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl NatsArgs {
+    /// Connects, or says what to do when no server answers.
+    pub async fn connect(&self, name: &str) -> anyhow::Result<async_nats::Client> {
+        crate::infra::connect(&self.url, name, CONNECT_TIMEOUT)
+            .await
+            .map_err(anyhow::Error::from)
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -82,6 +117,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Up(args) => crate::up::run(args, shutdown_signal()).await?,
         Command::Keygen(args) => keygen::run(&args)?,
         Command::Config(ConfigCommand::Check { file }) => config_check(&file)?,
+        Command::Keys(command) => keys::run(command).await?,
+        Command::Ledger(command) => ledger::run(command).await?,
+        Command::Audit(args) => return ledger::audit_command(&args).await,
+        Command::Balances(args) => ledger::balances_command(&args).await?,
+        Command::Grant(args) => return ledger::grant_command(&args).await,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -74,3 +74,122 @@ impl TestNats {
         jetstream::new(self.client().await)
     }
 }
+
+/// Platforms every ledger test knows, with signing keys published to the registry.
+pub const PLATFORMS: [&str; 5] = ["Treasury", "Legion", "Thor", "Sprout", "Mallory"];
+
+/// A test server with the ledger service running in this process and a signer and a
+/// ledger client per platform. `Treasury` is the only ledger admin.
+pub struct LedgerFixture {
+    pub nats: TestNats,
+    pub service: Option<sage_federation::ledger::service::LedgerService>,
+    pub signers: std::collections::HashMap<String, sage_federation::envelope::Signer>,
+}
+
+impl LedgerFixture {
+    pub async fn start() -> Self {
+        let fixture = Self::without_service().await;
+        fixture.with_service(true).await
+    }
+
+    /// Server, infrastructure and published keys, but no ledger service.
+    pub async fn without_service() -> Self {
+        let nats = TestNats::with_infra().await;
+        let directory = sage_federation::key_directory::KeyDirectory::open(&nats.js().await)
+            .await
+            .expect("keys");
+        let mut signers = std::collections::HashMap::new();
+        for platform in PLATFORMS {
+            let signer =
+                sage_federation::envelope::Signer::new(platform, sage_federation::keys::generate().expect("random"))
+                    .expect("signer");
+            directory
+                .publish(&sage_federation::keys::KeyRecord::new(
+                    platform,
+                    &signer.verifying_key(),
+                    0.0,
+                ))
+                .await
+                .expect("publish key");
+            signers.insert(platform.to_owned(), signer);
+        }
+        Self {
+            nats,
+            service: None,
+            signers,
+        }
+    }
+
+    pub async fn with_service(mut self, sweep: bool) -> Self {
+        self.service = Some(self.start_service(sweep).await);
+        self
+    }
+
+    pub async fn start_service(&self, sweep: bool) -> sage_federation::ledger::service::LedgerService {
+        sage_federation::ledger::service::LedgerService::start(
+            self.nats.client().await,
+            sage_federation::ledger::service::LedgerOptions {
+                admins: ["Treasury".to_owned()].into_iter().collect(),
+                sweep,
+            },
+        )
+        .await
+        .expect("ledger service")
+    }
+
+    pub fn signer(&self, platform: &str) -> &sage_federation::envelope::Signer {
+        &self.signers[platform]
+    }
+
+    pub async fn client(&self, platform: &str) -> sage_federation::ledger::client::LedgerClient {
+        sage_federation::ledger::client::LedgerClient::new(self.nats.client().await, self.signer(platform).clone())
+    }
+
+    pub async fn snapshot(&self) -> sage_federation::ledger::snapshot::LedgerSnapshot {
+        sage_federation::ledger::snapshot::LedgerSnapshot::read(&self.nats.js().await)
+            .await
+            .expect("snapshot")
+    }
+
+    /// Runs the audit and fails the test on any violation.
+    pub async fn assert_audit_clean(&self) -> sage_federation::ledger::audit::AuditReport {
+        let report =
+            sage_federation::ledger::audit::audit(&self.snapshot().await, sage_federation::clock::now_seconds());
+        assert!(report.is_clean(), "audit violations: {:#?}", report.violations);
+        report
+    }
+}
+
+/// `lct:web4:agent:dp@<platform>#<task_type>`.
+pub fn lct(platform: &str, task_type: &str) -> sage_federation::lct::Lct {
+    sage_federation::lct::Lct::new("dp", platform, task_type).expect("lct")
+}
+
+/// A proof of `task_id` signed by `executor`'s platform.
+pub fn signed_proof(
+    executor: &sage_federation::envelope::Signer,
+    task_id: &sage_federation::task::TaskId,
+    delegator: &sage_federation::lct::Lct,
+    executor_lct: &sage_federation::lct::Lct,
+    consumed: f64,
+    quality: f64,
+    status: sage_federation::proof::ProofStatus,
+) -> bytes::Bytes {
+    let proof = sage_federation::proof::ExecutionProof {
+        task_id: task_id.clone(),
+        executor_lct: executor_lct.clone(),
+        delegator_lct: delegator.clone(),
+        status,
+        reason: if status == sage_federation::proof::ProofStatus::Completed {
+            String::new()
+        } else {
+            "test".into()
+        },
+        atp_consumed: consumed,
+        execution_time: 0.01,
+        quality_score: quality,
+        result: serde_json::Map::new(),
+        created_at: sage_federation::clock::now_seconds(),
+    };
+    executor.sign(&proof).expect("sign proof")
+}

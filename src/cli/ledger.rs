@@ -1,0 +1,207 @@
+//! `sagefed ledger serve`, `sagefed audit`, `sagefed balances`, `sagefed grant`.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::cli::{NatsArgs, shutdown_signal};
+use crate::clock::now_seconds;
+use crate::envelope::Signer;
+use crate::infra;
+use crate::keys;
+use crate::lct::Lct;
+use crate::ledger::audit::audit;
+use crate::ledger::client::LedgerClient;
+use crate::ledger::protocol::Outcome;
+use crate::ledger::service::{LedgerOptions, serve};
+use crate::ledger::snapshot::LedgerSnapshot;
+
+/// Exit code of `sagefed audit` when an invariant is broken.
+pub const EXIT_AUDIT_VIOLATION: u8 = 3;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum LedgerCommand {
+    /// Serve ledger requests (any number of instances share the work)
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// Platform allowed to grant ATP (repeat for several)
+    #[arg(long = "admin", value_name = "PLATFORM", default_value = "Treasury")]
+    admins: Vec<String>,
+    /// Do not sweep expired locks in this instance
+    #[arg(long)]
+    no_sweep: bool,
+    /// Replicas for streams and buckets this instance creates when missing (3 on a cluster)
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
+}
+
+pub async fn run(command: LedgerCommand) -> anyhow::Result<()> {
+    match command {
+        LedgerCommand::Serve(args) => {
+            let client = args.nats.connect("sagefed-ledger").await?;
+            let js = async_nats::jetstream::new(client.clone());
+            infra::ensure(&js, args.replicas).await?;
+            let admins: BTreeSet<String> = args.admins.into_iter().collect();
+            eprintln!(
+                "sagefed ledger serving on {} (admins: {})",
+                args.nats.url,
+                admins.iter().cloned().collect::<Vec<_>>().join(", ")
+            );
+            serve(
+                client,
+                LedgerOptions {
+                    admins,
+                    sweep: !args.no_sweep,
+                },
+                shutdown_signal(),
+            )
+            .await?;
+            Ok(())
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// Print the report as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs the audit; exit code 3 when an invariant is broken.
+pub async fn audit_command(args: &AuditArgs) -> anyhow::Result<ExitCode> {
+    let client = args.nats.connect("sagefed-audit").await?;
+    let snapshot = LedgerSnapshot::read(&async_nats::jetstream::new(client)).await?;
+    let report = audit(&snapshot, now_seconds());
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let atp = |micros: u128| micros as f64 / 1e6;
+        println!("ledger as of revision {}", report.revision);
+        println!("  accounts       {}", report.accounts);
+        println!(
+            "  locks          {} pending, {} settled",
+            report.locks_pending, report.locks_settled
+        );
+        println!("  balances       {} ATP", atp(report.balance_uatp));
+        println!("  locked         {} ATP", atp(report.locked_uatp));
+        println!(
+            "  supply         {} ATP (grants: {} ATP)",
+            atp(report.supply_uatp),
+            atp(report.granted_uatp)
+        );
+        if report.is_clean() {
+            println!("ok: balances + locked = supply, every lock live or settled once");
+        }
+        for violation in &report.violations {
+            println!("VIOLATION {}: {}", violation.key, violation.problem);
+        }
+    }
+    Ok(if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_AUDIT_VIOLATION)
+    })
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BalancesArgs {
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// Print the accounts as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn balances_command(args: &BalancesArgs) -> anyhow::Result<()> {
+    let client = args.nats.connect("sagefed-balances").await?;
+    let snapshot = LedgerSnapshot::read(&async_nats::jetstream::new(client)).await?;
+    if args.json {
+        let accounts: Vec<_> = snapshot
+            .accounts
+            .values()
+            .map(|a| {
+                serde_json::json!({
+                    "lct": a.lct.to_string(),
+                    "balance": a.balance_uatp.as_f64(),
+                    "locked": a.locked_uatp.as_f64(),
+                    "balance_uatp": a.balance_uatp.micros(),
+                    "locked_uatp": a.locked_uatp.micros(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&accounts)?);
+        return Ok(());
+    }
+    println!("{:<48} {:>16} {:>16}", "account", "balance ATP", "locked ATP");
+    for account in snapshot.accounts.values() {
+        println!(
+            "{:<48} {:>16} {:>16}",
+            account.lct.to_string(),
+            account.balance_uatp.to_string(),
+            account.locked_uatp.to_string()
+        );
+    }
+    println!(
+        "{} accounts; supply {} ATP",
+        snapshot.accounts.len(),
+        snapshot.supply.total_uatp
+    );
+    Ok(())
+}
+
+#[derive(clap::Args, Debug)]
+pub struct GrantArgs {
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// The admin's secret key file
+    #[arg(long)]
+    key: PathBuf,
+    /// The admin platform the key belongs to (must be a ledger admin)
+    #[arg(long = "as", value_name = "PLATFORM", default_value = "Treasury")]
+    admin: String,
+    /// The account (LCT) that receives the ATP
+    #[arg(long)]
+    to: String,
+    /// ATP to create
+    #[arg(long)]
+    amount: f64,
+    /// Idempotency key: granting twice with the same id grants once [default: random]
+    #[arg(long)]
+    grant_id: Option<String>,
+}
+
+pub async fn grant_command(args: &GrantArgs) -> anyhow::Result<ExitCode> {
+    let lct: Lct = args.to.parse()?;
+    let key = keys::read_secret(&args.key)?;
+    let signer = Signer::new(&args.admin, key)?;
+    let grant_id = match &args.grant_id {
+        Some(id) => id.clone(),
+        None => format!(
+            "g-{}",
+            crate::task::TaskId::random()
+                .context("random grant id")?
+                .as_str()
+                .trim_start_matches("t-")
+        ),
+    };
+    let client = args.nats.connect("sagefed-grant").await?;
+    let reply = LedgerClient::new(client, signer)
+        .grant(&grant_id, &lct, args.amount)
+        .await?;
+    println!("{:?}: {}", reply.outcome, reply.message);
+    Ok(if reply.outcome == Outcome::Rejected {
+        ExitCode::from(crate::cli::EXIT_FAILURE)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,150 @@
+//! `LedgerClient`: how platforms talk to the ledger service. Signs each request with the
+//! platform's key and retries what is safe to retry (every ledger request is idempotent):
+//! timeouts, no responders, and "busy" replies, with exponential backoff.
+
+use std::time::Duration;
+
+use async_nats::Client;
+use bytes::Bytes;
+
+use crate::clock::now_seconds;
+use crate::envelope::Signer;
+use crate::lct::Lct;
+use crate::ledger::model::RollbackReason;
+use crate::ledger::protocol::{LedgerReply, LedgerRequest, Operation, REQUEST_TTL_SECONDS, RejectCode};
+use crate::subjects;
+use crate::task::TaskId;
+
+/// How long one request waits for the ledger's reply.
+pub const LEDGER_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Attempts per request before giving up.
+pub const LEDGER_ATTEMPTS_MAX: u32 = 6;
+/// First pause between attempts; doubles each time.
+const RETRY_PAUSE_FIRST: Duration = Duration::from_millis(50);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerClientError {
+    #[error("cannot sign the ledger request: {0}")]
+    Sign(String),
+    #[error("the ledger service did not answer after {attempts} attempts ({last}); is `sagefed ledger serve` running?")]
+    Unreachable { attempts: u32, last: String },
+    #[error("the ledger's reply could not be read: {0}")]
+    BadReply(String),
+}
+
+/// Signs and sends ledger requests for one platform.
+#[derive(Clone)]
+pub struct LedgerClient {
+    client: Client,
+    signer: Signer,
+}
+
+impl LedgerClient {
+    pub fn new(client: Client, signer: Signer) -> Self {
+        Self { client, signer }
+    }
+
+    pub fn platform(&self) -> &str {
+        self.signer.platform()
+    }
+
+    /// Sends `operation`, retrying transient failures. A rejection is a reply, not an error.
+    pub async fn request(&self, operation: Operation) -> Result<LedgerReply, LedgerClientError> {
+        let subject = subjects::ledger_endpoint(operation.name());
+        let mut pause = RETRY_PAUSE_FIRST;
+        let mut last = String::new();
+        for attempt in 1..=LEDGER_ATTEMPTS_MAX {
+            let created_at = now_seconds();
+            let request = LedgerRequest {
+                requester: self.signer.platform().to_owned(),
+                created_at,
+                expires_at: created_at + REQUEST_TTL_SECONDS,
+                operation: operation.clone(),
+            };
+            let wire = self
+                .signer
+                .sign(&request)
+                .map_err(|e| LedgerClientError::Sign(e.to_string()))?;
+            let sent = tokio::time::timeout(LEDGER_REQUEST_TIMEOUT, self.client.request(subject.clone(), wire)).await;
+            match sent {
+                Ok(Ok(message)) => {
+                    let reply: LedgerReply = serde_json::from_slice(&message.payload).map_err(|e| {
+                        LedgerClientError::BadReply(format!("{e}: {}", String::from_utf8_lossy(&message.payload)))
+                    })?;
+                    if reply.code != Some(RejectCode::Busy) || attempt == LEDGER_ATTEMPTS_MAX {
+                        return Ok(reply);
+                    }
+                    last = reply.message;
+                }
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = format!("no reply within {LEDGER_REQUEST_TIMEOUT:?}"),
+            }
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+        }
+        Err(LedgerClientError::Unreachable {
+            attempts: LEDGER_ATTEMPTS_MAX,
+            last,
+        })
+    }
+
+    /// Grants `amount` ATP to `account` (the signer must be a ledger admin).
+    pub async fn grant(&self, grant_id: &str, account: &Lct, amount: f64) -> Result<LedgerReply, LedgerClientError> {
+        self.request(Operation::Grant {
+            grant_id: grant_id.to_owned(),
+            account: account.clone(),
+            amount,
+        })
+        .await
+    }
+
+    /// Locks `amount` of `delegator`'s ATP for `task_id`.
+    #[allow(clippy::too_many_arguments)] // the lock's terms, each named at the call site
+    pub async fn lock(
+        &self,
+        task_id: &TaskId,
+        delegator: &Lct,
+        executor: &Lct,
+        amount: f64,
+        quality_threshold: f64,
+        deadline: f64,
+        expires_at: f64,
+    ) -> Result<LedgerReply, LedgerClientError> {
+        self.request(Operation::Lock {
+            task_id: task_id.clone(),
+            delegator: delegator.clone(),
+            executor: executor.clone(),
+            amount,
+            quality_threshold,
+            deadline,
+            expires_at,
+        })
+        .await
+    }
+
+    /// Commits `task_id` with the executor's signed proof envelope.
+    pub async fn commit(&self, task_id: &TaskId, proof: &Bytes) -> Result<LedgerReply, LedgerClientError> {
+        let proof = String::from_utf8_lossy(proof).into_owned();
+        self.request(Operation::Commit {
+            task_id: task_id.clone(),
+            proof,
+        })
+        .await
+    }
+
+    /// Rolls `task_id` back, with the executor's signed proof as evidence when there is one.
+    pub async fn rollback(
+        &self,
+        task_id: &TaskId,
+        reason: RollbackReason,
+        evidence: Option<&Bytes>,
+    ) -> Result<LedgerReply, LedgerClientError> {
+        let evidence = evidence.map(|e| String::from_utf8_lossy(e).into_owned());
+        self.request(Operation::Rollback {
+            task_id: task_id.clone(),
+            reason,
+            evidence,
+        })
+        .await
+    }
+}

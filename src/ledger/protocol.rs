@@ -1,0 +1,204 @@
+//! The ledger service's wire protocol: signed requests and plain replies.
+//!
+//! Each request is a [`LedgerRequest`] in a signed envelope (domain
+//! `sagefed/ledger-request/v1\0`) from the requesting platform. The reply says exactly what
+//! happened: applied, already applied (an idempotent retry), or rejected with a code and a
+//! message.
+
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::Signable;
+use crate::lct::{Lct, check_platform, token_problem};
+use crate::ledger::model::{Account, Lock, RollbackReason};
+use crate::limits::{ENVELOPE_BYTES_MAX, TASK_ID_CHARS_MAX};
+use crate::task::TaskId;
+
+/// How long a signed ledger request stays acceptable. Requests are idempotent, so a replay
+/// inside this window changes nothing; the window only bounds how long one is worth keeping.
+pub const REQUEST_TTL_SECONDS: f64 = 120.0;
+
+/// A signed request to the ledger.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerRequest {
+    /// The platform that signs the request.
+    pub requester: String,
+    pub created_at: f64,
+    pub expires_at: f64,
+    pub operation: Operation,
+}
+
+/// What the request asks for.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Operation {
+    /// Creates `amount` ATP in `account` (admins only). Idempotent by `grant_id`.
+    Grant {
+        grant_id: String,
+        account: Lct,
+        amount: f64,
+    },
+    /// Moves `amount` from the delegator's balance into escrow for `task_id`.
+    Lock {
+        task_id: TaskId,
+        delegator: Lct,
+        executor: Lct,
+        amount: f64,
+        quality_threshold: f64,
+        deadline: f64,
+        expires_at: f64,
+    },
+    /// Pays the executor what its signed proof says it consumed; refunds the rest.
+    Commit {
+        task_id: TaskId,
+        /// The executor's signed ExecutionProof envelope, verbatim.
+        proof: String,
+    },
+    /// Refunds the whole lock to the delegator.
+    Rollback {
+        task_id: TaskId,
+        reason: RollbackReason,
+        /// The executor's signed proof backing the reason, when the delegator rolls back
+        /// for low quality, failure or a refusal.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        evidence: Option<String>,
+    },
+}
+
+impl Operation {
+    /// The endpoint name (`sage.ledger.<name>`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Operation::Grant { .. } => "grant",
+            Operation::Lock { .. } => "lock",
+            Operation::Commit { .. } => "commit",
+            Operation::Rollback { .. } => "rollback",
+        }
+    }
+}
+
+/// Checks a grant id: one KV key token.
+pub fn check_grant_id(grant_id: &str) -> Result<(), String> {
+    match token_problem(grant_id, TASK_ID_CHARS_MAX) {
+        None => Ok(()),
+        Some(why) => Err(format!("grant id {grant_id:?} is invalid: {why}")),
+    }
+}
+
+impl Signable for LedgerRequest {
+    const DOMAIN: &'static [u8] = b"sagefed/ledger-request/v1\0";
+    const KIND: &'static str = "ledger_request";
+
+    fn signer_platform(&self) -> &str {
+        &self.requester
+    }
+
+    fn created_at(&self) -> f64 {
+        self.created_at
+    }
+
+    fn expires_at(&self) -> Option<f64> {
+        Some(self.expires_at)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        check_platform(&self.requester).map_err(|e| e.to_string())?;
+        if !(self.expires_at > self.created_at && self.expires_at - self.created_at <= REQUEST_TTL_SECONDS) {
+            return Err(format!(
+                "expires_at must be within {REQUEST_TTL_SECONDS} s after created_at"
+            ));
+        }
+        match &self.operation {
+            Operation::Grant { grant_id, .. } => check_grant_id(grant_id),
+            Operation::Commit { proof, .. } if proof.len() > ENVELOPE_BYTES_MAX => {
+                Err("the proof is larger than an envelope may be".to_owned())
+            }
+            Operation::Rollback { evidence: Some(e), .. } if e.len() > ENVELOPE_BYTES_MAX => {
+                Err("the evidence is larger than an envelope may be".to_owned())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What happened to a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The transition was made by this request.
+    Applied,
+    /// The same transition had already been made (a retry); nothing changed.
+    AlreadyApplied,
+    /// Refused; nothing changed. `code` and `message` say why.
+    Rejected,
+}
+
+/// Why a request was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectCode {
+    /// The request could not be read, or a field is invalid.
+    InvalidRequest,
+    /// An amount is NaN, infinite, negative, zero where it must not be, or too large.
+    InvalidAmount,
+    /// The signature, key or time window of the request (or of a proof in it) failed.
+    BadSignature,
+    /// The signer may not make this request.
+    NotAuthorized,
+    /// The delegator's available balance is below the amount.
+    InsufficientAtp,
+    /// No lock exists for the task.
+    UnknownLock,
+    /// The lock was already settled another way.
+    AlreadySettled,
+    /// The lock passed its expiry; it can only be rolled back.
+    LockExpired,
+    /// The proof claims more ATP than the lock holds.
+    ConsumedExceedsLocked,
+    /// The proof's quality is below the lock's threshold: roll back instead.
+    QualityBelowThreshold,
+    /// The proof does not belong to this lock (task, executor or delegator differ).
+    ProofMismatch,
+    /// A rollback for this reason needs the executor's signed proof, or the deadline to pass.
+    EvidenceRequired,
+    /// The id was already used with other terms.
+    Conflict,
+    /// The delegator and the executor are the same account.
+    SameAccount,
+    /// An account would overflow.
+    Overflow,
+    /// The ledger could not apply it now (contention or NATS trouble); retry.
+    Busy,
+}
+
+/// The ledger's answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LedgerReply {
+    pub outcome: Outcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<RejectCode>,
+    /// What happened, for people.
+    pub message: String,
+    /// The lock as it is after the request (lock, commit, rollback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock: Option<Box<Lock>>,
+    /// The account as it is after the request (grant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<Box<Account>>,
+}
+
+impl LedgerReply {
+    pub fn rejected(code: RejectCode, message: impl Into<String>) -> Self {
+        Self {
+            outcome: Outcome::Rejected,
+            code: Some(code),
+            message: message.into(),
+            lock: None,
+            account: None,
+        }
+    }
+
+    pub fn is_ok(&self) -> bool {
+        self.outcome != Outcome::Rejected
+    }
+}

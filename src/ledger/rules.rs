@@ -1,0 +1,588 @@
+//! The ledger's transition rules, as pure functions: given a command and the records it
+//! touches, decide the records to write and the reply. No I/O here, so every rule is tested
+//! directly; the store applies the writes in one atomic batch.
+
+use std::collections::BTreeSet;
+
+use crate::atp::Atp;
+use crate::envelope::Verified;
+use crate::lct::Lct;
+use crate::ledger::model::{
+    Account, GrantRecord, JournalEntry, Lock, LockState, Record, RollbackReason, Settlement, Supply, Transition,
+};
+use crate::ledger::protocol::{LedgerReply, Outcome, RejectCode};
+use crate::proof::{ExecutionProof, ProofStatus};
+use crate::subjects;
+use crate::task::TaskId;
+
+/// Longest a lock may live (from now to its expiry).
+pub const LOCK_TTL_SECONDS_MAX: f64 = 2.0 * 3600.0;
+
+/// Who settles expired locks, in journal entries.
+pub const SWEEPER: &str = "ledger";
+
+/// A checked, verified request, ready for the rules.
+#[derive(Clone, Debug)]
+pub enum Command {
+    Grant {
+        requester: String,
+        grant_id: String,
+        account: Lct,
+        amount: Atp,
+    },
+    Lock {
+        requester: String,
+        lock: Lock,
+    },
+    Commit {
+        requester: String,
+        task_id: TaskId,
+        proof: Verified<ExecutionProof>,
+    },
+    Rollback {
+        requester: String,
+        task_id: TaskId,
+        reason: RollbackReason,
+        evidence: Option<Verified<ExecutionProof>>,
+    },
+    /// From the sweeper only, never from a request.
+    Expire {
+        task_id: TaskId,
+    },
+}
+
+impl Command {
+    /// The keys whose current records the rules need, first round (before the lock is known).
+    pub fn keys(&self) -> Vec<String> {
+        match self {
+            Command::Grant { grant_id, account, .. } => vec![
+                Account::empty(account.clone()).key(),
+                subjects::ledger_grant(grant_id),
+                subjects::LEDGER_SUPPLY.to_owned(),
+            ],
+            Command::Lock { lock, .. } => vec![lock.key(), Account::empty(lock.delegator.clone()).key()],
+            Command::Commit { task_id, .. } | Command::Rollback { task_id, .. } | Command::Expire { task_id } => {
+                vec![subjects::ledger_lock(task_id.as_str())]
+            }
+        }
+    }
+
+    /// Keys that usually do not exist yet: read only after a failed optimistic write.
+    pub fn fresh_keys(&self) -> Vec<String> {
+        match self {
+            Command::Grant { grant_id, .. } => vec![subjects::ledger_grant(grant_id)],
+            Command::Lock { lock, .. } => vec![lock.key()],
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// The records the rules can read.
+pub trait Book {
+    fn account(&self, lct: &Lct) -> Option<Account>;
+    fn lock(&self, task_id: &TaskId) -> Option<Lock>;
+    fn grant(&self, grant_id: &str) -> Option<GrantRecord>;
+    fn supply(&self) -> Supply;
+}
+
+/// What to do with a command.
+#[derive(Debug)]
+pub enum Decision {
+    /// Write these records (each at most once) atomically, then send the reply.
+    Apply { writes: Vec<Record>, reply: LedgerReply },
+    /// Nothing to write; send the reply (already applied, or rejected).
+    Reply(LedgerReply),
+}
+
+impl Record {
+    /// The key this record is stored under.
+    pub fn key(&self) -> String {
+        match self {
+            Record::Account(a) => a.key(),
+            Record::Lock(l) => l.key(),
+            Record::Journal(j) if j.transition == Transition::Lock => subjects::ledger_journal_lock(j.task_id.as_str()),
+            Record::Journal(j) => subjects::ledger_journal_settle(j.task_id.as_str()),
+            Record::Grant(g) => subjects::ledger_grant(&g.grant_id),
+            Record::Supply(_) => subjects::LEDGER_SUPPLY.to_owned(),
+        }
+    }
+
+    /// Whether the key must not exist before this write (created once, never updated).
+    pub fn is_create_only(&self) -> bool {
+        matches!(self, Record::Journal(_) | Record::Grant(_))
+    }
+}
+
+fn reject(code: RejectCode, message: impl Into<String>) -> Decision {
+    Decision::Reply(LedgerReply::rejected(code, message))
+}
+
+fn already(message: impl Into<String>, lock: Option<Lock>, account: Option<Account>) -> Decision {
+    Decision::Reply(LedgerReply {
+        outcome: Outcome::AlreadyApplied,
+        code: None,
+        message: message.into(),
+        lock: lock.map(Box::new),
+        account: account.map(Box::new),
+    })
+}
+
+fn applied(writes: Vec<Record>, message: String, lock: Option<Lock>, account: Option<Account>) -> Decision {
+    Decision::Apply {
+        writes,
+        reply: LedgerReply {
+            outcome: Outcome::Applied,
+            code: None,
+            message,
+            lock: lock.map(Box::new),
+            account: account.map(Box::new),
+        },
+    }
+}
+
+fn inconsistent(what: &str) -> Decision {
+    reject(
+        RejectCode::Overflow,
+        format!("{what} would overflow or go negative; run `sagefed audit`"),
+    )
+}
+
+/// Decides what `command` does to `book` at time `now`. `admins` may grant.
+pub fn decide(command: &Command, book: &impl Book, admins: &BTreeSet<String>, now: f64) -> Decision {
+    match command {
+        Command::Grant {
+            requester,
+            grant_id,
+            account,
+            amount,
+        } => grant(requester, grant_id, account, *amount, book, admins, now),
+        Command::Lock { requester, lock: new } => lock(requester, new, book, now),
+        Command::Commit {
+            requester,
+            task_id,
+            proof,
+        } => commit(requester, task_id, proof, book, now),
+        Command::Rollback {
+            requester,
+            task_id,
+            reason,
+            evidence,
+        } => rollback(requester, task_id, *reason, evidence.as_ref(), book, now),
+        Command::Expire { task_id } => expire(task_id, book, now),
+    }
+}
+
+fn grant(
+    requester: &str,
+    grant_id: &str,
+    lct: &Lct,
+    amount: Atp,
+    book: &impl Book,
+    admins: &BTreeSet<String>,
+    now: f64,
+) -> Decision {
+    if !admins.contains(requester) {
+        return reject(
+            RejectCode::NotAuthorized,
+            format!("{requester} is not a ledger admin and may not grant ATP"),
+        );
+    }
+    if amount == Atp::ZERO {
+        return reject(RejectCode::InvalidAmount, "a grant must be more than zero");
+    }
+    if let Some(existing) = book.grant(grant_id) {
+        return if existing.account == *lct && existing.amount_uatp == amount {
+            already(format!("grant {grant_id} was already applied"), None, book.account(lct))
+        } else {
+            reject(
+                RejectCode::Conflict,
+                format!("grant id {grant_id} was already used for another account or amount"),
+            )
+        };
+    }
+    let mut account = book.account(lct).unwrap_or_else(|| Account::empty(lct.clone()));
+    let mut supply = book.supply();
+    let (Some(balance), Some(total)) = (
+        account.balance_uatp.checked_add(amount),
+        supply.total_uatp.checked_add(amount),
+    ) else {
+        return inconsistent("the balance or the supply");
+    };
+    account.balance_uatp = balance;
+    supply.total_uatp = total;
+    let record = GrantRecord {
+        grant_id: grant_id.to_owned(),
+        account: lct.clone(),
+        amount_uatp: amount,
+        at: now,
+        by: requester.to_owned(),
+    };
+    applied(
+        vec![
+            Record::Account(account.clone()),
+            Record::Grant(record),
+            Record::Supply(supply),
+        ],
+        format!("granted {amount} ATP to {lct}"),
+        None,
+        Some(account),
+    )
+}
+
+fn lock(requester: &str, new: &Lock, book: &impl Book, now: f64) -> Decision {
+    if requester != new.delegator.platform() {
+        return reject(
+            RejectCode::NotAuthorized,
+            format!("{requester} may not lock ATP of {}", new.delegator),
+        );
+    }
+    if new.delegator == new.executor {
+        return reject(
+            RejectCode::SameAccount,
+            "the delegator and the executor are the same account",
+        );
+    }
+    if new.amount_uatp == Atp::ZERO {
+        return reject(RejectCode::InvalidAmount, "a lock must be more than zero");
+    }
+    if !(0.0..=1.0).contains(&new.quality_threshold) {
+        return reject(
+            RejectCode::InvalidRequest,
+            format!("quality_threshold {} is outside 0..=1", new.quality_threshold),
+        );
+    }
+    let times_ok = new.deadline.is_finite()
+        && new.expires_at.is_finite()
+        && now < new.deadline
+        && new.deadline <= new.expires_at
+        && new.expires_at <= now + LOCK_TTL_SECONDS_MAX;
+    if !times_ok {
+        return reject(
+            RejectCode::InvalidRequest,
+            format!("need now < deadline <= expires_at <= now + {LOCK_TTL_SECONDS_MAX} s"),
+        );
+    }
+    if let Some(existing) = book.lock(&new.task_id) {
+        return if existing.same_terms(new) {
+            already(format!("task {} was already locked", new.task_id), Some(existing), None)
+        } else {
+            reject(
+                RejectCode::Conflict,
+                format!("task id {} was already locked with other terms", new.task_id),
+            )
+        };
+    }
+    let Some(mut account) = book.account(&new.delegator) else {
+        return reject(
+            RejectCode::InsufficientAtp,
+            format!("{} has no ATP (no account)", new.delegator),
+        );
+    };
+    let Some(balance) = account.balance_uatp.checked_sub(new.amount_uatp) else {
+        return reject(
+            RejectCode::InsufficientAtp,
+            format!(
+                "{} has {} ATP available, {} asked",
+                new.delegator, account.balance_uatp, new.amount_uatp
+            ),
+        );
+    };
+    let Some(locked) = account.locked_uatp.checked_add(new.amount_uatp) else {
+        return inconsistent("the locked amount");
+    };
+    account.balance_uatp = balance;
+    account.locked_uatp = locked;
+    let mut lock = new.clone();
+    lock.state = LockState::Pending;
+    lock.settlement = None;
+    lock.created_at = now;
+    let journal = JournalEntry {
+        task_id: lock.task_id.clone(),
+        transition: Transition::Lock,
+        delegator: lock.delegator.clone(),
+        executor: lock.executor.clone(),
+        amount_uatp: lock.amount_uatp,
+        paid_uatp: Atp::ZERO,
+        refunded_uatp: Atp::ZERO,
+        quality: None,
+        reason: None,
+        at: now,
+        by: requester.to_owned(),
+    };
+    applied(
+        vec![
+            Record::Account(account),
+            Record::Lock(lock.clone()),
+            Record::Journal(journal),
+        ],
+        format!(
+            "locked {} ATP of {} for task {}",
+            lock.amount_uatp, lock.delegator, lock.task_id
+        ),
+        Some(lock),
+        None,
+    )
+}
+
+/// Checks that a verified proof belongs to `lock`.
+fn proof_matches(proof: &ExecutionProof, lock: &Lock) -> Result<(), Decision> {
+    if proof.task_id != lock.task_id || proof.executor_lct != lock.executor || proof.delegator_lct != lock.delegator {
+        return Err(reject(
+            RejectCode::ProofMismatch,
+            format!(
+                "the proof is for task {} from {} to {}, the lock for task {} from {} to {}",
+                proof.task_id, proof.delegator_lct, proof.executor_lct, lock.task_id, lock.delegator, lock.executor
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn commit(requester: &str, task_id: &TaskId, proof: &Verified<ExecutionProof>, book: &impl Book, now: f64) -> Decision {
+    let Some(lock) = book.lock(task_id) else {
+        return reject(RejectCode::UnknownLock, format!("no lock exists for task {task_id}"));
+    };
+    if requester != lock.delegator.platform() && requester != lock.executor.platform() {
+        return reject(
+            RejectCode::NotAuthorized,
+            format!("{requester} is neither the delegator nor the executor of task {task_id}"),
+        );
+    }
+    if let Err(decision) = proof_matches(proof, &lock) {
+        return decision;
+    }
+    match lock.state {
+        LockState::Committed => return already(format!("task {task_id} was already committed"), Some(lock), None),
+        LockState::RolledBack | LockState::Expired => {
+            return reject(
+                RejectCode::AlreadySettled,
+                format!("task {task_id} was already {:?}; it cannot be committed", lock.state),
+            );
+        }
+        LockState::Pending => {}
+    }
+    if now > lock.expires_at {
+        return reject(
+            RejectCode::LockExpired,
+            format!("the lock of task {task_id} expired at {:.3}", lock.expires_at),
+        );
+    }
+    if proof.status != ProofStatus::Completed {
+        return reject(
+            RejectCode::InvalidRequest,
+            format!(
+                "the proof says the task {:?} ({}); roll it back instead",
+                proof.status, proof.reason
+            ),
+        );
+    }
+    if proof.quality_score < lock.quality_threshold {
+        return reject(
+            RejectCode::QualityBelowThreshold,
+            format!(
+                "quality {} is below the threshold {}; roll it back instead",
+                proof.quality_score, lock.quality_threshold
+            ),
+        );
+    }
+    let consumed = match proof.consumed() {
+        Ok(consumed) => consumed,
+        Err(why) => return reject(RejectCode::InvalidAmount, why),
+    };
+    if consumed > lock.amount_uatp {
+        return reject(
+            RejectCode::ConsumedExceedsLocked,
+            format!("the proof claims {consumed} ATP, the lock holds {}", lock.amount_uatp),
+        );
+    }
+    let refund = lock.amount_uatp.checked_sub(consumed).unwrap_or(Atp::ZERO);
+    settle(
+        lock,
+        LockState::Committed,
+        consumed,
+        Some(proof.quality_score),
+        None,
+        requester,
+        now,
+        book,
+        format!("committed task {task_id}: paid {consumed} ATP, refunded {refund} ATP"),
+    )
+}
+
+fn rollback(
+    requester: &str,
+    task_id: &TaskId,
+    reason: RollbackReason,
+    evidence: Option<&Verified<ExecutionProof>>,
+    book: &impl Book,
+    now: f64,
+) -> Decision {
+    let Some(lock) = book.lock(task_id) else {
+        return reject(RejectCode::UnknownLock, format!("no lock exists for task {task_id}"));
+    };
+    if let Some(proof) = evidence
+        && let Err(decision) = proof_matches(proof, &lock)
+    {
+        return decision;
+    }
+    match lock.state {
+        LockState::RolledBack | LockState::Expired => {
+            return already(format!("task {task_id} was already refunded"), Some(lock), None);
+        }
+        LockState::Committed => {
+            return reject(
+                RejectCode::AlreadySettled,
+                format!("task {task_id} was already committed; it cannot be rolled back"),
+            );
+        }
+        LockState::Pending => {}
+    }
+    if reason == RollbackReason::Expired {
+        return reject(RejectCode::InvalidRequest, "only the ledger's sweeper expires locks");
+    }
+    let by_executor = requester == lock.executor.platform();
+    let by_delegator = requester == lock.delegator.platform();
+    if !by_executor && !by_delegator {
+        return reject(
+            RejectCode::NotAuthorized,
+            format!("{requester} is neither the delegator nor the executor of task {task_id}"),
+        );
+    }
+    // The executor may always give up its claim. The delegator must show why it refuses to
+    // pay, so it cannot take a good result and keep the ATP.
+    if !by_executor {
+        let shown = match reason {
+            RollbackReason::Cancelled => true,
+            RollbackReason::Timeout => {
+                now >= lock.deadline || evidence.is_some_and(|p| p.status == ProofStatus::TimedOut)
+            }
+            RollbackReason::LowQuality => {
+                evidence.is_some_and(|p| p.status != ProofStatus::Completed || p.quality_score < lock.quality_threshold)
+            }
+            RollbackReason::Failure | RollbackReason::PermissionDenied | RollbackReason::Rejected => {
+                evidence.is_some_and(|p| p.status != ProofStatus::Completed)
+            }
+            RollbackReason::Expired => false,
+        };
+        if !shown {
+            return reject(
+                RejectCode::EvidenceRequired,
+                format!(
+                    "a delegator's rollback for {reason} needs the executor's signed proof showing it{}",
+                    if reason == RollbackReason::Timeout {
+                        ", or the deadline to pass"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+        }
+    }
+    let quality = evidence.map(|p| p.quality_score);
+    settle(
+        lock,
+        LockState::RolledBack,
+        Atp::ZERO,
+        quality,
+        Some(reason),
+        requester,
+        now,
+        book,
+        format!("rolled back task {task_id} ({reason})"),
+    )
+}
+
+fn expire(task_id: &TaskId, book: &impl Book, now: f64) -> Decision {
+    let Some(lock) = book.lock(task_id) else {
+        return reject(RejectCode::UnknownLock, format!("no lock exists for task {task_id}"));
+    };
+    if lock.state.is_terminal() {
+        return already(format!("task {task_id} was already settled"), Some(lock), None);
+    }
+    if now <= lock.expires_at {
+        return reject(
+            RejectCode::InvalidRequest,
+            format!("the lock of task {task_id} has not expired"),
+        );
+    }
+    settle(
+        lock,
+        LockState::Expired,
+        Atp::ZERO,
+        None,
+        Some(RollbackReason::Expired),
+        SWEEPER,
+        now,
+        book,
+        format!("expired task {task_id}"),
+    )
+}
+
+/// Closes `lock`: pays `paid` to the executor and refunds the rest to the delegator.
+#[allow(clippy::too_many_arguments)] // one call per settling transition, each naming every part
+fn settle(
+    mut lock: Lock,
+    state: LockState,
+    paid: Atp,
+    quality: Option<f64>,
+    reason: Option<RollbackReason>,
+    by: &str,
+    now: f64,
+    book: &impl Book,
+    message: String,
+) -> Decision {
+    let Some(refund) = lock.amount_uatp.checked_sub(paid) else {
+        return inconsistent("the refund");
+    };
+    let Some(mut delegator) = book.account(&lock.delegator) else {
+        return inconsistent("the delegator's account (missing)");
+    };
+    let (Some(locked), Some(balance)) = (
+        delegator.locked_uatp.checked_sub(lock.amount_uatp),
+        delegator.balance_uatp.checked_add(refund),
+    ) else {
+        return inconsistent("the delegator's account");
+    };
+    delegator.locked_uatp = locked;
+    delegator.balance_uatp = balance;
+    let mut writes = vec![Record::Account(delegator)];
+    if paid > Atp::ZERO {
+        let mut executor = book
+            .account(&lock.executor)
+            .unwrap_or_else(|| Account::empty(lock.executor.clone()));
+        let Some(balance) = executor.balance_uatp.checked_add(paid) else {
+            return inconsistent("the executor's balance");
+        };
+        executor.balance_uatp = balance;
+        writes.push(Record::Account(executor));
+    }
+    lock.state = state;
+    lock.settlement = Some(Settlement {
+        paid_uatp: paid,
+        refunded_uatp: refund,
+        quality,
+        reason,
+        at: now,
+        by: by.to_owned(),
+    });
+    let transition = match state {
+        LockState::Committed => Transition::Commit,
+        LockState::Expired => Transition::Expire,
+        _ => Transition::Rollback,
+    };
+    writes.push(Record::Journal(JournalEntry {
+        task_id: lock.task_id.clone(),
+        transition,
+        delegator: lock.delegator.clone(),
+        executor: lock.executor.clone(),
+        amount_uatp: lock.amount_uatp,
+        paid_uatp: paid,
+        refunded_uatp: refund,
+        quality,
+        reason,
+        at: now,
+        by: by.to_owned(),
+    }));
+    writes.push(Record::Lock(lock.clone()));
+    applied(writes, message, Some(lock), None)
+}

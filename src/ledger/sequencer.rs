@@ -1,0 +1,208 @@
+//! Group commit: one task per service instance applies ledger commands in groups. Commands
+//! that arrive while a batch is being written wait and go together into the next batch, so
+//! one hot account with a hundred concurrent locks costs a few batches, not a hundred racing
+//! compare-and-swap retries on one key; and per-account order is the arrival order.
+//!
+//! Each group: read what the commands need (cache first), decide every command in order on
+//! top of the earlier ones' writes, write all writes as one atomic batch, reply. On a
+//! compare-and-swap conflict (another instance wrote first) or an unknown outcome (timeout),
+//! forget the touched keys, read them again and decide again: idempotency turns a batch that
+//! did commit into "already applied".
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::clock::now_seconds;
+use crate::ledger::model::{Account, Record};
+use crate::ledger::protocol::{LedgerReply, Outcome, RejectCode};
+use crate::ledger::rules::{Book, Command, Decision, decide};
+use crate::ledger::store::LedgerStore;
+
+/// Most commands decided and written in one batch (each writes at most 4 keys, and a batch
+/// holds at most 1000 messages).
+pub const GROUP_COMMANDS_MAX: usize = 200;
+/// Commands waiting for the sequencer before new requests are refused as busy.
+pub const QUEUE_COMMANDS_MAX: usize = 20_000;
+/// Attempts at one group before its commands are answered "busy, retry".
+const GROUP_ATTEMPTS_MAX: u32 = 12;
+/// First pause after a failed attempt; doubles each time.
+const RETRY_PAUSE_FIRST: Duration = Duration::from_millis(2);
+
+/// A command and where its reply goes.
+pub struct Job {
+    pub command: Command,
+    pub reply: oneshot::Sender<LedgerReply>,
+}
+
+/// Handle to submit commands to a running sequencer.
+#[derive(Clone)]
+pub struct SequencerHandle {
+    tx: mpsc::Sender<Job>,
+}
+
+impl SequencerHandle {
+    /// Submits `command` and waits for its reply. Refuses at once when the queue is full.
+    pub async fn submit(&self, command: Command) -> LedgerReply {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.try_send(Job { command, reply }).is_err() {
+            return LedgerReply::rejected(RejectCode::Busy, "the ledger service is overloaded; retry");
+        }
+        rx.await
+            .unwrap_or_else(|_| LedgerReply::rejected(RejectCode::Busy, "the ledger service is stopping; retry"))
+    }
+}
+
+/// Starts the sequencer task over `store`. It stops when every handle is dropped.
+pub fn spawn(store: LedgerStore, admins: BTreeSet<String>) -> (SequencerHandle, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(QUEUE_COMMANDS_MAX);
+    let task = tokio::spawn(run(store, admins, rx));
+    (SequencerHandle { tx }, task)
+}
+
+async fn run(mut store: LedgerStore, admins: BTreeSet<String>, mut rx: mpsc::Receiver<Job>) {
+    let mut group = Vec::with_capacity(GROUP_COMMANDS_MAX);
+    while let Some(first) = rx.recv().await {
+        group.push(first);
+        while group.len() < GROUP_COMMANDS_MAX {
+            match rx.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let replies = apply_group(&mut store, &admins, group.iter().map(|j| &j.command).collect()).await;
+        for (job, reply) in group.drain(..).zip(replies) {
+            // The requester may have gone away; its retry will find the result.
+            let _ = job.reply.send(reply);
+        }
+    }
+}
+
+/// Keys a command's decision rests on, given what is known so far.
+fn needed_keys(command: &Command, book: &impl Book) -> Vec<String> {
+    let mut keys = command.keys();
+    if let Command::Commit { task_id, .. } | Command::Rollback { task_id, .. } | Command::Expire { task_id } = command
+        && let Some(lock) = book.lock(task_id)
+    {
+        keys.push(Account::empty(lock.delegator.clone()).key());
+        keys.push(Account::empty(lock.executor.clone()).key());
+    }
+    keys
+}
+
+/// Decides and writes one group; returns one reply per command, in order.
+pub async fn apply_group(
+    store: &mut LedgerStore,
+    admins: &BTreeSet<String>,
+    commands: Vec<&Command>,
+) -> Vec<LedgerReply> {
+    let mut optimistic = true;
+    let mut pause = RETRY_PAUSE_FIRST;
+    let mut last_error = String::new();
+    // Keys read from the bucket while working on this group: refusals may rest on these.
+    let mut fresh = HashSet::new();
+    for _ in 0..GROUP_ATTEMPTS_MAX {
+        match attempt(store, admins, &commands, optimistic, &mut fresh).await {
+            Ok(Some(replies)) => return replies,
+            // A decision rested on cached records that may be stale: decide again on fresh ones.
+            Ok(None) => {}
+            Err((error, touched)) => {
+                store.forget(&touched);
+                if !error.is_conflict() {
+                    tracing::warn!(%error, "ledger batch failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                last_error = error.to_string();
+            }
+        }
+        optimistic = false;
+    }
+    let message = format!("the ledger could not apply this after {GROUP_ATTEMPTS_MAX} attempts ({last_error}); retry");
+    commands
+        .iter()
+        .map(|_| LedgerReply::rejected(RejectCode::Busy, message.clone()))
+        .collect()
+}
+
+type AttemptError = (crate::ledger::store::StoreError, Vec<String>);
+
+async fn attempt(
+    store: &mut LedgerStore,
+    admins: &BTreeSet<String>,
+    commands: &[&Command],
+    optimistic: bool,
+    fresh: &mut HashSet<String>,
+) -> Result<Option<Vec<LedgerReply>>, AttemptError> {
+    // Round 1: the keys each command names; round 2: the accounts of the locks found.
+    let first: Vec<String> = commands.iter().flat_map(|c| c.keys()).collect();
+    let assume_absent: HashSet<String> = if optimistic {
+        commands.iter().flat_map(|c| c.fresh_keys()).collect()
+    } else {
+        HashSet::new()
+    };
+    fresh.extend(store.load(&first, &assume_absent).await.map_err(|e| (e, Vec::new()))?);
+    let empty = HashMap::new();
+    let second: Vec<String> = commands
+        .iter()
+        .flat_map(|c| needed_keys(c, &store.book(&empty)))
+        .collect();
+    fresh.extend(store.load(&second, &assume_absent).await.map_err(|e| (e, Vec::new()))?);
+
+    let now = now_seconds();
+    let mut overlay: HashMap<String, Record> = HashMap::new();
+    let mut order: Vec<String> = Vec::new();
+    let mut replies = Vec::with_capacity(commands.len());
+    let mut stale: Vec<String> = Vec::new();
+    for command in commands {
+        let book = store.book(&overlay);
+        let keys = needed_keys(command, &book);
+        match decide(command, &book, admins, now) {
+            Decision::Apply { writes, reply } => {
+                for record in writes {
+                    let key = record.key();
+                    if !overlay.contains_key(&key) {
+                        order.push(key.clone());
+                    }
+                    overlay.insert(key, record);
+                }
+                replies.push(reply);
+            }
+            Decision::Reply(reply) => {
+                // A refusal must rest on what the bucket says now, not on a cached copy.
+                if reply.outcome == Outcome::Rejected && !optimistic_safe(&reply) {
+                    stale.extend(
+                        keys.into_iter()
+                            .filter(|k| !fresh.contains(k) && !overlay.contains_key(k)),
+                    );
+                }
+                replies.push(reply);
+            }
+        }
+    }
+    if !stale.is_empty() {
+        store.forget(&stale);
+        return Ok(None);
+    }
+    if overlay.is_empty() {
+        return Ok(Some(replies));
+    }
+    let writes: Vec<Record> = order.iter().filter_map(|k| overlay.remove(k)).collect();
+    let touched: Vec<String> = writes.iter().map(Record::key).collect();
+    store.commit(writes).await.map_err(|e| (e, touched))?;
+    Ok(Some(replies))
+}
+
+/// Refusals that do not depend on the bucket's state.
+fn optimistic_safe(reply: &LedgerReply) -> bool {
+    matches!(
+        reply.code,
+        Some(
+            RejectCode::InvalidRequest
+                | RejectCode::InvalidAmount
+                | RejectCode::NotAuthorized
+                | RejectCode::SameAccount
+        )
+    )
+}

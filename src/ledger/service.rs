@@ -1,0 +1,240 @@
+//! `sagefed ledger serve`: the ledger authority. Any number of instances share one queue
+//! group; each verifies signed requests, turns them into commands, and hands them to its
+//! sequencer. It is the only writer of the ledger bucket.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::Arc;
+
+use async_nats::Client;
+use async_nats::jetstream;
+use async_nats::service::ServiceExt;
+use bytes::Bytes;
+use futures::StreamExt;
+
+use crate::atp::Atp;
+use crate::envelope::{EnvelopeError, Verified};
+use crate::key_directory::KeyDirectory;
+use crate::ledger::model::{Lock, LockState};
+use crate::ledger::protocol::{LedgerReply, LedgerRequest, Operation, RejectCode};
+use crate::ledger::rules::Command;
+use crate::ledger::sequencer::{self, SequencerHandle};
+use crate::ledger::store::LedgerStore;
+use crate::ledger::sweeper;
+use crate::proof::ExecutionProof;
+use crate::subjects;
+
+/// The endpoints, by operation name.
+pub const ENDPOINTS: [&str; 4] = ["grant", "lock", "commit", "rollback"];
+
+/// How a ledger service instance runs.
+#[derive(Clone, Debug)]
+pub struct LedgerOptions {
+    /// Platforms whose signed requests may grant ATP.
+    pub admins: BTreeSet<String>,
+    /// Whether this instance sweeps expired locks.
+    pub sweep: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("ledger bucket sage_ledger: {0}")]
+    Bucket(String),
+    #[error(transparent)]
+    Keys(#[from] crate::key_directory::DirectoryError),
+    #[error("cannot start the sagefed-ledger service: {0}")]
+    Service(String),
+}
+
+/// A running ledger service instance.
+pub struct LedgerService {
+    service: async_nats::service::Service,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    sequencer: tokio::task::JoinHandle<()>,
+}
+
+impl LedgerService {
+    /// Starts serving on `client`. The streams and buckets must exist (`infra::ensure`).
+    pub async fn start(client: Client, options: LedgerOptions) -> Result<Self, ServiceError> {
+        let js = jetstream::new(client.clone());
+        let kv = js
+            .get_key_value(subjects::LEDGER_BUCKET)
+            .await
+            .map_err(|e| ServiceError::Bucket(e.to_string()))?;
+        let keys = Arc::new(KeyDirectory::open(&js).await?);
+        let (handle, sequencer) =
+            sequencer::spawn(LedgerStore::new(client.clone(), kv.clone()), options.admins.clone());
+        let service = client
+            .service_builder()
+            .description("sagefed ATP ledger: grant, lock, commit, rollback")
+            .queue_group(subjects::LEDGER_QUEUE_GROUP)
+            .start(subjects::LEDGER_SERVICE, env!("CARGO_PKG_VERSION"))
+            .await
+            .map_err(|e| ServiceError::Service(e.to_string()))?;
+        let group = service.group(subjects::LEDGER_ENDPOINT_PREFIX);
+        let mut tasks = Vec::new();
+        for name in ENDPOINTS {
+            let mut endpoint = group
+                .endpoint(name)
+                .await
+                .map_err(|e| ServiceError::Service(e.to_string()))?;
+            let keys = Arc::clone(&keys);
+            let handle = handle.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Some(request) = endpoint.next().await {
+                    let keys = Arc::clone(&keys);
+                    let handle = handle.clone();
+                    tokio::spawn(async move {
+                        let reply = handle_request(name, &request.message.payload, &keys, &handle).await;
+                        let body = serde_json::to_vec(&reply).unwrap_or_default();
+                        if let Err(e) = request.respond(Ok(Bytes::from(body))).await {
+                            tracing::debug!(error = %e, "could not send a ledger reply");
+                        }
+                    });
+                }
+            }));
+        }
+        if options.sweep {
+            tasks.push(tokio::spawn(sweeper::run(kv, handle)));
+        }
+        Ok(Self {
+            service,
+            tasks,
+            sequencer,
+        })
+    }
+
+    /// Stops answering and waits for queued commands to finish.
+    pub async fn stop(self) {
+        let _ = self.service.stop().await;
+        for task in &self.tasks {
+            task.abort();
+        }
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        // With every handle dropped the sequencer drains its queue and ends.
+        let _ = self.sequencer.await;
+    }
+}
+
+/// Runs a ledger service until `shutdown` resolves.
+pub async fn serve(
+    client: Client,
+    options: LedgerOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServiceError> {
+    let service = LedgerService::start(client.clone(), options).await?;
+    tracing::info!("ledger service ready");
+    shutdown.await;
+    service.stop().await;
+    let _ = client.flush().await;
+    Ok(())
+}
+
+fn refuse(error: &EnvelopeError) -> LedgerReply {
+    let code = match error {
+        EnvelopeError::Malformed(_) | EnvelopeError::TooLarge { .. } | EnvelopeError::WrongKind { .. } => {
+            RejectCode::InvalidRequest
+        }
+        EnvelopeError::Invalid(_) => RejectCode::InvalidRequest,
+        _ => RejectCode::BadSignature,
+    };
+    LedgerReply::rejected(code, error.to_string())
+}
+
+async fn verify_proof(keys: &KeyDirectory, wire: &str, what: &str) -> Result<Verified<ExecutionProof>, LedgerReply> {
+    keys.verify::<ExecutionProof>(&Bytes::copy_from_slice(wire.as_bytes()))
+        .await
+        .map_err(|e| LedgerReply::rejected(RejectCode::BadSignature, format!("the {what} does not verify: {e}")))
+}
+
+/// Verifies a request and turns it into a command; any refusal is a reply.
+async fn command_for(endpoint: &str, payload: &Bytes, keys: &KeyDirectory) -> Result<Command, LedgerReply> {
+    let request = keys.verify::<LedgerRequest>(payload).await.map_err(|e| refuse(&e))?;
+    let requester = request.requester.clone();
+    let request = request.into_message();
+    if request.operation.name() != endpoint {
+        return Err(LedgerReply::rejected(
+            RejectCode::InvalidRequest,
+            format!(
+                "a {} request was sent to the {endpoint} endpoint",
+                request.operation.name()
+            ),
+        ));
+    }
+    let amount = |value: f64, what: &'static str| {
+        Atp::positive_from_f64(value, what).map_err(|e| LedgerReply::rejected(RejectCode::InvalidAmount, e.to_string()))
+    };
+    Ok(match request.operation {
+        Operation::Grant {
+            grant_id,
+            account,
+            amount: value,
+        } => Command::Grant {
+            requester,
+            grant_id,
+            account,
+            amount: amount(value, "amount")?,
+        },
+        Operation::Lock {
+            task_id,
+            delegator,
+            executor,
+            amount: value,
+            quality_threshold,
+            deadline,
+            expires_at,
+        } => {
+            let lock = Lock {
+                task_id,
+                delegator,
+                executor,
+                amount_uatp: amount(value, "amount")?,
+                quality_threshold,
+                created_at: request.created_at,
+                deadline,
+                expires_at,
+                state: LockState::Pending,
+                settlement: None,
+            };
+            Command::Lock { requester, lock }
+        }
+        Operation::Commit { task_id, proof } => {
+            let proof = verify_proof(keys, &proof, "proof").await?;
+            Command::Commit {
+                requester,
+                task_id,
+                proof,
+            }
+        }
+        Operation::Rollback {
+            task_id,
+            reason,
+            evidence,
+        } => {
+            let evidence = match evidence {
+                Some(wire) => Some(verify_proof(keys, &wire, "evidence").await?),
+                None => None,
+            };
+            Command::Rollback {
+                requester,
+                task_id,
+                reason,
+                evidence,
+            }
+        }
+    })
+}
+
+async fn handle_request(
+    endpoint: &str,
+    payload: &Bytes,
+    keys: &KeyDirectory,
+    sequencer: &SequencerHandle,
+) -> LedgerReply {
+    match command_for(endpoint, payload, keys).await {
+        Ok(command) => sequencer.submit(command).await,
+        Err(reply) => reply,
+    }
+}
