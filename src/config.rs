@@ -374,8 +374,10 @@ pub fn figment(path: &Path) -> Figment {
         Figment::from(Toml::file_exact(path))
     };
     file.merge(Env::prefixed(ENV_PREFIX).split("__").filter(|key| {
+        // After the split, nested keys read `<section>.<key>`; anything else with the prefix
+        // (SAGE_TOOLS_DIR, SAGE_LOG) is not configuration.
         let key = key.as_str().to_ascii_lowercase();
-        ENV_SECTIONS.iter().any(|section| key.starts_with(section))
+        ENV_SECTIONS.iter().any(|section| key.starts_with(&format!("{section}.")))
     }))
 }
 
