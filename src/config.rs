@@ -377,7 +377,9 @@ pub fn figment(path: &Path) -> Figment {
         // After the split, nested keys read `<section>.<key>`; anything else with the prefix
         // (SAGE_TOOLS_DIR, SAGE_LOG) is not configuration.
         let key = key.as_str().to_ascii_lowercase();
-        ENV_SECTIONS.iter().any(|section| key.starts_with(&format!("{section}.")))
+        ENV_SECTIONS
+            .iter()
+            .any(|section| key.starts_with(&format!("{section}.")))
     }))
 }
 

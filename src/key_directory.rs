@@ -16,6 +16,9 @@ use crate::envelope::{EnvelopeError, Signable, Verified, peek_signer, verify};
 use crate::keys::{KeyError, KeyRecord, KeyRegistry};
 use crate::lct::{check_platform, token_problem};
 
+/// Pause before following the key bucket again after its watch ended.
+const WATCH_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Longest key id worth looking up (ours are 16 hex digits).
 const KEY_ID_CHARS_MAX: usize = 64;
 use crate::subjects;
@@ -58,16 +61,26 @@ impl KeyDirectory {
             .await
             .map_err(|e| DirectoryError::Kv(e.to_string()))?;
         let cache = Arc::new(RwLock::new(KeyRegistry::new()));
-        // `watch_all` first replays the current value of every key, then follows updates.
+        // Follow changes (new keys, revocations) from now on; `refresh` below reads what is
+        // already there. A watch that ends (server restart) is started again, with history,
+        // so nothing written meanwhile is missed.
         let mut watch = kv.watch_all().await.map_err(|e| DirectoryError::Kv(e.to_string()))?;
         let shared = Arc::clone(&cache);
+        let store = kv.clone();
         let watcher = tokio::spawn(async move {
-            while let Some(entry) = watch.next().await {
-                let Ok(entry) = entry else { continue };
-                if let Some(record) = decode(&entry.value)
-                    && let Ok(mut registry) = shared.write()
-                {
-                    registry.insert(record);
+            loop {
+                while let Some(entry) = watch.next().await {
+                    let Ok(entry) = entry else { break };
+                    if let Some(record) = decode(&entry.value)
+                        && let Ok(mut registry) = shared.write()
+                    {
+                        registry.insert(record);
+                    }
+                }
+                tokio::time::sleep(WATCH_RETRY_PAUSE).await;
+                match store.watch_with_history(">").await {
+                    Ok(again) => watch = again,
+                    Err(e) => tracing::debug!(error = %e, "key registry watch not restarted yet"),
                 }
             }
         });

@@ -596,3 +596,52 @@ async fn a_hot_account_with_100_concurrent_locks_does_not_starve() {
     assert_eq!(balance(&f, "Legion", CS).await, (30.0, 0.0));
     f.assert_audit_clean().await;
 }
+
+fn sagefed(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_sagefed"))
+        .args(args)
+        .output()
+        .expect("run sagefed")
+}
+
+#[tokio::test]
+async fn the_audit_command_passes_a_clean_ledger_and_names_a_minted_unit() {
+    let f = LedgerFixture::start().await;
+    fund(&f, "Thor", 100.0).await;
+    let thor = f.client("Thor").await;
+    assert_applied(&lock(&thor, "t-a", "Thor", "Legion", 10.0).await);
+    let url = f.nats.url();
+
+    let clean = sagefed(&["audit", "--nats", &url]);
+    assert!(clean.status.success(), "{}", String::from_utf8_lossy(&clean.stdout));
+    let json = sagefed(&["audit", "--nats", &url, "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json report");
+    assert_eq!(report["supply_uatp"], 100_000_000);
+    assert_eq!(report["locks_pending"], 1);
+    let balances = sagefed(&["balances", "--nats", &url, "--json"]);
+    let accounts: serde_json::Value = serde_json::from_slice(&balances.stdout).expect("json balances");
+    assert_eq!(accounts[0]["balance"], 90.0);
+    assert_eq!(accounts[0]["locked"], 10.0);
+
+    // Someone with write access to the bucket mints one micro-ATP behind the ledger's back.
+    let kv = f.nats.js().await.get_key_value("sage_ledger").await.expect("bucket");
+    let key = sage_federation::ledger::model::account_key(&lct("Thor", C));
+    let mut account: serde_json::Value =
+        serde_json::from_slice(&kv.get(&key).await.expect("get").expect("account")).expect("json");
+    account["balance_uatp"] = serde_json::json!(90_000_001u64);
+    kv.put(&key, serde_json::to_vec(&account).expect("json").into())
+        .await
+        .expect("tamper");
+
+    let dirty = sagefed(&["audit", "--nats", &url]);
+    assert_eq!(dirty.status.code(), Some(3));
+    let text = String::from_utf8_lossy(&dirty.stdout);
+    assert!(
+        text.contains("VIOLATION supply") && text.contains(&format!("VIOLATION {key}")),
+        "{text}"
+    );
+
+    let unreachable = sagefed(&["audit", "--nats", "nats://127.0.0.1:1"]);
+    assert_eq!(unreachable.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot connect to NATS"));
+}

@@ -37,11 +37,22 @@ pub enum LedgerClientError {
 pub struct LedgerClient {
     client: Client,
     signer: Signer,
+    timeout: Duration,
 }
 
 impl LedgerClient {
     pub fn new(client: Client, signer: Signer) -> Self {
-        Self { client, signer }
+        Self {
+            client,
+            signer,
+            timeout: LEDGER_REQUEST_TIMEOUT,
+        }
+    }
+
+    /// Waits `timeout` for each reply instead of [`LEDGER_REQUEST_TIMEOUT`].
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     pub fn platform(&self) -> &str {
@@ -65,7 +76,7 @@ impl LedgerClient {
                 .signer
                 .sign(&request)
                 .map_err(|e| LedgerClientError::Sign(e.to_string()))?;
-            let sent = tokio::time::timeout(LEDGER_REQUEST_TIMEOUT, self.client.request(subject.clone(), wire)).await;
+            let sent = tokio::time::timeout(self.timeout, self.client.request(subject.clone(), wire)).await;
             match sent {
                 Ok(Ok(message)) => {
                     let reply: LedgerReply = serde_json::from_slice(&message.payload).map_err(|e| {
@@ -77,7 +88,7 @@ impl LedgerClient {
                     last = reply.message;
                 }
                 Ok(Err(e)) => last = e.to_string(),
-                Err(_) => last = format!("no reply within {LEDGER_REQUEST_TIMEOUT:?}"),
+                Err(_) => last = format!("no reply within {:?}", self.timeout),
             }
             tokio::time::sleep(pause).await;
             pause *= 2;
