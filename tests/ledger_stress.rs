@@ -103,7 +103,7 @@ async fn run_plan(
     signers: Arc<HashMap<String, Signer>>,
 ) -> Seen {
     let mut seen = Seen::default();
-    let mut count = |reply: Result<LedgerReply, _>, seen: &mut Seen, applied: fn(&mut Seen)| match reply {
+    let count = |reply: Result<LedgerReply, _>, seen: &mut Seen, applied: fn(&mut Seen)| match reply {
         Ok(reply) if reply.outcome == Outcome::Applied => applied(seen),
         Ok(reply) if reply.code == Some(RejectCode::Busy) => seen.errors += 1,
         Ok(_) => {}
