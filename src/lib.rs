@@ -16,14 +16,17 @@
 //! - [`subjects`]: every subject, stream, consumer and bucket name (mirrors `subjects.md`).
 //! - [`infra`]: creates the streams and buckets.
 //! - [`nats_server`]: finds, installs and runs a real `nats-server`.
+//! - [`ledger`]: the ATP ledger service, its client, its audit.
 //!
 //! Running it:
 //! - [`config`]: per-platform configuration (defaults < file < `SAGE_*` environment).
 //! - [`limits`]: every bound, named with its unit.
 //! - [`up`]: `sagefed up`, the whole federation on one machine.
+//! - [`bench`]: `sagefed bench`, figures against a floor measured in the same run.
 //! - [`cli`]: argument parsing; `main.rs` only calls [`cli::main`].
 
 pub mod atp;
+pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod config;

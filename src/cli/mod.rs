@@ -52,6 +52,8 @@ enum Command {
     Balances(ledger::BalancesArgs),
     /// Create ATP in an account (ledger admins only)
     Grant(ledger::GrantArgs),
+    /// Measure latency and throughput on a local server, against a floor from the same run
+    Bench(crate::bench::BenchArgs),
 }
 
 /// How to reach NATS, for commands that talk to a running federation.
@@ -122,6 +124,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit(args) => return ledger::audit_command(&args).await,
         Command::Balances(args) => ledger::balances_command(&args).await?,
         Command::Grant(args) => return ledger::grant_command(&args).await,
+        Command::Bench(args) => crate::bench::run(args).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

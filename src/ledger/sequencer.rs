@@ -71,7 +71,13 @@ async fn run(mut store: LedgerStore, admins: BTreeSet<String>, mut rx: mpsc::Rec
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
         let replies = apply_group(&mut store, &admins, group.iter().map(|j| &j.command).collect()).await;
+        tracing::debug!(
+            commands = group.len(),
+            micros = started.elapsed().as_micros() as u64,
+            "ledger group applied"
+        );
         for (job, reply) in group.drain(..).zip(replies) {
             // The requester may have gone away; its retry will find the result.
             let _ = job.reply.send(reply);
@@ -190,6 +196,7 @@ async fn attempt(
     }
     let writes: Vec<Record> = order.iter().filter_map(|k| overlay.remove(k)).collect();
     let touched: Vec<String> = writes.iter().map(Record::key).collect();
+    tracing::trace!(messages = writes.len(), "writing a ledger batch");
     store.commit(writes).await.map_err(|e| (e, touched))?;
     Ok(Some(replies))
 }

@@ -1,0 +1,405 @@
+//! `sagefed bench`: latency and throughput against a real nats-server, each figure next to a
+//! floor measured in the same run on the same server, so the ratios mean something on any
+//! machine.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use async_nats::jetstream;
+use bytes::Bytes;
+use futures::future::join_all;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use crate::clock::now_seconds;
+use crate::envelope::Signer;
+use crate::infra;
+use crate::key_directory::KeyDirectory;
+use crate::keys::{self, KeyRecord};
+use crate::lct::Lct;
+use crate::ledger::batch::{self, BatchMessage};
+use crate::ledger::client::LedgerClient;
+use crate::ledger::protocol::{LedgerReply, Outcome};
+use crate::ledger::service::{LedgerOptions, LedgerService};
+use crate::nats_server::{self, NatsServer, ServerOptions};
+use crate::proof::{ExecutionProof, ProofStatus};
+use crate::subjects;
+use crate::task::TaskId;
+
+/// The bench's own server config: the test config (sync_interval: always).
+const BENCH_CONF: &str = include_str!("../nats/test.conf");
+
+/// Latency distribution of one measured operation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Figure {
+    pub name: String,
+    pub count: usize,
+    pub in_flight: usize,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub max_us: f64,
+    pub per_second: f64,
+    /// p50 of this figure over the p50 of the run's floor.
+    pub p50_ratio: f64,
+    pub p99_ratio: f64,
+}
+
+/// Records latencies and turns them into a [`Figure`].
+fn figure(name: &str, mut samples: Vec<Duration>, in_flight: usize, wall: Duration) -> Figure {
+    samples.sort();
+    let at = |q: f64| {
+        let i = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len().max(1)) - 1;
+        samples.get(i).map_or(0.0, |d| d.as_secs_f64() * 1e6)
+    };
+    Figure {
+        name: name.to_owned(),
+        count: samples.len(),
+        in_flight,
+        p50_us: at(0.50),
+        p99_us: at(0.99),
+        max_us: at(1.0),
+        per_second: samples.len() as f64 / wall.as_secs_f64().max(1e-9),
+        p50_ratio: 0.0,
+        p99_ratio: 0.0,
+    }
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// What to measure
+    #[arg(value_enum)]
+    pub target: BenchTarget,
+    /// Tasks per scenario
+    #[arg(long, default_value_t = 2000)]
+    pub tasks: usize,
+    /// Operations in flight in the concurrent scenarios
+    #[arg(long, default_value_t = 100)]
+    pub concurrency: usize,
+    /// Print the figures as JSON
+    #[arg(long)]
+    pub json: bool,
+    /// Where nats-server is installed when it is not found [default: $SAGE_TOOLS_DIR or ./.tools]
+    #[arg(long)]
+    pub tools_dir: Option<PathBuf>,
+    /// The server's durability: fsync before every ack (`always`, what sagefed ships) or the
+    /// JetStream default (fsync every 2 minutes)
+    #[arg(long, value_enum, default_value_t = Durability::Always)]
+    pub durability: Durability,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// sync_interval: always
+    Always,
+    /// JetStream's default sync interval (2 minutes)
+    Default,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchTarget {
+    /// Ledger lock + commit, many accounts and one hot account, against raw KV CAS
+    Ledger,
+}
+
+/// Runs the bench on a fresh local server and prints the figures.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let tools = args.tools_dir.clone().unwrap_or_else(nats_server::default_tools_dir);
+    let binary = nats_server::find_or_install(&tools)?;
+    let dir = std::env::temp_dir().join(format!("sagefed-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let config = dir.join("bench.conf");
+    let conf = match args.durability {
+        Durability::Always => BENCH_CONF.to_owned(),
+        Durability::Default => BENCH_CONF.replace("sync_interval: always", ""),
+    };
+    std::fs::write(&config, conf)?;
+    let mut server = NatsServer::start(
+        &binary,
+        ServerOptions {
+            config_file: Some(config),
+            store_dir: dir.join("store"),
+            port: None,
+            log_file: dir.join("server.log"),
+        },
+    )
+    .await?;
+    let result = match args.target {
+        BenchTarget::Ledger => ledger(&server, &args).await,
+    };
+    server.stop(Duration::from_secs(5));
+    let _ = std::fs::remove_dir_all(&dir);
+    let figures = result?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&figures)?);
+    } else {
+        print_table(&figures);
+    }
+    Ok(())
+}
+
+fn print_table(figures: &[Figure]) {
+    println!(
+        "{:<52} {:>6} {:>9} {:>10} {:>10} {:>10} {:>9} {:>8} {:>8}",
+        "scenario", "n", "in flight", "p50 us", "p99 us", "max us", "per s", "p50 x", "p99 x"
+    );
+    for f in figures {
+        println!(
+            "{:<52} {:>6} {:>9} {:>10.0} {:>10.0} {:>10.0} {:>9.0} {:>8.1} {:>8.1}",
+            f.name, f.count, f.in_flight, f.p50_us, f.p99_us, f.max_us, f.per_second, f.p50_ratio, f.p99_ratio
+        );
+    }
+    println!("ratios: over the raw KV compare-and-swap floor (first row), measured in this run");
+}
+
+/// Everything the ledger scenarios need: a service, signers, funded accounts.
+struct LedgerBench {
+    client: async_nats::Client,
+    signers: Vec<Signer>,
+    executor: Signer,
+    service: LedgerService,
+}
+
+const BENCH_TASK_TYPE: &str = "consciousness";
+const EXECUTOR_TASK_TYPE: &str = "consciousness.sage";
+
+async fn ledger_setup(server: &NatsServer, accounts: usize, atp_each: f64) -> anyhow::Result<LedgerBench> {
+    let client = infra::connect(&server.url(), "sagefed-bench", Duration::from_secs(5)).await?;
+    let js = jetstream::new(client.clone());
+    infra::ensure(&js, 1).await?;
+    let directory = KeyDirectory::open(&js).await?;
+    let treasury = Signer::new("Treasury", keys::generate()?)?;
+    let executor = Signer::new("Executor", keys::generate()?)?;
+    let mut signers = Vec::new();
+    for i in 0..accounts {
+        signers.push(Signer::new(&format!("P{i}"), keys::generate()?)?);
+    }
+    for signer in signers.iter().chain([&treasury, &executor]) {
+        directory
+            .publish(&KeyRecord::new(signer.platform(), &signer.verifying_key(), 0.0))
+            .await?;
+    }
+    let service = LedgerService::start(
+        client.clone(),
+        LedgerOptions {
+            admins: BTreeSet::from(["Treasury".to_owned()]),
+            sweep: true,
+        },
+    )
+    .await?;
+    let treasury = LedgerClient::new(client.clone(), treasury);
+    for signer in &signers {
+        let lct = Lct::new("bench", signer.platform(), BENCH_TASK_TYPE)?;
+        let reply = treasury
+            .grant(&format!("bench-{}", signer.platform()), &lct, atp_each)
+            .await?;
+        anyhow::ensure!(reply.outcome != Outcome::Rejected, "grant refused: {}", reply.message);
+    }
+    Ok(LedgerBench {
+        client,
+        signers,
+        executor,
+        service,
+    })
+}
+
+/// One lock and its commit; returns the two latencies.
+async fn lock_commit(
+    delegator: &LedgerClient,
+    executor: &Signer,
+    task_id: TaskId,
+) -> anyhow::Result<(Duration, Duration)> {
+    let from = Lct::new("bench", delegator.platform(), BENCH_TASK_TYPE)?;
+    let to = Lct::new("bench", executor.platform(), EXECUTOR_TASK_TYPE)?;
+    let now = now_seconds();
+    let start = Instant::now();
+    let reply = delegator
+        .lock(&task_id, &from, &to, 1.0, 0.7, now + 60.0, now + 120.0)
+        .await?;
+    let locked = start.elapsed();
+    expect_applied(&reply)?;
+    let proof = ExecutionProof {
+        task_id: task_id.clone(),
+        executor_lct: to,
+        delegator_lct: from,
+        status: ProofStatus::Completed,
+        reason: String::new(),
+        atp_consumed: 0.5,
+        execution_time: 0.0,
+        quality_score: 0.9,
+        result: serde_json::Map::new(),
+        created_at: now_seconds(),
+    };
+    let proof = executor.sign(&proof)?;
+    let start = Instant::now();
+    let reply = delegator.commit(&task_id, &proof).await?;
+    let committed = start.elapsed();
+    expect_applied(&reply)?;
+    Ok((locked, committed))
+}
+
+fn expect_applied(reply: &LedgerReply) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        reply.outcome == Outcome::Applied,
+        "ledger refused: {:?} {}",
+        reply.code,
+        reply.message
+    );
+    Ok(())
+}
+
+/// Raw KV compare-and-swap on distinct keys, sequential: the floor.
+async fn kv_cas_floor(js: &jetstream::Context, count: usize) -> anyhow::Result<Figure> {
+    let kv = js.get_key_value(subjects::PLATFORMS_BUCKET).await?;
+    let mut revision = kv.put("bench-floor", Bytes::from_static(b"0")).await?;
+    let mut samples = Vec::with_capacity(count);
+    let wall = Instant::now();
+    for i in 0..count {
+        let start = Instant::now();
+        revision = kv.update("bench-floor", Bytes::from(i.to_string()), revision).await?;
+        samples.push(start.elapsed());
+    }
+    Ok(figure(
+        "floor: raw KV compare-and-swap, 1 writer",
+        samples,
+        1,
+        wall.elapsed(),
+    ))
+}
+
+/// Raw KV CAS by `writers` concurrent writers on ONE key, blind retry: what the ledger avoids.
+async fn kv_cas_hot(js: &jetstream::Context, count: usize, writers: usize) -> anyhow::Result<Figure> {
+    let kv = js.get_key_value(subjects::PLATFORMS_BUCKET).await?;
+    kv.put("bench-hot", Bytes::from_static(b"0")).await?;
+    let per_writer = count / writers.max(1);
+    let wall = Instant::now();
+    let runs = join_all((0..writers).map(|_| {
+        let kv = kv.clone();
+        async move {
+            let mut samples = Vec::with_capacity(per_writer);
+            for _ in 0..per_writer {
+                let start = Instant::now();
+                loop {
+                    let Some(entry) = kv.entry("bench-hot").await? else {
+                        anyhow::bail!("key vanished")
+                    };
+                    if kv
+                        .update("bench-hot", entry.value.clone(), entry.revision)
+                        .await
+                        .is_ok()
+                    {
+                        break;
+                    }
+                }
+                samples.push(start.elapsed());
+            }
+            Ok::<_, anyhow::Error>(samples)
+        }
+    }))
+    .await;
+    let mut samples = Vec::new();
+    for run in runs {
+        samples.extend(run?);
+    }
+    Ok(figure(
+        &format!("raw KV CAS, {writers} writers on 1 key, blind retry"),
+        samples,
+        writers,
+        wall.elapsed(),
+    ))
+}
+
+/// One atomic batch of `size` creates, sequential: the server's own cost (3 is a lock's shape,
+/// 150 a busy group's).
+async fn batch_floor(client: &async_nats::Client, count: usize, size: usize) -> anyhow::Result<Figure> {
+    let mut samples = Vec::with_capacity(count);
+    let subject = |key: String| subjects::kv_subject(subjects::LEDGER_BUCKET, &key);
+    let payload = Bytes::from(vec![b'x'; 300]);
+    let wall = Instant::now();
+    for i in 0..count {
+        let messages = (0..size)
+            .map(|k| {
+                BatchMessage::new(subject(format!("bench.floor.{size}.{i}.{k}")), payload.clone())
+                    .expect_last_subject_sequence(0)
+            })
+            .collect();
+        let start = Instant::now();
+        batch::publish_atomic(client, &batch::new_batch_id(client), messages).await?;
+        samples.push(start.elapsed());
+    }
+    Ok(figure(
+        &format!("raw atomic batch of {size} creates, 1 in flight"),
+        samples,
+        1,
+        wall.elapsed(),
+    ))
+}
+
+/// Runs lock+commit for `tasks` tasks, `in_flight` at a time, delegators chosen by `pick`.
+async fn lock_commit_scenario(
+    bench: &LedgerBench,
+    name: &str,
+    tasks: usize,
+    in_flight: usize,
+    pick: impl Fn(usize) -> usize,
+) -> anyhow::Result<Vec<Figure>> {
+    let clients: Vec<LedgerClient> = bench
+        .signers
+        .iter()
+        .map(|s| LedgerClient::new(bench.client.clone(), s.clone()))
+        .collect();
+    let gate = Arc::new(Semaphore::new(in_flight));
+    let wall = Instant::now();
+    let runs = join_all((0..tasks).map(|i| {
+        let client = clients[pick(i) % clients.len()].clone();
+        let executor = bench.executor.clone();
+        let gate = Arc::clone(&gate);
+        async move {
+            let _permit = gate.acquire().await?;
+            let task_id: TaskId = format!("t-bench-{}-{i}", name.replace(' ', "-"))
+                .parse()
+                .map_err(anyhow::Error::msg)?;
+            let start = Instant::now();
+            let (lock, commit) = lock_commit(&client, &executor, task_id).await?;
+            Ok::<_, anyhow::Error>((lock, commit, start.elapsed()))
+        }
+    }))
+    .await;
+    let wall = wall.elapsed();
+    let (mut locks, mut commits, mut both) = (Vec::new(), Vec::new(), Vec::new());
+    for run in runs {
+        let (lock, commit, total) = run?;
+        locks.push(lock);
+        commits.push(commit);
+        both.push(total);
+    }
+    Ok(vec![
+        figure(&format!("ledger lock, {name}"), locks, in_flight, wall),
+        figure(&format!("ledger commit (settlement), {name}"), commits, in_flight, wall),
+        figure(&format!("ledger lock + commit, {name}"), both, in_flight, wall),
+    ])
+}
+
+async fn ledger(server: &NatsServer, args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
+    let accounts = args.concurrency.max(1);
+    let bench = ledger_setup(server, accounts, 1e9).await?;
+    let js = jetstream::new(bench.client.clone());
+    let sequential = (args.tasks / 4).max(50);
+    let floor = kv_cas_floor(&js, sequential).await?;
+    let mut figures = vec![floor.clone()];
+    figures.push(batch_floor(&bench.client, sequential, 3).await?);
+    figures.push(batch_floor(&bench.client, (sequential / 5).max(20), 150).await?);
+    figures.push(kv_cas_hot(&js, sequential, 10).await?);
+    figures.extend(lock_commit_scenario(&bench, "1 in flight", sequential, 1, |i| i).await?);
+    let name = format!("{} accounts", accounts);
+    figures.extend(lock_commit_scenario(&bench, &name, args.tasks, args.concurrency, |i| i).await?);
+    figures.extend(lock_commit_scenario(&bench, "one hot account", args.tasks, args.concurrency, |_| 0).await?);
+    bench.service.stop().await;
+    for f in &mut figures {
+        f.p50_ratio = f.p50_us / floor.p50_us.max(1e-9);
+        f.p99_ratio = f.p99_us / floor.p50_us.max(1e-9);
+    }
+    Ok(figures)
+}
