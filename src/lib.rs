@@ -22,6 +22,7 @@
 //! - [`limits`]: every bound, named with its unit.
 //! - [`up`]: `sagefed up`, the whole federation on one machine.
 //! - [`cli`]: argument parsing; `main.rs` only calls [`cli::main`].
+//! - [`worker`]: executes tasks: operation handlers in `worker::ops`.
 
 pub mod atp;
 pub mod cli;
@@ -39,3 +40,4 @@ pub mod proof;
 pub mod subjects;
 pub mod task;
 pub mod up;
+pub mod worker;
