@@ -24,6 +24,7 @@
 //! - [`up`]: `sagefed up`, the whole federation on one machine.
 //! - [`bench`]: `sagefed bench`, figures against a floor measured in the same run.
 //! - [`cli`]: argument parsing; `main.rs` only calls [`cli::main`].
+//! - [`worker`]: executes tasks: operation handlers in `worker::ops`.
 
 pub mod atp;
 pub mod bench;
@@ -42,3 +43,4 @@ pub mod proof;
 pub mod subjects;
 pub mod task;
 pub mod up;
+pub mod worker;

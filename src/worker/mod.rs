@@ -1,0 +1,3 @@
+//! Executing tasks: operation handlers live in [`ops`].
+
+pub mod ops;

@@ -1,0 +1,357 @@
+//! `execution`: a small deterministic program of arithmetic steps.
+//!
+//! Parameters: `steps`, a list of `{"op": ..., "args": [...], "expect": <number>}` where `op`
+//! is one of `add`, `mul`, `min`, `max` (one or more arguments), `sub`, `div`, `pow` (two) or
+//! `sqrt`, `abs`, `neg` (one); an argument is a number or `"$k"`, the value of step `k`
+//! (an earlier one); `expect` is optional. A malformed program is refused before anything
+//! runs; a step can still fail while running (division by zero, the square root of a
+//! negative, a result that is not finite, a failed step it refers to, or a value that differs
+//! from `expect` by more than one part in 10^9).
+//!
+//! Quality: the fraction of steps that succeeded. ATP: [`EXECUTION_BASE_COST`] plus
+//! [`COST_PER_STEP`] per step run, capped at the budget; steps the budget does not pay for
+//! fail without running. Platforms may replace this with an external command.
+
+use futures::future::BoxFuture;
+use serde_json::{Map, Value, json};
+
+use super::{
+    Cancel, Operation, OperationError, OperationInput, OperationOutput, Params, affordable, invalid, metered, missing,
+    run_blocking,
+};
+use crate::atp::Atp;
+
+/// Most steps in one program.
+pub const STEPS_MAX: usize = 1_000;
+
+/// Most arguments of one step.
+pub const STEP_ARGS_MAX: usize = 64;
+
+/// ATP charged per step run (0.0001 ATP).
+pub const COST_PER_STEP: Atp = Atp::from_micros(100);
+
+/// ATP charged for every run, for checking the program (0.001 ATP).
+pub const EXECUTION_BASE_COST: Atp = Atp::from_micros(1_000);
+
+/// Relative difference within which a value meets its `expect`.
+const EXPECT_TOLERANCE: f64 = 1e-9;
+
+const PARAMETERS: [&str; 1] = ["steps"];
+const STEP_KEYS: [&str; 3] = ["op", "args", "expect"];
+
+/// The built-in `execution` operation.
+pub struct Execution;
+
+impl Operation for Execution {
+    fn name(&self) -> &str {
+        "execution"
+    }
+
+    fn run(&self, input: OperationInput) -> BoxFuture<'static, Result<OperationOutput, OperationError>> {
+        run_blocking(input.timeout, move |cancel| {
+            execute(&input.parameters, input.budget, cancel)
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Op {
+    Add,
+    Mul,
+    Min,
+    Max,
+    Sub,
+    Div,
+    Pow,
+    Sqrt,
+    Abs,
+    Neg,
+}
+
+impl Op {
+    fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "add" => Op::Add,
+            "mul" => Op::Mul,
+            "min" => Op::Min,
+            "max" => Op::Max,
+            "sub" => Op::Sub,
+            "div" => Op::Div,
+            "pow" => Op::Pow,
+            "sqrt" => Op::Sqrt,
+            "abs" => Op::Abs,
+            "neg" => Op::Neg,
+            _ => return None,
+        })
+    }
+
+    /// Fewest and most arguments.
+    fn arity(self) -> (usize, usize) {
+        match self {
+            Op::Add | Op::Mul | Op::Min | Op::Max => (1, STEP_ARGS_MAX),
+            Op::Sub | Op::Div | Op::Pow => (2, 2),
+            Op::Sqrt | Op::Abs | Op::Neg => (1, 1),
+        }
+    }
+
+    fn apply(self, args: &[f64]) -> Result<f64, String> {
+        let value = match self {
+            Op::Add => args.iter().sum(),
+            Op::Mul => args.iter().product(),
+            Op::Min => args.iter().copied().fold(f64::INFINITY, f64::min),
+            Op::Max => args.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            Op::Sub => args[0] - args[1],
+            Op::Div if args[1] == 0.0 => return Err("division by zero".to_owned()),
+            Op::Div => args[0] / args[1],
+            Op::Pow => args[0].powf(args[1]),
+            Op::Sqrt if args[0] < 0.0 => return Err("square root of a negative number".to_owned()),
+            Op::Sqrt => args[0].sqrt(),
+            Op::Abs => args[0].abs(),
+            Op::Neg => -args[0],
+        };
+        if value.is_finite() {
+            Ok(value)
+        } else {
+            Err(format!("the result is not a finite number ({value})"))
+        }
+    }
+}
+
+enum Operand {
+    Number(f64),
+    Step(usize),
+}
+
+struct Step {
+    op: Op,
+    args: Vec<Operand>,
+    expect: Option<f64>,
+}
+
+const OPS: &str = "add, mul, min, max, sub, div, pow, sqrt, abs or neg";
+
+fn parse_steps(parameters: &Map<String, Value>) -> Result<Vec<Step>, OperationError> {
+    let params = Params::new(parameters, &PARAMETERS)?;
+    let expected = format!("a list of 1 to {STEPS_MAX} steps {{\"op\", \"args\", \"expect\"}}");
+    let list = params.get("steps").ok_or_else(|| missing("steps", &expected))?;
+    let list = list
+        .as_array()
+        .filter(|l| (1..=STEPS_MAX).contains(&l.len()))
+        .ok_or_else(|| invalid("steps", &expected, list))?;
+    let mut steps = Vec::with_capacity(list.len());
+    for (i, value) in list.iter().enumerate() {
+        let at = format!("steps[{i}]");
+        let step = value
+            .as_object()
+            .ok_or_else(|| invalid(&at, "an object {\"op\", \"args\", \"expect\"}", value))?;
+        if let Some(key) = step.keys().find(|k| !STEP_KEYS.contains(&k.as_str())) {
+            return Err(OperationError::InvalidParameters(format!(
+                "{at} has an unknown key `{key}`; a step has op, args and expect"
+            )));
+        }
+        let op_value = step.get("op").unwrap_or(&Value::Null);
+        let op = op_value
+            .as_str()
+            .and_then(Op::parse)
+            .ok_or_else(|| invalid(&format!("{at}.op"), OPS, op_value))?;
+        let (fewest, most) = op.arity();
+        let args_value = step.get("args").unwrap_or(&Value::Null);
+        let args_expected = if fewest == most {
+            format!("a list of {fewest} arguments for {op_value}")
+        } else {
+            format!("a list of {fewest} to {most} arguments for {op_value}")
+        };
+        let args = args_value
+            .as_array()
+            .filter(|a| (fewest..=most).contains(&a.len()))
+            .ok_or_else(|| invalid(&format!("{at}.args"), &args_expected, args_value))?;
+        let args = args
+            .iter()
+            .enumerate()
+            .map(|(j, arg)| operand(arg, i).map_err(|e| invalid(&format!("{at}.args[{j}]"), &e, arg)))
+            .collect::<Result<_, _>>()?;
+        let expect = match step.get("expect") {
+            None => None,
+            Some(e) => Some(
+                e.as_f64()
+                    .ok_or_else(|| invalid(&format!("{at}.expect"), "a number", e))?,
+            ),
+        };
+        steps.push(Step { op, args, expect });
+    }
+    Ok(steps)
+}
+
+/// A number, or `"$k"` naming a step before step `current`.
+fn operand(value: &Value, current: usize) -> Result<Operand, String> {
+    let expected = || format!("a number or \"$k\" with k below {current}");
+    match value {
+        Value::Number(n) => n.as_f64().map(Operand::Number).ok_or_else(expected),
+        Value::String(s) => s
+            .strip_prefix('$')
+            .and_then(|k| k.parse::<usize>().ok())
+            .filter(|&k| k < current)
+            .map(Operand::Step)
+            .ok_or_else(expected),
+        _ => Err(expected()),
+    }
+}
+
+fn execute(parameters: &Map<String, Value>, budget: Atp, cancel: &Cancel) -> Result<OperationOutput, OperationError> {
+    let steps = parse_steps(parameters)?;
+    cancel.check()?;
+    let paid = affordable(EXECUTION_BASE_COST, COST_PER_STEP, budget);
+    let mut values: Vec<Option<f64>> = Vec::with_capacity(steps.len());
+    let mut results = Vec::with_capacity(steps.len());
+    let (mut succeeded, mut run) = (0usize, 0u64);
+    for step in &steps {
+        let outcome = if run < paid {
+            run += 1;
+            evaluate(step, &values)
+        } else {
+            Err("not run: the ATP budget was used up".to_owned())
+        };
+        let entry = match &outcome {
+            Ok(value) => match step.expect {
+                None => json!({"value": value}),
+                Some(expected) => {
+                    let passed = (value - expected).abs() <= EXPECT_TOLERANCE * expected.abs().max(1.0);
+                    json!({"value": value, "expected": expected, "passed": passed})
+                }
+            },
+            Err(why) => json!({"error": why}),
+        };
+        let passed = entry.get("passed").and_then(Value::as_bool).unwrap_or(outcome.is_ok());
+        succeeded += usize::from(passed);
+        values.push(outcome.ok());
+        results.push(entry);
+    }
+    let mut result = Map::new();
+    result.insert("steps".into(), json!(steps.len()));
+    result.insert("succeeded".into(), json!(succeeded));
+    result.insert("failed".into(), json!(steps.len() - succeeded));
+    result.insert("results".into(), Value::Array(results));
+    Ok(OperationOutput {
+        result,
+        quality: succeeded as f64 / steps.len() as f64,
+        atp_consumed: metered(EXECUTION_BASE_COST, COST_PER_STEP, run, budget),
+    })
+}
+
+fn evaluate(step: &Step, values: &[Option<f64>]) -> Result<f64, String> {
+    let mut args = Vec::with_capacity(step.args.len());
+    for arg in &step.args {
+        args.push(match *arg {
+            Operand::Number(x) => x,
+            // Parsing checked that k is an earlier step, so the index exists.
+            Operand::Step(k) => values
+                .get(k)
+                .copied()
+                .flatten()
+                .ok_or_else(|| format!("step {k}, an argument, failed"))?,
+        });
+    }
+    step.op.apply(&args)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const PLENTY: Atp = Atp::from_micros(1_000_000_000);
+
+    fn run(parameters: Value, budget: Atp) -> Result<OperationOutput, OperationError> {
+        let parameters = parameters.as_object().cloned().expect("an object");
+        execute(&parameters, budget, &Cancel::default())
+    }
+
+    #[test]
+    fn a_program_runs_and_every_step_counts() {
+        let program = json!({"steps": [
+            {"op": "add", "args": [2, 3]},
+            {"op": "mul", "args": ["$0", 4], "expect": 20},
+            {"op": "sqrt", "args": ["$1"]},
+            {"op": "div", "args": [1, 0]},
+            {"op": "neg", "args": ["$3"]},
+            {"op": "max", "args": [1, 7, "$0"], "expect": 8},
+        ]});
+        let out = run(program, PLENTY).expect("runs");
+        let results = &out.result["results"];
+        assert_eq!(results[1], json!({"value": 20.0, "expected": 20.0, "passed": true}));
+        assert_eq!(results[2]["value"], 20f64.sqrt());
+        assert_eq!(results[3], json!({"error": "division by zero"}));
+        assert_eq!(results[4], json!({"error": "step 3, an argument, failed"}));
+        assert_eq!(results[5]["passed"], false);
+        assert_eq!(out.result["succeeded"], 3);
+        assert_eq!(out.quality, 0.5);
+        assert_eq!(
+            out.atp_consumed.micros(),
+            EXECUTION_BASE_COST.micros() + 6 * COST_PER_STEP.micros()
+        );
+        let all_good = run(
+            json!({"steps": [{"op": "pow", "args": [2, 10], "expect": 1024}]}),
+            PLENTY,
+        )
+        .expect("runs");
+        assert_eq!(all_good.quality, 1.0);
+    }
+
+    #[test]
+    fn malformed_programs_are_refused_before_running() {
+        let cases = [
+            (json!({}), "`steps` is missing"),
+            (json!({"steps": []}), "`steps` must be a list of 1 to 1000"),
+            (
+                json!({"steps": [{"op": "log", "args": [1]}]}),
+                "`steps[0].op` must be add, mul",
+            ),
+            (json!({"steps": [{"op": "sub", "args": [1]}]}), "a list of 2 arguments"),
+            (
+                json!({"steps": [{"op": "add", "args": ["$0"]}]}),
+                "`steps[0].args[0]` must be a number or \"$k\"",
+            ),
+            (
+                json!({"steps": [{"op": "add", "args": [1], "expext": 1}]}),
+                "unknown key `expext`",
+            ),
+            (
+                json!({"steps": [{"op": "add", "args": [1], "expect": "1"}]}),
+                "`steps[0].expect` must be a number",
+            ),
+        ];
+        for (parameters, expected) in cases {
+            match run(parameters.clone(), PLENTY) {
+                Err(OperationError::InvalidParameters(why)) => assert!(why.contains(expected), "{parameters}: {why}"),
+                other => panic!("{parameters}: expected InvalidParameters, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn steps_the_budget_does_not_pay_for_fail_and_consumption_stays_within_it() {
+        let steps: Vec<Value> = (0..10).map(|i| json!({"op": "add", "args": [i, 1]})).collect();
+        let budget = Atp::from_micros(EXECUTION_BASE_COST.micros() + 4 * COST_PER_STEP.micros() + 50);
+        let out = run(json!({"steps": steps}), budget).expect("runs");
+        assert_eq!(out.result["succeeded"], 4);
+        assert_eq!(out.quality, 0.4);
+        assert!(out.atp_consumed <= budget);
+        assert_eq!(out.result["results"][4]["error"], "not run: the ATP budget was used up");
+    }
+
+    #[tokio::test]
+    async fn runs_through_the_trait() {
+        let input = OperationInput {
+            parameters: json!({"steps": [{"op": "abs", "args": [-2]}]})
+                .as_object()
+                .cloned()
+                .expect("object"),
+            budget: PLENTY,
+            timeout: Duration::from_secs(10),
+            memory_mb: 512,
+        };
+        let out = Execution.run(input).await.expect("runs");
+        assert_eq!(out.result["results"][0]["value"], 2.0);
+    }
+}

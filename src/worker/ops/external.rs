@@ -1,0 +1,693 @@
+//! Operations run by an external program, so that a real model plugs in without Rust.
+//!
+//! Protocol: the program gets `{"operation", "parameters", "budget" (ATP), "timeout_seconds"}`
+//! as JSON on stdin, then end of file, and prints `{"result": {...}, "quality": 0..1}` on
+//! stdout, optionally with `"atp_consumed"`. On failure it exits non-zero and says why on
+//! stderr. `examples/ops/echo_quality.py` is a complete example.
+//!
+//! Limits, so that one task cannot hurt the platform:
+//! - time: at the timeout, or when the future is dropped, the program's whole process group
+//!   gets SIGKILL; every run ends with that group killed, so nothing it started outlives it.
+//! - memory: `RLIMIT_AS` of `memory_mb` MiB, set in the child before it executes. This limits
+//!   address space, not resident memory: runtimes that reserve large virtual ranges up front
+//!   (the JVM, Go, CUDA) need a limit well above what they use.
+//! - output: stdout beyond [`EXTERNAL_STDOUT_BYTES_MAX`] is refused; the last
+//!   [`EXTERNAL_STDERR_TAIL_BYTES_MAX`] of stderr are kept for error messages.
+//! - environment: only `PATH` and `HOME`, so the platform's secrets do not leak.
+//!
+//! The program name (`command[0]`) is looked up on `PATH` when it has no `/`; a relative path
+//! is resolved against the config file's directory, which is also where the program runs.
+//!
+//! ATP: the program's CPU time (user + system, its own and that of the children it waited
+//! for, from `wait4`) times `atp_per_second`, capped at the budget. A self-reported
+//! `atp_consumed` may lower that charge, never raise it: the platform does not bill for work
+//! it did not see. Time spent on a GPU is not CPU time; price it into `atp_per_second`.
+
+use std::io;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::task::JoinHandle;
+
+use super::{Operation, OperationError, OperationInput, OperationOutput, check_result_size};
+use crate::atp::{Atp, MICROS_PER_ATP};
+
+/// Most bytes a program may print on stdout: a reply, not a data stream.
+pub const EXTERNAL_STDOUT_BYTES_MAX: usize = 1024 * 1024;
+
+/// Bytes of the end of stderr kept for the error message of a failed run.
+pub const EXTERNAL_STDERR_TAIL_BYTES_MAX: usize = 2 * 1024;
+
+/// How long to wait for a killed program to be reaped before leaving that to a background
+/// thread (a process in uninterruptible sleep dies only when its I/O returns).
+const KILLED_REAP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What runtimes print on stderr when an allocation fails: such a failure is the memory limit.
+const OUT_OF_MEMORY_MARKERS: [&str; 4] = ["MemoryError", "bad_alloc", "out of memory", "Cannot allocate memory"];
+
+const BYTES_PER_MIB: u64 = 1024 * 1024;
+
+/// An operation run by an external program.
+#[derive(Clone, Debug)]
+pub struct ExternalOperation {
+    name: String,
+    command: Vec<String>,
+    base_dir: PathBuf,
+    atp_per_second: Atp,
+}
+
+impl ExternalOperation {
+    pub fn new(name: &str, command: Vec<String>, base_dir: &Path, atp_per_second: Atp) -> Self {
+        Self {
+            name: name.to_owned(),
+            command,
+            base_dir: base_dir.to_owned(),
+            atp_per_second,
+        }
+    }
+
+    /// The program to execute: a bare name as given (found on `PATH`), a relative path
+    /// resolved against `base_dir`.
+    fn program(&self) -> Option<PathBuf> {
+        let first = self.command.first()?;
+        let path = Path::new(first);
+        if path.is_relative() && first.contains('/') {
+            Some(self.base_dir.join(path))
+        } else {
+            Some(path.to_owned())
+        }
+    }
+
+    async fn execute(self, input: OperationInput) -> Result<OperationOutput, OperationError> {
+        let program = self.program().ok_or_else(|| {
+            OperationError::Failed(format!(
+                "operation `{}` has an empty command; set operations.{}.command in the platform config",
+                self.name, self.name
+            ))
+        })?;
+        if input.memory_mb == 0 {
+            return Err(OperationError::ResourceLimit(
+                "the memory limit is 0 MiB, in which no program can start; raise permissions.memory_mb".to_owned(),
+            ));
+        }
+        let request = json!({
+            "operation": self.name,
+            "parameters": input.parameters,
+            "budget": input.budget.as_f64(),
+            "timeout_seconds": input.timeout.as_secs_f64(),
+        });
+        let request = serde_json::to_vec(&request).map_err(|e| OperationError::Failed(format!("request: {e}")))?;
+        let shown = program.display().to_string();
+
+        let mut running = self.spawn(&program, input.memory_mb)?;
+        let talk = async {
+            let (stdout, stderr) = converse(&mut running, request).await?;
+            let exit = (&mut running.exit).await;
+            Ok::<_, OperationError>((stdout, stderr, exit))
+        };
+        let (stdout, stderr, exit) = match tokio::time::timeout(input.timeout, talk).await {
+            Ok(Ok(done)) => done,
+            Ok(Err(e)) => {
+                running.kill_and_reap().await;
+                return Err(e);
+            }
+            Err(_) => {
+                running.kill_and_reap().await;
+                return Err(OperationError::TimedOut { after: input.timeout });
+            }
+        };
+        let exit = exit
+            .map_err(|e| OperationError::Failed(format!("waiting for `{shown}`: {e}")))?
+            .map_err(|e| OperationError::Failed(format!("waiting for `{shown}`: {e}")))?;
+
+        let stderr = String::from_utf8_lossy(&stderr).trim().to_owned();
+        if !exit.status.success() {
+            if OUT_OF_MEMORY_MARKERS.iter().any(|m| stderr.contains(m)) {
+                return Err(OperationError::ResourceLimit(format!(
+                    "`{shown}` ran out of memory under the limit of {} MiB (permissions.memory_mb): {stderr}",
+                    input.memory_mb
+                )));
+            }
+            return Err(OperationError::Failed(format!("`{shown}` {}: {stderr}", exit.status)));
+        }
+        let reply = parse_reply(&stdout).map_err(|why| OperationError::Failed(format!("`{shown}` {why}")))?;
+        check_result_size(&reply.result)?;
+
+        let cpu_micros = exit.cpu.as_micros();
+        let per_second = u128::from(self.atp_per_second.micros());
+        let metered = u64::try_from(cpu_micros * per_second / u128::from(MICROS_PER_ATP)).unwrap_or(u64::MAX);
+        let mut atp_consumed = Atp::from_micros(metered).min(input.budget);
+        if let Some(reported) = reply.atp_consumed {
+            atp_consumed = atp_consumed.min(reported);
+        }
+        Ok(OperationOutput {
+            result: reply.result,
+            quality: reply.quality,
+            atp_consumed,
+        })
+    }
+
+    fn spawn(&self, program: &Path, memory_mb: u64) -> Result<Running, OperationError> {
+        let mut command = Command::new(program);
+        command
+            .args(&self.command[1..])
+            .env_clear()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group, so that one signal reaches everything it starts.
+            .process_group(0);
+        for key in ["PATH", "HOME"] {
+            if let Some(value) = std::env::var_os(key) {
+                command.env(key, value);
+            }
+        }
+        if !self.base_dir.as_os_str().is_empty() {
+            command.current_dir(&self.base_dir);
+        }
+        let bytes = memory_mb.saturating_mul(BYTES_PER_MIB);
+        let limit = libc::rlimit {
+            rlim_cur: bytes as libc::rlim_t,
+            rlim_max: bytes as libc::rlim_t,
+        };
+        // SAFETY: the closure runs in the forked child before exec, where only
+        // async-signal-safe calls are allowed: it calls setrlimit(2) on a value captured by
+        // copy and allocates nothing (`last_os_error` only reads errno).
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().map_err(|e| {
+            OperationError::Failed(format!(
+                "cannot start `{}` in {}: {e}; check operations.{}.command in the platform config",
+                program.display(),
+                self.base_dir.display(),
+                self.name
+            ))
+        })?;
+        let Ok(pid) = libc::pid_t::try_from(child.id()) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(OperationError::Failed(format!(
+                "process id {} is out of range",
+                child.id()
+            )));
+        };
+        let process = Arc::new(Process {
+            pid,
+            reaped: Mutex::new(false),
+        });
+        // From here on the waiter reaps the child whatever happens, and the guard kills it if
+        // this future is dropped first.
+        let waiter = Arc::clone(&process);
+        let exit = tokio::task::spawn_blocking(move || waiter.wait());
+        let kill_on_drop = KillOnDrop(Arc::clone(&process));
+        let pipe_err = |e: io::Error| OperationError::Failed(format!("connecting to `{}`: {e}", program.display()));
+        let missing = || OperationError::Failed("a pipe to the program was not opened".to_owned());
+        let stdin = tokio::process::ChildStdin::from_std(child.stdin.take().ok_or_else(missing)?).map_err(pipe_err)?;
+        let stdout =
+            tokio::process::ChildStdout::from_std(child.stdout.take().ok_or_else(missing)?).map_err(pipe_err)?;
+        let stderr =
+            tokio::process::ChildStderr::from_std(child.stderr.take().ok_or_else(missing)?).map_err(pipe_err)?;
+        Ok(Running {
+            stdin: Some(stdin),
+            stdout,
+            stderr,
+            exit,
+            kill_on_drop,
+        })
+    }
+}
+
+impl Operation for ExternalOperation {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn run(&self, input: OperationInput) -> BoxFuture<'static, Result<OperationOutput, OperationError>> {
+        Box::pin(self.clone().execute(input))
+    }
+}
+
+/// How a program ended.
+struct Exit {
+    status: ExitStatus,
+    cpu: Duration,
+}
+
+/// A child process, killed and reaped without ever signalling a reused pid.
+struct Process {
+    pid: libc::pid_t,
+    /// Set, under the lock, once the child is reaped; `kill` reads it under the same lock, so
+    /// it never signals a pid (or group id) that the system may have handed to another process.
+    reaped: Mutex<bool>,
+}
+
+impl Process {
+    /// SIGKILL to the child's process group and to the child itself, unless it is reaped.
+    fn kill(&self) {
+        let reaped = self.reaped.lock().unwrap_or_else(PoisonError::into_inner);
+        if !*reaped {
+            signal_group(self.pid);
+        }
+    }
+
+    /// Blocks until the child exits, kills what is left of its group, then reaps it.
+    fn wait(&self) -> io::Result<Exit> {
+        wait_for_exit_without_reaping(self.pid)?;
+        let mut reaped = self.reaped.lock().unwrap_or_else(PoisonError::into_inner);
+        // The exited, unreaped child still holds its pid, so its group id is still ours.
+        signal_group(self.pid);
+        let (status, usage) = reap(self.pid)?;
+        *reaped = true;
+        let time = |t: libc::timeval| Duration::new(t.tv_sec.max(0) as u64, (t.tv_usec.max(0) as u32) * 1_000);
+        Ok(Exit {
+            status: ExitStatus::from_raw(status),
+            cpu: time(usage.ru_utime) + time(usage.ru_stime),
+        })
+    }
+}
+
+fn signal_group(pid: libc::pid_t) {
+    // SAFETY: kill(2) has no memory effects; callers guarantee `pid` is an unreaped child of
+    // ours, so neither it nor its process group id can belong to another process.
+    unsafe {
+        libc::kill(-pid, libc::SIGKILL);
+        libc::kill(pid, libc::SIGKILL);
+    }
+}
+
+fn wait_for_exit_without_reaping(pid: libc::pid_t) -> io::Result<()> {
+    loop {
+        // SAFETY: siginfo_t is a plain C struct for which all zeroes is a valid value.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is valid and writable for the duration of the call.
+        let rc = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+fn reap(pid: libc::pid_t) -> io::Result<(libc::c_int, libc::rusage)> {
+    loop {
+        let mut status = 0;
+        // SAFETY: rusage is a plain C struct for which all zeroes is a valid value.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: `status` and `usage` are valid and writable for the duration of the call.
+        let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if rc == pid {
+            return Ok((status, usage));
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Kills the program when the run is dropped before it ended (the caller gave up).
+struct KillOnDrop(Arc<Process>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.0.kill();
+    }
+}
+
+/// A started program: its pipes and the thread that will reap it.
+struct Running {
+    stdin: Option<tokio::process::ChildStdin>,
+    stdout: tokio::process::ChildStdout,
+    stderr: tokio::process::ChildStderr,
+    exit: JoinHandle<io::Result<Exit>>,
+    kill_on_drop: KillOnDrop,
+}
+
+impl Running {
+    async fn kill_and_reap(self) {
+        self.kill_on_drop.0.kill();
+        let _ = tokio::time::timeout(KILLED_REAP_TIMEOUT, self.exit).await;
+    }
+}
+
+/// Writes the request and reads stdout and stderr at once: a program may answer before it has
+/// read all of its input, and one that fills the stderr pipe blocks until someone reads it.
+async fn converse(running: &mut Running, request: Vec<u8>) -> Result<(Vec<u8>, Vec<u8>), OperationError> {
+    let stdin = running.stdin.take();
+    let write = async move {
+        if let Some(mut stdin) = stdin {
+            // A program that exits without reading its input is judged by its exit status and
+            // output, not by the broken pipe.
+            let _ = stdin.write_all(&request).await;
+        }
+        Ok(())
+    };
+    let (_, stdout, stderr) =
+        tokio::try_join!(write, read_bounded(&mut running.stdout), read_tail(&mut running.stderr))?;
+    Ok((stdout, stderr))
+}
+
+async fn read_bounded(stdout: &mut (impl AsyncRead + Unpin)) -> Result<Vec<u8>, OperationError> {
+    let mut out = Vec::new();
+    stdout
+        .take(EXTERNAL_STDOUT_BYTES_MAX as u64 + 1)
+        .read_to_end(&mut out)
+        .await
+        .map_err(|e| OperationError::Failed(format!("reading the program's stdout: {e}")))?;
+    if out.len() > EXTERNAL_STDOUT_BYTES_MAX {
+        return Err(OperationError::ResourceLimit(format!(
+            "the program printed more than {EXTERNAL_STDOUT_BYTES_MAX} bytes on stdout; it must print one JSON reply"
+        )));
+    }
+    Ok(out)
+}
+
+async fn read_tail(stderr: &mut (impl AsyncRead + Unpin)) -> Result<Vec<u8>, OperationError> {
+    let mut tail = Vec::new();
+    let mut chunk = [0u8; 8 * 1024];
+    loop {
+        let n = stderr
+            .read(&mut chunk)
+            .await
+            .map_err(|e| OperationError::Failed(format!("reading the program's stderr: {e}")))?;
+        if n == 0 {
+            return Ok(tail);
+        }
+        tail.extend_from_slice(&chunk[..n]);
+        if tail.len() > EXTERNAL_STDERR_TAIL_BYTES_MAX {
+            tail.drain(..tail.len() - EXTERNAL_STDERR_TAIL_BYTES_MAX);
+        }
+    }
+}
+
+/// What a program prints on stdout.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReply {
+    result: Map<String, Value>,
+    quality: f64,
+    #[serde(default)]
+    atp_consumed: Option<f64>,
+}
+
+struct Reply {
+    result: Map<String, Value>,
+    quality: f64,
+    atp_consumed: Option<Atp>,
+}
+
+fn parse_reply(stdout: &[u8]) -> Result<Reply, String> {
+    let raw: RawReply = serde_json::from_slice(stdout).map_err(|e| {
+        format!("did not print a JSON reply {{\"result\": {{...}}, \"quality\": <0..1>}} on stdout: {e}")
+    })?;
+    if !(raw.quality.is_finite() && (0.0..=1.0).contains(&raw.quality)) {
+        return Err(format!(
+            "reported quality {}; it must be a number from 0 to 1",
+            raw.quality
+        ));
+    }
+    let atp_consumed = raw
+        .atp_consumed
+        .map(|a| Atp::from_f64(a, "atp_consumed"))
+        .transpose()
+        .map_err(|e| format!("reported an invalid {e}"))?;
+    Ok(Reply {
+        result: raw.result,
+        quality: raw.quality,
+        atp_consumed,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    const BUDGET: Atp = Atp::from_micros(100 * MICROS_PER_ATP);
+
+    fn manifest_dir() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    }
+
+    fn op(command: &[&str]) -> ExternalOperation {
+        let command = command.iter().map(|s| (*s).to_owned()).collect();
+        ExternalOperation::new("test_op", command, &manifest_dir(), Atp::from_micros(MICROS_PER_ATP))
+    }
+
+    fn input(parameters: Value, timeout: Duration) -> OperationInput {
+        OperationInput {
+            parameters: parameters.as_object().cloned().expect("an object"),
+            budget: BUDGET,
+            timeout,
+            memory_mb: 512,
+        }
+    }
+
+    /// A shell command that swallows its input, then prints `reply`.
+    fn replying(reply: &str) -> ExternalOperation {
+        op(&["sh", "-c", &format!("cat >/dev/null; printf '%s' '{reply}'")])
+    }
+
+    async fn run(op: &ExternalOperation, input: OperationInput) -> Result<OperationOutput, OperationError> {
+        op.run(input).await
+    }
+
+    /// Whether `pid` is a live process (a zombie is dead, just not yet buried).
+    fn alive(pid: u32) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => false,
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_python_example_counts_words() {
+        let example = op(&["examples/ops/echo_quality.py"]);
+        let out = run(
+            &example,
+            input(json!({"text": "the quick brown fox 123 !!"}), Duration::from_secs(30)),
+        )
+        .await
+        .expect("runs");
+        assert_eq!(out.result["word_count"], 6);
+        assert_eq!(out.result["longest_word"], "quick");
+        assert!((out.quality - 4.0 / 6.0).abs() < 1e-12, "{}", out.quality);
+        assert!(out.atp_consumed <= BUDGET);
+
+        let err = run(&example, input(json!({"txt": "x"}), Duration::from_secs(30))).await;
+        match err {
+            Err(OperationError::Failed(why)) => assert!(why.contains("\"text\" must be a string"), "{why}"),
+            other => panic!("expected Failed, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_request_carries_operation_parameters_budget_and_timeout() {
+        let echo = op(&[
+            "python3",
+            "-c",
+            "import json, sys; r = json.load(sys.stdin); print(json.dumps({'result': r, 'quality': 0.25}))",
+        ]);
+        let out = run(&echo, input(json!({"k": [1, 2]}), Duration::from_secs(30)))
+            .await
+            .expect("runs");
+        assert_eq!(out.result["operation"], "test_op");
+        assert_eq!(out.result["parameters"], json!({"k": [1, 2]}));
+        assert_eq!(out.result["budget"], 100.0);
+        assert_eq!(out.result["timeout_seconds"], 30.0);
+        assert_eq!(out.quality, 0.25);
+    }
+
+    #[tokio::test]
+    async fn a_slow_program_is_killed_at_its_timeout() {
+        let started = Instant::now();
+        let out = run(&op(&["sleep", "10"]), input(json!({}), Duration::from_millis(500))).await;
+        assert!(
+            matches!(out, Err(OperationError::TimedOut { after }) if after == Duration::from_millis(500)),
+            "{out:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn the_memory_limit_stops_a_greedy_program() {
+        let greedy = op(&[
+            "python3",
+            "-c",
+            "import sys; sys.stdin.read(); b = bytearray(2 * 1024**3); print('{\"result\": {}, \"quality\": 1}')",
+        ]);
+        let out = run(
+            &greedy,
+            OperationInput {
+                memory_mb: 256,
+                ..input(json!({}), Duration::from_secs(30))
+            },
+        )
+        .await;
+        match out {
+            Err(OperationError::ResourceLimit(why)) => assert!(why.contains("256 MiB"), "{why}"),
+            other => panic!("expected ResourceLimit, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_replies_fail_saying_what_was_wrong() {
+        let cases = [
+            ("not json", "did not print a JSON reply"),
+            (r#"{"result": {}, "quality": 1.5}"#, "quality 1.5"),
+            (r#"{"result": {}, "quality": -0.1}"#, "quality -0.1"),
+            (r#"{"result": 3, "quality": 0.5}"#, "JSON reply"),
+            (r#"{"result": {}}"#, "missing field `quality`"),
+            (
+                r#"{"result": {}, "quality": 0.5, "qualty": 1}"#,
+                "unknown field `qualty`",
+            ),
+            (r#"{"result": {}, "quality": 0.5, "atp_consumed": -1}"#, "atp_consumed"),
+        ];
+        for (reply, expected) in cases {
+            match run(&replying(reply), input(json!({}), Duration::from_secs(30))).await {
+                Err(OperationError::Failed(why)) => assert!(why.contains(expected), "{reply}: {why}"),
+                other => panic!("{reply}: expected Failed, got {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_program_reports_its_status_and_stderr() {
+        let failing = op(&["sh", "-c", "cat >/dev/null; echo 'model file missing' >&2; exit 3"]);
+        match run(&failing, input(json!({}), Duration::from_secs(30))).await {
+            Err(OperationError::Failed(why)) => {
+                assert!(
+                    why.contains("exit status: 3") && why.contains("model file missing"),
+                    "{why}"
+                )
+            }
+            other => panic!("expected Failed, got {other:?}"),
+        }
+        let missing = op(&["./no/such/program"]);
+        match run(&missing, input(json!({}), Duration::from_secs(30))).await {
+            Err(OperationError::Failed(why)) => assert!(
+                why.contains("cannot start") && why.contains("operations.test_op.command"),
+                "{why}"
+            ),
+            other => panic!("expected Failed, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn endless_output_is_cut_off() {
+        let started = Instant::now();
+        let out = run(&op(&["yes"]), input(json!({}), Duration::from_secs(30))).await;
+        assert!(
+            matches!(out, Err(OperationError::ResourceLimit(ref why)) if why.contains("stdout")),
+            "{out:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[tokio::test]
+    async fn dropping_the_run_kills_the_program_and_its_children() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pids = dir.path().join("pids");
+        let script = format!("sleep 60 & echo $$ $! > {}.tmp; mv {0}.tmp {0}; wait", pids.display());
+        let sleeper = op(&["sh", "-c", &script]);
+        let mut run = sleeper.run(input(json!({}), Duration::from_secs(60)));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !pids.exists() {
+            assert!(Instant::now() < deadline, "the program never started");
+            // Drive the run a little so that it spawns and feeds the program.
+            let _ = tokio::time::timeout(Duration::from_millis(20), &mut run).await;
+        }
+        let text = std::fs::read_to_string(&pids).expect("pids");
+        let pids: Vec<u32> = text.split_whitespace().map(|p| p.parse().expect("a pid")).collect();
+        assert_eq!(pids.len(), 2, "{text}");
+        assert!(pids.iter().all(|&p| alive(p)), "both run before the drop");
+        drop(run);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pids.iter().any(|&p| alive(p)) {
+            assert!(Instant::now() < deadline, "{pids:?} outlived the dropped run");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn the_environment_holds_only_path_and_home() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("env");
+        let script = format!(
+            "cat >/dev/null; /usr/bin/env > {}; printf '%s' '{{\"result\": {{}}, \"quality\": 1}}'",
+            file.display()
+        );
+        run(&op(&["sh", "-c", &script]), input(json!({}), Duration::from_secs(30)))
+            .await
+            .expect("runs");
+        let env = std::fs::read_to_string(&file).expect("env file");
+        let seen: Vec<&str> = env.lines().filter_map(|l| l.split_once('=').map(|(k, _)| k)).collect();
+        assert!(seen.contains(&"PATH"), "{seen:?}");
+        // The shell itself maintains these.
+        let shell = ["PATH", "HOME", "PWD", "OLDPWD", "SHLVL", "_"];
+        let parent: Vec<String> = std::env::vars()
+            .map(|(k, _)| k)
+            .filter(|k| !shell.contains(&k.as_str()))
+            .collect();
+        assert!(!parent.is_empty(), "the test needs variables that could leak");
+        let leaked: Vec<&String> = parent.iter().filter(|k| seen.contains(&k.as_str())).collect();
+        assert!(leaked.is_empty(), "{leaked:?} leaked into the program's environment");
+    }
+
+    #[tokio::test]
+    async fn cpu_time_is_charged_capped_and_lowered_by_a_self_report() {
+        let burn = "import sys, time; sys.stdin.read(); end = time.process_time() + 0.3\nwhile time.process_time() < end: pass\nprint('{\"result\": {}, \"quality\": 1%s}' % (sys.argv[1] if len(sys.argv) > 1 else ''))";
+        let out = run(&op(&["python3", "-c", burn]), input(json!({}), Duration::from_secs(30)))
+            .await
+            .expect("runs");
+        // 0.3 s of CPU at 1 ATP per second, plus interpreter start-up.
+        assert!(out.atp_consumed >= Atp::from_micros(250_000), "{}", out.atp_consumed);
+        assert!(
+            out.atp_consumed <= Atp::from_micros(5 * MICROS_PER_ATP),
+            "{}",
+            out.atp_consumed
+        );
+
+        let small = OperationInput {
+            budget: Atp::from_micros(1_000),
+            ..input(json!({}), Duration::from_secs(30))
+        };
+        let out = run(&op(&["python3", "-c", burn]), small).await.expect("runs");
+        assert_eq!(out.atp_consumed, Atp::from_micros(1_000));
+
+        let modest = op(&["python3", "-c", burn, ", \"atp_consumed\": 0.01"]);
+        let out = run(&modest, input(json!({}), Duration::from_secs(30)))
+            .await
+            .expect("runs");
+        assert_eq!(out.atp_consumed, Atp::from_micros(10_000));
+        let greedy = op(&["python3", "-c", burn, ", \"atp_consumed\": 50"]);
+        let out = run(&greedy, input(json!({}), Duration::from_secs(30)))
+            .await
+            .expect("runs");
+        assert!(
+            out.atp_consumed < Atp::from_micros(5 * MICROS_PER_ATP),
+            "{}",
+            out.atp_consumed
+        );
+    }
+}
