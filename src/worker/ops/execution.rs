@@ -2,7 +2,8 @@
 //!
 //! Parameters: `steps`, a list of `{"op": ..., "args": [...], "expect": <number>}` where `op`
 //! is one of `add`, `mul`, `min`, `max` (one or more arguments), `sub`, `div`, `pow` (two) or
-//! `sqrt`, `abs`, `neg` (one); an argument is a number or `"$k"`, the value of step `k`
+//! `sqrt`, `abs`, `neg` (one), or `wait` (one: milliseconds, at most [`WAIT_MS_MAX`]; a
+//! physical action's duration, such as a robot arm moving); an argument is a number or `"$k"`, the value of step `k`
 //! (an earlier one); `expect` is optional. A malformed program is refused before anything
 //! runs; a step can still fail while running (division by zero, the square root of a
 //! negative, a result that is not finite, a failed step it refers to, or a value that differs
@@ -26,6 +27,12 @@ pub const STEPS_MAX: usize = 1_000;
 
 /// Most arguments of one step.
 pub const STEP_ARGS_MAX: usize = 64;
+
+/// Longest one `wait` step may last.
+pub const WAIT_MS_MAX: f64 = 60_000.0;
+
+/// How often a `wait` step checks whether it was cancelled.
+const WAIT_SLICE: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// ATP charged per step run (0.0001 ATP).
 pub const COST_PER_STEP: Atp = Atp::from_micros(100);
@@ -66,6 +73,7 @@ enum Op {
     Sqrt,
     Abs,
     Neg,
+    Wait,
 }
 
 impl Op {
@@ -81,6 +89,7 @@ impl Op {
             "sqrt" => Op::Sqrt,
             "abs" => Op::Abs,
             "neg" => Op::Neg,
+            "wait" => Op::Wait,
             _ => return None,
         })
     }
@@ -90,7 +99,7 @@ impl Op {
         match self {
             Op::Add | Op::Mul | Op::Min | Op::Max => (1, STEP_ARGS_MAX),
             Op::Sub | Op::Div | Op::Pow => (2, 2),
-            Op::Sqrt | Op::Abs | Op::Neg => (1, 1),
+            Op::Sqrt | Op::Abs | Op::Neg | Op::Wait => (1, 1),
         }
     }
 
@@ -108,6 +117,8 @@ impl Op {
             Op::Sqrt => args[0].sqrt(),
             Op::Abs => args[0].abs(),
             Op::Neg => -args[0],
+            // Run by `evaluate`, which can be cancelled; here only the value.
+            Op::Wait => args[0],
         };
         if value.is_finite() {
             Ok(value)
@@ -128,7 +139,7 @@ struct Step {
     expect: Option<f64>,
 }
 
-const OPS: &str = "add, mul, min, max, sub, div, pow, sqrt, abs or neg";
+const OPS: &str = "add, mul, min, max, sub, div, pow, sqrt, abs, neg or wait";
 
 fn parse_steps(parameters: &Map<String, Value>) -> Result<Vec<Step>, OperationError> {
     let params = Params::new(parameters, &PARAMETERS)?;
@@ -207,7 +218,7 @@ fn execute(parameters: &Map<String, Value>, budget: Atp, cancel: &Cancel) -> Res
     for step in &steps {
         let outcome = if run < paid {
             run += 1;
-            evaluate(step, &values)
+            evaluate(step, &values, cancel)?
         } else {
             Err("not run: the ATP budget was used up".to_owned())
         };
@@ -238,7 +249,28 @@ fn execute(parameters: &Map<String, Value>, budget: Atp, cancel: &Cancel) -> Res
     })
 }
 
-fn evaluate(step: &Step, values: &[Option<f64>]) -> Result<f64, String> {
+/// Evaluates one step. The outer error aborts the whole program (cancelled); the inner one is
+/// the step's own failure.
+fn evaluate(step: &Step, values: &[Option<f64>], cancel: &Cancel) -> Result<Result<f64, String>, OperationError> {
+    let args = match arguments(step, values) {
+        Ok(args) => args,
+        Err(why) => return Ok(Err(why)),
+    };
+    if step.op == Op::Wait {
+        let ms = args[0];
+        if !(0.0..=WAIT_MS_MAX).contains(&ms) {
+            return Ok(Err(format!("wait takes 0 to {WAIT_MS_MAX} ms, not {ms}")));
+        }
+        let until = std::time::Instant::now() + std::time::Duration::from_secs_f64(ms / 1000.0);
+        while std::time::Instant::now() < until {
+            cancel.check()?;
+            std::thread::sleep(WAIT_SLICE.min(until.saturating_duration_since(std::time::Instant::now())));
+        }
+    }
+    Ok(step.op.apply(&args))
+}
+
+fn arguments(step: &Step, values: &[Option<f64>]) -> Result<Vec<f64>, String> {
     let mut args = Vec::with_capacity(step.args.len());
     for arg in &step.args {
         args.push(match *arg {
@@ -251,7 +283,7 @@ fn evaluate(step: &Step, values: &[Option<f64>]) -> Result<f64, String> {
                 .ok_or_else(|| format!("step {k}, an argument, failed"))?,
         });
     }
-    step.op.apply(&args)
+    Ok(args)
 }
 
 #[cfg(test)]
@@ -296,6 +328,28 @@ mod tests {
         )
         .expect("runs");
         assert_eq!(all_good.quality, 1.0);
+    }
+
+    #[tokio::test]
+    async fn a_wait_step_waits_and_stops_at_the_timeout() {
+        let input = |ms: f64, timeout_ms: u64| OperationInput {
+            parameters: json!({"steps": [{"op": "wait", "args": [ms]}, {"op": "add", "args": [1, 1]}]})
+                .as_object()
+                .cloned()
+                .expect("object"),
+            budget: PLENTY,
+            timeout: Duration::from_millis(timeout_ms),
+            memory_mb: 64,
+        };
+        let out = Execution.run(input(30.0, 5_000)).await.expect("runs");
+        assert_eq!(out.result["results"][0]["value"], 30.0);
+        assert_eq!(out.quality, 1.0);
+        let started = std::time::Instant::now();
+        let err = Execution.run(input(20_000.0, 100)).await.expect_err("times out");
+        assert!(matches!(err, OperationError::TimedOut { .. }), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let out = run(json!({"steps": [{"op": "wait", "args": [-1]}]}), PLENTY).expect("runs");
+        assert_eq!(out.quality, 0.0, "a negative wait fails the step");
     }
 
     #[test]
