@@ -92,6 +92,9 @@ pub fn audit(snapshot: &LedgerSnapshot, now: f64) -> AuditReport {
     // What each account should hold, from grants and settled locks.
     let mut expected_total: BTreeMap<String, i128> = BTreeMap::new();
     let mut expected_locked: BTreeMap<String, u128> = BTreeMap::new();
+    let mut expected_pending: BTreeMap<String, u64> = BTreeMap::new();
+    let mut expected_spent: BTreeMap<String, u128> = BTreeMap::new();
+    let mut expected_earned: BTreeMap<String, u128> = BTreeMap::new();
     for grant in snapshot.grants.values() {
         *expected_total.entry(grant.account.to_string()).or_default() += micros(grant.amount_uatp) as i128;
     }
@@ -112,6 +115,7 @@ pub fn audit(snapshot: &LedgerSnapshot, now: f64) -> AuditReport {
         if lock.state == LockState::Pending {
             pending += 1;
             *expected_locked.entry(lock.delegator.to_string()).or_default() += micros(lock.amount_uatp);
+            *expected_pending.entry(lock.delegator.to_string()).or_default() += 1;
             if now > lock.expires_at + EXPIRY_GRACE_SECONDS {
                 violate(
                     key,
@@ -131,6 +135,8 @@ pub fn audit(snapshot: &LedgerSnapshot, now: f64) -> AuditReport {
         if let Some(s) = &lock.settlement {
             *expected_total.entry(lock.executor.to_string()).or_default() += micros(s.paid_uatp) as i128;
             *expected_total.entry(lock.delegator.to_string()).or_default() -= micros(s.paid_uatp) as i128;
+            *expected_spent.entry(lock.delegator.to_string()).or_default() += micros(s.paid_uatp);
+            *expected_earned.entry(lock.executor.to_string()).or_default() += micros(s.paid_uatp);
         }
     }
     for (key, entry) in &snapshot.journal {
@@ -150,6 +156,30 @@ pub fn audit(snapshot: &LedgerSnapshot, now: f64) -> AuditReport {
                 format!(
                     "locked is {} uATP, its pending locks hold {want_locked} uATP",
                     account.locked_uatp.micros()
+                ),
+            );
+        }
+        let want_pending = expected_pending.remove(&lct).unwrap_or(0);
+        if account.pending_locks != want_pending {
+            violate(
+                key,
+                format!(
+                    "counts {} pending locks, the ledger holds {want_pending}",
+                    account.pending_locks
+                ),
+            );
+        }
+        let (want_spent, want_earned) = (
+            expected_spent.remove(&lct).unwrap_or(0),
+            expected_earned.remove(&lct).unwrap_or(0),
+        );
+        if micros(account.spent_uatp) != want_spent || micros(account.earned_uatp) != want_earned {
+            violate(
+                key,
+                format!(
+                    "spent/earned are {}/{} uATP, its settled locks give {want_spent}/{want_earned} uATP",
+                    account.spent_uatp.micros(),
+                    account.earned_uatp.micros()
                 ),
             );
         }

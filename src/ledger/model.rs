@@ -17,6 +17,15 @@ pub struct Account {
     pub balance_uatp: Atp,
     /// ATP held by this account's pending locks.
     pub locked_uatp: Atp,
+    /// ATP this account paid executors, over all its committed locks.
+    #[serde(default)]
+    pub spent_uatp: Atp,
+    /// ATP this account was paid as an executor.
+    #[serde(default)]
+    pub earned_uatp: Atp,
+    /// How many of this account's locks are pending (tasks in flight).
+    #[serde(default)]
+    pub pending_locks: u64,
 }
 
 impl Account {
@@ -25,6 +34,9 @@ impl Account {
             lct,
             balance_uatp: Atp::ZERO,
             locked_uatp: Atp::ZERO,
+            spent_uatp: Atp::ZERO,
+            earned_uatp: Atp::ZERO,
+            pending_locks: 0,
         }
     }
 

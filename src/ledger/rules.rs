@@ -292,6 +292,7 @@ fn lock(requester: &str, new: &Lock, book: &impl Book, now: f64) -> Decision {
     };
     account.balance_uatp = balance;
     account.locked_uatp = locked;
+    account.pending_locks = account.pending_locks.saturating_add(1);
     let mut lock = new.clone();
     lock.state = LockState::Pending;
     lock.settlement = None;
@@ -537,23 +538,31 @@ fn settle(
     let Some(mut delegator) = book.account(&lock.delegator) else {
         return inconsistent("the delegator's account (missing)");
     };
-    let (Some(locked), Some(balance)) = (
+    let (Some(locked), Some(balance), Some(spent), Some(pending)) = (
         delegator.locked_uatp.checked_sub(lock.amount_uatp),
         delegator.balance_uatp.checked_add(refund),
+        delegator.spent_uatp.checked_add(paid),
+        delegator.pending_locks.checked_sub(1),
     ) else {
         return inconsistent("the delegator's account");
     };
     delegator.locked_uatp = locked;
     delegator.balance_uatp = balance;
+    delegator.spent_uatp = spent;
+    delegator.pending_locks = pending;
     let mut writes = vec![Record::Account(delegator)];
     if paid > Atp::ZERO {
         let mut executor = book
             .account(&lock.executor)
             .unwrap_or_else(|| Account::empty(lock.executor.clone()));
-        let Some(balance) = executor.balance_uatp.checked_add(paid) else {
+        let (Some(balance), Some(earned)) = (
+            executor.balance_uatp.checked_add(paid),
+            executor.earned_uatp.checked_add(paid),
+        ) else {
             return inconsistent("the executor's balance");
         };
         executor.balance_uatp = balance;
+        executor.earned_uatp = earned;
         writes.push(Record::Account(executor));
     }
     lock.state = state;
