@@ -24,7 +24,7 @@ pub const ENV_PREFIX: &str = "SAGE_";
 
 /// Top-level sections that the environment may override. Other `SAGE_*` variables (such as
 /// `SAGE_TOOLS_DIR`) are not configuration keys and are left alone.
-const ENV_SECTIONS: [&str; 5] = ["federation", "nats", "permissions", "settlement", "resources"];
+const ENV_SECTIONS: [&str; 6] = ["federation", "nats", "permissions", "settlement", "resources", "worker"];
 
 /// A platform name that is also a safe NATS subject token.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -233,6 +233,13 @@ pub struct Permissions {
     /// Memory limit of one task's execution, in MiB.
     #[serde(default = "default_memory_mb")]
     pub memory_mb: u64,
+    /// Longest `timeout_seconds` a task may ask for here.
+    #[serde(default = "default_timeout_seconds_max")]
+    pub timeout_seconds_max: u64,
+}
+
+fn default_timeout_seconds_max() -> u64 {
+    600
 }
 
 fn yes() -> bool {
@@ -261,6 +268,7 @@ impl Default for Permissions {
             delegators: Vec::new(),
             requests_per_minute: default_requests_per_minute(),
             memory_mb: default_memory_mb(),
+            timeout_seconds_max: default_timeout_seconds_max(),
         }
     }
 }
@@ -309,6 +317,36 @@ fn default_atp_per_second() -> AtpAmount {
     AtpAmount(1.0)
 }
 
+/// How this platform's workers pull tasks and retry.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// Deliveries of one task before it goes to the dead-letter stream.
+    #[serde(default = "default_max_deliver")]
+    pub max_deliver: i64,
+    /// Seconds a worker has to acknowledge (or report progress on) a task before it is
+    /// delivered again.
+    #[serde(default = "default_ack_wait_seconds")]
+    pub ack_wait_seconds: u64,
+}
+
+fn default_max_deliver() -> i64 {
+    5
+}
+
+fn default_ack_wait_seconds() -> u64 {
+    30
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            max_deliver: default_max_deliver(),
+            ack_wait_seconds: default_ack_wait_seconds(),
+        }
+    }
+}
+
 /// A public key of this platform besides the one in `keypair_path`, with its window.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -342,6 +380,9 @@ pub struct Config {
     /// Operations run by external programs, by operation name.
     #[serde(default)]
     pub operations: BTreeMap<Name, ExternalOperation>,
+    /// How this platform's workers pull tasks.
+    #[serde(default)]
+    pub worker: WorkerSettings,
     /// Other public keys of this platform: a previous key during rotation, or a revoked one.
     #[serde(default)]
     pub keys: Vec<ConfiguredKey>,
@@ -420,6 +461,12 @@ impl Config {
                 let key = format!("resources.{}.max_concurrent", task_type.as_str());
                 return Err(invalid(&key, "must be at least 1".to_owned()));
             }
+        }
+        if !(1..=100).contains(&self.worker.max_deliver) {
+            return Err(invalid("worker.max_deliver", "must be within 1..=100".to_owned()));
+        }
+        if !(1..=3600).contains(&self.worker.ack_wait_seconds) {
+            return Err(invalid("worker.ack_wait_seconds", "must be within 1..=3600".to_owned()));
         }
         if self.permissions.requests_per_minute == 0 {
             return Err(invalid(

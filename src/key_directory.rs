@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use crate::clock::now_seconds;
-use crate::envelope::{EnvelopeError, Signable, Verified, peek_signer, verify};
+use crate::envelope::{EnvelopeError, Signable, Verified, peek_signer, verify, verify_ignoring_expiry};
 use crate::keys::{KeyError, KeyRecord, KeyRegistry};
 use crate::lct::{check_platform, token_problem};
 
@@ -154,6 +154,27 @@ impl KeyDirectory {
     /// Verifies an envelope of kind `T`, fetching the signer's key from the bucket when it
     /// is not cached yet.
     pub async fn verify<T: Signable>(&self, bytes: &Bytes) -> Result<Verified<T>, EnvelopeError> {
+        self.fetch_signer_key(bytes).await?;
+        let guard = self
+            .cache
+            .read()
+            .map_err(|_| EnvelopeError::Malformed("key cache poisoned".to_owned()))?;
+        verify(bytes, &guard, now_seconds())
+    }
+
+    /// Like [`KeyDirectory::verify`], without the expiry check (see
+    /// [`crate::envelope::verify_ignoring_expiry`]).
+    pub async fn verify_ignoring_expiry<T: Signable>(&self, bytes: &Bytes) -> Result<Verified<T>, EnvelopeError> {
+        self.fetch_signer_key(bytes).await?;
+        let guard = self
+            .cache
+            .read()
+            .map_err(|_| EnvelopeError::Malformed("key cache poisoned".to_owned()))?;
+        verify_ignoring_expiry(bytes, &guard, now_seconds())
+    }
+
+    /// Makes sure the key that signed `bytes` is cached, when the bucket has it.
+    async fn fetch_signer_key(&self, bytes: &Bytes) -> Result<(), EnvelopeError> {
         let (platform, key_id) = peek_signer(bytes)?;
         let cached = self
             .cache
@@ -168,10 +189,6 @@ impl KeyDirectory {
         {
             self.insert_all(decode(&value));
         }
-        let guard = self
-            .cache
-            .read()
-            .map_err(|_| EnvelopeError::Malformed("key cache poisoned".to_owned()))?;
-        verify(bytes, &guard, now_seconds())
+        Ok(())
     }
 }

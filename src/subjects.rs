@@ -39,7 +39,7 @@ pub const LEDGER_QUEUE_GROUP: &str = "sagefed-ledger";
 /// Prefix of the ledger service's endpoints: `sage.ledger.<operation>`.
 pub const LEDGER_ENDPOINT_PREFIX: &str = "sage.ledger";
 
-/// Name of the micro service answering status and cancel requests.
+/// Name (and queue group) of the micro service answering status and cancel requests.
 pub const STATUS_SERVICE: &str = "sagefed-status";
 /// Prefix of the status service's endpoints.
 pub const STATUS_ENDPOINT_PREFIX: &str = "sage.status";

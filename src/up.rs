@@ -1,17 +1,29 @@
 //! `sagefed up`: the whole federation on one machine.
 //!
 //! Starts a local `nats-server` (found or installed, see [`crate::nats_server`]) with the
-//! embedded `nats/dev.conf`, creates the streams and buckets, and reports them; then serves
-//! until Ctrl-C, and stops everything cleanly.
+//! embedded `nats/dev.conf`, creates the streams and buckets, starts the ledger service and a
+//! worker for each platform in `configs/`, grants each platform's ATP from its config
+//! (idempotent), runs the seed's scenarios once ([`crate::demo`]), and serves until Ctrl-C.
 
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
+use async_nats::Client;
 
+use crate::config::Config;
+use crate::delegator::FederationClient;
+use crate::envelope::Signer;
 use crate::infra;
+use crate::key_directory::KeyDirectory;
+use crate::keys::{self, KeyRecord};
+use crate::ledger::client::LedgerClient;
+use crate::ledger::protocol::Outcome;
+use crate::ledger::service::{LedgerOptions, LedgerService};
 use crate::nats_server::{self, NatsServer, ServerOptions};
+use crate::worker::Worker;
 
 /// The development server config, embedded so `sagefed up` works from any directory.
 const DEV_CONF: &str = include_str!("../nats/dev.conf");
@@ -20,25 +32,37 @@ const DEV_CONF: &str = include_str!("../nats/dev.conf");
 pub const UP_PORT_DEFAULT: u16 = 4222;
 /// How long the server gets to shut down cleanly before it is killed.
 const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// The ledger admin identity `sagefed up` creates to grant each platform's ATP.
+pub const TREASURY: &str = "Treasury";
+/// Platform configs `sagefed up` runs, in this order.
+pub const PLATFORM_CONFIGS: [&str; 3] = ["legion.toml", "thor.toml", "sprout.toml"];
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct UpArgs {
-    /// Directory for the server's store, logs and generated keys
+    /// Directory for the server's store and log and the treasury key
     #[arg(long, default_value = ".sagefed")]
     pub data_dir: PathBuf,
+    /// Directory holding legion.toml, thor.toml and sprout.toml
+    #[arg(long, default_value = "configs")]
+    pub configs: PathBuf,
     /// NATS client port on 127.0.0.1 (0 picks a free one)
     #[arg(long, default_value_t = UP_PORT_DEFAULT)]
     pub port: u16,
     /// Where nats-server is installed when it is not found [default: $SAGE_TOOLS_DIR or ./.tools]
     #[arg(long)]
     pub tools_dir: Option<PathBuf>,
-    /// Run the demo scenarios, print the results and exit instead of serving
+    /// Run the demo scenarios, print the results and exit (0 when every outcome is the one
+    /// the seed expects)
     #[arg(long)]
     pub exit_after_demo: bool,
+    /// Do not run the demo scenarios
+    #[arg(long, conflicts_with = "exit_after_demo")]
+    pub no_demo: bool,
 }
 
 /// Runs the federation until `shutdown` resolves.
 pub async fn run(args: UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let configs = load_configs(&args.configs)?;
     let tools_dir = args.tools_dir.clone().unwrap_or_else(nats_server::default_tools_dir);
     let binary = nats_server::find_or_install(&tools_dir)?;
     let version = nats_server::check_version(&binary)?;
@@ -71,29 +95,164 @@ pub async fn run(args: UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::Re
         server.url(),
         server.log_file().display()
     );
-    let result = serve(&server, &args, shutdown).await;
+    let result = serve(&server.url(), &args, configs, shutdown).await;
     server.stop(SERVER_STOP_TIMEOUT);
     println!("stopped");
     result
 }
 
-async fn serve(server: &NatsServer, args: &UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let client = async_nats::ConnectOptions::new()
-        .name("sagefed-up")
-        .connect(server.url())
-        .await
-        .with_context(|| format!("connecting to {}", server.url()))?;
-    let js = async_nats::jetstream::new(client.clone());
-    for resource in infra::ensure(&js, 1).await? {
-        println!("{:<10} {:<16} {}", resource.kind, resource.name, resource.detail);
+/// Loads the three platform configs from `dir`.
+pub fn load_configs(dir: &Path) -> anyhow::Result<Vec<Config>> {
+    PLATFORM_CONFIGS
+        .iter()
+        .map(|name| {
+            let path = dir.join(name);
+            Config::load(&path).with_context(|| {
+                format!(
+                    "run from the repository root, or pass --configs (looked in {})",
+                    dir.display()
+                )
+            })
+        })
+        .collect()
+}
+
+/// Everything but the server: ledger, workers, one delegation client per platform.
+pub struct Federation {
+    pub client: Client,
+    pub ledger: LedgerService,
+    pub workers: Vec<Worker>,
+    pub clients: BTreeMap<String, FederationClient>,
+}
+
+impl Federation {
+    /// Starts the federation on the server at `url`: streams and buckets, the treasury, the
+    /// ledger service, each platform's keys (created when missing), grants and worker.
+    pub async fn start(url: &str, data_dir: &Path, mut configs: Vec<Config>) -> anyhow::Result<Self> {
+        let client = infra::connect(url, "sagefed-up", Duration::from_secs(5)).await?;
+        let js = async_nats::jetstream::new(client.clone());
+        for resource in infra::ensure(&js, 1).await? {
+            println!("{:<10} {:<16} {}", resource.kind, resource.name, resource.detail);
+        }
+        let treasury = Signer::new(
+            TREASURY,
+            keys::read_or_create_secret(&data_dir.join("keys/treasury.key"))?,
+        )?;
+        let directory = KeyDirectory::open(&js).await?;
+        directory
+            .publish(&KeyRecord::new(TREASURY, &treasury.verifying_key(), 0.0))
+            .await?;
+        let ledger = LedgerService::start(
+            infra::connect(url, "sagefed-ledger", Duration::from_secs(5)).await?,
+            LedgerOptions {
+                admins: [TREASURY.to_owned()].into_iter().collect(),
+                sweep: true,
+            },
+        )
+        .await?;
+        println!("service    sagefed-ledger   admins: {TREASURY}");
+        let treasury = LedgerClient::new(client.clone(), treasury);
+        let mut workers = Vec::new();
+        let mut clients = BTreeMap::new();
+        for config in &mut configs {
+            config.nats.url = url.to_owned();
+            keys::read_or_create_secret(&config.keypair_path())?;
+            grant(&treasury, config).await?;
+            let worker = Worker::start(
+                config.clone(),
+                infra::connect(
+                    url,
+                    &format!("sagefed-worker-{}", config.platform()),
+                    Duration::from_secs(5),
+                )
+                .await?,
+            )
+            .await?;
+            println!(
+                "worker     {:<16} capacity {}",
+                config.platform(),
+                config.resources.values().map(|r| r.max_concurrent).sum::<u32>()
+            );
+            workers.push(worker);
+            let federation = FederationClient::new(
+                config.clone(),
+                infra::connect(
+                    url,
+                    &format!("sagefed-client-{}", config.platform()),
+                    Duration::from_secs(5),
+                )
+                .await?,
+            )
+            .await?;
+            clients.insert(config.platform().to_owned(), federation);
+        }
+        Ok(Self {
+            client,
+            ledger,
+            workers,
+            clients,
+        })
     }
+
+    pub async fn stop(self) {
+        for worker in self.workers {
+            worker.stop().await;
+        }
+        drop(self.clients);
+        self.ledger.stop().await;
+        let _ = self.client.flush().await;
+    }
+}
+
+/// Grants a platform the ATP its config gives each task type, once (idempotent by grant id).
+async fn grant(treasury: &LedgerClient, config: &Config) -> anyhow::Result<()> {
+    for (task_type, resource) in &config.resources {
+        let lct = config.lct(task_type.as_str())?;
+        let grant_id = format!("genesis-{}-{}", config.platform(), task_type.as_str().replace('.', "_"));
+        let reply = treasury
+            .grant(&grant_id, &lct, resource.atp_budget.atp().as_f64())
+            .await?;
+        match reply.outcome {
+            Outcome::Applied => println!("grant      {lct}: {} ATP", resource.atp_budget.atp()),
+            Outcome::AlreadyApplied => {}
+            Outcome::Rejected => anyhow::bail!("granting {lct} failed: {}", reply.message),
+        }
+    }
+    Ok(())
+}
+
+async fn serve(
+    url: &str,
+    args: &UpArgs,
+    configs: Vec<Config>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let federation = Federation::start(url, &args.data_dir, configs).await?;
+    let demo = if args.no_demo {
+        Ok(true)
+    } else {
+        crate::demo::run(&federation, url).await
+    };
     if args.exit_after_demo {
-        client.flush().await?;
-        return Ok(());
+        federation.stop().await;
+        return match demo {
+            Ok(true) => Ok(()),
+            Ok(false) => anyhow::bail!("a scenario did not end as the seed expects (see the table)"),
+            Err(e) => Err(e),
+        };
     }
-    println!("serving on {}; press Ctrl-C to stop", server.url());
+    if let Err(e) = demo {
+        eprintln!("sagefed: the demo failed: {e:#}");
+    }
+    println!();
+    println!("serving on {url}; press Ctrl-C to stop. From another terminal:");
+    println!("  sagefed delegate --config configs/thor.toml --to Legion --operation planning --budget 10 \\");
+    println!(
+        "      --params '{{\"width\":16,\"height\":16,\"start\":[0,0],\"goal\":[15,15],\"obstacle_density\":0.2,\"seed\":3}}'"
+    );
+    println!("  sagefed balances    sagefed audit    sagefed status lct:web4:agent:dp@Thor#consciousness");
     shutdown.await;
-    // Flush before exit, or buffered publishes may be lost.
-    client.flush().await?;
+    println!("stopping");
+    federation.stop().await;
     Ok(())
 }

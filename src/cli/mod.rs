@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod keygen;
 mod keys;
 mod ledger;
+pub mod platform;
 
 use crate::config::Config;
 
@@ -23,7 +24,8 @@ pub const EXIT_USAGE: u8 = 2;
     version,
     about = "Delegate signed tasks between machines over NATS, settled on an escrow ATP ledger",
     after_help = "Exit codes: 0 success, 1 failure (the message says why), 2 bad arguments,\n\
-                  3 `audit` found a broken invariant.\n\
+                  3 `audit` found a broken invariant, 4 `delegate`/`cancel`: the task was not\n\
+                  paid / not cancelled (the message says why).\n\
                   Logs go to stderr; set SAGE_LOG (e.g. SAGE_LOG=debug) to change the level."
 )]
 pub struct Cli {
@@ -40,6 +42,14 @@ enum Command {
     /// Check configuration files
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Run a platform's worker: execute its tasks, settle its proofs, serve status and cancel
+    Worker(platform::WorkerArgs),
+    /// Delegate one task to another platform and print the settled outcome
+    Delegate(platform::DelegateArgs),
+    /// Status of an LCT (ATP consumed, tasks running) or of a task
+    Status(platform::StatusArgs),
+    /// Cancel a task you delegated: a queued one never runs, a running one is aborted, ATP refunded
+    Cancel(platform::CancelArgs),
     /// Publish or list platform public keys in the key registry
     #[command(subcommand)]
     Keys(keys::KeysCommand),
@@ -87,6 +97,7 @@ enum ConfigCommand {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
+    restore_sigpipe();
     let cli = Cli::parse();
     init_logging();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -105,6 +116,16 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Rust ignores SIGPIPE, so `sagefed balances | head` would panic on a closed pipe; restore
+/// the default, and the process ends quietly like any Unix tool.
+fn restore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to its default, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SAGE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn"));
@@ -120,6 +141,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keygen(args) => keygen::run(&args)?,
         Command::Config(ConfigCommand::Check { file }) => config_check(&file)?,
         Command::Keys(command) => keys::run(command).await?,
+        Command::Worker(args) => platform::worker(&args).await?,
+        Command::Delegate(args) => return platform::delegate(&args).await,
+        Command::Status(args) => platform::status_command(&args).await?,
+        Command::Cancel(args) => return platform::cancel(&args).await,
         Command::Ledger(command) => ledger::run(command).await?,
         Command::Audit(args) => return ledger::audit_command(&args).await,
         Command::Balances(args) => ledger::balances_command(&args).await?,

@@ -159,3 +159,40 @@ impl LedgerClient {
         .await
     }
 }
+
+/// Read-only access to ledger records, for platforms (only the ledger service writes).
+#[derive(Clone)]
+pub struct LedgerReader {
+    kv: async_nats::jetstream::kv::Store,
+}
+
+impl LedgerReader {
+    pub async fn open(js: &async_nats::jetstream::Context) -> Result<Self, LedgerClientError> {
+        let kv = js
+            .get_key_value(subjects::LEDGER_BUCKET)
+            .await
+            .map_err(|e| LedgerClientError::BadReply(format!("ledger bucket: {e}")))?;
+        Ok(Self { kv })
+    }
+
+    async fn read<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, LedgerClientError> {
+        let value = self
+            .kv
+            .get(key)
+            .await
+            .map_err(|e| LedgerClientError::BadReply(format!("reading {key}: {e}")))?;
+        value
+            .map(|v| serde_json::from_slice(&v).map_err(|e| LedgerClientError::BadReply(format!("{key}: {e}"))))
+            .transpose()
+    }
+
+    /// The lock of `task_id`, if any.
+    pub async fn lock(&self, task_id: &TaskId) -> Result<Option<crate::ledger::model::Lock>, LedgerClientError> {
+        self.read(&subjects::ledger_lock(task_id.as_str())).await
+    }
+
+    /// The account of `lct`, if any.
+    pub async fn account(&self, lct: &Lct) -> Result<Option<crate::ledger::model::Account>, LedgerClientError> {
+        self.read(&crate::ledger::model::account_key(lct)).await
+    }
+}

@@ -1,3 +1,368 @@
-//! Executing tasks: operation handlers live in [`ops`].
+//! `sagefed worker`: a platform's worker process. Pulls the platform's tasks from its one
+//! durable consumer (shared by every worker process of the platform), checks and executes
+//! them, publishes signed proofs and settles. Alongside: the platform's registry heartbeat,
+//! aborts of cancelled tasks, dead-lettering of tasks that exhausted their deliveries, the
+//! settler of proofs addressed to this platform, and the status service.
+//!
+//! - [`ops`]: the operation handlers.
+//! - [`checks`]: the executor's checks.
+//! - [`admission`]: rate limits, concurrency and budget caps.
+//! - `run`: one task from message to acknowledgement.
 
+pub mod admission;
+pub mod checks;
 pub mod ops;
+mod run;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, consumer::pull};
+use async_nats::{Client, jetstream::consumer::AckPolicy};
+use futures::StreamExt;
+use tokio::sync::{Semaphore, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::clock::now_seconds;
+use crate::config::Config;
+use crate::delegator::FederationClient;
+use crate::envelope::Signer;
+use crate::key_directory::KeyDirectory;
+use crate::keys;
+use crate::ledger::client::{LedgerClient, LedgerReader};
+use crate::ledger::model::RollbackReason;
+use crate::registry::{HEARTBEAT_INTERVAL, PlatformRecord, Registry};
+use crate::subjects;
+use crate::task::{FederationTask, TaskId};
+use crate::task_status::{TaskBoard, TaskState};
+use crate::worker::admission::{Admissions, RateLimiter};
+use crate::worker::ops::Operations;
+
+pub use run::{DEAD_REASON_HEADER, DEAD_SUBJECT_HEADER, PROGRESS_INTERVAL};
+
+/// How long a stopping worker lets running tasks finish before it leaves them to be
+/// delivered again.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Pause before pulling again after the consumer's message stream failed.
+const PULL_RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// What every task handler of a worker process shares.
+pub struct WorkerContext {
+    pub config: Config,
+    pub js: jetstream::Context,
+    pub signer: Signer,
+    pub keys: Arc<KeyDirectory>,
+    pub ledger: LedgerClient,
+    pub reader: LedgerReader,
+    pub board: TaskBoard,
+    pub registry: Registry,
+    pub operations: Operations,
+    pub limiter: RateLimiter,
+    pub admissions: Admissions,
+    /// Abort handles of the tasks running now.
+    pub aborts: Mutex<HashMap<TaskId, oneshot::Sender<()>>>,
+}
+
+impl WorkerContext {
+    /// Tasks this platform executes at once: the sum of its per-type maximums.
+    pub fn capacity(&self) -> u32 {
+        self.config
+            .resources
+            .values()
+            .map(|r| r.max_concurrent)
+            .sum::<u32>()
+            .max(1)
+    }
+
+    fn record(&self) -> PlatformRecord {
+        PlatformRecord {
+            platform: self.config.platform().to_owned(),
+            capabilities: self.config.resources.keys().map(|t| t.as_str().to_owned()).collect(),
+            operations: self
+                .config
+                .permissions
+                .execute
+                .iter()
+                .map(|o| o.as_str().to_owned())
+                .filter(|o| self.operations.get(o).is_some())
+                .collect(),
+            delegate: self.config.permissions.delegate,
+            key_id: self.signer.key_id().to_owned(),
+            load: self.admissions.load(),
+            capacity: self.capacity(),
+            heartbeat_at: now_seconds(),
+        }
+    }
+}
+
+/// The operations `config` offers: the built-ins, with configured external programs on top.
+pub fn operations_for(config: &Config) -> Operations {
+    config.operations.iter().fold(Operations::builtin(), |ops, (name, op)| {
+        ops.with_external(
+            name.as_str(),
+            op.command.clone(),
+            &config.base_dir,
+            op.atp_per_second.atp(),
+        )
+    })
+}
+
+/// A running worker process's tasks.
+pub struct Worker {
+    ctx: Arc<WorkerContext>,
+    tasks: Vec<JoinHandle<()>>,
+    puller: JoinHandle<()>,
+    stop: tokio::sync::watch::Sender<bool>,
+    status: crate::status::StatusService,
+}
+
+impl Worker {
+    /// Starts a worker for the platform `config` describes. The streams and buckets must
+    /// exist (`sagefed up` or `sagefed ledger serve` create them).
+    pub async fn start(config: Config, client: Client) -> anyhow::Result<Self> {
+        let js = jetstream::new(client.clone());
+        let key_path = config.keypair_path();
+        let secret = keys::read_secret(&key_path).with_context(|| {
+            format!(
+                "create it with: sagefed keygen --platform {} --out {}",
+                config.platform(),
+                key_path.display()
+            )
+        })?;
+        let signer = Signer::new(config.platform(), secret)?;
+        let keys = Arc::new(KeyDirectory::open(&js).await?);
+        for record in config.key_records(&signer.verifying_key()) {
+            keys.publish(&record).await?;
+        }
+        let ctx = Arc::new(WorkerContext {
+            limiter: RateLimiter::new(config.permissions.requests_per_minute),
+            operations: operations_for(&config),
+            ledger: LedgerClient::new(client.clone(), signer.clone()),
+            reader: LedgerReader::open(&js).await?,
+            board: TaskBoard::open(&js).await?,
+            registry: Registry::open(&js).await?,
+            admissions: Admissions::default(),
+            aborts: Mutex::new(HashMap::new()),
+            keys: Arc::clone(&keys),
+            signer,
+            js: js.clone(),
+            config,
+        });
+        ctx.registry.register_platform(&ctx.record()).await?;
+        let consumer = ensure_consumer(&ctx).await?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut tasks = vec![
+            tokio::spawn(heartbeat(Arc::clone(&ctx))),
+            tokio::spawn(listen_for_aborts(Arc::clone(&ctx), client.clone())),
+            tokio::spawn(dead_letter_exhausted(Arc::clone(&ctx), client.clone())),
+        ];
+        let settler = FederationClient::new(ctx.config.clone(), client.clone()).await?;
+        tasks.push(tokio::spawn(async move { settler.settle_orphaned_proofs().await }));
+        let status = crate::status::StatusService::start(client.clone()).await?;
+        let puller = tokio::spawn(pull(Arc::clone(&ctx), consumer, stopped));
+        tracing::info!(
+            platform = ctx.config.platform(),
+            capacity = ctx.capacity(),
+            "worker ready"
+        );
+        Ok(Self {
+            ctx,
+            tasks,
+            puller,
+            stop,
+            status,
+        })
+    }
+
+    pub fn platform(&self) -> &str {
+        self.ctx.config.platform()
+    }
+
+    /// Stops pulling, lets running tasks finish (up to a grace period), stops the rest.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(STOP_GRACE + Duration::from_secs(1), self.puller).await;
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.status.stop().await;
+    }
+}
+
+/// Runs a worker until `shutdown` resolves.
+pub async fn serve(config: Config, client: Client, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let worker = Worker::start(config, client.clone()).await?;
+    shutdown.await;
+    worker.stop().await;
+    client.flush().await?;
+    Ok(())
+}
+
+/// Creates (or updates) the platform's durable consumer.
+async fn ensure_consumer(ctx: &WorkerContext) -> anyhow::Result<jetstream::consumer::Consumer<pull::Config>> {
+    let platform = ctx.config.platform();
+    let stream = ctx.js.get_stream(subjects::TASKS_STREAM).await.with_context(|| {
+        format!(
+            "stream {} is missing: start `sagefed up` or `sagefed ledger serve` first",
+            subjects::TASKS_STREAM
+        )
+    })?;
+    let config = pull::Config {
+        durable_name: Some(subjects::worker_consumer(platform)),
+        description: Some(format!("Tasks for {platform}, shared by all its workers")),
+        filter_subject: subjects::delegate(platform),
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(ctx.config.worker.ack_wait_seconds),
+        max_deliver: ctx.config.worker.max_deliver,
+        max_ack_pending: i64::from(ctx.capacity()),
+        ..Default::default()
+    };
+    stream
+        .create_consumer(config)
+        .await
+        .with_context(|| format!("creating consumer {}", subjects::worker_consumer(platform)))
+}
+
+async fn pull(
+    ctx: Arc<WorkerContext>,
+    consumer: jetstream::consumer::Consumer<pull::Config>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    let capacity = ctx.capacity() as usize;
+    let permits = Arc::new(Semaphore::new(capacity));
+    'outer: while !*stopped.borrow() {
+        let messages = consumer.stream().max_messages_per_batch(capacity).messages().await;
+        let mut messages = match messages {
+            Ok(messages) => messages,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot pull tasks; retrying");
+                tokio::time::sleep(PULL_RETRY_PAUSE).await;
+                continue;
+            }
+        };
+        loop {
+            let permit = tokio::select! {
+                permit = Arc::clone(&permits).acquire_owned() => match permit { Ok(p) => p, Err(_) => break 'outer },
+                _ = stopped.changed() => break 'outer,
+            };
+            let next = tokio::select! {
+                next = messages.next() => next,
+                _ = stopped.changed() => break 'outer,
+            };
+            match next {
+                Some(Ok(message)) => {
+                    let ctx = Arc::clone(&ctx);
+                    tokio::spawn(async move {
+                        run::handle(ctx, message).await;
+                        drop(permit);
+                    });
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "pull interrupted; continuing");
+                }
+                None => {
+                    tokio::time::sleep(PULL_RETRY_PAUSE).await;
+                    continue 'outer;
+                }
+            }
+        }
+    }
+    // Let running tasks finish: each holds a permit.
+    let _ = tokio::time::timeout(STOP_GRACE, permits.acquire_many(capacity as u32)).await;
+}
+
+async fn heartbeat(ctx: Arc<WorkerContext>) {
+    let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+    loop {
+        tick.tick().await;
+        if let Err(e) = ctx.registry.register_platform(&ctx.record()).await {
+            tracing::warn!(error = %e, "heartbeat not recorded");
+        }
+    }
+}
+
+/// Aborts a running task when the status service says it was cancelled. The message only
+/// names the task; the cancel itself is checked against the status bucket.
+async fn listen_for_aborts(ctx: Arc<WorkerContext>, client: Client) {
+    let Ok(mut subscription) = client.subscribe(subjects::abort(ctx.config.platform())).await else {
+        tracing::error!("cannot subscribe to aborts; cancels will not stop running tasks");
+        return;
+    };
+    while let Some(message) = subscription.next().await {
+        let Ok(task_id) = std::str::from_utf8(&message.payload)
+            .unwrap_or_default()
+            .parse::<TaskId>()
+        else {
+            continue;
+        };
+        let cancelled =
+            matches!(ctx.board.get(&task_id).await, Ok(Some((status, _))) if status.state == TaskState::Cancelled);
+        if !cancelled {
+            continue;
+        }
+        let handle = ctx.aborts.lock().ok().and_then(|mut aborts| aborts.remove(&task_id));
+        if let Some(handle) = handle {
+            tracing::info!(task = %task_id, "aborting a cancelled task");
+            let _ = handle.send(());
+        }
+    }
+}
+
+/// A task whose last delivery timed out (its worker died) stays in the work queue and the
+/// server publishes an advisory: copy it to the dead-letter stream, remove it, refund it.
+async fn dead_letter_exhausted(ctx: Arc<WorkerContext>, client: Client) {
+    let subject = format!(
+        "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{}",
+        subjects::TASKS_STREAM,
+        subjects::worker_consumer(ctx.config.platform())
+    );
+    let Ok(mut advisories) = client.subscribe(subject).await else {
+        tracing::error!("cannot subscribe to max-delivery advisories");
+        return;
+    };
+    while let Some(advisory) = advisories.next().await {
+        let Some(sequence) = serde_json::from_slice::<serde_json::Value>(&advisory.payload)
+            .ok()
+            .and_then(|v| v.get("stream_seq").and_then(serde_json::Value::as_u64))
+        else {
+            continue;
+        };
+        if let Err(e) = dead_letter_sequence(&ctx, sequence).await {
+            tracing::error!(sequence, error = %e, "could not dead-letter an exhausted task");
+        }
+    }
+}
+
+async fn dead_letter_sequence(ctx: &WorkerContext, sequence: u64) -> anyhow::Result<()> {
+    let stream = ctx.js.get_stream(subjects::TASKS_STREAM).await?;
+    let Ok(message) = stream.get_raw_message(sequence).await else {
+        return Ok(());
+    };
+    let mut headers = async_nats::HeaderMap::new();
+    let reason = format!(
+        "exhausted its {} deliveries without an answer (worker died or hung)",
+        ctx.config.worker.max_deliver
+    );
+    headers.insert(DEAD_REASON_HEADER, reason.as_str());
+    headers.insert(DEAD_SUBJECT_HEADER, message.subject.as_str());
+    let payload = message.payload.clone();
+    ctx.js
+        .publish_with_headers(subjects::dead_letter(ctx.config.platform()), headers, payload.clone())
+        .await?
+        .await?;
+    stream.delete_message(sequence).await?;
+    tracing::warn!(sequence, "{reason}; dead-lettered");
+    if let Ok(task) = ctx.keys.verify_ignoring_expiry::<FederationTask>(&payload).await {
+        let _ = ctx
+            .board
+            .finish(&task.task_id, TaskState::Failed, None, None, &reason)
+            .await;
+        ctx.ledger
+            .rollback(&task.task_id, RollbackReason::Failure, None)
+            .await?;
+    }
+    Ok(())
+}

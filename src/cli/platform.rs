@@ -1,0 +1,211 @@
+//! `sagefed worker`, `sagefed delegate`, `sagefed status`, `sagefed cancel`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::cli::{NatsArgs, shutdown_signal};
+use crate::config::Config;
+use crate::delegator::{DelegationOutcome, DelegationRequest, FederationClient};
+use crate::envelope::Signer;
+use crate::infra;
+use crate::keys;
+use crate::ledger::model::LockState;
+use crate::status;
+use crate::task::TaskId;
+
+/// Exit code of `sagefed delegate` when the task ran but was not paid (rolled back).
+pub const EXIT_NOT_COMMITTED: u8 = 4;
+
+/// A config file and an optional NATS URL that overrides the config's.
+#[derive(clap::Args, Debug)]
+pub struct PlatformArgs {
+    /// The platform's config file (configs/thor.toml, ...)
+    #[arg(long)]
+    config: PathBuf,
+    /// NATS server URL [default: the config's nats.url]
+    #[arg(long = "nats", value_name = "URL")]
+    nats: Option<String>,
+}
+
+impl PlatformArgs {
+    async fn open(&self, name: &str) -> anyhow::Result<(Config, async_nats::Client)> {
+        let mut config = Config::load(&self.config)?;
+        if let Some(url) = &self.nats {
+            config.nats.url = url.clone();
+        }
+        let client = infra::connect(
+            &config.nats.url,
+            &format!("{name}-{}", config.platform()),
+            std::time::Duration::from_secs(5),
+        )
+        .await?;
+        Ok((config, client))
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    platform: PlatformArgs,
+}
+
+pub async fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
+    let (config, client) = args.platform.open("sagefed-worker").await?;
+    eprintln!("sagefed worker for {} on {}", config.platform(), config.nats.url);
+    crate::worker::serve(config, client, shutdown_signal()).await
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DelegateArgs {
+    #[command(flatten)]
+    platform: PlatformArgs,
+    /// The executor platform [default: the least loaded healthy platform that offers it]
+    #[arg(long)]
+    to: Option<String>,
+    /// perception, planning, execution, or a configured operation
+    #[arg(long)]
+    operation: String,
+    /// ATP to lock for the task; the executor is paid what it consumes, the rest comes back
+    #[arg(long)]
+    budget: f64,
+    /// consciousness or consciousness.sage
+    #[arg(long, default_value = "consciousness")]
+    task_type: String,
+    /// Longest the execution may take, in seconds
+    #[arg(long = "timeout", default_value_t = 30)]
+    timeout_seconds: u64,
+    /// Operation parameters, a JSON object
+    #[arg(long, default_value = "{}")]
+    params: String,
+    /// Print the outcome as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn delegate(args: &DelegateArgs) -> anyhow::Result<ExitCode> {
+    let parameters: serde_json::Value =
+        serde_json::from_str(&args.params).map_err(|e| anyhow::anyhow!("--params is not JSON: {e}"))?;
+    let serde_json::Value::Object(parameters) = parameters else {
+        anyhow::bail!("--params must be a JSON object, like '{{\"width\": 8}}'");
+    };
+    let (config, client) = args.platform.open("sagefed-delegate").await?;
+    let federation = FederationClient::new(config, client.clone()).await?;
+    let outcome = federation
+        .delegate_task(DelegationRequest {
+            to: args.to.clone(),
+            task_type: args.task_type.clone(),
+            operation: args.operation.clone(),
+            budget: args.budget,
+            timeout_seconds: args.timeout_seconds,
+            parameters,
+            task_id: None,
+        })
+        .await?;
+    client.flush().await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&outcome)?);
+    } else {
+        println!("{}", describe(&outcome));
+        println!("{}", serde_json::to_string_pretty(&outcome.result)?);
+    }
+    Ok(if outcome.settlement == LockState::Committed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_NOT_COMMITTED)
+    })
+}
+
+/// One line about a delegation.
+pub fn describe(o: &DelegationOutcome) -> String {
+    let settled = match (o.settlement, o.rollback_reason) {
+        (LockState::Committed, _) => "committed".to_owned(),
+        (state, Some(reason)) => format!("{state:?} ({reason})"),
+        (state, None) => format!("{state:?}"),
+    };
+    let quality = o.quality.map_or_else(|| "-".to_owned(), |q| format!("{q:.2}"));
+    format!(
+        "task {} {} -> {} {}: {settled}, quality {quality}, {} ATP consumed, {} ATP refunded ({:.1} ms){}",
+        o.task_id,
+        o.from,
+        o.to,
+        o.operation,
+        o.atp_consumed,
+        o.atp_refunded,
+        o.latency_ms,
+        if o.reason.is_empty() {
+            String::new()
+        } else {
+            format!("; {}", o.reason)
+        }
+    )
+}
+
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    /// An LCT (lct:web4:agent:dp@Thor#consciousness) or a task id (t-...)
+    target: String,
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn status_command(args: &StatusArgs) -> anyhow::Result<()> {
+    let client = args.nats.connect("sagefed-status").await?;
+    let value = if args.target.starts_with(crate::lct::LCT_PREFIX) {
+        serde_json::to_value(status::lct(&client, &args.target.parse()?).await?)?
+    } else {
+        let task_id: TaskId = args
+            .target
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("{e} (expected an LCT or a task id)"))?;
+        serde_json::to_value(status::task(&client, &task_id).await?)?
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else if let serde_json::Value::Object(map) = value {
+        for (key, value) in map {
+            println!(
+                "{key:<14} {}",
+                if value.is_object() {
+                    serde_json::to_string(&value)?
+                } else {
+                    value.to_string()
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CancelArgs {
+    /// The task id
+    task_id: String,
+    #[command(flatten)]
+    platform: PlatformArgs,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn cancel(args: &CancelArgs) -> anyhow::Result<ExitCode> {
+    let task_id: TaskId = args.task_id.parse().map_err(anyhow::Error::msg)?;
+    let (config, client) = args.platform.open("sagefed-cancel").await?;
+    let signer = Signer::new(config.platform(), keys::read_secret(&config.keypair_path())?)?;
+    let reply = status::cancel_task(&client, &signer, &task_id).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reply)?);
+    } else {
+        println!(
+            "cancelled: {}, {} ATP refunded: {}",
+            reply.cancelled, reply.atp_refunded, reply.message
+        );
+    }
+    Ok(if reply.cancelled {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_NOT_COMMITTED)
+    })
+}

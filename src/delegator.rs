@@ -1,0 +1,573 @@
+//! `FederationClient`: how a platform delegates (the seed's steps 1-4 and 9-13). Chooses a
+//! target, locks the budget on the ledger, signs and publishes the task (its id is the
+//! message id, so a retried publish is stored once), waits for the signed proof, verifies it,
+//! settles by quality, and updates the executor's reputation.
+//!
+//! Proofs addressed to this platform also land in a durable stream: a delegator that was
+//! away settles them when it comes back ([`FederationClient::settle_orphaned_proofs`]).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, AckKind, consumer::pull};
+use async_nats::{Client, HeaderMap};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tokio::sync::oneshot;
+
+use crate::clock::now_seconds;
+use crate::config::Config;
+use crate::envelope::{Signer, Verified};
+use crate::key_directory::KeyDirectory;
+use crate::keys;
+use crate::lct::Lct;
+use crate::ledger::client::{LedgerClient, LedgerReader};
+use crate::ledger::model::{Lock, LockState, RollbackReason};
+use crate::ledger::protocol::{LedgerReply, Outcome};
+use crate::proof::{ExecutionProof, ProofStatus};
+use crate::registry::{PlatformRecord, Registry};
+use crate::reputation::Reputations;
+use crate::subjects;
+use crate::task::{FederationTask, TaskId};
+use crate::task_status::{TaskBoard, TaskState, TaskStatus};
+
+/// Time a task may wait in the queue before a worker starts it, on top of its timeout.
+pub const QUEUE_WAIT_SECONDS: f64 = 30.0;
+/// Time after a task's deadline in which its lock may still be settled (an executor whose
+/// delegator vanished settles in this window), before the sweeper refunds it.
+pub const SETTLE_GRACE_SECONDS: f64 = 60.0;
+/// How long past the deadline the delegator waits for a proof in flight.
+const PROOF_WAIT_GRACE: Duration = Duration::from_secs(2);
+/// Attempts to publish a task before giving up and refunding it.
+const PUBLISH_ATTEMPTS_MAX: u32 = 4;
+/// First pause between publish attempts; doubles each time.
+const PUBLISH_RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// What to delegate.
+#[derive(Clone, Debug)]
+pub struct DelegationRequest {
+    /// The executor platform; `None` lets the client choose.
+    pub to: Option<String>,
+    pub task_type: String,
+    pub operation: String,
+    pub budget: f64,
+    pub timeout_seconds: u64,
+    pub parameters: Map<String, Value>,
+    /// The task id to use (to follow or cancel it while it runs); `None` draws a random one.
+    pub task_id: Option<TaskId>,
+}
+
+/// How a delegation ended.
+#[derive(Clone, Debug, Serialize)]
+pub struct DelegationOutcome {
+    pub task_id: TaskId,
+    pub from: String,
+    pub to: String,
+    pub operation: String,
+    /// What the executor's proof said (`None` when no proof arrived).
+    pub proof_status: Option<ProofStatus>,
+    pub reason: String,
+    pub quality: Option<f64>,
+    /// `committed`, `rolled_back` or `expired`, as the ledger has it.
+    pub settlement: LockState,
+    pub rollback_reason: Option<RollbackReason>,
+    pub atp_consumed: f64,
+    pub atp_refunded: f64,
+    pub result: Map<String, Value>,
+    /// From the first request to the settled outcome.
+    pub latency_ms: f64,
+}
+
+/// Why a delegation could not be made. The budget is never left locked: errors after the
+/// lock refund it first.
+#[derive(Debug, thiserror::Error)]
+pub enum DelegateError {
+    #[error("{0} lacks the federation:delegate permission (permissions.delegate in its config)")]
+    NotPermitted(String),
+    #[error("no platform can take this task: {0}")]
+    NoPlatform(String),
+    #[error("the ledger refused to lock the budget: {0}")]
+    Lock(String),
+    #[error("the task could not be published ({0}); its budget was refunded")]
+    Publish(String),
+    #[error("invalid task: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+type Waiters = Arc<Mutex<HashMap<TaskId, oneshot::Sender<Bytes>>>>;
+
+/// A platform's delegation client.
+pub struct FederationClient {
+    config: Config,
+    js: jetstream::Context,
+    signer: Signer,
+    keys: Arc<KeyDirectory>,
+    ledger: LedgerClient,
+    reader: LedgerReader,
+    registry: Registry,
+    reputations: Reputations,
+    board: TaskBoard,
+    waiters: Waiters,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FederationClient {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+impl FederationClient {
+    /// Connects the platform `config` describes: publishes its keys, makes sure the registry
+    /// knows it (so executors can check its permission), and listens for its proofs.
+    pub async fn new(config: Config, client: Client) -> anyhow::Result<Self> {
+        let js = jetstream::new(client.clone());
+        let key_path = config.keypair_path();
+        let secret = keys::read_secret(&key_path).with_context(|| {
+            format!(
+                "create it with: sagefed keygen --platform {} --out {}",
+                config.platform(),
+                key_path.display()
+            )
+        })?;
+        let signer = Signer::new(config.platform(), secret)?;
+        let keys = Arc::new(KeyDirectory::open(&js).await?);
+        for record in config.key_records(&signer.verifying_key()) {
+            keys.publish(&record).await?;
+        }
+        let registry = Registry::open(&js).await?;
+        if registry.get(config.platform()).await?.is_none() {
+            // Known as a delegator; not healthy as an executor until a worker heartbeats.
+            registry
+                .register_platform(&PlatformRecord {
+                    platform: config.platform().to_owned(),
+                    capabilities: Vec::new(),
+                    operations: Vec::new(),
+                    delegate: config.permissions.delegate,
+                    key_id: signer.key_id().to_owned(),
+                    load: 0,
+                    capacity: 0,
+                    heartbeat_at: 0.0,
+                })
+                .await?;
+        }
+        let waiters: Waiters = Arc::default();
+        let mut proofs = client.subscribe(subjects::proofs_for(config.platform())).await?;
+        let listener = {
+            let waiters = Arc::clone(&waiters);
+            tokio::spawn(async move {
+                while let Some(message) = proofs.next().await {
+                    let Some(task_id) = message
+                        .subject
+                        .rsplit('.')
+                        .next()
+                        .and_then(|t| t.parse::<TaskId>().ok())
+                    else {
+                        continue;
+                    };
+                    let waiter = waiters.lock().ok().and_then(|mut w| w.remove(&task_id));
+                    if let Some(waiter) = waiter {
+                        let _ = waiter.send(message.payload);
+                    }
+                }
+            })
+        };
+        Ok(Self {
+            ledger: LedgerClient::new(client.clone(), signer.clone()),
+            reader: LedgerReader::open(&js).await?,
+            reputations: Reputations::open(&js).await?,
+            board: TaskBoard::open(&js).await?,
+            registry,
+            signer,
+            keys,
+            js,
+            config,
+            waiters,
+            listener,
+        })
+    }
+
+    pub fn platform(&self) -> &str {
+        self.config.platform()
+    }
+
+    pub fn signer(&self) -> &Signer {
+        &self.signer
+    }
+
+    /// Records a platform in the registry (the seed's `register_platform`).
+    pub async fn register_platform(&self, record: &PlatformRecord) -> anyhow::Result<()> {
+        Ok(self.registry.register_platform(record).await?)
+    }
+
+    /// Chooses where `request` goes: the named platform when there is one (it must be alive
+    /// and execute the task type; the executor itself checks the operation's permission),
+    /// else the least loaded healthy platform offering the task type and operation, better
+    /// reputation first.
+    pub async fn choose_target(&self, request: &DelegationRequest) -> Result<PlatformRecord, DelegateError> {
+        let now = now_seconds();
+        let records = self.registry.all().await.map_err(anyhow::Error::from)?;
+        if let Some(to) = &request.to {
+            let record = records.into_iter().find(|r| &r.platform == to).ok_or_else(|| {
+                DelegateError::NoPlatform(format!("{to} is not registered (no worker has run for it)"))
+            })?;
+            if !record.is_healthy(now) {
+                return Err(DelegateError::NoPlatform(format!(
+                    "{to} has no live worker (last heartbeat {:.0} s ago)",
+                    now - record.heartbeat_at
+                )));
+            }
+            if !record.capabilities.contains(&request.task_type) {
+                return Err(DelegateError::NoPlatform(format!(
+                    "{to} does not execute {} tasks",
+                    request.task_type
+                )));
+            }
+            return Ok(record);
+        }
+        let mut why = Vec::new();
+        let mut candidates = Vec::new();
+        for record in records {
+            let excluded = if record.platform == self.platform() {
+                None
+            } else if !record.is_healthy(now) {
+                Some("no live worker")
+            } else if !record.capabilities.contains(&request.task_type) {
+                Some("wrong task type")
+            } else if !record.operations.contains(&request.operation) {
+                Some("does not offer the operation")
+            } else {
+                candidates.push(record.clone());
+                None
+            };
+            if let Some(reason) = excluded {
+                why.push(format!("{} ({reason})", record.platform));
+            }
+        }
+        if candidates.is_empty() {
+            return Err(DelegateError::NoPlatform(format!(
+                "none is healthy and offers {} for {} tasks{}",
+                request.operation,
+                request.task_type,
+                if why.is_empty() {
+                    String::new()
+                } else {
+                    format!("; considered: {}", why.join(", "))
+                }
+            )));
+        }
+        let mut scored = Vec::new();
+        for record in candidates {
+            let score = self
+                .reputations
+                .get(&record.platform)
+                .await
+                .map(|r| r.score())
+                .unwrap_or(0.0);
+            scored.push((record.utilisation(), -score, record));
+        }
+        scored.sort_by(|a, b| {
+            a.0.total_cmp(&b.0)
+                .then(a.1.total_cmp(&b.1))
+                .then(a.2.platform.cmp(&b.2.platform))
+        });
+        scored
+            .into_iter()
+            .next()
+            .map(|(_, _, r)| r)
+            .ok_or_else(|| DelegateError::NoPlatform("no candidate".into()))
+    }
+
+    /// Delegates one task and returns its settled outcome.
+    pub async fn delegate_task(&self, request: DelegationRequest) -> Result<DelegationOutcome, DelegateError> {
+        let started = Instant::now();
+        if !self.config.permissions.delegate {
+            return Err(DelegateError::NotPermitted(self.platform().to_owned()));
+        }
+        let target = self.choose_target(&request).await?;
+        let source_lct = self
+            .config
+            .lct(&request.task_type)
+            .map_err(|e| DelegateError::Invalid(e.to_string()))?;
+        let target_lct = source_lct
+            .with_platform(&target.platform)
+            .map_err(|e| DelegateError::Invalid(e.to_string()))?;
+        let task_id = match request.task_id.clone() {
+            Some(task_id) => task_id,
+            None => TaskId::random().map_err(|e| DelegateError::Invalid(e.to_string()))?,
+        };
+        let created_at = now_seconds();
+        let expires_at = created_at + QUEUE_WAIT_SECONDS + request.timeout_seconds as f64;
+        let task = FederationTask {
+            reply_to: subjects::proof(self.platform(), task_id.as_str()),
+            task_id: task_id.clone(),
+            source_lct: source_lct.clone(),
+            target_lct: target_lct.clone(),
+            task_type: request.task_type.clone(),
+            operation: request.operation.clone(),
+            atp_budget: request.budget,
+            timeout_seconds: request.timeout_seconds,
+            parameters: request.parameters,
+            created_at,
+            expires_at,
+        };
+        // Sign first: an invalid task is refused before any ATP moves.
+        let wire = self
+            .signer
+            .sign(&task)
+            .map_err(|e| DelegateError::Invalid(e.to_string()))?;
+        let threshold = self.config.settlement.quality_threshold.get();
+        let reply = self
+            .ledger
+            .lock(
+                &task_id,
+                &source_lct,
+                &target_lct,
+                request.budget,
+                threshold,
+                expires_at,
+                expires_at + SETTLE_GRACE_SECONDS,
+            )
+            .await
+            .map_err(anyhow::Error::from)?;
+        if reply.outcome == Outcome::Rejected {
+            return Err(DelegateError::Lock(reply.message));
+        }
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut waiters) = self.waiters.lock() {
+            waiters.insert(task_id.clone(), tx);
+        }
+        let result = self.publish_and_wait(&task, wire, rx).await;
+        if let Ok(mut waiters) = self.waiters.lock() {
+            waiters.remove(&task_id);
+        }
+        let mut outcome = result?;
+        outcome.operation = task.operation.clone();
+        outcome.latency_ms = started.elapsed().as_secs_f64() * 1e3;
+        Ok(outcome)
+    }
+
+    async fn publish_and_wait(
+        &self,
+        task: &FederationTask,
+        wire: Bytes,
+        rx: oneshot::Receiver<Bytes>,
+    ) -> Result<DelegationOutcome, DelegateError> {
+        let status = TaskStatus {
+            task_id: task.task_id.clone(),
+            delegator: task.source_lct.clone(),
+            executor: task.target_lct.clone(),
+            operation: task.operation.clone(),
+            state: TaskState::Queued,
+            updated_at: now_seconds(),
+            stream_sequence: None,
+            quality: None,
+            atp_consumed: None,
+            reason: String::new(),
+            settled: false,
+        };
+        if let Err(e) = self.publish(task, &status, wire).await {
+            let _ = self
+                .ledger
+                .rollback(&task.task_id, RollbackReason::Cancelled, None)
+                .await;
+            return Err(DelegateError::Publish(e.to_string()));
+        }
+        let wait = Duration::from_secs_f64((task.expires_at - now_seconds()).max(0.0)) + PROOF_WAIT_GRACE;
+        let proof = match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(proof)) => Some(proof),
+            // The live message may have been missed (a reconnect): the stream keeps it.
+            _ => self.stored_proof(&task.task_id).await,
+        };
+        match proof {
+            Some(proof) => self.settle(&proof).await,
+            None => self.time_out(task).await,
+        }
+    }
+
+    async fn publish(&self, task: &FederationTask, status: &TaskStatus, wire: Bytes) -> anyhow::Result<()> {
+        self.board.queue(status).await?;
+        let mut pause = PUBLISH_RETRY_PAUSE;
+        let mut last = String::new();
+        for _ in 0..PUBLISH_ATTEMPTS_MAX {
+            let mut headers = HeaderMap::new();
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, task.task_id.as_str());
+            let sent = self
+                .js
+                .publish_with_headers(subjects::delegate(task.target_lct.platform()), headers, wire.clone())
+                .await;
+            match sent {
+                Ok(ack) => match ack.await {
+                    Ok(_) => return Ok(()),
+                    Err(e) => last = e.to_string(),
+                },
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+        }
+        anyhow::bail!("{last}")
+    }
+
+    async fn stored_proof(&self, task_id: &TaskId) -> Option<Bytes> {
+        let stream = self.js.get_stream(subjects::PROOFS_STREAM).await.ok()?;
+        let message = stream
+            .get_last_raw_message_by_subject(&subjects::proof(self.platform(), task_id.as_str()))
+            .await
+            .ok()?;
+        Some(message.payload)
+    }
+
+    /// No proof by the deadline: refund, and report what the ledger says.
+    async fn time_out(&self, task: &FederationTask) -> Result<DelegationOutcome, DelegateError> {
+        let reply = self
+            .ledger
+            .rollback(&task.task_id, RollbackReason::Timeout, None)
+            .await
+            .map_err(anyhow::Error::from)?;
+        let _ = self
+            .board
+            .finish(
+                &task.task_id,
+                TaskState::TimedOut,
+                None,
+                None,
+                "no proof by the deadline",
+            )
+            .await;
+        let lock = self.final_lock(&task.task_id, &reply).await?;
+        Ok(outcome_of(&lock, None, "no proof arrived before the deadline"))
+    }
+
+    /// Verifies a proof addressed to this platform and settles its lock by quality: commit
+    /// when the task completed at or above the threshold, otherwise roll back with the proof
+    /// as evidence. Records the executor's reputation once per task.
+    pub async fn settle(&self, wire: &Bytes) -> Result<DelegationOutcome, DelegateError> {
+        let proof: Verified<ExecutionProof> = self
+            .keys
+            .verify(wire)
+            .await
+            .map_err(|e| DelegateError::Other(anyhow::anyhow!("the proof does not verify: {e}")))?;
+        if proof.delegator_lct.platform() != self.platform() {
+            return Err(DelegateError::Invalid(format!(
+                "proof of task {} is for {}",
+                proof.task_id, proof.delegator_lct
+            )));
+        }
+        let lock = self.reader.lock(&proof.task_id).await.map_err(anyhow::Error::from)?;
+        let threshold = lock
+            .as_ref()
+            .map_or(self.config.settlement.quality_threshold.get(), |l| l.quality_threshold);
+        let reply = if proof.status == ProofStatus::Completed && proof.quality_score >= threshold {
+            self.ledger.commit(&proof.task_id, wire).await
+        } else {
+            let reason = match proof.status {
+                ProofStatus::Completed => RollbackReason::LowQuality,
+                ProofStatus::Rejected if proof.reason.contains("permission") => RollbackReason::PermissionDenied,
+                ProofStatus::Rejected => RollbackReason::Rejected,
+                ProofStatus::Failed => RollbackReason::Failure,
+                ProofStatus::TimedOut => RollbackReason::Timeout,
+                ProofStatus::Cancelled => RollbackReason::Cancelled,
+            };
+            self.ledger.rollback(&proof.task_id, reason, Some(wire)).await
+        }
+        .map_err(anyhow::Error::from)?;
+        let lock = self.final_lock(&proof.task_id, &reply).await?;
+        if lock.state.is_terminal() && self.board.mark_settled(&proof.task_id).await.unwrap_or(false) {
+            let paid = lock.state == LockState::Committed;
+            if let Err(e) = self
+                .reputations
+                .record(proof.executor_lct.platform(), paid, Some(proof.quality_score))
+                .await
+            {
+                tracing::warn!(error = %e, "reputation not updated");
+            }
+        }
+        Ok(outcome_of(&lock, Some(&proof), &proof.reason))
+    }
+
+    async fn final_lock(&self, task_id: &TaskId, reply: &LedgerReply) -> Result<Lock, DelegateError> {
+        if let Some(lock) = &reply.lock {
+            return Ok((**lock).clone());
+        }
+        self.reader
+            .lock(task_id)
+            .await
+            .map_err(anyhow::Error::from)?
+            .ok_or_else(|| DelegateError::Other(anyhow::anyhow!("no lock for task {task_id}: {}", reply.message)))
+    }
+
+    /// Settles every proof addressed to this platform that nobody settled: the durable
+    /// consumer `settle-<platform>` keeps them while this platform is away. Runs until
+    /// aborted.
+    pub async fn settle_orphaned_proofs(&self) {
+        loop {
+            if let Err(e) = self.settle_stream().await {
+                tracing::warn!(error = %e, "proof settler interrupted; restarting");
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    async fn settle_stream(&self) -> anyhow::Result<()> {
+        let stream = self.js.get_stream(subjects::PROOFS_STREAM).await?;
+        let consumer = stream
+            .create_consumer(pull::Config {
+                durable_name: Some(subjects::settle_consumer(self.platform())),
+                description: Some(format!("Proofs addressed to {}, settled by it", self.platform())),
+                filter_subject: subjects::proofs_for(self.platform()),
+                ack_wait: Duration::from_secs(30),
+                ..Default::default()
+            })
+            .await?;
+        let mut messages = consumer.messages().await?;
+        while let Some(message) = messages.next().await {
+            let message = message?;
+            match self.settle(&message.payload).await {
+                Ok(outcome) => {
+                    tracing::debug!(task = %outcome.task_id, settlement = ?outcome.settlement, "settled a proof");
+                    let _ = message.ack().await;
+                }
+                Err(DelegateError::Other(e)) if e.to_string().contains("does not verify") => {
+                    tracing::warn!(subject = %message.subject, error = %e, "dropping a proof that does not verify");
+                    let _ = message.ack_with(AckKind::Term).await;
+                }
+                Err(e) => {
+                    tracing::warn!(subject = %message.subject, error = %e, "could not settle a proof; retrying later");
+                    let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(5)))).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// This platform's LCT of `task_type`.
+    pub fn lct(&self, task_type: &str) -> anyhow::Result<Lct> {
+        Ok(self.config.lct(task_type)?)
+    }
+}
+
+fn outcome_of(lock: &Lock, proof: Option<&ExecutionProof>, reason: &str) -> DelegationOutcome {
+    let settlement = lock.settlement.as_ref();
+    DelegationOutcome {
+        task_id: lock.task_id.clone(),
+        from: lock.delegator.platform().to_owned(),
+        to: lock.executor.platform().to_owned(),
+        operation: String::new(),
+        proof_status: proof.map(|p| p.status),
+        reason: reason.to_owned(),
+        quality: proof.map(|p| p.quality_score),
+        settlement: lock.state,
+        rollback_reason: settlement.and_then(|s| s.reason),
+        atp_consumed: settlement.map_or(0.0, |s| s.paid_uatp.as_f64()),
+        atp_refunded: settlement.map_or(0.0, |s| s.refunded_uatp.as_f64()),
+        result: proof.map(|p| p.result.clone()).unwrap_or_default(),
+        latency_ms: 0.0,
+    }
+}

@@ -1,0 +1,134 @@
+//! Executor reputation in the `sage_reputation` bucket, updated by delegators after each
+//! settlement (the seed's step 13) and read when choosing a target.
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::subjects;
+
+/// Weight of the newest quality in the moving average.
+const QUALITY_WEIGHT: f64 = 0.2;
+/// Compare-and-swap attempts per update.
+const CAS_ATTEMPTS_MAX: u32 = 16;
+/// The score of a platform nobody has delegated to yet.
+pub const SCORE_UNKNOWN: f64 = 0.5;
+
+/// What delegators have seen of one executor.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Reputation {
+    pub platform: String,
+    /// Tasks settled.
+    pub tasks: u64,
+    /// Of which paid (committed).
+    pub paid: u64,
+    /// Moving average of the quality of its proofs (0 for a task without one).
+    pub quality_avg: f64,
+}
+
+impl Reputation {
+    /// 0..1: the (smoothed) share of paid tasks times the average quality.
+    pub fn score(&self) -> f64 {
+        if self.tasks == 0 {
+            return SCORE_UNKNOWN;
+        }
+        (self.paid as f64 + 1.0) / (self.tasks as f64 + 2.0) * self.quality_avg
+    }
+
+    fn record(&mut self, paid: bool, quality: Option<f64>) {
+        let quality = quality.filter(|q| q.is_finite()).unwrap_or(0.0).clamp(0.0, 1.0);
+        self.quality_avg = if self.tasks == 0 {
+            quality
+        } else {
+            self.quality_avg + QUALITY_WEIGHT * (quality - self.quality_avg)
+        };
+        self.tasks += 1;
+        self.paid += u64::from(paid);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("reputation bucket sage_reputation: {0}")]
+pub struct ReputationError(String);
+
+/// The `sage_reputation` bucket.
+#[derive(Clone)]
+pub struct Reputations {
+    kv: kv::Store,
+}
+
+impl Reputations {
+    pub async fn open(js: &jetstream::Context) -> Result<Self, ReputationError> {
+        let kv = js
+            .get_key_value(subjects::REPUTATION_BUCKET)
+            .await
+            .map_err(|e| ReputationError(e.to_string()))?;
+        Ok(Self { kv })
+    }
+
+    pub async fn get(&self, platform: &str) -> Result<Reputation, ReputationError> {
+        let value = self
+            .kv
+            .get(platform)
+            .await
+            .map_err(|e| ReputationError(e.to_string()))?;
+        Ok(value
+            .and_then(|v| serde_json::from_slice(&v).ok())
+            .unwrap_or_else(|| Reputation {
+                platform: platform.to_owned(),
+                ..Reputation::default()
+            }))
+    }
+
+    /// Adds one settled task to `platform`'s reputation.
+    pub async fn record(
+        &self,
+        platform: &str,
+        paid: bool,
+        quality: Option<f64>,
+    ) -> Result<Reputation, ReputationError> {
+        let fail = |e: &dyn std::fmt::Display| ReputationError(e.to_string());
+        for _ in 0..CAS_ATTEMPTS_MAX {
+            let entry = self.kv.entry(platform).await.map_err(|e| fail(&e))?;
+            let (mut reputation, revision) = match &entry {
+                Some(e) if e.operation == kv::Operation::Put => {
+                    (serde_json::from_slice(&e.value).unwrap_or_default(), Some(e.revision))
+                }
+                _ => (Reputation::default(), None),
+            };
+            reputation.platform = platform.to_owned();
+            reputation.record(paid, quality);
+            let value = Bytes::from(serde_json::to_vec(&reputation).map_err(|e| fail(&e))?);
+            let written = match revision {
+                Some(revision) => self.kv.update(platform, value, revision).await.is_ok(),
+                None => self.kv.create(platform, value).await.is_ok(),
+            };
+            if written {
+                return Ok(reputation);
+            }
+        }
+        Err(ReputationError(format!(
+            "could not update the reputation of {platform} (contention)"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores_follow_paid_share_and_quality() {
+        let mut good = Reputation::default();
+        let mut bad = Reputation::default();
+        assert_eq!(good.score(), SCORE_UNKNOWN);
+        for _ in 0..10 {
+            good.record(true, Some(0.95));
+            bad.record(false, Some(0.3));
+        }
+        assert!(good.score() > 0.8, "{}", good.score());
+        assert!(bad.score() < 0.1, "{}", bad.score());
+        bad.record(false, Some(f64::NAN));
+        assert!(bad.quality_avg.is_finite());
+    }
+}

@@ -1,0 +1,351 @@
+//! Status and cancel, as the NATS micro service `sagefed-status` (so `nats micro ls` lists
+//! it): the seed's `GET /status/{lct_id}` and `POST /cancel/{task_id}`.
+//!
+//! - `sage.status.lct` (an LCT) -> active, ATP consumed and earned, balance, tasks running.
+//! - `sage.status.task` (a task id) -> its status record and its lock.
+//! - `sage.status.cancel` (a signed [`CancelRequest`]) -> cancelled, ATP refunded. Only the
+//!   delegator may cancel: the request carries its signed ledger rollback, which the service
+//!   forwards after marking the task cancelled (so a queued task is never executed) and
+//!   telling the executor's workers to abort it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::Client;
+use async_nats::jetstream;
+use async_nats::service::ServiceExt;
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::clock::now_seconds;
+use crate::envelope::{Signable, Signer};
+use crate::key_directory::KeyDirectory;
+use crate::lct::{Lct, check_platform};
+use crate::ledger::client::LedgerReader;
+use crate::ledger::model::{Lock, LockState, RollbackReason};
+use crate::ledger::protocol::{LedgerReply, LedgerRequest, Operation, Outcome, REQUEST_TTL_SECONDS};
+use crate::limits::ENVELOPE_BYTES_MAX;
+use crate::registry::Registry;
+use crate::subjects;
+use crate::task::TaskId;
+use crate::task_status::{CancelResult, TaskBoard, TaskStatus};
+
+/// How long a status or cancel request waits for its answer.
+pub const STATUS_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The seed's LCT status.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LctStatus {
+    pub lct: String,
+    /// Its platform has a live worker.
+    pub active: bool,
+    /// ATP it paid executors.
+    pub atp_consumed: f64,
+    /// ATP it was paid as an executor.
+    pub atp_earned: f64,
+    pub balance: f64,
+    pub locked: f64,
+    /// Its tasks in flight (pending locks).
+    pub tasks_running: u64,
+}
+
+/// A task's status and lock.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TaskReport {
+    pub task_id: String,
+    pub status: Option<TaskStatus>,
+    pub lock: Option<Lock>,
+}
+
+/// The seed's cancel answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CancelReply {
+    pub cancelled: bool,
+    pub atp_refunded: f64,
+    pub message: String,
+}
+
+/// A delegator's signed request to cancel its task.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelRequest {
+    pub task_id: TaskId,
+    pub requester: String,
+    pub created_at: f64,
+    pub expires_at: f64,
+    /// The requester's signed ledger rollback (reason `cancelled`) of the task.
+    pub rollback: String,
+}
+
+impl Signable for CancelRequest {
+    const DOMAIN: &'static [u8] = b"sagefed/cancel/v1\0";
+    const KIND: &'static str = "cancel";
+    fn signer_platform(&self) -> &str {
+        &self.requester
+    }
+    fn created_at(&self) -> f64 {
+        self.created_at
+    }
+    fn expires_at(&self) -> Option<f64> {
+        Some(self.expires_at)
+    }
+    fn validate(&self) -> Result<(), String> {
+        check_platform(&self.requester).map_err(|e| e.to_string())?;
+        if self.rollback.len() > ENVELOPE_BYTES_MAX {
+            return Err("the rollback is larger than an envelope may be".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// An error answer of the service, as JSON `{"error": ...}`.
+#[derive(Serialize, Deserialize)]
+struct ErrorReply {
+    error: String,
+}
+
+/// The running status service.
+pub struct StatusService {
+    service: async_nats::service::Service,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+struct Shared {
+    client: Client,
+    keys: KeyDirectory,
+    reader: LedgerReader,
+    board: TaskBoard,
+    registry: Registry,
+}
+
+impl StatusService {
+    pub async fn start(client: Client) -> anyhow::Result<Self> {
+        let js = jetstream::new(client.clone());
+        let shared = Arc::new(Shared {
+            keys: KeyDirectory::open(&js).await?,
+            reader: LedgerReader::open(&js).await?,
+            board: TaskBoard::open(&js).await?,
+            registry: Registry::open(&js).await?,
+            client: client.clone(),
+        });
+        let service = client
+            .service_builder()
+            .description("sagefed status of LCTs and tasks, and cancel")
+            .queue_group(subjects::STATUS_SERVICE)
+            .start(subjects::STATUS_SERVICE, env!("CARGO_PKG_VERSION"))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot start the {} service: {e}", subjects::STATUS_SERVICE))?;
+        let group = service.group(subjects::STATUS_ENDPOINT_PREFIX);
+        let mut tasks = Vec::new();
+        for name in ["lct", "task", "cancel"] {
+            let mut endpoint = group
+                .endpoint(name)
+                .await
+                .map_err(|e| anyhow::anyhow!("endpoint {name}: {e}"))?;
+            let shared = Arc::clone(&shared);
+            tasks.push(tokio::spawn(async move {
+                while let Some(request) = endpoint.next().await {
+                    let shared = Arc::clone(&shared);
+                    tokio::spawn(async move {
+                        let body = match answer(name, &request.message.payload, &shared).await {
+                            Ok(body) => body,
+                            Err(error) => serde_json::to_vec(&ErrorReply { error }).unwrap_or_default(),
+                        };
+                        let _ = request.respond(Ok(Bytes::from(body))).await;
+                    });
+                }
+            }));
+        }
+        Ok(Self { service, tasks })
+    }
+
+    pub async fn stop(self) {
+        let _ = self.service.stop().await;
+        for task in self.tasks {
+            task.abort();
+        }
+    }
+}
+
+async fn answer(endpoint: &str, payload: &Bytes, shared: &Shared) -> Result<Vec<u8>, String> {
+    let text = || {
+        std::str::from_utf8(payload)
+            .map(str::trim)
+            .map_err(|_| "the request is not UTF-8".to_owned())
+    };
+    let json = |value: &dyn erased::Json| value.to_json();
+    match endpoint {
+        "lct" => {
+            let lct: Lct = text()?.parse().map_err(|e: crate::lct::LctError| e.to_string())?;
+            json(&lct_status(&lct, shared).await?)
+        }
+        "task" => {
+            let task_id: TaskId = text()?.parse()?;
+            let status = shared
+                .board
+                .get(&task_id)
+                .await
+                .map_err(|e| e.to_string())?
+                .map(|(s, _)| s);
+            let lock = shared.reader.lock(&task_id).await.map_err(|e| e.to_string())?;
+            json(&TaskReport {
+                task_id: task_id.to_string(),
+                status,
+                lock,
+            })
+        }
+        _ => json(&cancel(payload, shared).await?),
+    }
+}
+
+/// Serialization behind one function for the three reply types.
+mod erased {
+    pub trait Json {
+        fn to_json(&self) -> Result<Vec<u8>, String>;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn to_json(&self) -> Result<Vec<u8>, String> {
+            serde_json::to_vec(self).map_err(|e| e.to_string())
+        }
+    }
+}
+
+async fn lct_status(lct: &Lct, shared: &Shared) -> Result<LctStatus, String> {
+    let account = shared.reader.account(lct).await.map_err(|e| e.to_string())?;
+    let record = shared.registry.get(lct.platform()).await.map_err(|e| e.to_string())?;
+    let active = record.is_some_and(|r| r.is_healthy(now_seconds()));
+    Ok(match account {
+        Some(a) => LctStatus {
+            lct: lct.to_string(),
+            active,
+            atp_consumed: a.spent_uatp.as_f64(),
+            atp_earned: a.earned_uatp.as_f64(),
+            balance: a.balance_uatp.as_f64(),
+            locked: a.locked_uatp.as_f64(),
+            tasks_running: a.pending_locks,
+        },
+        None => LctStatus {
+            lct: lct.to_string(),
+            active,
+            atp_consumed: 0.0,
+            atp_earned: 0.0,
+            balance: 0.0,
+            locked: 0.0,
+            tasks_running: 0,
+        },
+    })
+}
+
+async fn cancel(payload: &Bytes, shared: &Shared) -> Result<CancelReply, String> {
+    let request = shared
+        .keys
+        .verify::<CancelRequest>(payload)
+        .await
+        .map_err(|e| format!("cancel refused: {e}"))?;
+    let Some((status, _)) = shared.board.get(&request.task_id).await.map_err(|e| e.to_string())? else {
+        return Err(format!("no task {} is known", request.task_id));
+    };
+    if status.delegator.platform() != request.requester {
+        return Err(format!(
+            "only the delegator ({}) may cancel task {}",
+            status.delegator.platform(),
+            request.task_id
+        ));
+    }
+    let (result, _) = shared
+        .board
+        .cancel(&request.task_id, "cancelled by the delegator")
+        .await
+        .map_err(|e| e.to_string())?;
+    if let CancelResult::AlreadyEnded(state) = result {
+        return Ok(CancelReply {
+            cancelled: false,
+            atp_refunded: 0.0,
+            message: format!("task {} already ended: {state:?}", request.task_id),
+        });
+    }
+    // Stop it if it runs; a queued one is skipped when a worker claims it.
+    let _ = shared
+        .client
+        .publish(
+            subjects::abort(status.executor.platform()),
+            Bytes::from(request.task_id.to_string()),
+        )
+        .await;
+    let message = shared
+        .client
+        .request(
+            subjects::ledger_endpoint("rollback"),
+            Bytes::from(request.rollback.clone()),
+        )
+        .await
+        .map_err(|e| format!("the ledger did not answer the refund ({e}); the lock will expire and refund anyway"))?;
+    let reply: LedgerReply = serde_json::from_slice(&message.payload).map_err(|e| e.to_string())?;
+    let lock = match reply.lock {
+        Some(lock) => Some(*lock),
+        None => shared.reader.lock(&request.task_id).await.map_err(|e| e.to_string())?,
+    };
+    let refunded = lock
+        .as_ref()
+        .and_then(|l| l.settlement.as_ref())
+        .map_or(0.0, |s| s.refunded_uatp.as_f64());
+    let rolled_back = lock
+        .as_ref()
+        .is_some_and(|l| l.state == LockState::RolledBack || l.state == LockState::Expired);
+    Ok(CancelReply {
+        cancelled: rolled_back && reply.outcome != Outcome::Rejected,
+        atp_refunded: if rolled_back { refunded } else { 0.0 },
+        message: reply.message,
+    })
+}
+
+async fn request_json<T: serde::de::DeserializeOwned>(
+    client: &Client,
+    endpoint: &str,
+    body: Bytes,
+) -> anyhow::Result<T> {
+    let subject = format!("{}.{endpoint}", subjects::STATUS_ENDPOINT_PREFIX);
+    let message = tokio::time::timeout(STATUS_REQUEST_TIMEOUT, client.request(subject, body))
+        .await
+        .map_err(|_| anyhow::anyhow!("the status service did not answer in {STATUS_REQUEST_TIMEOUT:?}; is a `sagefed worker` (or `sagefed up`) running?"))?
+        .map_err(|e| anyhow::anyhow!("the status service is unreachable ({e}); is a `sagefed worker` (or `sagefed up`) running?"))?;
+    if let Ok(error) = serde_json::from_slice::<ErrorReply>(&message.payload) {
+        anyhow::bail!("{}", error.error);
+    }
+    Ok(serde_json::from_slice(&message.payload)?)
+}
+
+/// Asks the status service about an LCT.
+pub async fn lct(client: &Client, lct: &Lct) -> anyhow::Result<LctStatus> {
+    request_json(client, "lct", Bytes::from(lct.to_string())).await
+}
+
+/// Asks the status service about a task.
+pub async fn task(client: &Client, task_id: &TaskId) -> anyhow::Result<TaskReport> {
+    request_json(client, "task", Bytes::from(task_id.to_string())).await
+}
+
+/// Cancels `task_id` as its delegator `signer`.
+pub async fn cancel_task(client: &Client, signer: &Signer, task_id: &TaskId) -> anyhow::Result<CancelReply> {
+    let now = now_seconds();
+    let rollback = LedgerRequest {
+        requester: signer.platform().to_owned(),
+        created_at: now,
+        expires_at: now + REQUEST_TTL_SECONDS,
+        operation: Operation::Rollback {
+            task_id: task_id.clone(),
+            reason: RollbackReason::Cancelled,
+            evidence: None,
+        },
+    };
+    let rollback = String::from_utf8(signer.sign(&rollback)?.to_vec())?;
+    let request = CancelRequest {
+        task_id: task_id.clone(),
+        requester: signer.platform().to_owned(),
+        created_at: now,
+        expires_at: now + REQUEST_TTL_SECONDS,
+        rollback,
+    };
+    request_json(client, "cancel", signer.sign(&request)?).await
+}

@@ -1,0 +1,169 @@
+//! The executor's checks, before any work, in the order the design fixes: (1) signature and
+//! key, (2) expiry and replay, (3) permissions, (4) budget and concurrency, (5) the
+//! delegator's rate, (6) payload and resource limits. (1) and the replay half of (2) run in
+//! `run.rs` because a failure there must not touch the ledger; the rest are here.
+
+use crate::clock::now_seconds;
+use crate::config::Config;
+use crate::ledger::model::{Lock, LockState, RollbackReason};
+use crate::registry::PlatformRecord;
+use crate::task::FederationTask;
+use crate::worker::admission::{Admissions, Admitted, RateLimiter};
+use crate::worker::ops::Operations;
+
+/// A refusal: why, and the rollback reason the ledger records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub reason: String,
+    pub rollback: RollbackReason,
+}
+
+fn refuse(rollback: RollbackReason, reason: String) -> Refusal {
+    Refusal { reason, rollback }
+}
+
+/// (2) The task has not expired.
+pub fn check_expiry(task: &FederationTask) -> Result<(), Refusal> {
+    let now = now_seconds();
+    if now > task.expires_at {
+        return Err(refuse(
+            RollbackReason::Timeout,
+            format!(
+                "the task expired {:.1} s ago, before it could start",
+                now - task.expires_at
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// (3) The delegator holds `federation:delegate` and may delegate here; this platform
+/// executes the operation.
+pub fn check_permissions(
+    task: &FederationTask,
+    delegator: Option<&PlatformRecord>,
+    config: &Config,
+    operations: &Operations,
+) -> Result<(), Refusal> {
+    let from = task.source_lct.platform();
+    let denied = |why: String| refuse(RollbackReason::PermissionDenied, why);
+    match delegator {
+        None => {
+            return Err(denied(format!(
+                "the delegator {from} is not registered, so its federation:delegate permission is unknown"
+            )));
+        }
+        Some(record) if !record.delegate => {
+            return Err(denied(format!(
+                "the delegator {from} lacks the federation:delegate permission"
+            )));
+        }
+        Some(_) => {}
+    }
+    let allowed = &config.permissions.delegators;
+    if !allowed.is_empty() && !allowed.iter().any(|p| p.as_str() == from) {
+        return Err(denied(format!(
+            "{} does not accept tasks from {from}",
+            config.platform()
+        )));
+    }
+    let executes = config
+        .permissions
+        .execute
+        .iter()
+        .any(|op| op.as_str() == task.operation);
+    if !executes || operations.get(&task.operation).is_none() {
+        return Err(denied(format!(
+            "{} lacks the {}:execute permission",
+            config.platform(),
+            task.operation
+        )));
+    }
+    Ok(())
+}
+
+/// (4) ATP is locked for this task with this executor, and this platform's budget and
+/// concurrency for the task type admit it.
+pub fn check_budget(
+    task: &FederationTask,
+    lock: Option<&Lock>,
+    config: &Config,
+    admissions: &Admissions,
+) -> Result<Admitted, Refusal> {
+    let rejected = |why: String| refuse(RollbackReason::Rejected, why);
+    let budget = task.budget().map_err(rejected)?;
+    match lock {
+        None => {
+            return Err(rejected(format!(
+                "no ATP is locked for task {}: it would run unpaid",
+                task.task_id
+            )));
+        }
+        Some(lock) if lock.state != LockState::Pending => {
+            return Err(rejected(format!(
+                "the lock of task {} is already {:?}",
+                task.task_id, lock.state
+            )));
+        }
+        Some(lock)
+            if lock.executor != task.target_lct || lock.delegator != task.source_lct || lock.amount_uatp < budget =>
+        {
+            return Err(rejected(format!(
+                "the lock of task {} does not match the task",
+                task.task_id
+            )));
+        }
+        Some(_) => {}
+    }
+    let Some(resource) = config
+        .resources
+        .iter()
+        .find(|(t, _)| t.as_str() == task.task_type)
+        .map(|(_, r)| r)
+    else {
+        return Err(rejected(format!(
+            "{} does not execute {} tasks",
+            config.platform(),
+            task.task_type
+        )));
+    };
+    admissions
+        .admit(
+            &task.task_type,
+            budget,
+            resource.max_concurrent,
+            resource.atp_budget.atp(),
+        )
+        .map_err(|why| rejected(format!("{}: {why}", config.platform())))
+}
+
+/// (5) The delegator is within its rate.
+pub fn check_rate(task: &FederationTask, limiter: &RateLimiter, config: &Config) -> Result<(), Refusal> {
+    if limiter.allow(task.source_lct.platform()) {
+        Ok(())
+    } else {
+        Err(refuse(
+            RollbackReason::Rejected,
+            format!(
+                "{} is over its rate of {} requests per minute",
+                task.source_lct.platform(),
+                config.permissions.requests_per_minute
+            ),
+        ))
+    }
+}
+
+/// (6) Payload and resource limits. The envelope and parameters sizes were bounded when the
+/// task was verified; here the limits this platform sets.
+pub fn check_limits(task: &FederationTask, config: &Config) -> Result<(), Refusal> {
+    if task.timeout_seconds > config.permissions.timeout_seconds_max {
+        return Err(refuse(
+            RollbackReason::Rejected,
+            format!(
+                "timeout_seconds {} is above this platform's maximum of {}",
+                task.timeout_seconds, config.permissions.timeout_seconds_max
+            ),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,417 @@
+//! One task, from message to acknowledgement: verify, claim, check, execute, prove, settle.
+//!
+//! Every step is safe to repeat, because a task message is delivered again when a worker dies
+//! or a step fails: the claim tells a redelivery from a replay, the proof is published with a
+//! message id, and the ledger is idempotent by task id.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, AckKind};
+use bytes::Bytes;
+use serde_json::Map;
+use tokio::sync::oneshot;
+
+use crate::atp::Atp;
+use crate::clock::now_seconds;
+use crate::envelope::{EnvelopeError, Verified};
+use crate::ledger::model::RollbackReason;
+use crate::ledger::protocol::{LedgerReply, Outcome, RejectCode};
+use crate::proof::{ExecutionProof, ProofStatus};
+use crate::subjects;
+use crate::task::FederationTask;
+use crate::task_status::{Claim, TaskState, TaskStatus};
+use crate::worker::WorkerContext;
+use crate::worker::checks::{self, Refusal};
+use crate::worker::ops::{OperationError, OperationInput};
+
+/// How often a running task tells the server it is still being worked on.
+pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
+/// Longest pause before a task that failed for a transient reason is delivered again.
+const RETRY_DELAY_MAX: Duration = Duration::from_secs(30);
+/// Header on a dead letter: why it is there.
+pub const DEAD_REASON_HEADER: &str = "Sage-Dead-Reason";
+/// Header on a dead letter: the subject it came from.
+pub const DEAD_SUBJECT_HEADER: &str = "Sage-Dead-Subject";
+
+/// A failure that may go away: deliver the task again later.
+#[derive(Debug)]
+struct Transient(String);
+
+impl<E: std::fmt::Display> From<E> for Transient {
+    fn from(e: E) -> Self {
+        Transient(e.to_string())
+    }
+}
+
+/// Handles one task message to the end: acked, dead-lettered, or handed back for a retry.
+pub async fn handle(ctx: Arc<WorkerContext>, message: jetstream::Message) {
+    let message = Arc::new(message);
+    let (sequence, delivered) = match message.info() {
+        Ok(info) => (info.stream_sequence, info.delivered),
+        Err(e) => {
+            tracing::warn!(error = %e, "a task message without JetStream metadata; dead-lettering it");
+            dead_letter(&ctx, &message, &format!("no JetStream metadata: {e}")).await;
+            return;
+        }
+    };
+    match process(&ctx, &message, sequence).await {
+        Ok(Done::DeadLettered) => {}
+        Ok(Done::Finished) => {
+            if let Err(e) = message.double_ack().await {
+                tracing::warn!(error = %e, sequence, "could not acknowledge a finished task; it will be delivered again and found finished");
+            }
+        }
+        Err(Transient(why)) if delivered < ctx.config.worker.max_deliver => {
+            let delay = Duration::from_secs(1u64 << delivered.clamp(0, 5) as u32).min(RETRY_DELAY_MAX);
+            tracing::warn!(
+                sequence,
+                delivered,
+                ?delay,
+                "task failed for a transient reason ({why}); retrying"
+            );
+            let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+        }
+        Err(Transient(why)) => {
+            tracing::error!(
+                sequence,
+                delivered,
+                "task failed on its last delivery ({why}); dead-lettering it"
+            );
+            let reason = format!("failed on all {delivered} deliveries; last: {why}");
+            give_up(&ctx, &message, &reason).await;
+        }
+    }
+}
+
+/// Copies the message to the dead-letter stream and removes it from the work queue, then
+/// refunds its lock when the task is genuine.
+async fn give_up(ctx: &WorkerContext, message: &jetstream::Message, reason: &str) {
+    dead_letter(ctx, message, reason).await;
+    if let Ok(task) = ctx
+        .keys
+        .verify_ignoring_expiry::<FederationTask>(&message.payload)
+        .await
+        && task.target_lct.platform() == ctx.config.platform()
+    {
+        let _ = ctx
+            .board
+            .finish(&task.task_id, TaskState::Failed, None, None, reason)
+            .await;
+        if let Err(e) = ctx.ledger.rollback(&task.task_id, RollbackReason::Failure, None).await {
+            tracing::warn!(task = %task.task_id, error = %e, "could not refund a dead-lettered task; its lock will expire");
+        }
+    }
+}
+
+/// Publishes a copy of `message` to the dead-letter stream with the reason, then terminates
+/// it (which removes it from the work queue). Never silent: the reason is logged too.
+pub async fn dead_letter(ctx: &WorkerContext, message: &jetstream::Message, reason: &str) {
+    tracing::warn!(subject = %message.subject, reason, "dead-lettering a task");
+    let mut headers = HeaderMap::new();
+    headers.insert(DEAD_REASON_HEADER, one_line(reason).as_str());
+    headers.insert(DEAD_SUBJECT_HEADER, message.subject.as_str());
+    let subject = subjects::dead_letter(ctx.config.platform());
+    let published = match ctx
+        .js
+        .publish_with_headers(subject, headers, message.payload.clone())
+        .await
+    {
+        Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match published {
+        // Only once the copy is stored may the original go.
+        Ok(()) => {
+            let _ = message.ack_with(AckKind::Term).await;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not dead-letter a task; leaving it to be delivered again");
+            let _ = message.ack_with(AckKind::Nak(Some(RETRY_DELAY_MAX))).await;
+        }
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.replace(['\r', '\n'], " ").chars().take(512).collect()
+}
+
+/// How a message left `process`.
+enum Done {
+    /// Handled: acknowledge it.
+    Finished,
+    /// Copied to the dead-letter stream and terminated already.
+    DeadLettered,
+}
+
+async fn process(ctx: &WorkerContext, message: &Arc<jetstream::Message>, sequence: u64) -> Result<Done, Transient> {
+    // (1) Signature and key. A task that does not verify gets no proof and no ledger call:
+    // answering it under its claimed task id would let a forger cancel a genuine task.
+    let task = match ctx
+        .keys
+        .verify_ignoring_expiry::<FederationTask>(&message.payload)
+        .await
+    {
+        Ok(task) => task,
+        Err(e) => {
+            let why = match e {
+                EnvelopeError::Malformed(_) | EnvelopeError::TooLarge { .. } | EnvelopeError::WrongKind { .. } => {
+                    format!("malformed task: {e}")
+                }
+                _ => format!("task refused, signature or key: {e}"),
+            };
+            dead_letter(ctx, message, &why).await;
+            return Ok(Done::DeadLettered);
+        }
+    };
+    if task.target_lct.platform() != ctx.config.platform() {
+        let why = format!(
+            "task {} is for {}, not {}",
+            task.task_id,
+            task.target_lct.platform(),
+            ctx.config.platform()
+        );
+        dead_letter(ctx, message, &why).await;
+        return Ok(Done::DeadLettered);
+    }
+    // (2) Expiry, then replay.
+    if let Err(refusal) = checks::check_expiry(&task) {
+        return refuse(ctx, &task, refusal).await;
+    }
+    let template = TaskStatus {
+        task_id: task.task_id.clone(),
+        delegator: task.source_lct.clone(),
+        executor: task.target_lct.clone(),
+        operation: task.operation.clone(),
+        state: TaskState::Running,
+        updated_at: now_seconds(),
+        stream_sequence: Some(sequence),
+        quality: None,
+        atp_consumed: None,
+        reason: String::new(),
+        settled: false,
+    };
+    match ctx.board.claim(&template, sequence).await? {
+        Claim::Claimed | Claim::Redelivered => {}
+        Claim::AlreadyFinished(state) => {
+            tracing::info!(task = %task.task_id, ?state, "task delivered again after it finished; acknowledging it");
+            return Ok(Done::Finished);
+        }
+        Claim::Replay(state) => {
+            let why = format!(
+                "replay of task {} (already {state:?}): a task id runs once",
+                task.task_id
+            );
+            dead_letter(ctx, message, &why).await;
+            return Ok(Done::DeadLettered);
+        }
+        Claim::Cancelled => {
+            let proof = refusal_proof(
+                &task,
+                ProofStatus::Cancelled,
+                "cancelled by the delegator before it started",
+            );
+            publish_proof(ctx, &proof).await?;
+            settle(ctx, &task, &proof, RollbackReason::Cancelled).await?;
+            return Ok(Done::Finished);
+        }
+    }
+    // (3) Permissions, (4) budget and concurrency, (5) rate, (6) limits.
+    let delegator = ctx.registry.get(task.source_lct.platform()).await?;
+    if let Err(refusal) = checks::check_permissions(&task, delegator.as_ref(), &ctx.config, &ctx.operations) {
+        return refuse(ctx, &task, refusal).await;
+    }
+    let lock = ctx.reader.lock(&task.task_id).await?;
+    let admitted = match checks::check_budget(&task, lock.as_ref(), &ctx.config, &ctx.admissions) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refuse(ctx, &task, refusal).await,
+    };
+    if let Err(refusal) = checks::check_rate(&task, &ctx.limiter, &ctx.config) {
+        return refuse(ctx, &task, refusal).await;
+    }
+    if let Err(refusal) = checks::check_limits(&task, &ctx.config) {
+        return refuse(ctx, &task, refusal).await;
+    }
+    let proof = execute(ctx, &task, message).await;
+    drop(admitted);
+    publish_proof(ctx, &proof).await?;
+    let reason = match proof.status {
+        ProofStatus::TimedOut => RollbackReason::Timeout,
+        ProofStatus::Cancelled => RollbackReason::Cancelled,
+        _ => RollbackReason::Failure,
+    };
+    settle(ctx, &task, &proof, reason).await?;
+    Ok(Done::Finished)
+}
+
+/// A signed refusal: proof, refund, status.
+async fn refuse(ctx: &WorkerContext, task: &Verified<FederationTask>, refusal: Refusal) -> Result<Done, Transient> {
+    tracing::info!(task = %task.task_id, from = task.source_lct.platform(), reason = %refusal.reason, "refusing a task");
+    let proof = refusal_proof(task, ProofStatus::Rejected, &refusal.reason);
+    publish_proof(ctx, &proof).await?;
+    settle(ctx, task, &proof, refusal.rollback).await?;
+    Ok(Done::Finished)
+}
+
+fn refusal_proof(task: &FederationTask, status: ProofStatus, reason: &str) -> ExecutionProof {
+    ExecutionProof {
+        task_id: task.task_id.clone(),
+        executor_lct: task.target_lct.clone(),
+        delegator_lct: task.source_lct.clone(),
+        status,
+        reason: reason.to_owned(),
+        atp_consumed: 0.0,
+        execution_time: 0.0,
+        quality_score: 0.0,
+        result: Map::new(),
+        created_at: now_seconds(),
+    }
+}
+
+/// Runs the operation under the task's timeout (capped by its expiry), reporting progress,
+/// and abortable by a cancel. Always returns a proof.
+async fn execute(ctx: &WorkerContext, task: &FederationTask, message: &Arc<jetstream::Message>) -> ExecutionProof {
+    let mut proof = refusal_proof(task, ProofStatus::Failed, "");
+    let Some(operation) = ctx.operations.get(&task.operation) else {
+        proof.reason = format!("operation {} vanished", task.operation);
+        return proof;
+    };
+    let budget = task.budget().unwrap_or(Atp::ZERO);
+    let left = Duration::from_secs_f64((task.expires_at - now_seconds()).max(0.0));
+    let timeout = Duration::from_secs(task.timeout_seconds).min(left);
+    let input = OperationInput {
+        parameters: task.parameters.clone(),
+        budget,
+        timeout,
+        memory_mb: ctx.config.permissions.memory_mb,
+    };
+    let (abort_tx, abort_rx) = oneshot::channel();
+    if let Ok(mut aborts) = ctx.aborts.lock() {
+        aborts.insert(task.task_id.clone(), abort_tx);
+    }
+    let progress = {
+        let message = Arc::clone(message);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PROGRESS_INTERVAL);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let _ = message.ack_with(AckKind::Progress).await;
+            }
+        })
+    };
+    let started = Instant::now();
+    let outcome = tokio::select! {
+        outcome = operation.run(input) => Some(outcome),
+        _ = abort_rx => None,
+    };
+    progress.abort();
+    if let Ok(mut aborts) = ctx.aborts.lock() {
+        aborts.remove(&task.task_id);
+    }
+    proof.execution_time = started.elapsed().as_secs_f64();
+    match outcome {
+        None => {
+            proof.status = ProofStatus::Cancelled;
+            proof.reason = "cancelled by the delegator while it ran".to_owned();
+        }
+        Some(Ok(output)) => {
+            proof.status = ProofStatus::Completed;
+            proof.result = output.result;
+            proof.quality_score = output.quality.clamp(0.0, 1.0);
+            proof.atp_consumed = output.atp_consumed.min(budget).as_f64();
+        }
+        Some(Err(OperationError::TimedOut { after })) => {
+            proof.status = ProofStatus::TimedOut;
+            proof.reason = format!(
+                "timed out after {:.3} s; the locked ATP is returned",
+                after.as_secs_f64()
+            );
+        }
+        Some(Err(e)) => {
+            proof.status = ProofStatus::Failed;
+            proof.reason = e.to_string();
+        }
+    }
+    proof.created_at = now_seconds();
+    proof
+}
+
+/// Signs `proof` and publishes it to the delegator's proofs subject, deduplicated by task.
+async fn publish_proof(ctx: &WorkerContext, proof: &ExecutionProof) -> Result<Bytes, Transient> {
+    let wire = ctx.signer.sign(proof)?;
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        format!("proof-{}", proof.task_id).as_str(),
+    );
+    let subject = subjects::proof(proof.delegator_lct.platform(), proof.task_id.as_str());
+    ctx.js
+        .publish_with_headers(subject, headers, wire.clone())
+        .await?
+        .await?;
+    Ok(wire)
+}
+
+/// The executor's own settlement: commit a completed task (the ledger checks the quality
+/// against the delegator's threshold), roll back anything else. Finishes the status.
+async fn settle(
+    ctx: &WorkerContext,
+    task: &FederationTask,
+    proof: &ExecutionProof,
+    reason: RollbackReason,
+) -> Result<(), Transient> {
+    let wire = ctx.signer.sign(proof)?;
+    let reply = if proof.status == ProofStatus::Completed {
+        let reply = ctx.ledger.commit(&task.task_id, &wire).await?;
+        if reply.code == Some(RejectCode::QualityBelowThreshold) {
+            ctx.ledger
+                .rollback(&task.task_id, RollbackReason::LowQuality, Some(&wire))
+                .await?
+        } else {
+            reply
+        }
+    } else {
+        let reason = if proof.status == ProofStatus::Rejected {
+            reason
+        } else {
+            rollback_reason(proof.status, reason)
+        };
+        ctx.ledger.rollback(&task.task_id, reason, Some(&wire)).await?
+    };
+    log_settlement(task, &reply);
+    if reply.code == Some(RejectCode::Busy) {
+        return Err(Transient(reply.message));
+    }
+    let state = match proof.status {
+        ProofStatus::Completed => TaskState::Completed,
+        ProofStatus::Rejected => TaskState::Rejected,
+        ProofStatus::Failed => TaskState::Failed,
+        ProofStatus::TimedOut => TaskState::TimedOut,
+        ProofStatus::Cancelled => TaskState::Cancelled,
+    };
+    let consumed = (proof.status == ProofStatus::Completed).then_some(proof.atp_consumed);
+    ctx.board
+        .finish(&task.task_id, state, Some(proof.quality_score), consumed, &proof.reason)
+        .await?;
+    Ok(())
+}
+
+fn rollback_reason(status: ProofStatus, fallback: RollbackReason) -> RollbackReason {
+    match status {
+        ProofStatus::TimedOut => RollbackReason::Timeout,
+        ProofStatus::Cancelled => RollbackReason::Cancelled,
+        ProofStatus::Failed => RollbackReason::Failure,
+        _ => fallback,
+    }
+}
+
+fn log_settlement(task: &FederationTask, reply: &LedgerReply) {
+    match reply.outcome {
+        Outcome::Rejected => {
+            tracing::info!(task = %task.task_id, code = ?reply.code, "the ledger did not settle: {}", reply.message)
+        }
+        _ => tracing::debug!(task = %task.task_id, "{}", reply.message),
+    }
+}
