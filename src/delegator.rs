@@ -62,7 +62,7 @@ pub struct DelegationRequest {
 }
 
 /// How a delegation ended.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct DelegationOutcome {
     pub task_id: TaskId,
     pub from: String,

@@ -16,6 +16,9 @@ use crate::envelope::{EnvelopeError, Signable, Verified, peek_signer, verify, ve
 use crate::keys::{KeyError, KeyRecord, KeyRegistry};
 use crate::lct::{check_platform, token_problem};
 
+/// Compare-and-swap attempts when publishing one key record.
+const PUBLISH_ATTEMPTS_MAX: u32 = 16;
+
 /// Pause before following the key bucket again after its watch ended.
 const WATCH_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -117,33 +120,49 @@ impl KeyDirectory {
         record.verifying_key()?;
         let key = subjects::key_entry(&record.platform, &record.key_id);
         let kv_err = |e: &dyn std::fmt::Display| DirectoryError::Kv(e.to_string());
-        let existing = self.kv.entry(&key).await.map_err(|e| kv_err(&e))?;
-        let mut record = record.clone();
-        match existing.as_ref().and_then(|e| decode(&e.value)) {
-            Some(old) if old.public_key != record.public_key => {
-                return Err(DirectoryError::Conflict {
-                    platform: record.platform,
-                    key_id: record.key_id,
-                });
+        // Several processes of one platform publish the same record at start: re-read on a
+        // lost compare-and-swap, and write nothing when the bucket already says the same.
+        for _ in 0..PUBLISH_ATTEMPTS_MAX {
+            let existing = self.kv.entry(&key).await.map_err(|e| kv_err(&e))?;
+            let mut record = record.clone();
+            let old = existing.as_ref().and_then(|e| decode(&e.value));
+            match &old {
+                Some(old) if old.public_key != record.public_key => {
+                    return Err(DirectoryError::Conflict {
+                        platform: record.platform,
+                        key_id: record.key_id,
+                    });
+                }
+                Some(old) if old.revoked_at.is_some() && record.revoked_at.is_none() => {
+                    record.revoked_at = old.revoked_at;
+                }
+                _ => {}
             }
-            Some(old) if old.revoked_at.is_some() && record.revoked_at.is_none() => {
-                record.revoked_at = old.revoked_at;
+            if old.as_ref() == Some(&record) {
+                self.insert_all([record]);
+                return Ok(());
             }
-            _ => {}
+            let value = Bytes::from(serde_json::to_vec(&record).map_err(|e| kv_err(&e))?);
+            let written = match existing {
+                Some(entry) => match self.kv.update(&key, value, entry.revision).await {
+                    Ok(_) => true,
+                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => false,
+                    Err(e) => return Err(kv_err(&e)),
+                },
+                None => match self.kv.create(&key, value).await {
+                    Ok(_) => true,
+                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => false,
+                    Err(e) => return Err(kv_err(&e)),
+                },
+            };
+            if written {
+                self.insert_all([record]);
+                return Ok(());
+            }
         }
-        let value = Bytes::from(serde_json::to_vec(&record).map_err(|e| kv_err(&e))?);
-        match existing {
-            // Compare-and-swap, so two publishers cannot silently overwrite each other.
-            Some(entry) => self
-                .kv
-                .update(&key, value, entry.revision)
-                .await
-                .map(drop)
-                .map_err(|e| kv_err(&e))?,
-            None => self.kv.create(&key, value).await.map(drop).map_err(|e| kv_err(&e))?,
-        }
-        self.insert_all([record]);
-        Ok(())
+        Err(DirectoryError::Kv(format!(
+            "could not publish {key}: other writers kept winning"
+        )))
     }
 
     /// A snapshot of the registry as cached now.

@@ -41,7 +41,7 @@ use crate::task_status::{TaskBoard, TaskState};
 use crate::worker::admission::{Admissions, RateLimiter};
 use crate::worker::ops::Operations;
 
-pub use run::{DEAD_REASON_HEADER, DEAD_SUBJECT_HEADER, PROGRESS_INTERVAL};
+pub use run::{DEAD_REASON_HEADER, DEAD_SUBJECT_HEADER, PROGRESS_REPORTS_PER_ACK_WAIT};
 
 /// How long a stopping worker lets running tasks finish before it leaves them to be
 /// delivered again.

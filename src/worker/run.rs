@@ -26,8 +26,9 @@ use crate::worker::WorkerContext;
 use crate::worker::checks::{self, Refusal};
 use crate::worker::ops::{OperationError, OperationInput};
 
-/// How often a running task tells the server it is still being worked on.
-pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
+/// Progress reports per ack wait: a running task tells the server it is alive this many
+/// times within each `worker.ack_wait_seconds`, so it is never delivered twice while it runs.
+pub const PROGRESS_REPORTS_PER_ACK_WAIT: u32 = 3;
 /// Longest pause before a task that failed for a transient reason is delivered again.
 const RETRY_DELAY_MAX: Duration = Duration::from_secs(30);
 /// Header on a dead letter: why it is there.
@@ -292,8 +293,9 @@ async fn execute(ctx: &WorkerContext, task: &FederationTask, message: &Arc<jetst
     }
     let progress = {
         let message = Arc::clone(message);
+        let every = Duration::from_secs(ctx.config.worker.ack_wait_seconds) / PROGRESS_REPORTS_PER_ACK_WAIT;
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(PROGRESS_INTERVAL);
+            let mut tick = tokio::time::interval(every);
             tick.tick().await;
             loop {
                 tick.tick().await;

@@ -9,6 +9,8 @@ use async_nats::jetstream;
 use sage_federation::infra;
 use sage_federation::nats_server::{self, NatsServer, ServerOptions};
 
+pub mod federation;
+
 /// The repository root.
 pub fn repo_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -1,0 +1,243 @@
+//! A federation of separate OS processes: a real nats-server, `sagefed ledger serve`, and a
+//! `sagefed worker` per platform (Legion, Thor, Sprout) with its own config and key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sage_federation::clock::now_seconds;
+use sage_federation::config::Config;
+use sage_federation::delegator::FederationClient;
+use sage_federation::envelope::Signer;
+use sage_federation::key_directory::KeyDirectory;
+use sage_federation::keys::{self, KeyRecord};
+use sage_federation::ledger::client::LedgerClient;
+use sage_federation::ledger::protocol::Outcome;
+use sage_federation::ledger::snapshot::LedgerSnapshot;
+use sage_federation::registry::Registry;
+
+use super::{TestNats, repo_dir};
+
+pub const PLATFORMS: [&str; 3] = ["Legion", "Thor", "Sprout"];
+
+/// Seconds a worker has to acknowledge a task in these tests: short, so a killed worker's
+/// task comes back quickly.
+pub const TEST_ACK_WAIT_SECONDS: u64 = 3;
+
+pub struct Processes {
+    pub nats: TestNats,
+    pub ledger: Child,
+    pub workers: BTreeMap<String, Child>,
+    pub configs: BTreeMap<String, PathBuf>,
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in self.workers.values_mut().chain(std::iter::once(&mut self.ledger)) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn sagefed() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sagefed"))
+}
+
+/// Writes the repository's config for `platform` into `dir`, pointing at this test's server,
+/// key and programs.
+fn write_config(dir: &Path, platform: &str, url: &str) -> PathBuf {
+    let name = format!("{}.toml", platform.to_lowercase());
+    let text = std::fs::read_to_string(repo_dir().join("configs").join(&name)).expect("config");
+    let key = dir.join(format!("keys/{}.key", platform.to_lowercase()));
+    let text =
+        text.replace(
+            &format!("\"../.sagefed/keys/{}.key\"", platform.to_lowercase()),
+            &format!("{:?}", key.display().to_string()),
+        )
+        .replace("\"nats://127.0.0.1:4222\"", &format!("{url:?}"))
+        .replace(
+            "\"../examples/ops/echo_quality.py\"",
+            &format!(
+                "{:?}",
+                repo_dir().join("examples/ops/echo_quality.py").display().to_string()
+            ),
+        ) + &format!("\n[worker]\nack_wait_seconds = {TEST_ACK_WAIT_SECONDS}\nmax_deliver = 4\n");
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write config");
+    keys::read_or_create_secret(&key).expect("key");
+    path
+}
+
+impl Processes {
+    pub async fn start() -> Self {
+        let nats = TestNats::start().await;
+        let url = nats.url();
+        let log = |name: &str| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(nats.path().join(name))
+                .expect("log")
+        };
+        let ledger = sagefed()
+            .args(["ledger", "serve", "--nats", &url, "--admin", "Treasury"])
+            .env("SAGE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log("ledger.log"))
+            .spawn()
+            .expect("spawn the ledger");
+        let client = nats.client().await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while client.request("$SRV.PING.sagefed-ledger", "".into()).await.is_err() {
+            assert!(Instant::now() < deadline, "the ledger service did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut processes = Self {
+            nats,
+            ledger,
+            workers: BTreeMap::new(),
+            configs: BTreeMap::new(),
+        };
+        let treasury = Signer::new("Treasury", keys::generate().expect("random")).expect("signer");
+        let js = processes.nats.js().await;
+        KeyDirectory::open(&js)
+            .await
+            .expect("keys")
+            .publish(&KeyRecord::new("Treasury", &treasury.verifying_key(), 0.0))
+            .await
+            .expect("publish treasury key");
+        let treasury = LedgerClient::new(client.clone(), treasury);
+        for platform in PLATFORMS {
+            let path = write_config(processes.nats.path(), platform, &url);
+            let config = Config::load(&path).expect("config loads");
+            for (task_type, resource) in &config.resources {
+                let lct = config.lct(task_type.as_str()).expect("lct");
+                let reply = treasury
+                    .grant(
+                        &format!("genesis-{}", lct.key_path().replace('.', "_")),
+                        &lct,
+                        resource.atp_budget.atp().as_f64(),
+                    )
+                    .await
+                    .expect("grant");
+                assert_eq!(reply.outcome, Outcome::Applied, "{reply:?}");
+            }
+            processes.configs.insert(platform.to_owned(), path);
+            processes.spawn_worker(platform);
+        }
+        processes.wait_healthy(&PLATFORMS).await;
+        processes
+    }
+
+    pub fn url(&self) -> String {
+        self.nats.url()
+    }
+
+    pub fn config(&self, platform: &str) -> Config {
+        Config::load(&self.configs[platform]).expect("config")
+    }
+
+    pub fn spawn_worker(&mut self, platform: &str) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.nats.path().join(format!("worker-{platform}.log")))
+            .expect("log");
+        let child = sagefed()
+            .args(["worker", "--config"])
+            .arg(&self.configs[platform])
+            .env("SAGE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn a worker");
+        if let Some(mut old) = self.workers.insert(platform.to_owned(), child) {
+            let _ = old.kill();
+            let _ = old.wait();
+        }
+    }
+
+    /// SIGKILLs `platform`'s worker.
+    pub fn kill_worker(&mut self, platform: &str) {
+        if let Some(mut child) = self.workers.remove(platform) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn worker_log(&self, platform: &str) -> String {
+        std::fs::read_to_string(self.nats.path().join(format!("worker-{platform}.log"))).unwrap_or_default()
+    }
+
+    /// Waits until every platform in `platforms` heartbeats.
+    pub async fn wait_healthy(&self, platforms: &[&str]) {
+        let registry = Registry::open(&self.nats.js().await).await.expect("registry");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut healthy = 0;
+            for platform in platforms {
+                if registry
+                    .get(platform)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|r| r.is_healthy(now_seconds()) && r.capacity > 0)
+                {
+                    healthy += 1;
+                }
+            }
+            if healthy == platforms.len() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "workers did not come up; see {}",
+                self.nats.path().display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A delegation client for `platform` in this test process.
+    pub async fn client(&self, platform: &str) -> FederationClient {
+        FederationClient::new(self.config(platform), self.nats.client().await)
+            .await
+            .expect("client")
+    }
+
+    /// Runs `sagefed delegate --config <platform> ...` as its own process.
+    pub fn delegate_cli(&self, platform: &str, args: &[&str]) -> std::process::Output {
+        sagefed()
+            .args(["delegate", "--json", "--config"])
+            .arg(&self.configs[platform])
+            .args(args)
+            .output()
+            .expect("run sagefed delegate")
+    }
+
+    pub async fn snapshot(&self) -> LedgerSnapshot {
+        LedgerSnapshot::read(&self.nats.js().await).await.expect("snapshot")
+    }
+
+    /// Balance (available, not locked) of `platform`'s account of `task_type`, in micro-ATP.
+    pub async fn balance(&self, platform: &str, task_type: &str) -> u64 {
+        let snapshot = self.snapshot().await;
+        let key = sage_federation::ledger::model::account_key(&super::lct(platform, task_type));
+        snapshot.accounts.get(&key).map_or(0, |a| a.balance_uatp.micros())
+    }
+
+    /// `sagefed audit` as its own process; fails the test on any violation.
+    pub fn assert_audit_clean(&self) {
+        let output = sagefed()
+            .args(["audit", "--nats", &self.url()])
+            .output()
+            .expect("run sagefed audit");
+        assert!(
+            output.status.success(),
+            "audit failed:\n{}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+    }
+}

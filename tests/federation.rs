@@ -1,0 +1,506 @@
+//! The seed's delegation flow across separate OS processes: nats-server, `sagefed ledger
+//! serve`, a `sagefed worker` per platform, and delegators (`sagefed delegate` processes and
+//! in-test clients). Exact ATP balances after each scenario; the audit after every test.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use common::federation::Processes;
+use common::lct;
+use futures::StreamExt;
+use sage_federation::clock::now_seconds;
+use sage_federation::delegator::{DelegationOutcome, DelegationRequest};
+use sage_federation::envelope::Signer;
+use sage_federation::ledger::client::LedgerClient;
+use sage_federation::ledger::model::{LockState, RollbackReason};
+use sage_federation::proof::ProofStatus;
+use sage_federation::task::{FederationTask, TaskId};
+use sage_federation::task_status::{TaskBoard, TaskState};
+use sage_federation::{keys, status, subjects};
+use serde_json::{Value, json};
+
+const C: &str = "consciousness";
+const CS: &str = "consciousness.sage";
+const ATP: i64 = 1_000_000;
+
+fn micros(atp: f64) -> i64 {
+    (atp * 1e6).round() as i64
+}
+
+fn outcome_of(output: &std::process::Output) -> DelegationOutcome {
+    assert!(output.status.code().is_some(), "sagefed delegate crashed");
+    serde_json::from_slice::<Value>(&output.stdout)
+        .ok()
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no outcome: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })
+}
+
+/// Every account's balance, in micro-ATP.
+async fn balances(p: &Processes) -> BTreeMap<String, i64> {
+    p.snapshot()
+        .await
+        .accounts
+        .values()
+        .map(|a| (a.lct.to_string(), a.balance_uatp.micros() as i64))
+        .collect()
+}
+
+/// Applies a committed outcome to expected balances.
+fn pay(expected: &mut BTreeMap<String, i64>, o: &DelegationOutcome, task_type: &str) {
+    let consumed = micros(o.atp_consumed);
+    *expected.entry(lct(&o.from, task_type).to_string()).or_default() -= consumed;
+    *expected.entry(lct(&o.to, task_type).to_string()).or_default() += consumed;
+}
+
+#[allow(clippy::too_many_arguments)] // one argument per `sagefed delegate` flag
+fn cli(
+    p: &Processes,
+    from: &str,
+    to: Option<&str>,
+    task_type: &str,
+    operation: &str,
+    budget: &str,
+    timeout: &str,
+    params: &Value,
+) -> DelegationOutcome {
+    let params = params.to_string();
+    let mut args = vec![
+        "--operation",
+        operation,
+        "--budget",
+        budget,
+        "--task-type",
+        task_type,
+        "--timeout",
+        timeout,
+        "--params",
+        &params,
+    ];
+    if let Some(to) = to {
+        args.extend(["--to", to]);
+    }
+    outcome_of(&p.delegate_cli(from, &args))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_scenarios_settle_with_exact_balances() {
+    let p = Processes::start().await;
+    let mut expected = balances(&p).await;
+    assert_eq!(expected[&lct("Thor", CS).to_string()], 2000 * ATP);
+
+    // 1. Thor -> Legion: planning, paid exactly what the search expanded.
+    let grid =
+        json!({"width": 32, "height": 32, "start": [0, 0], "goal": [31, 31], "obstacle_density": 0.2, "seed": 3});
+    let o = cli(&p, "Thor", Some("Legion"), CS, "planning", "10", "30", &grid);
+    assert_eq!((o.settlement, o.quality), (LockState::Committed, Some(1.0)), "{o:?}");
+    let nodes = o.result["nodes_expanded"].as_i64().expect("nodes_expanded");
+    assert_eq!(
+        micros(o.atp_consumed),
+        10_000 + 1_000 * nodes,
+        "0.01 ATP + 0.001 ATP per node expanded"
+    );
+    assert_eq!(micros(o.atp_consumed + o.atp_refunded), 10 * ATP);
+    pay(&mut expected, &o, CS);
+    assert_eq!(balances(&p).await, expected, "after Thor -> Legion");
+
+    // 2. Sprout -> Legion: perception of 4096 samples at 0.00001 ATP each.
+    let o = cli(
+        &p,
+        "Sprout",
+        Some("Legion"),
+        C,
+        "perception",
+        "5",
+        "30",
+        &json!({"length": 4096, "seed": 7}),
+    );
+    assert_eq!(
+        (o.settlement, micros(o.atp_consumed)),
+        (LockState::Committed, 40_960),
+        "{o:?}"
+    );
+    pay(&mut expected, &o, C);
+    assert_eq!(balances(&p).await, expected, "after Sprout -> Legion");
+
+    // 3. Legion -> Thor: the other direction.
+    let program = json!({"steps": [{"op": "add", "args": [2, 3]}, {"op": "mul", "args": ["$0", 4], "expect": 20}]});
+    let o = cli(&p, "Legion", Some("Thor"), C, "execution", "5", "30", &program);
+    assert_eq!(
+        (o.settlement, micros(o.atp_consumed)),
+        (LockState::Committed, 1_200),
+        "{o:?}"
+    );
+    pay(&mut expected, &o, C);
+    assert_eq!(balances(&p).await, expected, "after Legion -> Thor");
+
+    // 4. Ten concurrent delegations from two clients (separate processes), placed automatically.
+    let runs: Vec<_> = (0..10)
+        .map(|i| {
+            let from = if i % 2 == 0 { "Thor" } else { "Sprout" };
+            let args = vec![
+                "--operation".to_owned(),
+                "perception".to_owned(),
+                "--budget".to_owned(),
+                "2".to_owned(),
+                "--params".to_owned(),
+                json!({"length": 1000, "seed": 100 + i}).to_string(),
+            ];
+            let config = p.configs[from].clone();
+            std::thread::spawn(move || {
+                std::process::Command::new(env!("CARGO_BIN_EXE_sagefed"))
+                    .args(["delegate", "--json", "--config"])
+                    .arg(config)
+                    .args(args)
+                    .output()
+                    .expect("run sagefed delegate")
+            })
+        })
+        .collect();
+    for run in runs {
+        let o = outcome_of(&run.join().expect("thread"));
+        assert_eq!(
+            (o.settlement, micros(o.atp_consumed)),
+            (LockState::Committed, 10_000),
+            "{o:?}"
+        );
+        assert_ne!(o.from, o.to);
+        pay(&mut expected, &o, C);
+    }
+    assert_eq!(balances(&p).await, expected, "after 10 concurrent delegations");
+
+    // 5. Quality below the threshold: nothing paid, everything refunded.
+    let failing =
+        json!({"steps": [{"op": "add", "args": [1, 1]}, {"op": "div", "args": [1, 0]}, {"op": "sqrt", "args": [-4]}]});
+    let o = cli(&p, "Thor", Some("Legion"), C, "execution", "5", "30", &failing);
+    assert_eq!(
+        (o.settlement, o.rollback_reason),
+        (LockState::RolledBack, Some(RollbackReason::LowQuality)),
+        "{o:?}"
+    );
+    assert_eq!((micros(o.atp_consumed), micros(o.atp_refunded)), (0, 5 * ATP));
+    assert!(o.quality.is_some_and(|q| q < 0.7));
+
+    // 6. Failures: a timeout and a permission denial return the locked ATP.
+    let o = cli(
+        &p,
+        "Thor",
+        Some("Legion"),
+        C,
+        "execution",
+        "5",
+        "1",
+        &json!({"steps": [{"op": "wait", "args": [3000]}]}),
+    );
+    assert_eq!(
+        (o.settlement, o.rollback_reason, o.proof_status),
+        (
+            LockState::RolledBack,
+            Some(RollbackReason::Timeout),
+            Some(ProofStatus::TimedOut)
+        ),
+        "{o:?}"
+    );
+    let o = cli(&p, "Legion", Some("Sprout"), C, "planning", "5", "30", &grid);
+    assert_eq!(
+        (o.settlement, o.rollback_reason),
+        (LockState::RolledBack, Some(RollbackReason::PermissionDenied)),
+        "{o:?}"
+    );
+    assert!(o.reason.contains("planning:execute"), "{}", o.reason);
+    assert_eq!(balances(&p).await, expected, "failures changed no balance");
+
+    // A placement nobody can satisfy fails at once, before any ATP moves.
+    let started = Instant::now();
+    let output = p.delegate_cli("Sprout", &["--operation", "teleport", "--budget", "1"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no platform can take this task"));
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(balances(&p).await, expected);
+    p.assert_audit_clean();
+}
+
+async fn wait_for_state(p: &Processes, task_id: &TaskId, state: TaskState) {
+    let board = TaskBoard::open(&p.nats.js().await).await.expect("board");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some((status, _))) = board.get(task_id).await
+            && status.state == state
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "task {task_id} never reached {state:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn waiting(ms: u64, timeout: u64, task_id: &TaskId) -> DelegationRequest {
+    DelegationRequest {
+        to: Some("Legion".into()),
+        task_type: C.into(),
+        operation: "execution".into(),
+        budget: 5.0,
+        timeout_seconds: timeout,
+        parameters: json!({"steps": [{"op": "wait", "args": [ms]}, {"op": "add", "args": [1, 1]}]})
+            .as_object()
+            .cloned()
+            .expect("object"),
+        task_id: Some(task_id.clone()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_aborts_a_running_task_and_a_queued_one_never_runs() {
+    let mut p = Processes::start().await;
+    let before = balances(&p).await;
+    let thor = p.client("Thor").await;
+
+    // Running: aborted, everything refunded.
+    let task_id = TaskId::random().expect("id");
+    let delegation = thor.delegate_task(waiting(20_000, 30, &task_id));
+    let cancel = async {
+        wait_for_state(&p, &task_id, TaskState::Running).await;
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_sagefed"))
+            .args(["cancel", task_id.as_str(), "--json", "--config"])
+            .arg(&p.configs["Thor"])
+            .output()
+            .expect("run sagefed cancel");
+        serde_json::from_slice::<status::CancelReply>(&output.stdout).expect("cancel reply")
+    };
+    let started = Instant::now();
+    let (outcome, reply) = tokio::join!(delegation, cancel);
+    let outcome = outcome.expect("delegation");
+    assert!(reply.cancelled && reply.atp_refunded == 5.0, "{reply:?}");
+    assert_eq!(
+        (outcome.settlement, outcome.rollback_reason),
+        (LockState::RolledBack, Some(RollbackReason::Cancelled))
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "aborted, not run to the end"
+    );
+    assert!(p.worker_log("Legion").contains("aborting a cancelled task"));
+
+    // Queued: the executor's worker is down; cancel; it comes back and does not run it.
+    p.kill_worker("Legion");
+    let queued = TaskId::random().expect("id");
+    let thor_signer = thor.signer().clone();
+    let client = p.nats.client().await;
+    let delegation = {
+        let thor = p.client("Thor").await;
+        let request = waiting(100, 30, &queued);
+        tokio::spawn(async move { thor.delegate_task(request).await })
+    };
+    wait_for_state(&p, &queued, TaskState::Queued).await;
+    let reply = status::cancel_task(&client, &thor_signer, &queued).await;
+    p.spawn_worker("Legion");
+    let outcome = delegation.await.expect("join");
+    // The status service runs in every worker: Thor's and Sprout's still answer.
+    let reply = reply.expect("cancel");
+    assert!(reply.cancelled, "{reply:?}");
+    let outcome = outcome.expect("delegation");
+    assert_eq!(
+        (outcome.settlement, outcome.proof_status),
+        (LockState::RolledBack, Some(ProofStatus::Cancelled)),
+        "{outcome:?}"
+    );
+    let board = TaskBoard::open(&p.nats.js().await).await.expect("board");
+    let (record, _) = board.get(&queued).await.expect("read").expect("status");
+    assert_eq!(
+        (record.state, record.stream_sequence),
+        (TaskState::Cancelled, None),
+        "never claimed, never run"
+    );
+
+    let lct_status = status::lct(&client, &lct("Thor", C)).await.expect("status");
+    assert_eq!((lct_status.tasks_running, lct_status.atp_consumed), (0, 0.0));
+    assert_eq!(balances(&p).await, before);
+    p.assert_audit_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_task_is_redelivered_and_paid_once() {
+    let mut p = Processes::start().await;
+    let before = balances(&p).await;
+    let thor = p.client("Thor").await;
+    let task_id = TaskId::random().expect("id");
+    let delegation = thor.delegate_task(waiting(2_000, 30, &task_id));
+    let killer = async {
+        wait_for_state(&p, &task_id, TaskState::Running).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        p.kill_worker("Legion");
+        p.spawn_worker("Legion");
+    };
+    let (outcome, ()) = tokio::join!(delegation, killer);
+    let outcome = outcome.expect("delegation");
+    assert_eq!(
+        (outcome.settlement, micros(outcome.atp_consumed)),
+        (LockState::Committed, 1_200),
+        "{outcome:?}"
+    );
+    assert!(p.worker_log("Legion").matches("worker ready").count() >= 2);
+    let mut expected = before.clone();
+    pay(&mut expected, &outcome, C);
+    assert_eq!(balances(&p).await, expected, "paid exactly once");
+    let snapshot = p.snapshot().await;
+    let legion = snapshot
+        .accounts
+        .get(&sage_federation::ledger::model::account_key(&lct("Legion", C)))
+        .expect("account");
+    assert_eq!(legion.earned_uatp.micros(), 1_200);
+    p.assert_audit_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_replayed_and_malformed_tasks_are_refused_and_the_ledger_is_untouched() {
+    let p = Processes::start().await;
+    let js = p.nats.js().await;
+    let client = p.nats.client().await;
+    let thor = Signer::new(
+        "Thor",
+        keys::read_secret(&p.config("Thor").keypair_path()).expect("key"),
+    )
+    .expect("signer");
+    let task = |task_id: &TaskId| {
+        let now = now_seconds();
+        FederationTask {
+            reply_to: subjects::proof("Thor", task_id.as_str()),
+            task_id: task_id.clone(),
+            source_lct: lct("Thor", C),
+            target_lct: lct("Legion", C),
+            task_type: C.into(),
+            operation: "execution".into(),
+            atp_budget: 5.0,
+            timeout_seconds: 30,
+            parameters: json!({"steps": [{"op": "add", "args": [1, 2]}]})
+                .as_object()
+                .cloned()
+                .expect("object"),
+            created_at: now,
+            expires_at: now + 60.0,
+        }
+    };
+    let publish = |bytes: bytes::Bytes, id: String| {
+        let js = js.clone();
+        async move {
+            let mut headers = HeaderMap::new();
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+            js.publish_with_headers(subjects::delegate("Legion"), headers, bytes)
+                .await
+                .expect("publish")
+                .await
+                .expect("ack")
+        }
+    };
+
+    // A genuine task, locked and published by hand, runs once.
+    let genuine = TaskId::random().expect("id");
+    let wire = thor.sign(&task(&genuine)).expect("sign");
+    let ledger = LedgerClient::new(client.clone(), thor.clone());
+    let now = now_seconds();
+    ledger
+        .lock(
+            &genuine,
+            &lct("Thor", C),
+            &lct("Legion", C),
+            5.0,
+            0.7,
+            now + 60.0,
+            now + 120.0,
+        )
+        .await
+        .expect("lock");
+    publish(wire.clone(), genuine.to_string()).await;
+    wait_for_state(&p, &genuine, TaskState::Completed).await;
+    let board = TaskBoard::open(&js).await.expect("board");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !board.get(&genuine).await.ok().flatten().is_some_and(|(s, _)| s.settled) {
+        assert!(Instant::now() < deadline, "the genuine task was not settled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = p.snapshot().await;
+
+    // The same message again within the dedupe window is dropped by the stream itself.
+    assert!(publish(wire.clone(), genuine.to_string()).await.duplicate);
+    // Replayed under another message id: refused as a replay.
+    publish(wire.clone(), "replay-1".into()).await;
+    // Forged: Thor's name, another key.
+    let impostor = Signer::new("Thor", keys::generate().expect("random")).expect("signer");
+    let forged = TaskId::random().expect("id");
+    publish(impostor.sign(&task(&forged)).expect("sign"), forged.to_string()).await;
+    // Tampered: a genuine envelope with the budget changed after signing.
+    let tampered = String::from_utf8(wire.to_vec())
+        .expect("utf8")
+        .replace("\"atp_budget\":5.0", "\"atp_budget\":500.0");
+    publish(bytes::Bytes::from(tampered), "tampered-1".into()).await;
+    // Malformed.
+    publish(bytes::Bytes::from_static(b"not a task at all"), "junk-1".into()).await;
+    publish(bytes::Bytes::from_static(br#"{"kind":"task"}"#), "junk-2".into()).await;
+    // Genuine signature, but no ATP locked: refused with a signed proof, nothing to refund.
+    let unpaid = TaskId::random().expect("id");
+    let mut proofs = client
+        .subscribe(subjects::proof("Thor", unpaid.as_str()))
+        .await
+        .expect("subscribe");
+    publish(thor.sign(&task(&unpaid)).expect("sign"), unpaid.to_string()).await;
+    let refusal = tokio::time::timeout(Duration::from_secs(20), proofs.next())
+        .await
+        .expect("a refusal")
+        .expect("message");
+    let refusal: Value = serde_json::from_slice(&refusal.payload).expect("json");
+    assert_eq!(refusal["body"]["status"], "rejected");
+    assert!(
+        refusal["body"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("no ATP is locked")),
+        "{refusal}"
+    );
+
+    // Five dead letters, each saying why.
+    let mut dead = js.get_stream(subjects::DEAD_STREAM).await.expect("dead letters");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while dead.info().await.expect("info").state.messages < 5 {
+        assert!(Instant::now() < deadline, "expected 5 dead letters");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut reasons = Vec::new();
+    for sequence in 1..=5 {
+        let message = dead.get_raw_message(sequence).await.expect("dead letter");
+        reasons.push(
+            message
+                .headers
+                .get(sage_federation::worker::DEAD_REASON_HEADER)
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
+        );
+    }
+    for expected in ["replay", "signature or key", "malformed"] {
+        assert!(
+            reasons.iter().any(|r| r.contains(expected)),
+            "no dead letter says {expected:?}: {reasons:?}"
+        );
+    }
+
+    let after = p.snapshot().await;
+    assert_eq!(after.accounts, before.accounts, "no account changed");
+    assert!(!after.locks.contains_key(&format!("locks.{forged}")));
+    assert_eq!(after.locks.len(), before.locks.len());
+
+    // The worker survived all of it and still works.
+    let o = p
+        .client("Thor")
+        .await
+        .delegate_task(waiting(0, 30, &TaskId::random().expect("id")))
+        .await
+        .expect("delegation");
+    assert_eq!(o.settlement, LockState::Committed);
+    p.assert_audit_clean();
+}
