@@ -102,6 +102,8 @@ pub enum Durability {
 pub enum BenchTarget {
     /// Ledger lock + commit, many accounts and one hot account, against raw KV CAS
     Ledger,
+    /// Whole signed, settled delegations, against the bare task round trip
+    Delegation,
 }
 
 /// Runs the bench on a fresh local server and prints the figures.
@@ -128,6 +130,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     .await?;
     let result = match args.target {
         BenchTarget::Ledger => ledger(&server, &args).await,
+        BenchTarget::Delegation => delegation(&server, &args, &dir).await,
     };
     server.stop(Duration::from_secs(5));
     let _ = std::fs::remove_dir_all(&dir);
@@ -151,7 +154,7 @@ fn print_table(figures: &[Figure]) {
             f.name, f.count, f.in_flight, f.p50_us, f.p99_us, f.max_us, f.per_second, f.p50_ratio, f.p99_ratio
         );
     }
-    println!("ratios: over the raw KV compare-and-swap floor (first row), measured in this run");
+    println!("ratios: over the floor named in the first row with the same in-flight count, measured in this run");
 }
 
 /// Everything the ledger scenarios need: a service, signers, funded accounts.
@@ -402,4 +405,224 @@ async fn ledger(server: &NatsServer, args: &BenchArgs) -> anyhow::Result<Vec<Fig
         f.p99_ratio = f.p99_us / floor.p50_us.max(1e-9);
     }
     Ok(figures)
+}
+
+/// The bare task round trip: publish to a work-queue stream, a worker pulls it, replies on a
+/// core subject and acks; what a delegation costs without signing, checks, ledger or proofs.
+async fn task_round_trip(client: &async_nats::Client, count: usize, in_flight: usize) -> anyhow::Result<Figure> {
+    let js = jetstream::new(client.clone());
+    let stream = js
+        .get_or_create_stream(jetstream::stream::Config {
+            name: "BENCH_ROUND_TRIP".to_owned(),
+            subjects: vec!["bench.rt.task".to_owned()],
+            retention: jetstream::stream::RetentionPolicy::WorkQueue,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await?;
+    let consumer = stream
+        .get_or_create_consumer(
+            "bench-worker",
+            jetstream::consumer::pull::Config {
+                durable_name: Some("bench-worker".to_owned()),
+                max_ack_pending: 1000,
+                ..Default::default()
+            },
+        )
+        .await?;
+    let worker_client = client.clone();
+    let worker = tokio::spawn(async move {
+        let Ok(mut messages) = consumer.messages().await else {
+            return;
+        };
+        while let Some(Ok(message)) = futures::StreamExt::next(&mut messages).await {
+            if let Some(reply) = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Bench-Reply"))
+                .map(|v| v.to_string())
+            {
+                let _ = worker_client.publish(reply, message.payload.clone()).await;
+            }
+            let _ = message.ack().await;
+        }
+    });
+    // One reply subscription for all requests, as a real client has.
+    let prefix = client.new_inbox();
+    let mut replies = client.subscribe(format!("{prefix}.*")).await?;
+    let waiting: Arc<std::sync::Mutex<std::collections::HashMap<String, tokio::sync::oneshot::Sender<()>>>> =
+        Arc::default();
+    let dispatcher = {
+        let waiting = Arc::clone(&waiting);
+        tokio::spawn(async move {
+            while let Some(reply) = futures::StreamExt::next(&mut replies).await {
+                if let Some(tx) = waiting.lock().ok().and_then(|mut w| w.remove(reply.subject.as_str())) {
+                    let _ = tx.send(());
+                }
+            }
+        })
+    };
+    let gate = Arc::new(Semaphore::new(in_flight));
+    let payload = Bytes::from(vec![b'x'; 512]);
+    let wall = Instant::now();
+    let runs = join_all((0..count).map(|i| {
+        let (js, gate, payload, waiting) = (js.clone(), Arc::clone(&gate), payload.clone(), Arc::clone(&waiting));
+        let reply = format!("{prefix}.{i}");
+        async move {
+            let _permit = gate.acquire().await?;
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            waiting
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?
+                .insert(reply.clone(), tx);
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Bench-Reply", reply.as_str());
+            let start = Instant::now();
+            js.publish_with_headers("bench.rt.task", headers, payload)
+                .await?
+                .await?;
+            rx.await?;
+            Ok::<_, anyhow::Error>(start.elapsed())
+        }
+    }))
+    .await;
+    let wall = wall.elapsed();
+    worker.abort();
+    dispatcher.abort();
+    js.delete_stream("BENCH_ROUND_TRIP").await?;
+    let samples = runs.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(figure(
+        &format!("floor: bare task round trip, {in_flight} in flight"),
+        samples,
+        in_flight,
+        wall,
+    ))
+}
+
+/// A platform config for the delegation bench: generous limits, a key in `dir`.
+fn bench_config(
+    dir: &std::path::Path,
+    platform: &str,
+    url: &str,
+    capacity: u32,
+) -> anyhow::Result<crate::config::Config> {
+    let path = dir.join(format!("{}.toml", platform.to_lowercase()));
+    let text = format!(
+        "[federation]\nplatform_name = \"{platform}\"\nlct_context = \"{platform}\"\nkeypair_path = \"{platform}.key\"\n\
+         [nats]\nurl = \"{url}\"\n[resources.consciousness]\natp_budget = 1000000.0\nmax_concurrent = {capacity}\n\
+         [permissions]\nrequests_per_minute = 10000000\n"
+    );
+    std::fs::write(&path, text)?;
+    keys::read_or_create_secret(&dir.join(format!("{platform}.key")))?;
+    Ok(crate::config::Config::load(&path)?)
+}
+
+async fn delegation(server: &NatsServer, args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result<Vec<Figure>> {
+    let url = server.url();
+    let client = infra::connect(&url, "sagefed-bench", Duration::from_secs(5)).await?;
+    let js = jetstream::new(client.clone());
+    infra::ensure(&js, 1).await?;
+    let sequential = (args.tasks / 10).max(50);
+    let mut figures = vec![task_round_trip(&client, sequential, 1).await?];
+    figures.push(task_round_trip(&client, args.tasks, args.concurrency).await?);
+
+    let treasury = Signer::new("Treasury", keys::generate()?)?;
+    KeyDirectory::open(&js)
+        .await?
+        .publish(&KeyRecord::new("Treasury", &treasury.verifying_key(), 0.0))
+        .await?;
+    let service = LedgerService::start(
+        infra::connect(&url, "sagefed-bench-ledger", Duration::from_secs(5)).await?,
+        LedgerOptions {
+            admins: BTreeSet::from(["Treasury".to_owned()]),
+            sweep: true,
+        },
+    )
+    .await?;
+    let capacity = u32::try_from(args.concurrency).unwrap_or(u32::MAX).max(1);
+    let executor = bench_config(dir, "Legion", &url, capacity)?;
+    let delegator = bench_config(dir, "Thor", &url, 1)?;
+    let treasury = LedgerClient::new(client.clone(), treasury);
+    let lct = delegator.lct("consciousness")?;
+    let reply = treasury.grant("bench-Thor", &lct, 1e6).await?;
+    anyhow::ensure!(reply.is_ok(), "grant refused: {}", reply.message);
+    let worker = crate::worker::Worker::start(
+        executor,
+        infra::connect(&url, "sagefed-bench-worker", Duration::from_secs(5)).await?,
+    )
+    .await?;
+    let federation = Arc::new(crate::delegator::FederationClient::new(delegator, client.clone()).await?);
+
+    let one = delegations(&federation, sequential, 1).await?;
+    figures.push(figure("signed, settled delegation, 1 in flight", one.0, 1, one.1));
+    let many = delegations(&federation, args.tasks, args.concurrency).await?;
+    figures.push(figure(
+        &format!("signed, settled delegation, {} in flight", args.concurrency),
+        many.0,
+        args.concurrency,
+        many.1,
+    ));
+
+    let report = crate::ledger::audit::audit(
+        &crate::ledger::snapshot::LedgerSnapshot::read(&js).await?,
+        now_seconds(),
+    );
+    anyhow::ensure!(
+        report.is_clean(),
+        "the audit failed after the bench: {:?}",
+        report.violations
+    );
+    worker.stop().await;
+    service.stop().await;
+    let floors = [figures[0].p50_us, figures[1].p50_us];
+    for f in &mut figures {
+        let floor = if f.in_flight == 1 { floors[0] } else { floors[1] };
+        f.p50_ratio = f.p50_us / floor.max(1e-9);
+        f.p99_ratio = f.p99_us / floor.max(1e-9);
+    }
+    println!(
+        "{} delegations committed, none lost; audit clean (supply {} ATP)",
+        sequential + args.tasks,
+        report.supply_uatp as f64 / 1e6
+    );
+    Ok(figures)
+}
+
+/// Runs `count` delegations, `in_flight` at a time; every one must be committed.
+async fn delegations(
+    federation: &Arc<crate::delegator::FederationClient>,
+    count: usize,
+    in_flight: usize,
+) -> anyhow::Result<(Vec<Duration>, Duration)> {
+    let gate = Arc::new(Semaphore::new(in_flight));
+    let wall = Instant::now();
+    let runs = join_all((0..count).map(|_| {
+        let (federation, gate) = (Arc::clone(federation), Arc::clone(&gate));
+        async move {
+            let _permit = gate.acquire().await?;
+            let start = Instant::now();
+            let outcome = federation
+                .delegate_task(crate::delegator::DelegationRequest {
+                    to: Some("Legion".to_owned()),
+                    task_type: "consciousness".to_owned(),
+                    operation: "execution".to_owned(),
+                    budget: 1.0,
+                    timeout_seconds: 30,
+                    parameters: serde_json::json!({"steps": [{"op": "add", "args": [1, 2]}]})
+                        .as_object()
+                        .cloned()
+                        .unwrap_or_default(),
+                    task_id: None,
+                })
+                .await?;
+            anyhow::ensure!(
+                outcome.settlement == crate::ledger::model::LockState::Committed,
+                "not committed: {outcome:?}"
+            );
+            Ok::<_, anyhow::Error>(start.elapsed())
+        }
+    }))
+    .await;
+    let wall = wall.elapsed();
+    Ok((runs.into_iter().collect::<anyhow::Result<Vec<_>>>()?, wall))
 }

@@ -42,6 +42,8 @@ pub const QUEUE_WAIT_SECONDS: f64 = 30.0;
 pub const SETTLE_GRACE_SECONDS: f64 = 60.0;
 /// How long past the deadline the delegator waits for a proof in flight.
 const PROOF_WAIT_GRACE: Duration = Duration::from_secs(2);
+/// How long a listing of the platform registry is reused when placing tasks.
+pub const REGISTRY_CACHE_TTL: Duration = Duration::from_secs(1);
 /// Attempts to publish a task before giving up and refunding it.
 const PUBLISH_ATTEMPTS_MAX: u32 = 4;
 /// First pause between publish attempts; doubles each time.
@@ -115,11 +117,59 @@ pub struct FederationClient {
     board: TaskBoard,
     waiters: Waiters,
     listener: tokio::task::JoinHandle<()>,
+    reputation: ReputationRecorder,
+    platforms: Mutex<Option<(Instant, Vec<PlatformRecord>)>>,
 }
 
 impl Drop for FederationClient {
     fn drop(&mut self) {
         self.listener.abort();
+    }
+}
+
+/// Records executors' reputation off the delegation's path: settlements queue here and a
+/// background task writes them, several per compare-and-swap, so a hundred delegations in
+/// flight do not race on one executor's key. Each task counts once (the status record's
+/// `settled` flag), however many processes settle it. A crash loses at most the queue: a
+/// reputation, not ATP.
+#[derive(Clone)]
+struct ReputationRecorder {
+    tx: tokio::sync::mpsc::Sender<(TaskId, String, bool, f64)>,
+}
+
+/// Settlements waiting to be recorded before new ones are dropped (with a warning).
+const REPUTATION_QUEUE_MAX: usize = 10_000;
+
+impl ReputationRecorder {
+    fn start(board: TaskBoard, reputations: Reputations) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(TaskId, String, bool, f64)>(REPUTATION_QUEUE_MAX);
+        tokio::spawn(async move {
+            let mut batch = Vec::new();
+            while rx.recv_many(&mut batch, REPUTATION_QUEUE_MAX).await > 0 {
+                let mut by_platform: HashMap<String, Vec<(bool, f64)>> = HashMap::new();
+                for (task_id, platform, paid, quality) in batch.drain(..) {
+                    if board.mark_settled(&task_id).await.unwrap_or(false) {
+                        by_platform.entry(platform).or_default().push((paid, quality));
+                    }
+                }
+                for (platform, settled) in by_platform {
+                    if let Err(e) = reputations.record_many(&platform, &settled).await {
+                        tracing::warn!(error = %e, "reputation not updated");
+                    }
+                }
+            }
+        });
+        Self { tx }
+    }
+
+    fn record(&self, task_id: &TaskId, platform: &str, paid: bool, quality: f64) {
+        if self
+            .tx
+            .try_send((task_id.clone(), platform.to_owned(), paid, quality))
+            .is_err()
+        {
+            tracing::warn!(task = %task_id, "reputation queue full; this settlement is not counted");
+        }
     }
 }
 
@@ -178,11 +228,15 @@ impl FederationClient {
                 }
             })
         };
+        let board = TaskBoard::open(&js).await?;
+        let reputations = Reputations::open(&js).await?;
         Ok(Self {
             ledger: LedgerClient::new(client.clone(), signer.clone()),
             reader: LedgerReader::open(&js).await?,
-            reputations: Reputations::open(&js).await?,
-            board: TaskBoard::open(&js).await?,
+            reputation: ReputationRecorder::start(board.clone(), reputations.clone()),
+            platforms: Mutex::new(None),
+            reputations,
+            board,
             registry,
             signer,
             keys,
@@ -212,11 +266,15 @@ impl FederationClient {
     /// reputation first.
     pub async fn choose_target(&self, request: &DelegationRequest) -> Result<PlatformRecord, DelegateError> {
         let now = now_seconds();
-        let records = self.registry.all().await.map_err(anyhow::Error::from)?;
         if let Some(to) = &request.to {
-            let record = records.into_iter().find(|r| &r.platform == to).ok_or_else(|| {
-                DelegateError::NoPlatform(format!("{to} is not registered (no worker has run for it)"))
-            })?;
+            let record = self
+                .registry
+                .get(to)
+                .await
+                .map_err(anyhow::Error::from)?
+                .ok_or_else(|| {
+                    DelegateError::NoPlatform(format!("{to} is not registered (no worker has run for it)"))
+                })?;
             if !record.is_healthy(now) {
                 return Err(DelegateError::NoPlatform(format!(
                     "{to} has no live worker (last heartbeat {:.0} s ago)",
@@ -233,7 +291,7 @@ impl FederationClient {
         }
         let mut why = Vec::new();
         let mut candidates = Vec::new();
-        for record in records {
+        for record in self.platforms().await? {
             let excluded = if record.platform == self.platform() {
                 None
             } else if !record.is_healthy(now) {
@@ -282,6 +340,22 @@ impl FederationClient {
             .next()
             .map(|(_, _, r)| r)
             .ok_or_else(|| DelegateError::NoPlatform("no candidate".into()))
+    }
+
+    /// Every registered platform, read at most once per [`REGISTRY_CACHE_TTL`]: listing the
+    /// bucket costs a consumer, too much for every delegation.
+    async fn platforms(&self) -> anyhow::Result<Vec<PlatformRecord>> {
+        if let Ok(cache) = self.platforms.lock()
+            && let Some((at, records)) = cache.as_ref()
+            && at.elapsed() < REGISTRY_CACHE_TTL
+        {
+            return Ok(records.clone());
+        }
+        let records = self.registry.all().await?;
+        if let Ok(mut cache) = self.platforms.lock() {
+            *cache = Some((Instant::now(), records.clone()));
+        }
+        Ok(records)
     }
 
     /// Delegates one task and returns its settled outcome.
@@ -461,33 +535,32 @@ impl FederationClient {
             )));
         }
         let lock = self.reader.lock(&proof.task_id).await.map_err(anyhow::Error::from)?;
-        let threshold = lock
-            .as_ref()
-            .map_or(self.config.settlement.quality_threshold.get(), |l| l.quality_threshold);
-        let reply = if proof.status == ProofStatus::Completed && proof.quality_score >= threshold {
-            self.ledger.commit(&proof.task_id, wire).await
-        } else {
-            let reason = match proof.status {
-                ProofStatus::Completed => RollbackReason::LowQuality,
-                ProofStatus::Rejected if proof.reason.contains("permission") => RollbackReason::PermissionDenied,
-                ProofStatus::Rejected => RollbackReason::Rejected,
-                ProofStatus::Failed => RollbackReason::Failure,
-                ProofStatus::TimedOut => RollbackReason::Timeout,
-                ProofStatus::Cancelled => RollbackReason::Cancelled,
-            };
-            self.ledger.rollback(&proof.task_id, reason, Some(wire)).await
-        }
-        .map_err(anyhow::Error::from)?;
-        let lock = self.final_lock(&proof.task_id, &reply).await?;
-        if lock.state.is_terminal() && self.board.mark_settled(&proof.task_id).await.unwrap_or(false) {
-            let paid = lock.state == LockState::Committed;
-            if let Err(e) = self
-                .reputations
-                .record(proof.executor_lct.platform(), paid, Some(proof.quality_score))
-                .await
-            {
-                tracing::warn!(error = %e, "reputation not updated");
+        // The executor settles before it publishes, so the lock is usually settled already:
+        // then there is nothing to ask the ledger.
+        let lock = match lock {
+            Some(lock) if lock.state.is_terminal() => lock,
+            lock => {
+                let threshold = lock
+                    .as_ref()
+                    .map_or(self.config.settlement.quality_threshold.get(), |l| l.quality_threshold);
+                let reply = if proof.status == ProofStatus::Completed && proof.quality_score >= threshold {
+                    self.ledger.commit(&proof.task_id, wire).await
+                } else {
+                    self.ledger
+                        .rollback(&proof.task_id, rollback_reason_for(&proof), Some(wire))
+                        .await
+                }
+                .map_err(anyhow::Error::from)?;
+                self.final_lock(&proof.task_id, &reply).await?
             }
+        };
+        if lock.state.is_terminal() {
+            self.reputation.record(
+                &proof.task_id,
+                proof.executor_lct.platform(),
+                lock.state == LockState::Committed,
+                proof.quality_score,
+            );
         }
         Ok(outcome_of(&lock, Some(&proof), &proof.reason))
     }
@@ -550,6 +623,18 @@ impl FederationClient {
     /// This platform's LCT of `task_type`.
     pub fn lct(&self, task_type: &str) -> anyhow::Result<Lct> {
         Ok(self.config.lct(task_type)?)
+    }
+}
+
+/// The rollback reason a delegator gives for a proof it will not pay.
+fn rollback_reason_for(proof: &ExecutionProof) -> RollbackReason {
+    match proof.status {
+        ProofStatus::Completed => RollbackReason::LowQuality,
+        ProofStatus::Rejected if proof.reason.contains("permission") => RollbackReason::PermissionDenied,
+        ProofStatus::Rejected => RollbackReason::Rejected,
+        ProofStatus::Failed => RollbackReason::Failure,
+        ProofStatus::TimedOut => RollbackReason::Timeout,
+        ProofStatus::Cancelled => RollbackReason::Cancelled,
     }
 }
 

@@ -87,6 +87,11 @@ impl Reputations {
         paid: bool,
         quality: Option<f64>,
     ) -> Result<Reputation, ReputationError> {
+        self.record_many(platform, &[(paid, quality.unwrap_or(0.0))]).await
+    }
+
+    /// Adds several settled tasks (paid, quality) to `platform`'s reputation in one write.
+    pub async fn record_many(&self, platform: &str, settled: &[(bool, f64)]) -> Result<Reputation, ReputationError> {
         let fail = |e: &dyn std::fmt::Display| ReputationError(e.to_string());
         for _ in 0..CAS_ATTEMPTS_MAX {
             let entry = self.kv.entry(platform).await.map_err(|e| fail(&e))?;
@@ -97,7 +102,9 @@ impl Reputations {
                 _ => (Reputation::default(), None),
             };
             reputation.platform = platform.to_owned();
-            reputation.record(paid, quality);
+            for (paid, quality) in settled {
+                reputation.record(*paid, Some(*quality));
+            }
             let value = Bytes::from(serde_json::to_vec(&reputation).map_err(|e| fail(&e))?);
             let written = match revision {
                 Some(revision) => self.kv.update(platform, value, revision).await.is_ok(),

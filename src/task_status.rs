@@ -60,10 +60,10 @@ pub struct TaskStatus {
 /// What a worker's claim found.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Claim {
-    /// This worker runs the task.
-    Claimed,
+    /// This worker runs the task; the running record's revision.
+    Claimed(u64),
     /// The same message again after a worker died: run it again.
-    Redelivered,
+    Redelivered(u64),
     /// The same message again after it finished (the ack was lost): do not run it again.
     AlreadyFinished(TaskState),
     /// Another message with the same task id: a replay.
@@ -115,19 +115,21 @@ impl TaskBoard {
         Ok(Some((status, entry.revision)))
     }
 
-    async fn write(&self, status: &TaskStatus, revision: Option<u64>) -> Result<bool, StatusError> {
+    /// Writes `status` expecting `revision` (`None`: must not exist). `None` back when someone
+    /// else wrote first; the new revision otherwise.
+    async fn write(&self, status: &TaskStatus, revision: Option<u64>) -> Result<Option<u64>, StatusError> {
         let value = Bytes::from(serde_json::to_vec(status).map_err(err)?);
         let key = status.task_id.as_str();
         // Someone else writing first is not an error: the caller reads again.
         match revision {
             None => match self.kv.create(key, value).await {
-                Ok(_) => Ok(true),
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+                Ok(revision) => Ok(Some(revision)),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
                 Err(e) => Err(err(e)),
             },
             Some(revision) => match self.kv.update(key, value, revision).await {
-                Ok(_) => Ok(true),
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
+                Ok(revision) => Ok(Some(revision)),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
                 Err(e) => Err(err(e)),
             },
         }
@@ -135,7 +137,7 @@ impl TaskBoard {
 
     /// Records a task as queued (the delegator, before publishing it).
     pub async fn queue(&self, status: &TaskStatus) -> Result<(), StatusError> {
-        if self.write(status, None).await? {
+        if self.write(status, None).await?.is_some() {
             Ok(())
         } else {
             Err(StatusError(format!("task id {} is already in use", status.task_id)))
@@ -150,28 +152,52 @@ impl TaskBoard {
             running.state = TaskState::Running;
             running.stream_sequence = Some(stream_sequence);
             running.updated_at = now_seconds();
-            let (revision, claim) = match current {
-                None => (None, Claim::Claimed),
+            let (revision, redelivered) = match current {
+                None => (None, false),
                 Some((status, revision)) => match status.state {
-                    TaskState::Queued => (Some(revision), Claim::Claimed),
+                    TaskState::Queued => (Some(revision), false),
                     TaskState::Cancelled => return Ok(Claim::Cancelled),
-                    TaskState::Running if status.stream_sequence == Some(stream_sequence) => {
-                        (Some(revision), Claim::Redelivered)
-                    }
+                    TaskState::Running if status.stream_sequence == Some(stream_sequence) => (Some(revision), true),
                     state if status.stream_sequence == Some(stream_sequence) => {
                         return Ok(Claim::AlreadyFinished(state));
                     }
                     state => return Ok(Claim::Replay(state)),
                 },
             };
-            if self.write(&running, revision).await? {
-                return Ok(claim);
+            if let Some(written) = self.write(&running, revision).await? {
+                return Ok(if redelivered {
+                    Claim::Redelivered(written)
+                } else {
+                    Claim::Claimed(written)
+                });
             }
         }
         Err(StatusError(format!(
             "could not claim task {} (contention)",
             template.task_id
         )))
+    }
+
+    /// Like [`TaskBoard::finish`], first trying the record as this worker last wrote it (one
+    /// write instead of a read and a write).
+    pub async fn finish_from(
+        &self,
+        mut known: TaskStatus,
+        revision: u64,
+        state: TaskState,
+        quality: Option<f64>,
+        atp_consumed: Option<f64>,
+        reason: &str,
+    ) -> Result<(), StatusError> {
+        known.state = state;
+        known.quality = quality;
+        known.atp_consumed = atp_consumed;
+        known.reason = reason.to_owned();
+        known.updated_at = now_seconds();
+        if self.write(&known, Some(revision)).await?.is_some() {
+            return Ok(());
+        }
+        self.finish(&known.task_id, state, quality, atp_consumed, reason).await
     }
 
     /// Moves a running task to a terminal `state`. A task already ended (cancelled while it
@@ -196,7 +222,7 @@ impl TaskBoard {
             status.atp_consumed = atp_consumed;
             status.reason = reason.to_owned();
             status.updated_at = now_seconds();
-            if self.write(&status, Some(revision)).await? {
+            if self.write(&status, Some(revision)).await?.is_some() {
                 return Ok(());
             }
         }
@@ -214,7 +240,7 @@ impl TaskBoard {
                 return Ok(false);
             }
             status.settled = true;
-            if self.write(&status, Some(revision)).await? {
+            if self.write(&status, Some(revision)).await?.is_some() {
                 return Ok(true);
             }
         }
@@ -240,7 +266,7 @@ impl TaskBoard {
             status.state = TaskState::Cancelled;
             status.reason = reason.to_owned();
             status.updated_at = now_seconds();
-            if self.write(&status, Some(revision)).await? {
+            if self.write(&status, Some(revision)).await?.is_some() {
                 return Ok((CancelResult::Cancelled(before), Some(status)));
             }
         }

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind};
-use bytes::Bytes;
 use serde_json::Map;
 use tokio::sync::oneshot;
 
@@ -178,7 +177,7 @@ async fn process(ctx: &WorkerContext, message: &Arc<jetstream::Message>, sequenc
     }
     // (2) Expiry, then replay.
     if let Err(refusal) = checks::check_expiry(&task) {
-        return refuse(ctx, &task, refusal).await;
+        return refuse(ctx, &task, refusal, None).await;
     }
     let template = TaskStatus {
         task_id: task.task_id.clone(),
@@ -193,8 +192,8 @@ async fn process(ctx: &WorkerContext, message: &Arc<jetstream::Message>, sequenc
         reason: String::new(),
         settled: false,
     };
-    match ctx.board.claim(&template, sequence).await? {
-        Claim::Claimed | Claim::Redelivered => {}
+    let revision = match ctx.board.claim(&template, sequence).await? {
+        Claim::Claimed(revision) | Claim::Redelivered(revision) => revision,
         Claim::AlreadyFinished(state) => {
             tracing::info!(task = %task.task_id, ?state, "task delivered again after it finished; acknowledging it");
             return Ok(Done::Finished);
@@ -213,45 +212,43 @@ async fn process(ctx: &WorkerContext, message: &Arc<jetstream::Message>, sequenc
                 ProofStatus::Cancelled,
                 "cancelled by the delegator before it started",
             );
-            publish_proof(ctx, &proof).await?;
-            settle(ctx, &task, &proof, RollbackReason::Cancelled).await?;
+            conclude(ctx, &task, &proof, RollbackReason::Cancelled, None).await?;
             return Ok(Done::Finished);
         }
-    }
+    };
+    let claimed = Some((template, revision));
     // (3) Permissions, (4) budget and concurrency, (5) rate, (6) limits.
-    let delegator = ctx.registry.get(task.source_lct.platform()).await?;
+    let delegator = ctx.delegator_record(task.source_lct.platform()).await?;
     if let Err(refusal) = checks::check_permissions(&task, delegator.as_ref(), &ctx.config, &ctx.operations) {
-        return refuse(ctx, &task, refusal).await;
+        return refuse(ctx, &task, refusal, claimed).await;
     }
     let lock = ctx.reader.lock(&task.task_id).await?;
     let admitted = match checks::check_budget(&task, lock.as_ref(), &ctx.config, &ctx.admissions) {
         Ok(admitted) => admitted,
-        Err(refusal) => return refuse(ctx, &task, refusal).await,
+        Err(refusal) => return refuse(ctx, &task, refusal, claimed).await,
     };
     if let Err(refusal) = checks::check_rate(&task, &ctx.limiter, &ctx.config) {
-        return refuse(ctx, &task, refusal).await;
+        return refuse(ctx, &task, refusal, claimed).await;
     }
     if let Err(refusal) = checks::check_limits(&task, &ctx.config) {
-        return refuse(ctx, &task, refusal).await;
+        return refuse(ctx, &task, refusal, claimed).await;
     }
     let proof = execute(ctx, &task, message).await;
     drop(admitted);
-    publish_proof(ctx, &proof).await?;
-    let reason = match proof.status {
-        ProofStatus::TimedOut => RollbackReason::Timeout,
-        ProofStatus::Cancelled => RollbackReason::Cancelled,
-        _ => RollbackReason::Failure,
-    };
-    settle(ctx, &task, &proof, reason).await?;
+    conclude(ctx, &task, &proof, RollbackReason::Failure, claimed).await?;
     Ok(Done::Finished)
 }
 
 /// A signed refusal: proof, refund, status.
-async fn refuse(ctx: &WorkerContext, task: &Verified<FederationTask>, refusal: Refusal) -> Result<Done, Transient> {
+async fn refuse(
+    ctx: &WorkerContext,
+    task: &Verified<FederationTask>,
+    refusal: Refusal,
+    claimed: Option<(TaskStatus, u64)>,
+) -> Result<Done, Transient> {
     tracing::info!(task = %task.task_id, from = task.source_lct.platform(), reason = %refusal.reason, "refusing a task");
     let proof = refusal_proof(task, ProofStatus::Rejected, &refusal.reason);
-    publish_proof(ctx, &proof).await?;
-    settle(ctx, task, &proof, refusal.rollback).await?;
+    conclude(ctx, task, &proof, refusal.rollback, claimed).await?;
     Ok(Done::Finished)
 }
 
@@ -340,29 +337,19 @@ async fn execute(ctx: &WorkerContext, task: &FederationTask, message: &Arc<jetst
     proof
 }
 
-/// Signs `proof` and publishes it to the delegator's proofs subject, deduplicated by task.
-async fn publish_proof(ctx: &WorkerContext, proof: &ExecutionProof) -> Result<Bytes, Transient> {
-    let wire = ctx.signer.sign(proof)?;
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        async_nats::header::NATS_MESSAGE_ID,
-        format!("proof-{}", proof.task_id).as_str(),
-    );
-    let subject = subjects::proof(proof.delegator_lct.platform(), proof.task_id.as_str());
-    ctx.js
-        .publish_with_headers(subject, headers, wire.clone())
-        .await?
-        .await?;
-    Ok(wire)
-}
-
-/// The executor's own settlement: commit a completed task (the ledger checks the quality
-/// against the delegator's threshold), roll back anything else. Finishes the status.
-async fn settle(
+/// Ends a task: signs the proof once, settles the lock with it (commit a completed task, the
+/// ledger checking the quality against the delegator's threshold; roll back anything else),
+/// publishes it to the delegator's proofs subject (deduplicated by task), finishes the status.
+///
+/// Settling before publishing means a delegator usually finds the lock already settled when
+/// the proof reaches it. A crash in between is safe: the task is delivered again, runs again,
+/// finds the ledger settled ("already applied") and publishes the proof.
+async fn conclude(
     ctx: &WorkerContext,
     task: &FederationTask,
     proof: &ExecutionProof,
     reason: RollbackReason,
+    claimed: Option<(TaskStatus, u64)>,
 ) -> Result<(), Transient> {
     let wire = ctx.signer.sign(proof)?;
     let reply = if proof.status == ProofStatus::Completed {
@@ -386,6 +373,13 @@ async fn settle(
     if reply.code == Some(RejectCode::Busy) {
         return Err(Transient(reply.message));
     }
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        format!("proof-{}", proof.task_id).as_str(),
+    );
+    let subject = subjects::proof(proof.delegator_lct.platform(), proof.task_id.as_str());
+    ctx.js.publish_with_headers(subject, headers, wire).await?.await?;
     let state = match proof.status {
         ProofStatus::Completed => TaskState::Completed,
         ProofStatus::Rejected => TaskState::Rejected,
@@ -394,9 +388,19 @@ async fn settle(
         ProofStatus::Cancelled => TaskState::Cancelled,
     };
     let consumed = (proof.status == ProofStatus::Completed).then_some(proof.atp_consumed);
-    ctx.board
-        .finish(&task.task_id, state, Some(proof.quality_score), consumed, &proof.reason)
-        .await?;
+    let quality = Some(proof.quality_score);
+    match claimed {
+        Some((known, revision)) => {
+            ctx.board
+                .finish_from(known, revision, state, quality, consumed, &proof.reason)
+                .await?
+        }
+        None => {
+            ctx.board
+                .finish(&task.task_id, state, quality, consumed, &proof.reason)
+                .await?
+        }
+    }
     Ok(())
 }
 
