@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
@@ -23,7 +22,6 @@ use crate::clock::now_seconds;
 use crate::config::Config;
 use crate::envelope::{Signer, Verified};
 use crate::key_directory::KeyDirectory;
-use crate::keys;
 use crate::lct::Lct;
 use crate::ledger::client::{LedgerClient, LedgerReader};
 use crate::ledger::model::{Lock, LockState, RollbackReason};
@@ -178,19 +176,8 @@ impl FederationClient {
     /// knows it (so executors can check its permission), and listens for its proofs.
     pub async fn new(config: Config, client: Client) -> anyhow::Result<Self> {
         let js = jetstream::new(client.clone());
-        let key_path = config.keypair_path();
-        let secret = keys::read_secret(&key_path).with_context(|| {
-            format!(
-                "create it with: sagefed keygen --platform {} --out {}",
-                config.platform(),
-                key_path.display()
-            )
-        })?;
-        let signer = Signer::new(config.platform(), secret)?;
-        let keys = Arc::new(KeyDirectory::open(&js).await?);
-        for record in config.key_records(&signer.verifying_key()) {
-            keys.publish(&record).await?;
-        }
+        let (signer, keys) = KeyDirectory::open_as(&config, &js).await?;
+        let keys = Arc::new(keys);
         let registry = Registry::open(&js).await?;
         if registry.get(config.platform()).await?.is_none() {
             // Known as a delegator; not healthy as an executor until a worker heartbeats.

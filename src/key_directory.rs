@@ -12,7 +12,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use crate::clock::now_seconds;
-use crate::envelope::{EnvelopeError, Signable, Verified, peek_signer, verify, verify_ignoring_expiry};
+use anyhow::Context as _;
+
+use crate::envelope::{EnvelopeError, Signable, Signer, Verified, peek_signer, verify, verify_ignoring_expiry};
 use crate::keys::{KeyError, KeyRecord, KeyRegistry};
 use crate::lct::{check_platform, token_problem};
 
@@ -90,6 +92,25 @@ impl KeyDirectory {
         let directory = Self { kv, cache, watcher };
         directory.refresh().await?;
         Ok(directory)
+    }
+
+    /// Opens the directory as the platform `config` describes: reads its secret key and
+    /// publishes its public keys, so others can verify what it signs.
+    pub async fn open_as(config: &crate::config::Config, js: &jetstream::Context) -> anyhow::Result<(Signer, Self)> {
+        let key_path = config.keypair_path();
+        let secret = crate::keys::read_secret(&key_path).with_context(|| {
+            format!(
+                "create it with: sagefed keygen --platform {} --out {}",
+                config.platform(),
+                key_path.display()
+            )
+        })?;
+        let signer = Signer::new(config.platform(), secret)?;
+        let directory = Self::open(js).await?;
+        for record in config.key_records(&signer.verifying_key()) {
+            directory.publish(&record).await?;
+        }
+        Ok((signer, directory))
     }
 
     /// Reloads every record from the bucket.

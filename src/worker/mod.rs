@@ -31,7 +31,6 @@ use crate::config::Config;
 use crate::delegator::FederationClient;
 use crate::envelope::Signer;
 use crate::key_directory::KeyDirectory;
-use crate::keys;
 use crate::ledger::client::{LedgerClient, LedgerReader};
 use crate::ledger::model::RollbackReason;
 use crate::registry::{HEARTBEAT_INTERVAL, PlatformRecord, Registry};
@@ -153,19 +152,8 @@ impl Worker {
     /// exist (`sagefed up` or `sagefed ledger serve` create them).
     pub async fn start(config: Config, client: Client) -> anyhow::Result<Self> {
         let js = jetstream::new(client.clone());
-        let key_path = config.keypair_path();
-        let secret = keys::read_secret(&key_path).with_context(|| {
-            format!(
-                "create it with: sagefed keygen --platform {} --out {}",
-                config.platform(),
-                key_path.display()
-            )
-        })?;
-        let signer = Signer::new(config.platform(), secret)?;
-        let keys = Arc::new(KeyDirectory::open(&js).await?);
-        for record in config.key_records(&signer.verifying_key()) {
-            keys.publish(&record).await?;
-        }
+        let (signer, keys) = KeyDirectory::open_as(&config, &js).await?;
+        let keys = Arc::new(keys);
         let ctx = Arc::new(WorkerContext {
             limiter: RateLimiter::new(config.permissions.requests_per_minute),
             operations: operations_for(&config),
