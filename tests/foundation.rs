@@ -211,3 +211,28 @@ fn cli_commands_and_their_errors() {
     let sig = sage_federation::keys::read_secret(&dir.path().join("junk.key")).expect_err("junk");
     assert!(sig.to_string().contains("junk.key"));
 }
+
+#[test]
+fn an_old_or_missing_nats_server_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = dir.path().join("nats-server");
+    std::fs::write(&fake, "#!/bin/sh\necho 'nats-server: v2.11.4'\n").expect("write");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let run = |bin: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_sagefed"))
+            .args(["up", "--exit-after-demo", "--port", "0", "--configs"])
+            .arg(common::repo_dir().join("configs"))
+            .current_dir(dir.path())
+            .env("NATS_SERVER_BIN", bin)
+            .output()
+            .expect("run sagefed up")
+    };
+    let old = one_line_error(&run(&fake));
+    assert!(old.contains("v2.11.4") && old.contains("older than"), "{old}");
+    let missing = one_line_error(&run(&dir.path().join("nope")));
+    assert!(missing.contains("NATS_SERVER_BIN"), "{missing}");
+}

@@ -47,7 +47,7 @@ fn sagefed() -> Command {
 
 /// Writes the repository's config for `platform` into `dir`, pointing at this test's server,
 /// key and programs.
-fn write_config(dir: &Path, platform: &str, url: &str) -> PathBuf {
+pub fn write_config(dir: &Path, platform: &str, url: &str) -> PathBuf {
     let name = format!("{}.toml", platform.to_lowercase());
     let text = std::fs::read_to_string(repo_dir().join("configs").join(&name)).expect("config");
     let key = dir.join(format!("keys/{}.key", platform.to_lowercase()));
