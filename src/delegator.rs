@@ -428,6 +428,7 @@ impl FederationClient {
             state: TaskState::Queued,
             updated_at: now_seconds(),
             stream_sequence: None,
+            worker: None,
             quality: None,
             atp_consumed: None,
             reason: String::new(),

@@ -46,6 +46,9 @@ pub struct TaskStatus {
     /// Stream sequence of the task message the running worker claimed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_sequence: Option<u64>,
+    /// The worker process that claimed it (`<platform>-<pid>@<host>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quality: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -65,6 +65,8 @@ pub struct WorkerContext {
     pub admissions: Admissions,
     /// Abort handles of the tasks running now.
     pub aborts: Mutex<HashMap<TaskId, oneshot::Sender<()>>>,
+    /// This process, as task status records name it.
+    pub worker_id: String,
     /// Delegators' registry records, read at most once per heartbeat interval.
     delegators: Mutex<HashMap<String, (std::time::Instant, Option<PlatformRecord>)>>,
 }
@@ -164,6 +166,7 @@ impl Worker {
             admissions: Admissions::default(),
             aborts: Mutex::new(HashMap::new()),
             delegators: Mutex::new(HashMap::new()),
+            worker_id: format!("{}-{}", config.platform(), std::process::id()),
             keys: Arc::clone(&keys),
             signer,
             js: js.clone(),

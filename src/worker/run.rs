@@ -187,6 +187,7 @@ async fn process(ctx: &WorkerContext, message: &Arc<jetstream::Message>, sequenc
         state: TaskState::Running,
         updated_at: now_seconds(),
         stream_sequence: Some(sequence),
+        worker: Some(ctx.worker_id.clone()),
         quality: None,
         atp_consumed: None,
         reason: String::new(),

@@ -24,17 +24,29 @@ pub const PLATFORMS: [&str; 3] = ["Legion", "Thor", "Sprout"];
 /// Seconds a worker has to acknowledge a task in these tests: short, so a killed worker's
 /// task comes back quickly.
 pub const TEST_ACK_WAIT_SECONDS: u64 = 3;
+/// Deliveries of one task before it is dead-lettered, in these tests.
+pub const TEST_MAX_DELIVER: u64 = 4;
+
+/// Changes a platform's config text before it is written.
+pub type Edit = dyn Fn(&str, String) -> String;
 
 pub struct Processes {
     pub nats: TestNats,
     pub ledger: Child,
     pub workers: BTreeMap<String, Child>,
+    /// Additional worker processes (a second worker of a platform).
+    pub extra_workers: Vec<Child>,
     pub configs: BTreeMap<String, PathBuf>,
 }
 
 impl Drop for Processes {
     fn drop(&mut self) {
-        for child in self.workers.values_mut().chain(std::iter::once(&mut self.ledger)) {
+        for child in self
+            .workers
+            .values_mut()
+            .chain(self.extra_workers.iter_mut())
+            .chain(std::iter::once(&mut self.ledger))
+        {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -48,6 +60,11 @@ fn sagefed() -> Command {
 /// Writes the repository's config for `platform` into `dir`, pointing at this test's server,
 /// key and programs.
 pub fn write_config(dir: &Path, platform: &str, url: &str) -> PathBuf {
+    write_config_with(dir, platform, url, &|_, text| text)
+}
+
+/// Like [`write_config`], with `edit` applied to the TOML text.
+pub fn write_config_with(dir: &Path, platform: &str, url: &str, edit: &Edit) -> PathBuf {
     let name = format!("{}.toml", platform.to_lowercase());
     let text = std::fs::read_to_string(repo_dir().join("configs").join(&name)).expect("config");
     let key = dir.join(format!("keys/{}.key", platform.to_lowercase()));
@@ -63,7 +80,8 @@ pub fn write_config(dir: &Path, platform: &str, url: &str) -> PathBuf {
                 "{:?}",
                 repo_dir().join("examples/ops/echo_quality.py").display().to_string()
             ),
-        ) + &format!("\n[worker]\nack_wait_seconds = {TEST_ACK_WAIT_SECONDS}\nmax_deliver = 4\n");
+        ) + &format!("\n[worker]\nack_wait_seconds = {TEST_ACK_WAIT_SECONDS}\nmax_deliver = {TEST_MAX_DELIVER}\n");
+    let text = edit(platform, text);
     let path = dir.join(name);
     std::fs::write(&path, text).expect("write config");
     keys::read_or_create_secret(&key).expect("key");
@@ -72,6 +90,11 @@ pub fn write_config(dir: &Path, platform: &str, url: &str) -> PathBuf {
 
 impl Processes {
     pub async fn start() -> Self {
+        Self::start_with(&|_, text| text).await
+    }
+
+    /// Starts the federation with each platform's config text passed through `edit`.
+    pub async fn start_with(edit: &Edit) -> Self {
         let nats = TestNats::start().await;
         let url = nats.url();
         let log = |name: &str| {
@@ -98,6 +121,7 @@ impl Processes {
             nats,
             ledger,
             workers: BTreeMap::new(),
+            extra_workers: Vec::new(),
             configs: BTreeMap::new(),
         };
         let treasury = Signer::new("Treasury", keys::generate().expect("random")).expect("signer");
@@ -110,7 +134,7 @@ impl Processes {
             .expect("publish treasury key");
         let treasury = LedgerClient::new(client.clone(), treasury);
         for platform in PLATFORMS {
-            let path = write_config(processes.nats.path(), platform, &url);
+            let path = write_config_with(processes.nats.path(), platform, &url, edit);
             let config = Config::load(&path).expect("config loads");
             for (task_type, resource) in &config.resources {
                 let lct = config.lct(task_type.as_str()).expect("lct");
@@ -139,24 +163,38 @@ impl Processes {
         Config::load(&self.configs[platform]).expect("config")
     }
 
-    pub fn spawn_worker(&mut self, platform: &str) {
+    pub fn spawn_worker(&mut self, platform: &str) -> u32 {
+        let child = self.worker_process(platform);
+        let pid = child.id();
+        if let Some(mut old) = self.workers.insert(platform.to_owned(), child) {
+            let _ = old.kill();
+            let _ = old.wait();
+        }
+        pid
+    }
+
+    /// Starts one more worker of `platform`, beside the one it has.
+    pub fn spawn_extra_worker(&mut self, platform: &str) -> u32 {
+        let child = self.worker_process(platform);
+        let pid = child.id();
+        self.extra_workers.push(child);
+        pid
+    }
+
+    fn worker_process(&self, platform: &str) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.nats.path().join(format!("worker-{platform}.log")))
             .expect("log");
-        let child = sagefed()
+        sagefed()
             .args(["worker", "--config"])
             .arg(&self.configs[platform])
             .env("SAGE_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("spawn a worker");
-        if let Some(mut old) = self.workers.insert(platform.to_owned(), child) {
-            let _ = old.kill();
-            let _ = old.wait();
-        }
+            .expect("spawn a worker")
     }
 
     /// SIGKILLs `platform`'s worker.

@@ -1,0 +1,205 @@
+//! Worker behaviour across OS processes: two workers share a platform's queue, the rate limit
+//! refuses with a signed proof, and a task whose deliveries run out is dead-lettered and
+//! refunded, never dropped.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use common::federation::{Processes, TEST_MAX_DELIVER};
+use common::lct;
+use sage_federation::clock::now_seconds;
+use sage_federation::delegator::DelegationRequest;
+use sage_federation::envelope::Signer;
+use sage_federation::ledger::client::LedgerClient;
+use sage_federation::ledger::model::{LockState, RollbackReason};
+use sage_federation::task::{FederationTask, TaskId};
+use sage_federation::task_status::{TaskBoard, TaskState};
+use sage_federation::{keys, subjects};
+use serde_json::json;
+
+const C: &str = "consciousness";
+
+fn request(to: &str, operation: &str, parameters: serde_json::Value) -> DelegationRequest {
+    DelegationRequest {
+        to: Some(to.to_owned()),
+        task_type: C.to_owned(),
+        operation: operation.to_owned(),
+        budget: 2.0,
+        timeout_seconds: 30,
+        parameters: parameters.as_object().cloned().expect("object"),
+        task_id: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_of_a_platform_share_its_queue() {
+    let mut p = Processes::start().await;
+    p.spawn_extra_worker("Legion");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let thor = p.client("Thor").await;
+    let wait = json!({"steps": [{"op": "wait", "args": [300]}]});
+    let outcomes =
+        futures::future::join_all((0..12).map(|_| thor.delegate_task(request("Legion", "execution", wait.clone()))))
+            .await;
+    let board = TaskBoard::open(&p.nats.js().await).await.expect("board");
+    let mut workers = BTreeSet::new();
+    for outcome in outcomes {
+        let outcome = outcome.expect("delegation");
+        assert_eq!(outcome.settlement, LockState::Committed);
+        let (status, _) = board.get(&outcome.task_id).await.expect("read").expect("status");
+        workers.insert(status.worker.expect("claimed by a worker"));
+    }
+    assert_eq!(workers.len(), 2, "both Legion workers took tasks: {workers:?}");
+    p.assert_audit_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delegator_over_its_rate_is_refused_with_a_signed_proof() {
+    let p = Processes::start_with(&|platform, text| {
+        if platform == "Legion" {
+            text.replace("requests_per_minute = 60", "requests_per_minute = 3")
+        } else {
+            text
+        }
+    })
+    .await;
+    let before = p.snapshot().await.accounts;
+    let sprout = p.client("Sprout").await;
+    let frame = json!({"length": 100, "seed": 1});
+    let mut refused = 0;
+    for _ in 0..4 {
+        let outcome = sprout
+            .delegate_task(request("Legion", "perception", frame.clone()))
+            .await
+            .expect("delegation");
+        if outcome.settlement == LockState::RolledBack {
+            assert_eq!(outcome.rollback_reason, Some(RollbackReason::Rejected));
+            assert!(
+                outcome.reason.contains("over its rate of 3 requests per minute"),
+                "{}",
+                outcome.reason
+            );
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 1, "the fourth request in a minute is refused");
+    let after = p.snapshot().await.accounts;
+    let key = sage_federation::ledger::model::account_key(&lct("Sprout", C));
+    assert_eq!(
+        before[&key].balance_uatp.micros() - after[&key].balance_uatp.micros(),
+        3 * 1_000,
+        "three paid runs of 100 samples"
+    );
+    p.assert_audit_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_whose_deliveries_run_out_is_dead_lettered_and_refunded() {
+    let mut p = Processes::start().await;
+    let js = p.nats.js().await;
+    let client = p.nats.client().await;
+    let thor = Signer::new(
+        "Thor",
+        keys::read_secret(&p.config("Thor").keypair_path()).expect("key"),
+    )
+    .expect("signer");
+    let task_id = TaskId::random().expect("id");
+    let now = now_seconds();
+    let task = FederationTask {
+        reply_to: subjects::proof("Thor", task_id.as_str()),
+        task_id: task_id.clone(),
+        source_lct: lct("Thor", C),
+        target_lct: lct("Legion", C),
+        task_type: C.into(),
+        operation: "execution".into(),
+        atp_budget: 5.0,
+        timeout_seconds: 120,
+        parameters: json!({"steps": [{"op": "wait", "args": [60000]}]})
+            .as_object()
+            .cloned()
+            .expect("object"),
+        created_at: now,
+        expires_at: now + 300.0,
+    };
+    LedgerClient::new(client.clone(), thor.clone())
+        .lock(
+            &task_id,
+            &lct("Thor", C),
+            &lct("Legion", C),
+            5.0,
+            0.7,
+            now + 300.0,
+            now + 360.0,
+        )
+        .await
+        .expect("lock");
+    let mut headers = HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, task_id.as_str());
+    js.publish_with_headers(subjects::delegate("Legion"), headers, thor.sign(&task).expect("sign"))
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+
+    // The worker running it dies on every delivery.
+    let board = TaskBoard::open(&js).await.expect("board");
+    let mut pid = p.workers["Legion"].id();
+    for delivery in 1..=TEST_MAX_DELIVER {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let claimed_by = board.get(&task_id).await.ok().flatten().and_then(|(s, _)| s.worker);
+            if claimed_by == Some(format!("Legion-{pid}")) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "delivery {delivery} never reached worker {pid}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        pid = p.spawn_worker("Legion");
+    }
+
+    // The last delivery's ack wait runs out: the live worker dead-letters and refunds it.
+    let mut dead = js.get_stream(subjects::DEAD_STREAM).await.expect("dead letters");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while dead.info().await.expect("info").state.messages < 1 {
+        assert!(Instant::now() < deadline, "the exhausted task was not dead-lettered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let letter = dead.get_raw_message(1).await.expect("dead letter");
+    let reason = letter
+        .headers
+        .get(sage_federation::worker::DEAD_REASON_HEADER)
+        .map(|v| v.to_string())
+        .unwrap_or_default();
+    assert!(reason.contains("exhausted"), "{reason}");
+    let mut tasks = js.get_stream(subjects::TASKS_STREAM).await.expect("tasks");
+    assert_eq!(
+        tasks.info().await.expect("info").state.messages,
+        0,
+        "removed from the work queue"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let lock = p
+            .snapshot()
+            .await
+            .locks
+            .get(&format!("locks.{task_id}"))
+            .cloned()
+            .expect("lock");
+        if lock.state == LockState::RolledBack {
+            assert_eq!(lock.settlement.and_then(|s| s.reason), Some(RollbackReason::Failure));
+            break;
+        }
+        assert!(Instant::now() < deadline, "not refunded: {:?}", lock.state);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, _) = board.get(&task_id).await.expect("read").expect("status");
+    assert_eq!(status.state, TaskState::Failed);
+    p.assert_audit_clean();
+}
