@@ -235,8 +235,8 @@ async fn cancel_scenario(federation: &Federation, thor: &FederationClient) -> Re
 
 fn print_rows(rows: &[Row]) -> bool {
     println!(
-        "\n{:<34} {:<18} {:<11} {:>7} {:>13} {:<28} {:<4}",
-        "scenario", "route", "operation", "quality", "ATP consumed", "outcome", "as expected"
+        "\n{:<34} {:<18} {:<11} {:>7} {:>13} {:>8} {:<32} {:<4}",
+        "scenario", "route", "operation", "quality", "ATP consumed", "ms", "outcome", "as expected"
     );
     let mut all_ok = true;
     for row in rows {
@@ -254,12 +254,13 @@ fn print_rows(rows: &[Row]) -> bool {
                     (state, None) => format!("{state:?}"),
                 };
                 println!(
-                    "{:<34} {:<18} {:<11} {:>7} {:>13} {:<28} {}",
+                    "{:<34} {:<18} {:<11} {:>7} {:>13} {:>8.1} {:<32} {}",
                     row.scenario,
                     format!("{} -> {}", o.from, o.to),
                     o.operation,
                     o.quality.map_or_else(|| "-".to_owned(), |q| format!("{q:.2}")),
                     format!("{}", o.atp_consumed),
+                    o.latency_ms,
                     outcome,
                     if ok {
                         "yes".to_owned()
