@@ -40,6 +40,8 @@ pub const QUEUE_WAIT_SECONDS: f64 = 30.0;
 pub const SETTLE_GRACE_SECONDS: f64 = 60.0;
 /// How long past the deadline the delegator waits for a proof in flight.
 const PROOF_WAIT_GRACE: Duration = Duration::from_secs(2);
+/// Deliveries of one proof to the settler before it gives up on it.
+const SETTLE_DELIVERIES_MAX: i64 = 20;
 /// How long a listing of the platform registry is reused when placing tasks.
 pub const REGISTRY_CACHE_TTL: Duration = Duration::from_secs(1);
 /// Attempts to publish a task before giving up and refunding it.
@@ -96,6 +98,8 @@ pub enum DelegateError {
     Publish(String),
     #[error("invalid task: {0}")]
     Invalid(String),
+    #[error("the proof does not verify: {0}")]
+    BadProof(String),
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
@@ -515,7 +519,7 @@ impl FederationClient {
             .keys
             .verify(wire)
             .await
-            .map_err(|e| DelegateError::Other(anyhow::anyhow!("the proof does not verify: {e}")))?;
+            .map_err(|e| DelegateError::BadProof(e.to_string()))?;
         if proof.delegator_lct.platform() != self.platform() {
             return Err(DelegateError::Invalid(format!(
                 "proof of task {} is for {}",
@@ -584,6 +588,9 @@ impl FederationClient {
                 description: Some(format!("Proofs addressed to {}, settled by it", self.platform())),
                 filter_subject: subjects::proofs_for(self.platform()),
                 ack_wait: Duration::from_secs(30),
+                // A proof that keeps failing to settle (its lock gone) stops coming back; the
+                // lock itself expires and is refunded by the ledger.
+                max_deliver: SETTLE_DELIVERIES_MAX,
                 ..Default::default()
             })
             .await?;
@@ -595,7 +602,7 @@ impl FederationClient {
                     tracing::debug!(task = %outcome.task_id, settlement = ?outcome.settlement, "settled a proof");
                     let _ = message.ack().await;
                 }
-                Err(DelegateError::Other(e)) if e.to_string().contains("does not verify") => {
+                Err(e @ (DelegateError::BadProof(_) | DelegateError::Invalid(_))) => {
                     tracing::warn!(subject = %message.subject, error = %e, "dropping a proof that does not verify");
                     let _ = message.ack_with(AckKind::Term).await;
                 }

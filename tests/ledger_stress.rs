@@ -170,15 +170,23 @@ async fn run_plan(
     seen
 }
 
+/// A ledger client per delegator, on a connection to `url`.
 async fn clients(
-    f: &LedgerFixture,
+    url: &str,
+    signers: &HashMap<String, Signer>,
     timeout: Duration,
 ) -> (Arc<HashMap<String, LedgerClient>>, Arc<HashMap<String, Signer>>) {
-    let mut clients = HashMap::new();
-    for platform in DELEGATORS {
-        clients.insert(platform.to_owned(), f.client(platform).await.with_timeout(timeout));
-    }
-    (Arc::new(clients), Arc::new(f.signers.clone()))
+    let client = async_nats::ConnectOptions::new().connect(url).await.expect("connect");
+    let clients = DELEGATORS
+        .iter()
+        .map(|p| {
+            (
+                p.to_string(),
+                LedgerClient::new(client.clone(), signers[*p].clone()).with_timeout(timeout),
+            )
+        })
+        .collect();
+    (Arc::new(clients), Arc::new(signers.clone()))
 }
 
 async fn fund_all(f: &LedgerFixture, amount: f64) {
@@ -192,13 +200,18 @@ async fn fund_all(f: &LedgerFixture, amount: f64) {
     }
 }
 
-/// Runs every plan with at most `parallel` tasks in flight.
-async fn run_all(plans: &[Plan], parallel: usize, f: &LedgerFixture, timeout: Duration) -> Vec<Seen> {
-    let (clients, signers) = clients(f, timeout).await;
+/// Runs every plan with at most `parallel` tasks in flight, through the server at `url`.
+async fn run_all(
+    plans: Vec<Plan>,
+    parallel: usize,
+    url: String,
+    signers: HashMap<String, Signer>,
+    timeout: Duration,
+) -> Vec<Seen> {
+    let (clients, signers) = clients(&url, &signers, timeout).await;
     let gate = Arc::new(Semaphore::new(parallel));
     let handles: Vec<_> = plans
-        .iter()
-        .cloned()
+        .into_iter()
         .map(|plan| {
             let (clients, signers, gate) = (Arc::clone(&clients), Arc::clone(&signers), Arc::clone(&gate));
             tokio::spawn(async move {
@@ -229,7 +242,7 @@ async fn finish_and_check(f: &LedgerFixture, plans: &[Plan], seen: &[Seen]) {
         "{} tasks, {errors} requests gave up, {pending_before} locks left pending",
         plans.len()
     );
-    let (clients, _) = clients(f, Duration::from_secs(5)).await;
+    let (clients, _) = clients(&f.nats.url(), &f.signers, Duration::from_secs(5)).await;
     let snapshot = f.snapshot().await;
     for plan in plans {
         if let Some(lock) = snapshot.locks.get(&format!("locks.{}", plan.task_id))
@@ -283,7 +296,14 @@ async fn thousands_of_racing_transitions_keep_conservation_and_one_outcome_per_t
     let plans = plans(0x5A6E_FED0, 600, "race");
     let requests: usize = plans.iter().map(|p| p.lock_copies + p.settles.len()).sum();
     assert!(requests > 1500, "{requests} requests");
-    let seen = run_all(&plans, 64, &f, Duration::from_secs(5)).await;
+    let seen = run_all(
+        plans.clone(),
+        64,
+        f.nats.url(),
+        f.signers.clone(),
+        Duration::from_secs(5),
+    )
+    .await;
     assert_eq!(seen.iter().map(|s| s.errors).sum::<usize>(), 0, "no request failed");
     assert!(
         seen.iter().all(|s| s.lock_applied == 1),
@@ -357,7 +377,14 @@ async fn killing_ledger_processes_mid_workload_loses_and_mints_nothing() {
             (processes, kills)
         })
     };
-    let seen = run_all(&plans, 32, &f, Duration::from_millis(1500)).await;
+    let seen = run_all(
+        plans.clone(),
+        32,
+        f.nats.url(),
+        f.signers.clone(),
+        Duration::from_millis(1500),
+    )
+    .await;
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     let (mut processes, kills) = killer.await.expect("killer");
     eprintln!("{kills} ledger processes killed during the workload");
@@ -375,38 +402,13 @@ async fn restarting_nats_mid_workload_keeps_every_acknowledged_transition() {
     let mut f = LedgerFixture::start().await;
     fund_all(&f, 2000.0).await;
     let plans = plans(0xB0B0_0001, 200, "restart");
-    let workload = {
-        let f_plans = plans.clone();
-        let url = f.nats.url();
-        let signers = f.signers.clone();
-        tokio::spawn(async move {
-            let client = async_nats::ConnectOptions::new().connect(&url).await.expect("connect");
-            let mut clients = HashMap::new();
-            for platform in DELEGATORS {
-                clients.insert(
-                    platform.to_owned(),
-                    LedgerClient::new(client.clone(), signers[platform].clone()).with_timeout(Duration::from_secs(2)),
-                );
-            }
-            let (clients, signers) = (Arc::new(clients), Arc::new(signers));
-            let gate = Arc::new(Semaphore::new(16));
-            let handles: Vec<_> = f_plans
-                .into_iter()
-                .map(|plan| {
-                    let (clients, signers, gate) = (Arc::clone(&clients), Arc::clone(&signers), Arc::clone(&gate));
-                    tokio::spawn(async move {
-                        let _permit = gate.acquire_owned().await.expect("semaphore");
-                        run_plan(plan, clients, signers).await
-                    })
-                })
-                .collect();
-            let mut seen = Vec::new();
-            for handle in handles {
-                seen.push(handle.await.expect("task"));
-            }
-            seen
-        })
-    };
+    let workload = tokio::spawn(run_all(
+        plans.clone(),
+        16,
+        f.nats.url(),
+        f.signers.clone(),
+        Duration::from_secs(2),
+    ));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!workload.is_finished(), "the restart must land mid-workload");
     f.nats.server.restart().await.expect("restart nats-server");
