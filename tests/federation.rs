@@ -7,8 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use async_nats::HeaderMap;
-use common::federation::Processes;
+use common::federation::{Processes, hand_task, publish_to_legion};
 use common::lct;
 use futures::StreamExt;
 use sage_federation::clock::now_seconds;
@@ -17,7 +16,7 @@ use sage_federation::envelope::Signer;
 use sage_federation::ledger::client::LedgerClient;
 use sage_federation::ledger::model::{LockState, RollbackReason};
 use sage_federation::proof::ProofStatus;
-use sage_federation::task::{FederationTask, TaskId};
+use sage_federation::task::TaskId;
 use sage_federation::task_status::{TaskBoard, TaskState};
 use sage_federation::{keys, status, subjects};
 use serde_json::{Value, json};
@@ -364,41 +363,11 @@ async fn forged_replayed_and_malformed_tasks_are_refused_and_the_ledger_is_untou
     let p = Processes::start().await;
     let js = p.nats.js().await;
     let client = p.nats.client().await;
-    let thor = Signer::new(
-        "Thor",
-        keys::read_secret(&p.config("Thor").keypair_path()).expect("key"),
-    )
-    .expect("signer");
-    let task = |task_id: &TaskId| {
-        let now = now_seconds();
-        FederationTask {
-            reply_to: subjects::proof("Thor", task_id.as_str()),
-            task_id: task_id.clone(),
-            source_lct: lct("Thor", C),
-            target_lct: lct("Legion", C),
-            task_type: C.into(),
-            operation: "execution".into(),
-            atp_budget: 5.0,
-            timeout_seconds: 30,
-            parameters: json!({"steps": [{"op": "add", "args": [1, 2]}]})
-                .as_object()
-                .cloned()
-                .expect("object"),
-            created_at: now,
-            expires_at: now + 60.0,
-        }
-    };
+    let thor = p.thor();
+    let task = |task_id: &TaskId| hand_task(task_id, json!({"steps": [{"op": "add", "args": [1, 2]}]}), 30, 60.0);
     let publish = |bytes: bytes::Bytes, id: String| {
         let js = js.clone();
-        async move {
-            let mut headers = HeaderMap::new();
-            headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
-            js.publish_with_headers(subjects::delegate("Legion"), headers, bytes)
-                .await
-                .expect("publish")
-                .await
-                .expect("ack")
-        }
+        async move { publish_to_legion(&js, bytes, &id).await }
     };
 
     // A genuine task, locked and published by hand, runs once.

@@ -7,17 +7,15 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use async_nats::HeaderMap;
-use common::federation::{Processes, TEST_MAX_DELIVER};
+use common::federation::{Processes, TEST_MAX_DELIVER, hand_task, publish_to_legion};
 use common::lct;
 use sage_federation::clock::now_seconds;
 use sage_federation::delegator::DelegationRequest;
-use sage_federation::envelope::Signer;
 use sage_federation::ledger::client::LedgerClient;
 use sage_federation::ledger::model::{LockState, RollbackReason};
-use sage_federation::task::{FederationTask, TaskId};
+use sage_federation::subjects;
+use sage_federation::task::TaskId;
 use sage_federation::task_status::{TaskBoard, TaskState};
-use sage_federation::{keys, subjects};
 use serde_json::json;
 
 const C: &str = "consciousness";
@@ -101,29 +99,15 @@ async fn a_task_whose_deliveries_run_out_is_dead_lettered_and_refunded() {
     let mut p = Processes::start().await;
     let js = p.nats.js().await;
     let client = p.nats.client().await;
-    let thor = Signer::new(
-        "Thor",
-        keys::read_secret(&p.config("Thor").keypair_path()).expect("key"),
-    )
-    .expect("signer");
+    let thor = p.thor();
     let task_id = TaskId::random().expect("id");
+    let task = hand_task(
+        &task_id,
+        json!({"steps": [{"op": "wait", "args": [60000]}]}),
+        120,
+        300.0,
+    );
     let now = now_seconds();
-    let task = FederationTask {
-        reply_to: subjects::proof("Thor", task_id.as_str()),
-        task_id: task_id.clone(),
-        source_lct: lct("Thor", C),
-        target_lct: lct("Legion", C),
-        task_type: C.into(),
-        operation: "execution".into(),
-        atp_budget: 5.0,
-        timeout_seconds: 120,
-        parameters: json!({"steps": [{"op": "wait", "args": [60000]}]})
-            .as_object()
-            .cloned()
-            .expect("object"),
-        created_at: now,
-        expires_at: now + 300.0,
-    };
     LedgerClient::new(client.clone(), thor.clone())
         .lock(
             &task_id,
@@ -136,13 +120,7 @@ async fn a_task_whose_deliveries_run_out_is_dead_lettered_and_refunded() {
         )
         .await
         .expect("lock");
-    let mut headers = HeaderMap::new();
-    headers.insert(async_nats::header::NATS_MESSAGE_ID, task_id.as_str());
-    js.publish_with_headers(subjects::delegate("Legion"), headers, thor.sign(&task).expect("sign"))
-        .await
-        .expect("publish")
-        .await
-        .expect("ack");
+    publish_to_legion(&js, thor.sign(&task).expect("sign"), task_id.as_str()).await;
 
     // The worker running it dies on every delivery.
     let board = TaskBoard::open(&js).await.expect("board");

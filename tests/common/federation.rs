@@ -279,3 +279,53 @@ impl Processes {
         );
     }
 }
+
+/// A task from Thor to Legion built by hand (as an attacker, or a test, would), alive for
+/// `ttl_seconds`.
+pub fn hand_task(
+    task_id: &sage_federation::task::TaskId,
+    parameters: serde_json::Value,
+    timeout_seconds: u64,
+    ttl_seconds: f64,
+) -> sage_federation::task::FederationTask {
+    let now = now_seconds();
+    sage_federation::task::FederationTask {
+        reply_to: sage_federation::subjects::proof("Thor", task_id.as_str()),
+        task_id: task_id.clone(),
+        source_lct: super::lct("Thor", "consciousness"),
+        target_lct: super::lct("Legion", "consciousness"),
+        task_type: "consciousness".into(),
+        operation: "execution".into(),
+        atp_budget: 5.0,
+        timeout_seconds,
+        parameters: parameters.as_object().cloned().expect("object"),
+        created_at: now,
+        expires_at: now + ttl_seconds,
+    }
+}
+
+/// Publishes raw bytes straight onto Legion's task subject with message id `id`.
+pub async fn publish_to_legion(
+    js: &async_nats::jetstream::Context,
+    bytes: bytes::Bytes,
+    id: &str,
+) -> async_nats::jetstream::publish::PublishAck {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
+    js.publish_with_headers(sage_federation::subjects::delegate("Legion"), headers, bytes)
+        .await
+        .expect("publish")
+        .await
+        .expect("ack")
+}
+
+impl Processes {
+    /// Thor's signer, read from its key file.
+    pub fn thor(&self) -> Signer {
+        Signer::new(
+            "Thor",
+            keys::read_secret(&self.config("Thor").keypair_path()).expect("key"),
+        )
+        .expect("signer")
+    }
+}
