@@ -22,7 +22,7 @@ pub enum AtpError {
     NotFinite { what: &'static str, value: f64 },
     #[error("{what} is negative ({value})")]
     Negative { what: &'static str, value: f64 },
-    #[error("{what} is larger than the maximum of {ATP_AMOUNT_MAX} ATP ({value})")]
+    #[error("{what} is larger than the maximum of {ATP_AMOUNT_MAX:e} ATP ({value:e})")]
     TooLarge { what: &'static str, value: f64 },
     #[error("{what} must be more than zero")]
     Zero { what: &'static str },

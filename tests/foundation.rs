@@ -207,6 +207,25 @@ fn cli_commands_and_their_errors() {
     let missing = one_line_error(&sagefed(&["config", "check", "nope.toml"], dir.path()));
     assert!(missing.contains("nope.toml"), "{missing}");
 
+    for (budget, says) in [
+        ("-3", "negative"),
+        ("NaN", "not a finite number"),
+        ("0", "more than zero"),
+        ("1e300", "maximum"),
+    ] {
+        let args = [
+            "delegate",
+            "--config",
+            "configs/thor.toml",
+            "--operation",
+            "planning",
+            "--budget",
+            budget,
+        ];
+        let refused = one_line_error(&sagefed(&args, &repo));
+        assert!(refused.contains("--budget") && refused.contains(says), "{refused}");
+    }
+
     std::fs::write(dir.path().join("junk.key"), "not a key").expect("write");
     let sig = sage_federation::keys::read_secret(&dir.path().join("junk.key")).expect_err("junk");
     assert!(sig.to_string().contains("junk.key"));

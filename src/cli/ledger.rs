@@ -173,7 +173,7 @@ pub struct GrantArgs {
     #[arg(long)]
     to: String,
     /// ATP to create
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     amount: f64,
     /// Idempotency key: granting twice with the same id grants once [default: random]
     #[arg(long)]

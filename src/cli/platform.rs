@@ -66,7 +66,7 @@ pub struct DelegateArgs {
     #[arg(long)]
     operation: String,
     /// ATP to lock for the task; the executor is paid what it consumes, the rest comes back
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     budget: f64,
     /// consciousness or consciousness.sage
     #[arg(long, default_value = "consciousness")]
@@ -83,6 +83,8 @@ pub struct DelegateArgs {
 }
 
 pub async fn delegate(args: &DelegateArgs) -> anyhow::Result<ExitCode> {
+    // Refuse a bad budget before connecting to anything.
+    crate::atp::Atp::positive_from_f64(args.budget, "--budget")?;
     let parameters: serde_json::Value =
         serde_json::from_str(&args.params).map_err(|e| anyhow::anyhow!("--params is not JSON: {e}"))?;
     let serde_json::Value::Object(parameters) = parameters else {
