@@ -147,6 +147,44 @@ mod tests {
     use super::*;
 
     #[test]
+    fn subjects_md_documents_every_name() {
+        let doc = include_str!("../subjects.md");
+        let names = [
+            TASKS_STREAM,
+            TASKS_SUBJECTS.trim_end_matches('*'),
+            PROOFS_STREAM,
+            PROOFS_SUBJECTS.trim_end_matches("*.*"),
+            DEAD_STREAM,
+            DEAD_SUBJECTS.trim_end_matches('*'),
+            LEDGER_BUCKET,
+            KEYS_BUCKET,
+            PLATFORMS_BUCKET,
+            REPUTATION_BUCKET,
+            TASKS_BUCKET,
+            LEDGER_SERVICE,
+            STATUS_SERVICE,
+            LEDGER_ACCOUNT_PREFIX,
+            LEDGER_LOCK_PREFIX,
+            LEDGER_JOURNAL_PREFIX,
+            LEDGER_GRANT_PREFIX,
+            LEDGER_SUPPLY,
+            "sage.abort.",
+            "worker-",
+            "settle-",
+            "sage.status.lct",
+            "sage.status.task",
+            "sage.status.cancel",
+            "sage.ledger.grant",
+            "sage.ledger.lock",
+            "sage.ledger.commit",
+            "sage.ledger.rollback",
+        ];
+        for name in names {
+            assert!(doc.contains(name), "subjects.md does not mention {name}");
+        }
+    }
+
+    #[test]
     fn subjects_match_their_stream_filters() {
         assert_eq!(delegate("Thor"), "sage.delegate.Thor");
         assert_eq!(proof("Legion", "t-1"), "sage.proof.Legion.t-1");
