@@ -169,7 +169,7 @@ const BENCH_TASK_TYPE: &str = "consciousness";
 const EXECUTOR_TASK_TYPE: &str = "consciousness.sage";
 
 async fn ledger_setup(server: &NatsServer, accounts: usize, atp_each: f64) -> anyhow::Result<LedgerBench> {
-    let client = infra::connect(&server.url(), "sagefed-bench", Duration::from_secs(5)).await?;
+    let client = infra::connect(&server.url(), "sagefed-bench").await?;
     let js = jetstream::new(client.clone());
     infra::ensure(&js, 1).await?;
     let directory = KeyDirectory::open(&js).await?;
@@ -519,7 +519,7 @@ fn bench_config(
 
 async fn delegation(server: &NatsServer, args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result<Vec<Figure>> {
     let url = server.url();
-    let client = infra::connect(&url, "sagefed-bench", Duration::from_secs(5)).await?;
+    let client = infra::connect(&url, "sagefed-bench").await?;
     let js = jetstream::new(client.clone());
     infra::ensure(&js, 1).await?;
     let sequential = (args.tasks / 10).max(50);
@@ -532,7 +532,7 @@ async fn delegation(server: &NatsServer, args: &BenchArgs, dir: &std::path::Path
         .publish(&KeyRecord::new("Treasury", &treasury.verifying_key(), 0.0))
         .await?;
     let service = LedgerService::start(
-        infra::connect(&url, "sagefed-bench-ledger", Duration::from_secs(5)).await?,
+        infra::connect(&url, "sagefed-bench-ledger").await?,
         LedgerOptions {
             admins: BTreeSet::from(["Treasury".to_owned()]),
             sweep: true,
@@ -546,11 +546,7 @@ async fn delegation(server: &NatsServer, args: &BenchArgs, dir: &std::path::Path
     let lct = delegator.lct("consciousness")?;
     let reply = treasury.grant("bench-Thor", &lct, 1e6).await?;
     anyhow::ensure!(reply.is_ok(), "grant refused: {}", reply.message);
-    let worker = crate::worker::Worker::start(
-        executor,
-        infra::connect(&url, "sagefed-bench-worker", Duration::from_secs(5)).await?,
-    )
-    .await?;
+    let worker = crate::worker::Worker::start(executor, infra::connect(&url, "sagefed-bench-worker").await?).await?;
     let federation = Arc::new(crate::delegator::FederationClient::new(delegator, client.clone()).await?);
 
     let one = delegations(&federation, sequential, 1).await?;

@@ -539,7 +539,7 @@ impl FederationClient {
                     self.ledger.commit(&proof.task_id, wire).await
                 } else {
                     self.ledger
-                        .rollback(&proof.task_id, rollback_reason_for(&proof), Some(wire))
+                        .rollback(&proof.task_id, RollbackReason::for_proof(proof.status), Some(wire))
                         .await
                 }
                 .map_err(anyhow::Error::from)?;
@@ -618,18 +618,6 @@ impl FederationClient {
     /// This platform's LCT of `task_type`.
     pub fn lct(&self, task_type: &str) -> anyhow::Result<Lct> {
         Ok(self.config.lct(task_type)?)
-    }
-}
-
-/// The rollback reason a delegator gives for a proof it will not pay.
-fn rollback_reason_for(proof: &ExecutionProof) -> RollbackReason {
-    match proof.status {
-        ProofStatus::Completed => RollbackReason::LowQuality,
-        ProofStatus::Rejected if proof.reason.contains("permission") => RollbackReason::PermissionDenied,
-        ProofStatus::Rejected => RollbackReason::Rejected,
-        ProofStatus::Failed => RollbackReason::Failure,
-        ProofStatus::TimedOut => RollbackReason::Timeout,
-        ProofStatus::Cancelled => RollbackReason::Cancelled,
     }
 }
 

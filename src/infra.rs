@@ -27,11 +27,15 @@ pub const DEAD_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How long a finished task's status record is kept.
 pub const TASK_STATUS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// Connects to NATS as `name`, failing within `timeout` with a message that says what to do.
-pub async fn connect(url: &str, name: &str, timeout: Duration) -> Result<async_nats::Client, ConnectError> {
+/// How long a process waits to connect to NATS before it says so.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connects to NATS as `name`, failing within [`CONNECT_TIMEOUT`] with a message that says
+/// what to do.
+pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, ConnectError> {
     async_nats::ConnectOptions::new()
         .name(name)
-        .connection_timeout(timeout)
+        .connection_timeout(CONNECT_TIMEOUT)
         .connect(url)
         .await
         .map_err(|e| ConnectError {

@@ -174,11 +174,11 @@ async fn answer(endpoint: &str, payload: &Bytes, shared: &Shared) -> Result<Vec<
             .map(str::trim)
             .map_err(|_| "the request is not UTF-8".to_owned())
     };
-    let json = |value: &dyn erased::Json| value.to_json();
+    let json = |value: serde_json::Result<Vec<u8>>| value.map_err(|e| e.to_string());
     match endpoint {
         "lct" => {
             let lct: Lct = text()?.parse().map_err(|e: crate::lct::LctError| e.to_string())?;
-            json(&lct_status(&lct, shared).await?)
+            json(serde_json::to_vec(&lct_status(&lct, shared).await?))
         }
         "task" => {
             let task_id: TaskId = text()?.parse()?;
@@ -189,25 +189,13 @@ async fn answer(endpoint: &str, payload: &Bytes, shared: &Shared) -> Result<Vec<
                 .map_err(|e| e.to_string())?
                 .map(|(s, _)| s);
             let lock = shared.reader.lock(&task_id).await.map_err(|e| e.to_string())?;
-            json(&TaskReport {
+            json(serde_json::to_vec(&TaskReport {
                 task_id: task_id.to_string(),
                 status,
                 lock,
-            })
+            }))
         }
-        _ => json(&cancel(payload, shared).await?),
-    }
-}
-
-/// Serialization behind one function for the three reply types.
-mod erased {
-    pub trait Json {
-        fn to_json(&self) -> Result<Vec<u8>, String>;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn to_json(&self) -> Result<Vec<u8>, String> {
-            serde_json::to_vec(self).map_err(|e| e.to_string())
-        }
+        _ => json(serde_json::to_vec(&cancel(payload, shared).await?)),
     }
 }
 

@@ -84,11 +84,6 @@ pub fn key_entry(platform: &str, key_id: &str) -> String {
     format!("{platform}.{key_id}")
 }
 
-/// Filter matching every key of `platform` in [`KEYS_BUCKET`].
-pub fn keys_of(platform: &str) -> String {
-    format!("{platform}.*")
-}
-
 /// The subject a KV key is stored under, for writes that bypass the KV API (atomic batches).
 pub fn kv_subject(bucket: &str, key: &str) -> String {
     format!("$KV.{bucket}.{key}")

@@ -129,7 +129,7 @@ impl Federation {
     /// Starts the federation on the server at `url`: streams and buckets, the treasury, the
     /// ledger service, each platform's keys (created when missing), grants and worker.
     pub async fn start(url: &str, data_dir: &Path, mut configs: Vec<Config>) -> anyhow::Result<Self> {
-        let client = infra::connect(url, "sagefed-up", Duration::from_secs(5)).await?;
+        let client = infra::connect(url, "sagefed-up").await?;
         let js = async_nats::jetstream::new(client.clone());
         for resource in infra::ensure(&js, 1).await? {
             println!("{:<10} {:<16} {}", resource.kind, resource.name, resource.detail);
@@ -143,7 +143,7 @@ impl Federation {
             .publish(&KeyRecord::new(TREASURY, &treasury.verifying_key(), 0.0))
             .await?;
         let ledger = LedgerService::start(
-            infra::connect(url, "sagefed-ledger", Duration::from_secs(5)).await?,
+            infra::connect(url, "sagefed-ledger").await?,
             LedgerOptions {
                 admins: [TREASURY.to_owned()].into_iter().collect(),
                 sweep: true,
@@ -160,12 +160,7 @@ impl Federation {
             grant(&treasury, config).await?;
             let worker = Worker::start(
                 config.clone(),
-                infra::connect(
-                    url,
-                    &format!("sagefed-worker-{}", config.platform()),
-                    Duration::from_secs(5),
-                )
-                .await?,
+                infra::connect(url, &format!("sagefed-worker-{}", config.platform())).await?,
             )
             .await?;
             println!(
@@ -176,12 +171,7 @@ impl Federation {
             workers.push(worker);
             let federation = FederationClient::new(
                 config.clone(),
-                infra::connect(
-                    url,
-                    &format!("sagefed-client-{}", config.platform()),
-                    Duration::from_secs(5),
-                )
-                .await?,
+                infra::connect(url, &format!("sagefed-client-{}", config.platform())).await?,
             )
             .await?;
             clients.insert(config.platform().to_owned(), federation);

@@ -74,13 +74,10 @@ pub struct NatsArgs {
     pub url: String,
 }
 
-/// How long a command waits to connect to NATS.
-const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
 impl NatsArgs {
     /// Connects, or says what to do when no server answers.
     pub async fn connect(&self, name: &str) -> anyhow::Result<async_nats::Client> {
-        crate::infra::connect(&self.url, name, CONNECT_TIMEOUT)
+        crate::infra::connect(&self.url, name)
             .await
             .map_err(anyhow::Error::from)
     }

@@ -33,12 +33,7 @@ impl PlatformArgs {
         if let Some(url) = &self.nats {
             config.nats.url = url.clone();
         }
-        let client = infra::connect(
-            &config.nats.url,
-            &format!("{name}-{}", config.platform()),
-            std::time::Duration::from_secs(5),
-        )
-        .await?;
+        let client = infra::connect(&config.nats.url, &format!("{name}-{}", config.platform())).await?;
         Ok((config, client))
     }
 }

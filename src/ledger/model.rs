@@ -86,6 +86,22 @@ pub enum RollbackReason {
     Expired,
 }
 
+impl RollbackReason {
+    /// The reason to give for a lock whose proof says `status` and is not paid: a completed
+    /// task below the threshold is low quality. (An executor refusing a task names its exact
+    /// reason, such as `PermissionDenied`, itself.)
+    pub fn for_proof(status: crate::proof::ProofStatus) -> Self {
+        use crate::proof::ProofStatus;
+        match status {
+            ProofStatus::Completed => RollbackReason::LowQuality,
+            ProofStatus::Rejected => RollbackReason::Rejected,
+            ProofStatus::Failed => RollbackReason::Failure,
+            ProofStatus::TimedOut => RollbackReason::Timeout,
+            ProofStatus::Cancelled => RollbackReason::Cancelled,
+        }
+    }
+}
+
 impl std::fmt::Display for RollbackReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let text = serde_json::to_value(self)

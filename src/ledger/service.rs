@@ -134,10 +134,10 @@ pub async fn serve(
 
 fn refuse(error: &EnvelopeError) -> LedgerReply {
     let code = match error {
-        EnvelopeError::Malformed(_) | EnvelopeError::TooLarge { .. } | EnvelopeError::WrongKind { .. } => {
-            RejectCode::InvalidRequest
-        }
-        EnvelopeError::Invalid(_) => RejectCode::InvalidRequest,
+        EnvelopeError::Malformed(_)
+        | EnvelopeError::TooLarge { .. }
+        | EnvelopeError::WrongKind { .. }
+        | EnvelopeError::Invalid(_) => RejectCode::InvalidRequest,
         _ => RejectCode::BadSignature,
     };
     LedgerReply::rejected(code, error.to_string())

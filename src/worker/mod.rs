@@ -32,10 +32,9 @@ use crate::delegator::FederationClient;
 use crate::envelope::Signer;
 use crate::key_directory::KeyDirectory;
 use crate::ledger::client::{LedgerClient, LedgerReader};
-use crate::ledger::model::RollbackReason;
 use crate::registry::{HEARTBEAT_INTERVAL, PlatformRecord, Registry};
 use crate::subjects;
-use crate::task::{FederationTask, TaskId};
+use crate::task::TaskId;
 use crate::task_status::{TaskBoard, TaskState};
 use crate::worker::admission::{Admissions, RateLimiter};
 use crate::worker::ops::Operations;
@@ -376,14 +375,6 @@ async fn dead_letter_sequence(ctx: &WorkerContext, sequence: u64) -> anyhow::Res
         .await?;
     stream.delete_message(sequence).await?;
     tracing::warn!(sequence, "{reason}; dead-lettered");
-    if let Ok(task) = ctx.keys.verify_ignoring_expiry::<FederationTask>(&payload).await {
-        let _ = ctx
-            .board
-            .finish(&task.task_id, TaskState::Failed, None, None, &reason)
-            .await;
-        ctx.ledger
-            .rollback(&task.task_id, RollbackReason::Failure, None)
-            .await?;
-    }
+    run::abandon(ctx, &payload, &reason).await;
     Ok(())
 }

@@ -89,19 +89,24 @@ pub async fn handle(ctx: Arc<WorkerContext>, message: jetstream::Message) {
 /// refunds its lock when the task is genuine.
 async fn give_up(ctx: &WorkerContext, message: &jetstream::Message, reason: &str) {
     dead_letter(ctx, message, reason).await;
-    if let Ok(task) = ctx
-        .keys
-        .verify_ignoring_expiry::<FederationTask>(&message.payload)
-        .await
-        && task.target_lct.platform() == ctx.config.platform()
-    {
-        let _ = ctx
-            .board
-            .finish(&task.task_id, TaskState::Failed, None, None, reason)
-            .await;
-        if let Err(e) = ctx.ledger.rollback(&task.task_id, RollbackReason::Failure, None).await {
-            tracing::warn!(task = %task.task_id, error = %e, "could not refund a dead-lettered task; its lock will expire");
-        }
+    abandon(ctx, &message.payload, reason).await;
+}
+
+/// Marks a dead-lettered task failed and refunds its lock, when the task is genuine and
+/// this platform's. A refund that fails is logged: the lock then expires and is refunded.
+pub async fn abandon(ctx: &WorkerContext, payload: &bytes::Bytes, reason: &str) {
+    let Ok(task) = ctx.keys.verify_ignoring_expiry::<FederationTask>(payload).await else {
+        return;
+    };
+    if task.target_lct.platform() != ctx.config.platform() {
+        return;
+    }
+    let _ = ctx
+        .board
+        .finish(&task.task_id, TaskState::Failed, None, None, reason)
+        .await;
+    if let Err(e) = ctx.ledger.rollback(&task.task_id, RollbackReason::Failure, None).await {
+        tracing::warn!(task = %task.task_id, error = %e, "could not refund a dead-lettered task; its lock will expire");
     }
 }
 
@@ -213,7 +218,7 @@ async fn process(ctx: &WorkerContext, message: &Arc<jetstream::Message>, sequenc
                 ProofStatus::Cancelled,
                 "cancelled by the delegator before it started",
             );
-            conclude(ctx, &task, &proof, RollbackReason::Cancelled, None).await?;
+            conclude(ctx, &task, &proof, None, None).await?;
             return Ok(Done::Finished);
         }
     };
@@ -236,7 +241,7 @@ async fn process(ctx: &WorkerContext, message: &Arc<jetstream::Message>, sequenc
     }
     let proof = execute(ctx, &task, message).await;
     drop(admitted);
-    conclude(ctx, &task, &proof, RollbackReason::Failure, claimed).await?;
+    conclude(ctx, &task, &proof, None, claimed).await?;
     Ok(Done::Finished)
 }
 
@@ -249,7 +254,7 @@ async fn refuse(
 ) -> Result<Done, Transient> {
     tracing::info!(task = %task.task_id, from = task.source_lct.platform(), reason = %refusal.reason, "refusing a task");
     let proof = refusal_proof(task, ProofStatus::Rejected, &refusal.reason);
-    conclude(ctx, task, &proof, refusal.rollback, claimed).await?;
+    conclude(ctx, task, &proof, Some(refusal.rollback), claimed).await?;
     Ok(Done::Finished)
 }
 
@@ -338,7 +343,7 @@ async fn execute(ctx: &WorkerContext, task: &FederationTask, message: &Arc<jetst
     proof
 }
 
-/// Ends a task: signs the proof once, settles the lock with it (commit a completed task, the
+/// Ends a task (`refusal`: the reason it was refused, if it was): signs the proof once, settles the lock with it (commit a completed task, the
 /// ledger checking the quality against the delegator's threshold; roll back anything else),
 /// publishes it to the delegator's proofs subject (deduplicated by task), finishes the status.
 ///
@@ -349,7 +354,7 @@ async fn conclude(
     ctx: &WorkerContext,
     task: &FederationTask,
     proof: &ExecutionProof,
-    reason: RollbackReason,
+    refusal: Option<RollbackReason>,
     claimed: Option<(TaskStatus, u64)>,
 ) -> Result<(), Transient> {
     let wire = ctx.signer.sign(proof)?;
@@ -357,17 +362,14 @@ async fn conclude(
         let reply = ctx.ledger.commit(&task.task_id, &wire).await?;
         if reply.code == Some(RejectCode::QualityBelowThreshold) {
             ctx.ledger
-                .rollback(&task.task_id, RollbackReason::LowQuality, Some(&wire))
+                .rollback(&task.task_id, RollbackReason::for_proof(proof.status), Some(&wire))
                 .await?
         } else {
             reply
         }
     } else {
-        let reason = if proof.status == ProofStatus::Rejected {
-            reason
-        } else {
-            rollback_reason(proof.status, reason)
-        };
+        // A refusal knows its exact reason; anything else follows from the proof.
+        let reason = refusal.unwrap_or(RollbackReason::for_proof(proof.status));
         ctx.ledger.rollback(&task.task_id, reason, Some(&wire)).await?
     };
     log_settlement(task, &reply);
@@ -403,15 +405,6 @@ async fn conclude(
         }
     }
     Ok(())
-}
-
-fn rollback_reason(status: ProofStatus, fallback: RollbackReason) -> RollbackReason {
-    match status {
-        ProofStatus::TimedOut => RollbackReason::Timeout,
-        ProofStatus::Cancelled => RollbackReason::Cancelled,
-        ProofStatus::Failed => RollbackReason::Failure,
-        _ => fallback,
-    }
 }
 
 fn log_settlement(task: &FederationTask, reply: &LedgerReply) {
