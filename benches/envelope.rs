@@ -5,11 +5,11 @@
 
 use criterion::{Criterion, black_box, criterion_group, criterion_main};
 use ed25519_dalek::Signer as _;
-use sage_federation::envelope::{Signer, verify};
-use sage_federation::keys::{self, KeyRecord, KeyRegistry};
-use sage_federation::lct::Lct;
-use sage_federation::subjects;
-use sage_federation::task::{FederationTask, TaskId};
+use sage_federation::identity::keys::{self, KeyRecord, KeyRegistry};
+use sage_federation::nats::subjects;
+use sage_federation::protocol::envelope::{Signer, verify};
+use sage_federation::protocol::lct::Lct;
+use sage_federation::protocol::task::{FederationTask, TaskId};
 
 fn task() -> FederationTask {
     let task_id: TaskId = "t-bench".parse().expect("id");

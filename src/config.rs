@@ -14,10 +14,10 @@ use serde::{Deserialize, Serialize};
 
 use ed25519_dalek::VerifyingKey;
 
-use crate::atp::Atp;
-use crate::keys::{KeyRecord, parse_public_key};
-use crate::lct::{Lct, check_platform, check_task_type, token_problem};
-use crate::limits::{LCT_NAME_CHARS_MAX, OPERATION_CHARS_MAX};
+use crate::identity::keys::{KeyRecord, parse_public_key};
+use crate::protocol::atp::Atp;
+use crate::protocol::lct::{Lct, check_platform, check_task_type, token_problem};
+use crate::protocol::limits::{LCT_NAME_CHARS_MAX, OPERATION_CHARS_MAX};
 
 /// Environment variables with this prefix override the file.
 pub const ENV_PREFIX: &str = "SAGE_";
@@ -501,7 +501,7 @@ impl Config {
     }
 
     /// This platform's LCT for `task_type`.
-    pub fn lct(&self, task_type: &str) -> Result<Lct, crate::lct::LctError> {
+    pub fn lct(&self, task_type: &str) -> Result<Lct, crate::protocol::lct::LctError> {
         Lct::new(self.federation.owner.as_str(), self.platform(), task_type)
     }
 

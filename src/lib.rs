@@ -3,50 +3,40 @@
 //!
 //! # Layout
 //!
-//! Identities and messages:
-//! - [`lct`]: LCT identities `lct:web4:agent:<owner>@<platform>#<task_type>`.
-//! - [`atp`]: ATP amounts, integer micro-ATP inside, checked conversions at the edge.
-//! - [`keys`]: Ed25519 key files, key ids, and the in-memory registry with validity windows.
-//! - [`key_directory`]: the registry shared through the `sage_keys` KV bucket.
-//! - [`envelope`]: signing and verifying wire bytes; the only builder of `Verified<T>`.
-//! - [`task`] and [`proof`]: the FederationTask and ExecutionProof messages.
-//! - [`clock`]: wall-clock time as the wire carries it.
-//!
-//! NATS:
-//! - [`subjects`]: every subject, stream, consumer and bucket name (mirrors `subjects.md`).
-//! - [`infra`]: creates the streams and buckets.
-//! - [`nats_server`]: finds, installs and runs a real `nats-server`.
-//! - [`ledger`]: the ATP ledger service, its client, its audit.
-//!
-//! Running it:
+//! Each folder is one area; its `mod.rs` says what it holds.
+//! - [`protocol`]: the wire and its values, pure (no `async_nats`, no `tokio`): LCT identities
+//!   ([`protocol::lct`]), ATP amounts ([`protocol::atp`]), time ([`protocol::clock`]), bounds
+//!   ([`protocol::limits`]), the FederationTask and ExecutionProof ([`protocol::task`],
+//!   [`protocol::proof`]), and signing and verifying wire bytes ([`protocol::envelope`], the
+//!   only builder of [`Verified`]).
+//! - [`identity`]: Ed25519 key files and the key registry ([`identity::keys`]), shared through
+//!   the `sage_keys` bucket ([`identity::directory`]).
+//! - [`nats`]: every subject, stream, consumer and bucket name ([`nats::subjects`], mirrors
+//!   `subjects.md`), their creation ([`nats::infra`]), a real `nats-server` ([`nats::server`]).
+//! - [`ledger`]: the ATP ledger: pure rules, the service that applies them, its client, its
+//!   audit.
+//! - [`delegation`]: the delegator's [`FederationClient`] and the status and cancel service.
+//! - [`worker`]: executes tasks: checks, admission, the operation handlers in `worker::ops`.
+//! - [`state`]: the platform registry, reputation and task board buckets.
 //! - [`config`]: per-platform configuration (defaults < file < `SAGE_*` environment).
-//! - [`limits`]: every bound, named with its unit.
-//! - [`up`]: `sagefed up`, the whole federation on one machine.
-//! - [`bench`]: `sagefed bench`, figures against a floor measured in the same run.
-//! - [`cli`]: argument parsing; `main.rs` only calls [`cli::main`].
-//! - [`worker`]: executes tasks: operation handlers in `worker::ops`.
+//!
+//! The binary (`src/bin/sagefed/`) holds the command line, `sagefed up`, the seed's scenarios
+//! and `sagefed bench`.
 
-pub mod atp;
-pub mod bench;
-pub mod cli;
-pub mod clock;
 pub mod config;
-pub mod delegator;
-pub mod demo;
-pub mod envelope;
-pub mod infra;
-pub mod key_directory;
-pub mod keys;
-pub mod lct;
+pub mod delegation;
+pub mod identity;
 pub mod ledger;
-pub mod limits;
-pub mod nats_server;
-pub mod proof;
-pub mod registry;
-pub mod reputation;
-pub mod status;
-pub mod subjects;
-pub mod task;
-pub mod task_status;
-pub mod up;
+pub mod nats;
+pub mod protocol;
+pub mod state;
 pub mod worker;
+
+pub use config::Config;
+pub use delegation::client::FederationClient;
+pub use ledger::client::{LedgerClient, LedgerReader};
+pub use protocol::atp::Atp;
+pub use protocol::envelope::{Signer, Verified};
+pub use protocol::lct::Lct;
+pub use protocol::proof::ExecutionProof;
+pub use protocol::task::{FederationTask, TaskId};

@@ -6,11 +6,11 @@ mod common;
 use std::process::Command;
 
 use common::TestNats;
-use sage_federation::envelope::{EnvelopeError, Signer};
-use sage_federation::infra;
-use sage_federation::key_directory::KeyDirectory;
-use sage_federation::keys::{self, KeyError, KeyRecord};
-use sage_federation::subjects;
+use sage_federation::identity::directory::KeyDirectory;
+use sage_federation::identity::keys::{self, KeyError, KeyRecord};
+use sage_federation::nats::infra;
+use sage_federation::nats::subjects;
+use sage_federation::protocol::envelope::{EnvelopeError, Signer};
 use serde::{Deserialize, Serialize};
 
 #[tokio::test]
@@ -46,7 +46,7 @@ struct Hello {
     created_at: f64,
 }
 
-impl sage_federation::envelope::Signable for Hello {
+impl sage_federation::protocol::envelope::Signable for Hello {
     const DOMAIN: &'static [u8] = b"sagefed/test-hello/v1\0";
     const KIND: &'static str = "hello";
     fn signer_platform(&self) -> &str {
@@ -73,7 +73,7 @@ async fn keys_published_to_kv_verify_elsewhere_until_revoked() {
     let signer = Signer::new("Thor", keys::generate().expect("random")).expect("signer");
     let hello = Hello {
         from: "Thor".into(),
-        created_at: sage_federation::clock::now_seconds(),
+        created_at: sage_federation::protocol::clock::now_seconds(),
     };
     let wire = signer.sign(&hello).expect("sign");
     let unknown = legion_side.verify::<Hello>(&wire).await.expect_err("not published yet");
@@ -227,7 +227,7 @@ fn cli_commands_and_their_errors() {
     }
 
     std::fs::write(dir.path().join("junk.key"), "not a key").expect("write");
-    let sig = sage_federation::keys::read_secret(&dir.path().join("junk.key")).expect_err("junk");
+    let sig = sage_federation::identity::keys::read_secret(&dir.path().join("junk.key")).expect_err("junk");
     assert!(sig.to_string().contains("junk.key"));
 }
 

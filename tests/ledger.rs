@@ -6,12 +6,12 @@ mod common;
 use std::time::Duration;
 
 use common::{LedgerFixture, lct, signed_proof};
-use sage_federation::clock::now_seconds;
 use sage_federation::ledger::client::LedgerClient;
 use sage_federation::ledger::model::{LockState, RollbackReason};
 use sage_federation::ledger::protocol::{LedgerReply, Outcome, RejectCode};
-use sage_federation::proof::ProofStatus;
-use sage_federation::task::TaskId;
+use sage_federation::protocol::clock::now_seconds;
+use sage_federation::protocol::proof::ProofStatus;
+use sage_federation::protocol::task::TaskId;
 
 const C: &str = "consciousness";
 const CS: &str = "consciousness.sage";
@@ -467,8 +467,11 @@ async fn invalid_calls_leave_the_ledger_unchanged_and_say_why() {
         &raw("sage.ledger.lock", bytes::Bytes::from(vec![b'{'; 300_000])).await,
         RejectCode::InvalidRequest,
     );
-    let impostor = sage_federation::envelope::Signer::new("Thor", sage_federation::keys::generate().expect("random"))
-        .expect("signer");
+    let impostor = sage_federation::protocol::envelope::Signer::new(
+        "Thor",
+        sage_federation::identity::keys::generate().expect("random"),
+    )
+    .expect("signer");
     let forged = LedgerClient::new(f.nats.client().await, impostor);
     assert_rejected(
         &lock(&forged, "t-forged", "Thor", "Legion", 1.0).await,

@@ -5,7 +5,7 @@ mod common;
 use bytes::Bytes;
 use common::TestNats;
 use sage_federation::ledger::batch::{self, BatchError, BatchMessage};
-use sage_federation::subjects;
+use sage_federation::nats::subjects;
 
 #[tokio::test]
 async fn a_batch_commits_whole_or_not_at_all() {

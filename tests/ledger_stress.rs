@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{LedgerFixture, lct, signed_proof};
-use sage_federation::clock::now_seconds;
-use sage_federation::envelope::Signer;
 use sage_federation::ledger::client::LedgerClient;
 use sage_federation::ledger::model::{LockState, RollbackReason};
 use sage_federation::ledger::protocol::{LedgerReply, Outcome, RejectCode};
-use sage_federation::proof::ProofStatus;
-use sage_federation::task::TaskId;
+use sage_federation::protocol::clock::now_seconds;
+use sage_federation::protocol::envelope::Signer;
+use sage_federation::protocol::proof::ProofStatus;
+use sage_federation::protocol::task::TaskId;
 use tokio::sync::Semaphore;
 
 const C: &str = "consciousness";

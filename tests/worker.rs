@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 
 use common::federation::{Processes, TEST_MAX_DELIVER, hand_task, publish_to_legion};
 use common::lct;
-use sage_federation::clock::now_seconds;
-use sage_federation::delegator::DelegationRequest;
+use sage_federation::delegation::client::DelegationRequest;
 use sage_federation::ledger::client::LedgerClient;
 use sage_federation::ledger::model::{LockState, RollbackReason};
-use sage_federation::subjects;
-use sage_federation::task::TaskId;
-use sage_federation::task_status::{TaskBoard, TaskState};
+use sage_federation::nats::subjects;
+use sage_federation::protocol::clock::now_seconds;
+use sage_federation::protocol::task::TaskId;
+use sage_federation::state::task_board::{TaskBoard, TaskState};
 use serde_json::json;
 
 const C: &str = "consciousness";

@@ -12,10 +12,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::atp::Atp;
 use crate::ledger::model::{Lock, LockState, Transition};
 use crate::ledger::snapshot::LedgerSnapshot;
-use crate::subjects;
+use crate::nats::subjects;
+use crate::protocol::atp::Atp;
 
 /// How long a pending lock may stay past its expiry before the audit calls it stuck: the
 /// sweeper checks twice a second, so this only trips when no ledger service is sweeping.

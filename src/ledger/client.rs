@@ -7,13 +7,13 @@ use std::time::Duration;
 use async_nats::Client;
 use bytes::Bytes;
 
-use crate::clock::now_seconds;
-use crate::envelope::Signer;
-use crate::lct::Lct;
 use crate::ledger::model::RollbackReason;
 use crate::ledger::protocol::{LedgerReply, LedgerRequest, Operation, REQUEST_TTL_SECONDS, RejectCode};
-use crate::subjects;
-use crate::task::TaskId;
+use crate::nats::subjects;
+use crate::protocol::clock::now_seconds;
+use crate::protocol::envelope::Signer;
+use crate::protocol::lct::Lct;
+use crate::protocol::task::TaskId;
 
 /// How long one request waits for the ledger's reply.
 pub const LEDGER_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);

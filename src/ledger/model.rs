@@ -3,10 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::atp::Atp;
-use crate::lct::Lct;
-use crate::subjects;
-use crate::task::TaskId;
+use crate::nats::subjects;
+use crate::protocol::atp::Atp;
+use crate::protocol::lct::Lct;
+use crate::protocol::task::TaskId;
 
 /// One account per LCT (`accounts.<platform>.<owner>.<task_type>`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,8 +90,8 @@ impl RollbackReason {
     /// The reason to give for a lock whose proof says `status` and is not paid: a completed
     /// task below the threshold is low quality. (An executor refusing a task names its exact
     /// reason, such as `PermissionDenied`, itself.)
-    pub fn for_proof(status: crate::proof::ProofStatus) -> Self {
-        use crate::proof::ProofStatus;
+    pub fn for_proof(status: crate::protocol::proof::ProofStatus) -> Self {
+        use crate::protocol::proof::ProofStatus;
         match status {
             ProofStatus::Completed => RollbackReason::LowQuality,
             ProofStatus::Rejected => RollbackReason::Rejected,

@@ -7,11 +7,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::envelope::Signable;
-use crate::lct::{Lct, check_platform, token_problem};
 use crate::ledger::model::{Account, Lock, RollbackReason};
-use crate::limits::{ENVELOPE_BYTES_MAX, TASK_ID_CHARS_MAX};
-use crate::task::TaskId;
+use crate::protocol::envelope::Signable;
+use crate::protocol::lct::{Lct, check_platform, token_problem};
+use crate::protocol::limits::{ENVELOPE_BYTES_MAX, TASK_ID_CHARS_MAX};
+use crate::protocol::task::TaskId;
 
 /// How long a signed ledger request stays acceptable. Requests are idempotent, so a replay
 /// inside this window changes nothing; the window only bounds how long one is worth keeping.

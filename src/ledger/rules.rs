@@ -4,16 +4,16 @@
 
 use std::collections::BTreeSet;
 
-use crate::atp::Atp;
-use crate::envelope::Verified;
-use crate::lct::Lct;
 use crate::ledger::model::{
     Account, GrantRecord, JournalEntry, Lock, LockState, Record, RollbackReason, Settlement, Supply, Transition,
 };
 use crate::ledger::protocol::{LedgerReply, Outcome, RejectCode};
-use crate::proof::{ExecutionProof, ProofStatus};
-use crate::subjects;
-use crate::task::TaskId;
+use crate::nats::subjects;
+use crate::protocol::atp::Atp;
+use crate::protocol::envelope::Verified;
+use crate::protocol::lct::Lct;
+use crate::protocol::proof::{ExecutionProof, ProofStatus};
+use crate::protocol::task::TaskId;
 
 /// Longest a lock may live (from now to its expiry).
 pub const LOCK_TTL_SECONDS_MAX: f64 = 2.0 * 3600.0;

@@ -14,11 +14,11 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::clock::now_seconds;
 use crate::ledger::model::{Account, Record};
 use crate::ledger::protocol::{LedgerReply, Outcome, RejectCode};
 use crate::ledger::rules::{Book, Command, Decision, decide};
 use crate::ledger::store::LedgerStore;
+use crate::protocol::clock::now_seconds;
 
 /// Most commands decided and written in one batch (each writes at most 4 keys, and a batch
 /// holds at most 1000 messages).

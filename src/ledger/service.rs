@@ -12,17 +12,17 @@ use async_nats::service::ServiceExt;
 use bytes::Bytes;
 use futures::StreamExt;
 
-use crate::atp::Atp;
-use crate::envelope::{EnvelopeError, Verified};
-use crate::key_directory::KeyDirectory;
+use crate::identity::directory::KeyDirectory;
 use crate::ledger::model::{Lock, LockState};
 use crate::ledger::protocol::{LedgerReply, LedgerRequest, Operation, RejectCode};
 use crate::ledger::rules::Command;
 use crate::ledger::sequencer::{self, SequencerHandle};
 use crate::ledger::store::LedgerStore;
 use crate::ledger::sweeper;
-use crate::proof::ExecutionProof;
-use crate::subjects;
+use crate::nats::subjects;
+use crate::protocol::atp::Atp;
+use crate::protocol::envelope::{EnvelopeError, Verified};
+use crate::protocol::proof::ExecutionProof;
 
 /// The endpoints, by operation name.
 pub const ENDPOINTS: [&str; 4] = ["grant", "lock", "commit", "rollback"];
@@ -41,7 +41,7 @@ pub enum ServiceError {
     #[error("ledger bucket sage_ledger: {0}")]
     Bucket(String),
     #[error(transparent)]
-    Keys(#[from] crate::key_directory::DirectoryError),
+    Keys(#[from] crate::identity::directory::DirectoryError),
     #[error("cannot start the sagefed-ledger service: {0}")]
     Service(String),
 }

@@ -12,7 +12,7 @@ use async_nats::jetstream::{self, kv};
 use futures::StreamExt;
 
 use crate::ledger::model::{Account, GrantRecord, JournalEntry, Lock, Record, Supply};
-use crate::subjects;
+use crate::nats::subjects;
 
 /// Longest a snapshot may take to catch up with a busy ledger.
 pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);

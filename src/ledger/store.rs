@@ -12,12 +12,12 @@ use async_nats::jetstream::kv;
 use bytes::Bytes;
 use futures::future::join_all;
 
-use crate::lct::Lct;
 use crate::ledger::batch::{self, BatchError, BatchMessage};
 use crate::ledger::model::{Account, GrantRecord, Lock, Record, Supply, account_key};
 use crate::ledger::rules::Book;
-use crate::subjects;
-use crate::task::TaskId;
+use crate::nats::subjects;
+use crate::protocol::lct::Lct;
+use crate::protocol::task::TaskId;
 
 /// Records kept in the cache before it is dropped and rebuilt from the bucket.
 pub const CACHE_ENTRIES_MAX: usize = 200_000;

@@ -8,13 +8,13 @@ use std::time::Duration;
 use async_nats::jetstream::kv;
 use futures::StreamExt;
 
-use crate::clock::now_seconds;
 use crate::ledger::model::Lock;
 use crate::ledger::protocol::Outcome;
 use crate::ledger::rules::Command;
 use crate::ledger::sequencer::SequencerHandle;
-use crate::subjects;
-use crate::task::TaskId;
+use crate::nats::subjects;
+use crate::protocol::clock::now_seconds;
+use crate::protocol::task::TaskId;
 
 /// How often pending locks are checked for expiry.
 pub const SWEEP_INTERVAL: Duration = Duration::from_millis(500);

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::atp::Atp;
+use crate::protocol::atp::Atp;
 
 /// Delegators tracked by the rate limiter before idle ones are forgotten.
 const RATE_LIMITED_DELEGATORS_MAX: usize = 10_000;

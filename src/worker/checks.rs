@@ -3,11 +3,11 @@
 //! delegator's rate, (6) payload and resource limits. (1) and the replay half of (2) run in
 //! `run.rs` because a failure there must not touch the ledger; the rest are here.
 
-use crate::clock::now_seconds;
 use crate::config::Config;
 use crate::ledger::model::{Lock, LockState, RollbackReason};
-use crate::registry::PlatformRecord;
-use crate::task::FederationTask;
+use crate::protocol::clock::now_seconds;
+use crate::protocol::task::FederationTask;
+use crate::state::registry::PlatformRecord;
 use crate::worker::admission::{Admissions, Admitted, RateLimiter};
 use crate::worker::ops::Operations;
 

@@ -26,16 +26,16 @@ use futures::StreamExt;
 use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::clock::now_seconds;
 use crate::config::Config;
-use crate::delegator::FederationClient;
-use crate::envelope::Signer;
-use crate::key_directory::KeyDirectory;
+use crate::delegation::client::FederationClient;
+use crate::identity::directory::KeyDirectory;
 use crate::ledger::client::{LedgerClient, LedgerReader};
-use crate::registry::{HEARTBEAT_INTERVAL, PlatformRecord, Registry};
-use crate::subjects;
-use crate::task::TaskId;
-use crate::task_status::{TaskBoard, TaskState};
+use crate::nats::subjects;
+use crate::protocol::clock::now_seconds;
+use crate::protocol::envelope::Signer;
+use crate::protocol::task::TaskId;
+use crate::state::registry::{HEARTBEAT_INTERVAL, PlatformRecord, Registry};
+use crate::state::task_board::{TaskBoard, TaskState};
 use crate::worker::admission::{Admissions, RateLimiter};
 use crate::worker::ops::Operations;
 
@@ -76,7 +76,7 @@ impl WorkerContext {
     pub async fn delegator_record(
         &self,
         platform: &str,
-    ) -> Result<Option<PlatformRecord>, crate::registry::RegistryError> {
+    ) -> Result<Option<PlatformRecord>, crate::state::registry::RegistryError> {
         let cached = self.delegators.lock().ok().and_then(|cache| {
             cache
                 .get(platform)
@@ -145,7 +145,7 @@ pub struct Worker {
     tasks: Vec<JoinHandle<()>>,
     puller: JoinHandle<()>,
     stop: tokio::sync::watch::Sender<bool>,
-    status: crate::status::StatusService,
+    status: crate::delegation::status::StatusService,
 }
 
 impl Worker {
@@ -181,7 +181,7 @@ impl Worker {
         ];
         let settler = FederationClient::new(ctx.config.clone(), client.clone()).await?;
         tasks.push(tokio::spawn(async move { settler.settle_orphaned_proofs().await }));
-        let status = crate::status::StatusService::start(client.clone()).await?;
+        let status = crate::delegation::status::StatusService::start(client.clone()).await?;
         let puller = tokio::spawn(pull(Arc::clone(&ctx), consumer, stopped));
         tracing::info!(
             platform = ctx.config.platform(),

@@ -6,16 +6,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sage_federation::clock::now_seconds;
 use sage_federation::config::Config;
-use sage_federation::delegator::FederationClient;
-use sage_federation::envelope::Signer;
-use sage_federation::key_directory::KeyDirectory;
-use sage_federation::keys::{self, KeyRecord};
+use sage_federation::delegation::client::FederationClient;
+use sage_federation::identity::directory::KeyDirectory;
+use sage_federation::identity::keys::{self, KeyRecord};
 use sage_federation::ledger::client::LedgerClient;
 use sage_federation::ledger::protocol::Outcome;
 use sage_federation::ledger::snapshot::LedgerSnapshot;
-use sage_federation::registry::Registry;
+use sage_federation::protocol::clock::now_seconds;
+use sage_federation::protocol::envelope::Signer;
+use sage_federation::state::registry::Registry;
 
 use super::{TestNats, repo_dir};
 
@@ -283,14 +283,14 @@ impl Processes {
 /// A task from Thor to Legion built by hand (as an attacker, or a test, would), alive for
 /// `ttl_seconds`.
 pub fn hand_task(
-    task_id: &sage_federation::task::TaskId,
+    task_id: &sage_federation::protocol::task::TaskId,
     parameters: serde_json::Value,
     timeout_seconds: u64,
     ttl_seconds: f64,
-) -> sage_federation::task::FederationTask {
+) -> sage_federation::protocol::task::FederationTask {
     let now = now_seconds();
-    sage_federation::task::FederationTask {
-        reply_to: sage_federation::subjects::proof("Thor", task_id.as_str()),
+    sage_federation::protocol::task::FederationTask {
+        reply_to: sage_federation::nats::subjects::proof("Thor", task_id.as_str()),
         task_id: task_id.clone(),
         source_lct: super::lct("Thor", "consciousness"),
         target_lct: super::lct("Legion", "consciousness"),
@@ -312,7 +312,7 @@ pub async fn publish_to_legion(
 ) -> async_nats::jetstream::publish::PublishAck {
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
-    js.publish_with_headers(sage_federation::subjects::delegate("Legion"), headers, bytes)
+    js.publish_with_headers(sage_federation::nats::subjects::delegate("Legion"), headers, bytes)
         .await
         .expect("publish")
         .await

@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use async_nats::jetstream;
-use sage_federation::infra;
-use sage_federation::nats_server::{self, NatsServer, ServerOptions};
+use sage_federation::nats::infra;
+use sage_federation::nats::server::{self as nats_server, NatsServer, ServerOptions};
 
 pub mod federation;
 
@@ -85,7 +85,7 @@ pub const PLATFORMS: [&str; 5] = ["Treasury", "Legion", "Thor", "Sprout", "Mallo
 pub struct LedgerFixture {
     pub nats: TestNats,
     pub service: Option<sage_federation::ledger::service::LedgerService>,
-    pub signers: std::collections::HashMap<String, sage_federation::envelope::Signer>,
+    pub signers: std::collections::HashMap<String, sage_federation::protocol::envelope::Signer>,
 }
 
 impl LedgerFixture {
@@ -97,16 +97,18 @@ impl LedgerFixture {
     /// Server, infrastructure and published keys, but no ledger service.
     pub async fn without_service() -> Self {
         let nats = TestNats::with_infra().await;
-        let directory = sage_federation::key_directory::KeyDirectory::open(&nats.js().await)
+        let directory = sage_federation::identity::directory::KeyDirectory::open(&nats.js().await)
             .await
             .expect("keys");
         let mut signers = std::collections::HashMap::new();
         for platform in PLATFORMS {
-            let signer =
-                sage_federation::envelope::Signer::new(platform, sage_federation::keys::generate().expect("random"))
-                    .expect("signer");
+            let signer = sage_federation::protocol::envelope::Signer::new(
+                platform,
+                sage_federation::identity::keys::generate().expect("random"),
+            )
+            .expect("signer");
             directory
-                .publish(&sage_federation::keys::KeyRecord::new(
+                .publish(&sage_federation::identity::keys::KeyRecord::new(
                     platform,
                     &signer.verifying_key(),
                     0.0,
@@ -139,7 +141,7 @@ impl LedgerFixture {
         .expect("ledger service")
     }
 
-    pub fn signer(&self, platform: &str) -> &sage_federation::envelope::Signer {
+    pub fn signer(&self, platform: &str) -> &sage_federation::protocol::envelope::Signer {
         &self.signers[platform]
     }
 
@@ -155,34 +157,36 @@ impl LedgerFixture {
 
     /// Runs the audit and fails the test on any violation.
     pub async fn assert_audit_clean(&self) -> sage_federation::ledger::audit::AuditReport {
-        let report =
-            sage_federation::ledger::audit::audit(&self.snapshot().await, sage_federation::clock::now_seconds());
+        let report = sage_federation::ledger::audit::audit(
+            &self.snapshot().await,
+            sage_federation::protocol::clock::now_seconds(),
+        );
         assert!(report.is_clean(), "audit violations: {:#?}", report.violations);
         report
     }
 }
 
 /// `lct:web4:agent:dp@<platform>#<task_type>`.
-pub fn lct(platform: &str, task_type: &str) -> sage_federation::lct::Lct {
-    sage_federation::lct::Lct::new("dp", platform, task_type).expect("lct")
+pub fn lct(platform: &str, task_type: &str) -> sage_federation::protocol::lct::Lct {
+    sage_federation::protocol::lct::Lct::new("dp", platform, task_type).expect("lct")
 }
 
 /// A proof of `task_id` signed by `executor`'s platform.
 pub fn signed_proof(
-    executor: &sage_federation::envelope::Signer,
-    task_id: &sage_federation::task::TaskId,
-    delegator: &sage_federation::lct::Lct,
-    executor_lct: &sage_federation::lct::Lct,
+    executor: &sage_federation::protocol::envelope::Signer,
+    task_id: &sage_federation::protocol::task::TaskId,
+    delegator: &sage_federation::protocol::lct::Lct,
+    executor_lct: &sage_federation::protocol::lct::Lct,
     consumed: f64,
     quality: f64,
-    status: sage_federation::proof::ProofStatus,
+    status: sage_federation::protocol::proof::ProofStatus,
 ) -> bytes::Bytes {
-    let proof = sage_federation::proof::ExecutionProof {
+    let proof = sage_federation::protocol::proof::ExecutionProof {
         task_id: task_id.clone(),
         executor_lct: executor_lct.clone(),
         delegator_lct: delegator.clone(),
         status,
-        reason: if status == sage_federation::proof::ProofStatus::Completed {
+        reason: if status == sage_federation::protocol::proof::ProofStatus::Completed {
             String::new()
         } else {
             "test".into()
@@ -191,7 +195,7 @@ pub fn signed_proof(
         execution_time: 0.01,
         quality_score: quality,
         result: serde_json::Map::new(),
-        created_at: sage_federation::clock::now_seconds(),
+        created_at: sage_federation::protocol::clock::now_seconds(),
     };
     executor.sign(&proof).expect("sign proof")
 }

@@ -20,7 +20,7 @@ use super::{
     Cancel, Operation, OperationError, OperationInput, OperationOutput, Params, affordable, invalid, metered, missing,
     run_blocking,
 };
-use crate::atp::Atp;
+use crate::protocol::atp::Atp;
 
 /// Most steps in one program.
 pub const STEPS_MAX: usize = 1_000;

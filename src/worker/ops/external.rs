@@ -37,7 +37,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
 use super::{Operation, OperationError, OperationInput, OperationOutput, check_result_size};
-use crate::atp::{Atp, MICROS_PER_ATP};
+use crate::protocol::atp::{Atp, MICROS_PER_ATP};
 
 /// Most bytes a program may print on stdout: a reply, not a data stream.
 pub const EXTERNAL_STDOUT_BYTES_MAX: usize = 1024 * 1024;

@@ -25,8 +25,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde_json::{Map, Value};
 
-use crate::atp::Atp;
-use crate::limits::PROOF_RESULT_BYTES_MAX;
+use crate::protocol::atp::Atp;
+use crate::protocol::limits::PROOF_RESULT_BYTES_MAX;
 
 /// What one execution of an operation gets.
 #[derive(Clone, Debug)]

@@ -29,7 +29,7 @@ use super::{
     Cancel, Operation, OperationError, OperationInput, OperationOutput, Params, SplitMix64, affordable, f1_score,
     invalid, metered, missing, run_blocking,
 };
-use crate::atp::Atp;
+use crate::protocol::atp::Atp;
 
 /// Most samples in one frame, given or generated.
 pub const FRAME_SAMPLES_MAX: usize = 1_000_000;

@@ -25,7 +25,7 @@ use super::{
     Cancel, Operation, OperationError, OperationInput, OperationOutput, Params, SplitMix64, affordable, invalid,
     metered, missing, run_blocking,
 };
-use crate::atp::Atp;
+use crate::protocol::atp::Atp;
 
 /// Most cells in a grid (width * height): the search keeps a few bytes per cell.
 pub const GRID_CELLS_MAX: u64 = 1_000_000;

@@ -9,7 +9,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::limits::{LCT_NAME_CHARS_MAX, LCT_TASK_TYPE_CHARS_MAX};
+use crate::protocol::limits::{LCT_NAME_CHARS_MAX, LCT_TASK_TYPE_CHARS_MAX};
 
 /// The fixed prefix of every LCT we accept.
 pub const LCT_PREFIX: &str = "lct:web4:agent:";

@@ -5,7 +5,7 @@ use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::subjects;
+use crate::nats::subjects;
 
 /// Weight of the newest quality in the moving average.
 const QUALITY_WEIGHT: f64 = 0.2;

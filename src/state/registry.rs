@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::subjects;
+use crate::nats::subjects;
 
 /// How often a worker refreshes its platform's record.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);

@@ -8,15 +8,15 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 
 use crate::cli::platform::describe;
-use crate::clock::now_seconds;
-use crate::delegator::{DelegationOutcome, DelegationRequest, FederationClient};
-use crate::ledger::audit::audit;
-use crate::ledger::model::{LockState, RollbackReason};
-use crate::ledger::snapshot::LedgerSnapshot;
-use crate::status;
-use crate::task::TaskId;
-use crate::task_status::TaskState;
 use crate::up::Federation;
+use sage_federation::delegation::client::{DelegationOutcome, DelegationRequest, FederationClient};
+use sage_federation::delegation::status;
+use sage_federation::ledger::audit::audit;
+use sage_federation::ledger::model::{LockState, RollbackReason};
+use sage_federation::ledger::snapshot::LedgerSnapshot;
+use sage_federation::protocol::clock::now_seconds;
+use sage_federation::protocol::task::TaskId;
+use sage_federation::state::task_board::TaskState;
 
 /// How long the cancel scenario waits for its task to start running.
 const CANCEL_START_TIMEOUT: Duration = Duration::from_secs(20);

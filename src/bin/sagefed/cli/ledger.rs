@@ -7,16 +7,16 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use crate::cli::{NatsArgs, shutdown_signal};
-use crate::clock::now_seconds;
-use crate::envelope::Signer;
-use crate::infra;
-use crate::keys;
-use crate::lct::Lct;
-use crate::ledger::audit::audit;
-use crate::ledger::client::LedgerClient;
-use crate::ledger::protocol::Outcome;
-use crate::ledger::service::{LedgerOptions, serve};
-use crate::ledger::snapshot::LedgerSnapshot;
+use sage_federation::identity::keys;
+use sage_federation::ledger::audit::audit;
+use sage_federation::ledger::client::LedgerClient;
+use sage_federation::ledger::protocol::Outcome;
+use sage_federation::ledger::service::{LedgerOptions, serve};
+use sage_federation::ledger::snapshot::LedgerSnapshot;
+use sage_federation::nats::infra;
+use sage_federation::protocol::clock::now_seconds;
+use sage_federation::protocol::envelope::Signer;
+use sage_federation::protocol::lct::Lct;
 
 /// Exit code of `sagefed audit` when an invariant is broken.
 pub const EXIT_AUDIT_VIOLATION: u8 = 3;
@@ -188,7 +188,7 @@ pub async fn grant_command(args: &GrantArgs) -> anyhow::Result<ExitCode> {
         Some(id) => id.clone(),
         None => format!(
             "g-{}",
-            crate::task::TaskId::random()
+            sage_federation::protocol::task::TaskId::random()
                 .context("random grant id")?
                 .as_str()
                 .trim_start_matches("t-")

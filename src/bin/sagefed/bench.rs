@@ -14,23 +14,23 @@ use futures::future::join_all;
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
-use crate::clock::now_seconds;
-use crate::envelope::Signer;
-use crate::infra;
-use crate::key_directory::KeyDirectory;
-use crate::keys::{self, KeyRecord};
-use crate::lct::Lct;
-use crate::ledger::batch::{self, BatchMessage};
-use crate::ledger::client::LedgerClient;
-use crate::ledger::protocol::{LedgerReply, Outcome};
-use crate::ledger::service::{LedgerOptions, LedgerService};
-use crate::nats_server::{self, NatsServer, ServerOptions};
-use crate::proof::{ExecutionProof, ProofStatus};
-use crate::subjects;
-use crate::task::TaskId;
+use sage_federation::identity::directory::KeyDirectory;
+use sage_federation::identity::keys::{self, KeyRecord};
+use sage_federation::ledger::batch::{self, BatchMessage};
+use sage_federation::ledger::client::LedgerClient;
+use sage_federation::ledger::protocol::{LedgerReply, Outcome};
+use sage_federation::ledger::service::{LedgerOptions, LedgerService};
+use sage_federation::nats::infra;
+use sage_federation::nats::server::{self as nats_server, NatsServer, ServerOptions};
+use sage_federation::nats::subjects;
+use sage_federation::protocol::clock::now_seconds;
+use sage_federation::protocol::envelope::Signer;
+use sage_federation::protocol::lct::Lct;
+use sage_federation::protocol::proof::{ExecutionProof, ProofStatus};
+use sage_federation::protocol::task::TaskId;
 
 /// The bench's own server config: the test config (sync_interval: always).
-const BENCH_CONF: &str = include_str!("../nats/test.conf");
+const BENCH_CONF: &str = include_str!("../../../nats/test.conf");
 
 /// Latency distribution of one measured operation.
 #[derive(Debug, Clone, Serialize)]
@@ -505,7 +505,7 @@ fn bench_config(
     platform: &str,
     url: &str,
     capacity: u32,
-) -> anyhow::Result<crate::config::Config> {
+) -> anyhow::Result<sage_federation::config::Config> {
     let path = dir.join(format!("{}.toml", platform.to_lowercase()));
     let text = format!(
         "[federation]\nplatform_name = \"{platform}\"\nlct_context = \"{platform}\"\nkeypair_path = \"{platform}.key\"\n\
@@ -514,7 +514,7 @@ fn bench_config(
     );
     std::fs::write(&path, text)?;
     keys::read_or_create_secret(&dir.join(format!("{platform}.key")))?;
-    Ok(crate::config::Config::load(&path)?)
+    Ok(sage_federation::config::Config::load(&path)?)
 }
 
 async fn delegation(server: &NatsServer, args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result<Vec<Figure>> {
@@ -546,8 +546,10 @@ async fn delegation(server: &NatsServer, args: &BenchArgs, dir: &std::path::Path
     let lct = delegator.lct("consciousness")?;
     let reply = treasury.grant("bench-Thor", &lct, 1e6).await?;
     anyhow::ensure!(reply.is_ok(), "grant refused: {}", reply.message);
-    let worker = crate::worker::Worker::start(executor, infra::connect(&url, "sagefed-bench-worker").await?).await?;
-    let federation = Arc::new(crate::delegator::FederationClient::new(delegator, client.clone()).await?);
+    let worker =
+        sage_federation::worker::Worker::start(executor, infra::connect(&url, "sagefed-bench-worker").await?).await?;
+    let federation =
+        Arc::new(sage_federation::delegation::client::FederationClient::new(delegator, client.clone()).await?);
 
     let one = delegations(&federation, sequential, 1).await?;
     figures.push(figure("signed, settled delegation, 1 in flight", one.0, 1, one.1));
@@ -559,8 +561,8 @@ async fn delegation(server: &NatsServer, args: &BenchArgs, dir: &std::path::Path
         many.1,
     ));
 
-    let report = crate::ledger::audit::audit(
-        &crate::ledger::snapshot::LedgerSnapshot::read(&js).await?,
+    let report = sage_federation::ledger::audit::audit(
+        &sage_federation::ledger::snapshot::LedgerSnapshot::read(&js).await?,
         now_seconds(),
     );
     anyhow::ensure!(
@@ -586,7 +588,7 @@ async fn delegation(server: &NatsServer, args: &BenchArgs, dir: &std::path::Path
 
 /// Runs `count` delegations, `in_flight` at a time; every one must be committed.
 async fn delegations(
-    federation: &Arc<crate::delegator::FederationClient>,
+    federation: &Arc<sage_federation::delegation::client::FederationClient>,
     count: usize,
     in_flight: usize,
 ) -> anyhow::Result<(Vec<Duration>, Duration)> {
@@ -598,7 +600,7 @@ async fn delegations(
             let _permit = gate.acquire().await?;
             let start = Instant::now();
             let outcome = federation
-                .delegate_task(crate::delegator::DelegationRequest {
+                .delegate_task(sage_federation::delegation::client::DelegationRequest {
                     to: Some("Legion".to_owned()),
                     task_type: "consciousness".to_owned(),
                     operation: "execution".to_owned(),
@@ -612,7 +614,7 @@ async fn delegations(
                 })
                 .await?;
             anyhow::ensure!(
-                outcome.settlement == crate::ledger::model::LockState::Committed,
+                outcome.settlement == sage_federation::ledger::model::LockState::Committed,
                 "not committed: {outcome:?}"
             );
             Ok::<_, anyhow::Error>(start.elapsed())

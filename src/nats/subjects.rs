@@ -143,7 +143,7 @@ mod tests {
 
     #[test]
     fn subjects_md_documents_every_name() {
-        let doc = include_str!("../subjects.md");
+        let doc = include_str!("../../subjects.md");
         let names = [
             TASKS_STREAM,
             TASKS_SUBJECTS.trim_end_matches('*'),

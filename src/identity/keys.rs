@@ -16,7 +16,7 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::lct::check_platform;
+use crate::protocol::lct::check_platform;
 
 /// Header line of a secret key file, so a wrong file is recognised as such.
 const SECRET_FILE_TAG: &str = "sagefed-ed25519-secret-v1";

@@ -4,14 +4,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::cli::{NatsArgs, shutdown_signal};
-use crate::config::Config;
-use crate::delegator::{DelegationOutcome, DelegationRequest, FederationClient};
-use crate::envelope::Signer;
-use crate::infra;
-use crate::keys;
-use crate::ledger::model::LockState;
-use crate::status;
-use crate::task::TaskId;
+use sage_federation::config::Config;
+use sage_federation::delegation::client::{DelegationOutcome, DelegationRequest, FederationClient};
+use sage_federation::delegation::status;
+use sage_federation::identity::keys;
+use sage_federation::ledger::model::LockState;
+use sage_federation::nats::infra;
+use sage_federation::protocol::envelope::Signer;
+use sage_federation::protocol::task::TaskId;
 
 /// Exit code of `sagefed delegate` when the task ran but was not paid (rolled back).
 pub const EXIT_NOT_COMMITTED: u8 = 4;
@@ -47,7 +47,7 @@ pub struct WorkerArgs {
 pub async fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
     let (config, client) = args.platform.open("sagefed-worker").await?;
     eprintln!("sagefed worker for {} on {}", config.platform(), config.nats.url);
-    crate::worker::serve(config, client, shutdown_signal()).await
+    sage_federation::worker::serve(config, client, shutdown_signal()).await
 }
 
 #[derive(clap::Args, Debug)]
@@ -79,7 +79,7 @@ pub struct DelegateArgs {
 
 pub async fn delegate(args: &DelegateArgs) -> anyhow::Result<ExitCode> {
     // Refuse a bad budget before connecting to anything.
-    crate::atp::Atp::positive_from_f64(args.budget, "--budget")?;
+    sage_federation::protocol::atp::Atp::positive_from_f64(args.budget, "--budget")?;
     let parameters: serde_json::Value =
         serde_json::from_str(&args.params).map_err(|e| anyhow::anyhow!("--params is not JSON: {e}"))?;
     let serde_json::Value::Object(parameters) = parameters else {
@@ -150,7 +150,7 @@ pub struct StatusArgs {
 
 pub async fn status_command(args: &StatusArgs) -> anyhow::Result<()> {
     let client = args.nats.connect("sagefed-status").await?;
-    let value = if args.target.starts_with(crate::lct::LCT_PREFIX) {
+    let value = if args.target.starts_with(sage_federation::protocol::lct::LCT_PREFIX) {
         serde_json::to_value(status::lct(&client, &args.target.parse()?).await?)?
     } else {
         let task_id: TaskId = args

@@ -20,9 +20,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::keys::{KeyError, KeyRegistry, key_id};
-use crate::lct::check_platform;
-use crate::limits::{CLOCK_SKEW_SECONDS_MAX, ENVELOPE_BYTES_MAX};
+use crate::identity::keys::{KeyError, KeyRegistry, key_id};
+use crate::protocol::lct::check_platform;
+use crate::protocol::limits::{CLOCK_SKEW_SECONDS_MAX, ENVELOPE_BYTES_MAX};
 
 /// A message kind that travels signed.
 pub trait Signable: Serialize + DeserializeOwned {
@@ -277,7 +277,7 @@ pub fn verify_ignoring_expiry<T: Signable>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::{KeyRecord, generate};
+    use crate::identity::keys::{KeyRecord, generate};
 
     #[derive(Serialize, Deserialize, Debug, PartialEq)]
     struct Note {

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::keys::{self, key_id, public_key_text};
-use crate::lct::check_platform;
+use sage_federation::identity::keys::{self, key_id, public_key_text};
+use sage_federation::protocol::lct::check_platform;
 
 #[derive(clap::Args, Debug)]
 pub struct KeygenArgs {

@@ -11,12 +11,14 @@ use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use futures::StreamExt;
 
-use crate::clock::now_seconds;
+use crate::protocol::clock::now_seconds;
 use anyhow::Context as _;
 
-use crate::envelope::{EnvelopeError, Signable, Signer, Verified, peek_signer, verify, verify_ignoring_expiry};
-use crate::keys::{KeyError, KeyRecord, KeyRegistry};
-use crate::lct::{check_platform, token_problem};
+use crate::identity::keys::{KeyError, KeyRecord, KeyRegistry};
+use crate::protocol::envelope::{
+    EnvelopeError, Signable, Signer, Verified, peek_signer, verify, verify_ignoring_expiry,
+};
+use crate::protocol::lct::{check_platform, token_problem};
 
 /// Compare-and-swap attempts when publishing one key record.
 const PUBLISH_ATTEMPTS_MAX: u32 = 16;
@@ -26,7 +28,7 @@ const WATCH_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(
 
 /// Longest key id worth looking up (ours are 16 hex digits).
 const KEY_ID_CHARS_MAX: usize = 64;
-use crate::subjects;
+use crate::nats::subjects;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DirectoryError {
@@ -98,7 +100,7 @@ impl KeyDirectory {
     /// publishes its public keys, so others can verify what it signs.
     pub async fn open_as(config: &crate::config::Config, js: &jetstream::Context) -> anyhow::Result<(Signer, Self)> {
         let key_path = config.keypair_path();
-        let secret = crate::keys::read_secret(&key_path).with_context(|| {
+        let secret = crate::identity::keys::read_secret(&key_path).with_context(|| {
             format!(
                 "create it with: sagefed keygen --platform {} --out {}",
                 config.platform(),
@@ -203,7 +205,7 @@ impl KeyDirectory {
     }
 
     /// Like [`KeyDirectory::verify`], without the expiry check (see
-    /// [`crate::envelope::verify_ignoring_expiry`]).
+    /// [`crate::protocol::envelope::verify_ignoring_expiry`]).
     pub async fn verify_ignoring_expiry<T: Signable>(&self, bytes: &Bytes) -> Result<Verified<T>, EnvelopeError> {
         self.fetch_signer_key(bytes).await?;
         let guard = self

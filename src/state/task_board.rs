@@ -7,10 +7,10 @@ use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::clock::now_seconds;
-use crate::lct::Lct;
-use crate::subjects;
-use crate::task::TaskId;
+use crate::nats::subjects;
+use crate::protocol::clock::now_seconds;
+use crate::protocol::lct::Lct;
+use crate::protocol::task::TaskId;
 
 /// Compare-and-swap attempts on one status record before giving up.
 const CAS_ATTEMPTS_MAX: u32 = 16;

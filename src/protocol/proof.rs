@@ -3,11 +3,11 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::atp::Atp;
-use crate::envelope::Signable;
-use crate::lct::Lct;
-use crate::limits::PROOF_RESULT_BYTES_MAX;
-use crate::task::TaskId;
+use crate::protocol::atp::Atp;
+use crate::protocol::envelope::Signable;
+use crate::protocol::lct::Lct;
+use crate::protocol::limits::PROOF_RESULT_BYTES_MAX;
+use crate::protocol::task::TaskId;
 
 /// How a task ended on the executor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,10 +98,10 @@ impl Signable for ExecutionProof {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::envelope::{EnvelopeError, Signer, verify};
-    use crate::keys::{KeyRecord, KeyRegistry, generate};
-    use crate::task::FederationTask;
-    use crate::task::tests::sample_task;
+    use crate::identity::keys::{KeyRecord, KeyRegistry, generate};
+    use crate::protocol::envelope::{EnvelopeError, Signer, verify};
+    use crate::protocol::task::FederationTask;
+    use crate::protocol::task::tests::sample_task;
 
     pub(crate) fn sample_proof() -> ExecutionProof {
         ExecutionProof {

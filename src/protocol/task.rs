@@ -6,11 +6,13 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::atp::Atp;
-use crate::envelope::Signable;
-use crate::lct::{Lct, check_task_type, token_problem};
-use crate::limits::{OPERATION_CHARS_MAX, TASK_ID_CHARS_MAX, TASK_PARAMETERS_BYTES_MAX, TASK_TIMEOUT_SECONDS_MAX};
-use crate::subjects;
+use crate::nats::subjects;
+use crate::protocol::atp::Atp;
+use crate::protocol::envelope::Signable;
+use crate::protocol::lct::{Lct, check_task_type, token_problem};
+use crate::protocol::limits::{
+    OPERATION_CHARS_MAX, TASK_ID_CHARS_MAX, TASK_PARAMETERS_BYTES_MAX, TASK_TIMEOUT_SECONDS_MAX,
+};
 
 /// A task id: a safe NATS subject token and KV key token, unique per task.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -18,20 +18,20 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
-use crate::clock::now_seconds;
 use crate::config::Config;
-use crate::envelope::{Signer, Verified};
-use crate::key_directory::KeyDirectory;
-use crate::lct::Lct;
+use crate::identity::directory::KeyDirectory;
 use crate::ledger::client::{LedgerClient, LedgerReader};
 use crate::ledger::model::{Lock, LockState, RollbackReason};
 use crate::ledger::protocol::{LedgerReply, Outcome};
-use crate::proof::{ExecutionProof, ProofStatus};
-use crate::registry::{PlatformRecord, Registry};
-use crate::reputation::Reputations;
-use crate::subjects;
-use crate::task::{FederationTask, TaskId};
-use crate::task_status::{TaskBoard, TaskState, TaskStatus};
+use crate::nats::subjects;
+use crate::protocol::clock::now_seconds;
+use crate::protocol::envelope::{Signer, Verified};
+use crate::protocol::lct::Lct;
+use crate::protocol::proof::{ExecutionProof, ProofStatus};
+use crate::protocol::task::{FederationTask, TaskId};
+use crate::state::registry::{PlatformRecord, Registry};
+use crate::state::reputation::Reputations;
+use crate::state::task_board::{TaskBoard, TaskState, TaskStatus};
 
 /// Time a task may wait in the queue before a worker starts it, on top of its timeout.
 pub const QUEUE_WAIT_SECONDS: f64 = 30.0;

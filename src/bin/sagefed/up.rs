@@ -1,6 +1,6 @@
 //! `sagefed up`: the whole federation on one machine.
 //!
-//! Starts a local `nats-server` (found or installed, see [`crate::nats_server`]) with the
+//! Starts a local `nats-server` (found or installed, see [`sage_federation::nats::server`]) with the
 //! embedded `nats/dev.conf`, creates the streams and buckets, starts the ledger service and a
 //! worker for each platform in `configs/`, grants each platform's ATP from its config
 //! (idempotent), runs the seed's scenarios once ([`crate::demo`]), and serves until Ctrl-C.
@@ -13,20 +13,20 @@ use std::time::Duration;
 use anyhow::Context;
 use async_nats::Client;
 
-use crate::config::Config;
-use crate::delegator::FederationClient;
-use crate::envelope::Signer;
-use crate::infra;
-use crate::key_directory::KeyDirectory;
-use crate::keys::{self, KeyRecord};
-use crate::ledger::client::LedgerClient;
-use crate::ledger::protocol::Outcome;
-use crate::ledger::service::{LedgerOptions, LedgerService};
-use crate::nats_server::{self, NatsServer, ServerOptions};
-use crate::worker::Worker;
+use sage_federation::config::Config;
+use sage_federation::delegation::client::FederationClient;
+use sage_federation::identity::directory::KeyDirectory;
+use sage_federation::identity::keys::{self, KeyRecord};
+use sage_federation::ledger::client::LedgerClient;
+use sage_federation::ledger::protocol::Outcome;
+use sage_federation::ledger::service::{LedgerOptions, LedgerService};
+use sage_federation::nats::infra;
+use sage_federation::nats::server::{self as nats_server, NatsServer, ServerOptions};
+use sage_federation::protocol::envelope::Signer;
+use sage_federation::worker::Worker;
 
 /// The development server config, embedded so `sagefed up` works from any directory.
-const DEV_CONF: &str = include_str!("../nats/dev.conf");
+const DEV_CONF: &str = include_str!("../../../nats/dev.conf");
 
 /// Client port `sagefed up` listens on unless told otherwise.
 pub const UP_PORT_DEFAULT: u16 = 4222;

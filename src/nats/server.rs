@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::limits::{NATS_SERVER_START_TIMEOUT, NATS_SERVER_VERSION_MIN, NATS_SERVER_VERSION_PINNED};
+use crate::protocol::limits::{NATS_SERVER_START_TIMEOUT, NATS_SERVER_VERSION_MIN, NATS_SERVER_VERSION_PINNED};
 
 /// Environment variable naming the server binary to use.
 pub const NATS_SERVER_BIN_ENV: &str = "NATS_SERVER_BIN";

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
 
-use crate::limits::ENVELOPE_BYTES_MAX;
-use crate::subjects;
+use crate::nats::subjects;
+use crate::protocol::limits::ENVELOPE_BYTES_MAX;
 
 /// Bytes of headers we allow on top of an envelope in a stream message.
 const HEADERS_BYTES_MAX: usize = 4 * 1024;

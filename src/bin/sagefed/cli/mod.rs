@@ -11,12 +11,10 @@ mod keys;
 mod ledger;
 pub mod platform;
 
-use crate::config::Config;
+use sage_federation::config::Config;
 
-/// Exit code of a command that failed.
+/// Exit code of a command that failed (2, a usage error, is clap's own).
 pub const EXIT_FAILURE: u8 = 1;
-/// Exit code of a usage error (clap's own).
-pub const EXIT_USAGE: u8 = 2;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -70,14 +68,14 @@ enum Command {
 #[derive(clap::Args, Debug, Clone)]
 pub struct NatsArgs {
     /// NATS server URL
-    #[arg(long = "nats", value_name = "URL", env = "SAGE_NATS__URL", default_value = crate::config::NATS_URL_DEFAULT)]
+    #[arg(long = "nats", value_name = "URL", env = "SAGE_NATS__URL", default_value = sage_federation::config::NATS_URL_DEFAULT)]
     pub url: String,
 }
 
 impl NatsArgs {
     /// Connects, or says what to do when no server answers.
     pub async fn connect(&self, name: &str) -> anyhow::Result<async_nats::Client> {
-        crate::infra::connect(&self.url, name)
+        sage_federation::nats::infra::connect(&self.url, name)
             .await
             .map_err(anyhow::Error::from)
     }

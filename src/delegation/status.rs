@@ -18,18 +18,18 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::clock::now_seconds;
-use crate::envelope::{Signable, Signer};
-use crate::key_directory::KeyDirectory;
-use crate::lct::{Lct, check_platform};
+use crate::identity::directory::KeyDirectory;
 use crate::ledger::client::LedgerReader;
 use crate::ledger::model::{Lock, LockState, RollbackReason};
 use crate::ledger::protocol::{LedgerReply, LedgerRequest, Operation, Outcome, REQUEST_TTL_SECONDS};
-use crate::limits::ENVELOPE_BYTES_MAX;
-use crate::registry::Registry;
-use crate::subjects;
-use crate::task::TaskId;
-use crate::task_status::{CancelResult, TaskBoard, TaskStatus};
+use crate::nats::subjects;
+use crate::protocol::clock::now_seconds;
+use crate::protocol::envelope::{Signable, Signer};
+use crate::protocol::lct::{Lct, check_platform};
+use crate::protocol::limits::ENVELOPE_BYTES_MAX;
+use crate::protocol::task::TaskId;
+use crate::state::registry::Registry;
+use crate::state::task_board::{CancelResult, TaskBoard, TaskStatus};
 
 /// How long a status or cancel request waits for its answer.
 pub const STATUS_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -177,7 +177,9 @@ async fn answer(endpoint: &str, payload: &Bytes, shared: &Shared) -> Result<Vec<
     let json = |value: serde_json::Result<Vec<u8>>| value.map_err(|e| e.to_string());
     match endpoint {
         "lct" => {
-            let lct: Lct = text()?.parse().map_err(|e: crate::lct::LctError| e.to_string())?;
+            let lct: Lct = text()?
+                .parse()
+                .map_err(|e: crate::protocol::lct::LctError| e.to_string())?;
             json(serde_json::to_vec(&lct_status(&lct, shared).await?))
         }
         "task" => {

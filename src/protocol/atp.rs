@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::limits::ATP_AMOUNT_MAX;
+use crate::protocol::limits::ATP_AMOUNT_MAX;
 
 /// Micro-ATP in one ATP.
 pub const MICROS_PER_ATP: u64 = 1_000_000;

@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 
 use crate::cli::NatsArgs;
-use crate::config::Config;
-use crate::envelope::Signer;
-use crate::key_directory::KeyDirectory;
-use crate::keys::{self, KeyRecord};
+use sage_federation::config::Config;
+use sage_federation::identity::directory::KeyDirectory;
+use sage_federation::identity::keys::{self, KeyRecord};
+use sage_federation::protocol::envelope::Signer;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum KeysCommand {

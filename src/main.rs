@@ -1,3 +1,0 @@
-fn main() -> std::process::ExitCode {
-    sage_federation::cli::main()
-}
