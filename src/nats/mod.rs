@@ -1,7 +1,11 @@
 //! Everything that names or creates things on NATS: subjects, streams and buckets
-//! ([`subjects`]), their creation and the connection ([`infra`]), and a real `nats-server`
-//! process ([`server`]).
+//! ([`subjects`]), who may use which ([`permissions`]), their creation ([`infra`]), the one
+//! connection setup ([`connection`]), the server's authorization and TLS config
+//! ([`server_config`]) and a real `nats-server` process ([`server`]).
 
+pub mod connection;
 pub mod infra;
+pub mod permissions;
 pub mod server;
+pub mod server_config;
 pub mod subjects;
