@@ -115,23 +115,37 @@ impl Attacker {
 async fn forbidden_for_a_platform(a: &mut Attacker, victim: &str, victim_nkey: &str) -> Vec<Kind> {
     let account = s::kv_subject(s::LEDGER_BUCKET, &format!("accounts.{}.dp.consciousness", a.name));
     a.publish(&account, r#"{"balance_uatp":1000000000}"#).await;
-    a.publish(&s::kv_subject(s::LEDGER_BUCKET, s::LEDGER_SUPPLY), "{}").await;
-    a.publish(&s::kv_subject(s::LEDGER_BUCKET, "locks.t-forged"), "{}").await;
-    a.publish(&s::kv_subject(s::KEYS_BUCKET, "Treasury.0000000000000000"), "{}").await;
-    a.publish(&s::kv_subject(s::KEYS_BUCKET, &format!("{victim}.0000000000000000")), "{}")
+    a.publish(&s::kv_subject(s::LEDGER_BUCKET, s::LEDGER_SUPPLY), "{}")
         .await;
-    a.publish(&s::kv_subject(s::PLATFORMS_BUCKET, victim), r#"{"delegate":true}"#).await;
+    a.publish(&s::kv_subject(s::LEDGER_BUCKET, "locks.t-forged"), "{}")
+        .await;
+    a.publish(&s::kv_subject(s::KEYS_BUCKET, "Treasury.0000000000000000"), "{}")
+        .await;
+    a.publish(
+        &s::kv_subject(s::KEYS_BUCKET, &format!("{victim}.0000000000000000")),
+        "{}",
+    )
+    .await;
+    a.publish(&s::kv_subject(s::PLATFORMS_BUCKET, victim), r#"{"delegate":true}"#)
+        .await;
     a.publish(&s::ledger_endpoint("grant"), "{}").await;
     for subject in [s::ledger_endpoint("lock"), s::ledger_any(), s::all_under("sage.ledger")] {
         a.subscribe(&subject).await;
     }
-    for subject in ["_INBOX.>".to_owned(), s::all_under(&s::inbox_prefix(victim_nkey)), ">".to_owned()] {
+    for subject in [
+        "_INBOX.>".to_owned(),
+        s::all_under(&s::inbox_prefix(victim_nkey)),
+        ">".to_owned(),
+    ] {
         a.subscribe(&subject).await;
     }
     a.subscribe(&s::proofs_for(victim)).await;
     a.subscribe(&s::proof_any()).await;
-    a.publish(&s::js_direct_get_subject(s::PROOFS_STREAM, &s::proof(victim, "t-1")), "")
-        .await;
+    a.publish(
+        &s::js_direct_get_subject(s::PROOFS_STREAM, &s::proof(victim, "t-1")),
+        "",
+    )
+    .await;
     a.publish(&s::js_msg_get(s::PROOFS_STREAM), "{}").await;
     let worker = s::worker_consumer(victim);
     a.publish(&s::js_consumer_next(s::TASKS_STREAM, &worker), "{}").await;
@@ -201,7 +215,12 @@ async fn every_attack_is_refused_the_ledger_is_untouched_and_delegation_still_wo
 
     // A rogue platform with valid credentials of its own, and every genuine platform trying
     // what only another may do.
-    for (attacker, victim) in [("Mallory", "Legion"), ("Thor", "Legion"), ("Legion", "Sprout"), ("Sprout", "Thor")] {
+    for (attacker, victim) in [
+        ("Mallory", "Legion"),
+        ("Thor", "Legion"),
+        ("Legion", "Sprout"),
+        ("Sprout", "Thor"),
+    ] {
         let mut a = Attacker::connect(&p, attacker).await;
         kinds.extend(forbidden_for_a_platform(&mut a, victim, &nkey_of(&p, victim)).await);
         attempts += a.attempts;
@@ -210,7 +229,10 @@ async fn every_attack_is_refused_the_ledger_is_untouched_and_delegation_still_wo
     // The admin grants, nothing more: it cannot write the ledger, serve it, or touch streams.
     let mut admin = Attacker::connect(&p, "Treasury").await;
     admin
-        .publish(&s::kv_subject(s::LEDGER_BUCKET, "accounts.Treasury.dp.consciousness"), "{}")
+        .publish(
+            &s::kv_subject(s::LEDGER_BUCKET, "accounts.Treasury.dp.consciousness"),
+            "{}",
+        )
         .await;
     admin.subscribe(&s::ledger_any()).await;
     admin.publish(&s::ledger_endpoint("lock"), "{}").await;
@@ -218,7 +240,9 @@ async fn every_attack_is_refused_the_ledger_is_untouched_and_delegation_still_wo
         .publish(&format!("$JS.API.STREAM.DELETE.{}", s::TASKS_STREAM), "{}")
         .await;
     admin.subscribe(&s::proofs_for("Thor")).await;
-    admin.publish(&s::kv_subject(s::KEYS_BUCKET, "Legion.0000000000000000"), "{}").await;
+    admin
+        .publish(&s::kv_subject(s::KEYS_BUCKET, "Legion.0000000000000000"), "{}")
+        .await;
     attempts += admin.attempts;
 
     // Mallory's signed lock on Legion's account: the server lets it ask, the ledger refuses.
@@ -316,7 +340,10 @@ async fn every_attack_is_refused_the_ledger_is_untouched_and_delegation_still_wo
         .expect("delegation");
     assert_eq!(outcome.settlement, LockState::Committed, "{outcome:?}");
     p.assert_audit_clean();
-    eprintln!("adversary: {attempts} attempts of {} kinds, every one refused", kinds.len());
+    eprintln!(
+        "adversary: {attempts} attempts of {} kinds, every one refused",
+        kinds.len()
+    );
     assert_eq!(kinds.len(), 12, "{kinds:?}");
     assert!(attempts >= 100, "{attempts} attempts");
 }

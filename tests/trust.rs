@@ -66,7 +66,12 @@ fn init_makes_bundles_nats_server_accepts_and_never_overwrites_silently() {
     assert!(manifest.hosts.contains(&"hub.lab".to_owned()));
     for platform in ["Legion", "Thor", "Sprout"] {
         let bundle = fed.bundle(platform);
-        for file in [format!("{platform}.nk"), "ca.pem".into(), "nats.toml".into(), "root.pub".into()] {
+        for file in [
+            format!("{platform}.nk"),
+            "ca.pem".into(),
+            "nats.toml".into(),
+            "root.pub".into(),
+        ] {
             assert!(bundle.join(&file).is_file(), "{platform}'s bundle lacks {file}");
         }
     }

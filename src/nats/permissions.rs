@@ -94,6 +94,9 @@ fn role_permissions(role: Role, name: &str) -> Permissions {
                 // The operator reads the dead letters (`nats stream view SAGE_DEAD`).
                 s::js_msg_get(s::DEAD_STREAM),
             ]);
+            p.publish.extend(s::js_consumer_create_any(s::DEAD_STREAM));
+            p.publish
+                .extend(s::JS_API_OPERATOR_READS.iter().map(|x| (*x).to_owned()));
         }
         Role::Platform => {
             let worker = s::worker_consumer(name);

@@ -148,6 +148,16 @@ pub const JS_FLOW_CONTROL_ALL: &str = "$JS.FC.>";
 /// Service discovery of NATS micro services (`nats micro ls`, `$SRV.PING.<service>`).
 pub const SERVICE_DISCOVERY_ALL: &str = "$SRV.>";
 
+/// Listing streams and consumers and reading consumer information: what an operator's
+/// `nats stream ls`, `nats kv ls`, `nats consumer info` ask.
+pub const JS_API_OPERATOR_READS: [&str; 5] = [
+    "$JS.API.STREAM.NAMES",
+    "$JS.API.STREAM.LIST",
+    "$JS.API.CONSUMER.NAMES.*",
+    "$JS.API.CONSUMER.LIST.*",
+    "$JS.API.CONSUMER.INFO.*.*",
+];
+
 /// Every subject under `prefix` (a subject with `.>` appended).
 pub fn all_under(prefix: &str) -> String {
     format!("{prefix}.>")
