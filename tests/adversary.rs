@@ -51,6 +51,7 @@ enum Kind {
     ForgeDeadLetters,
     SignedLockOnForeignAccount,
     ConnectWithoutCredentials,
+    DelegateWithoutGrant,
 }
 
 impl Attacker {
@@ -245,6 +246,14 @@ async fn every_attack_is_refused_the_ledger_is_untouched_and_delegation_still_wo
         .await;
     attempts += admin.attempts;
 
+    // A platform the root did not grant federation:delegate cannot queue a task or lock ATP,
+    // whatever its registry record claims.
+    let mut executor = Attacker::connect(&p, common::EXECUTOR_ONLY_PLATFORM).await;
+    executor.publish(&s::delegate("Legion"), "{}").await;
+    executor.publish(&s::ledger_endpoint("lock"), "{}").await;
+    attempts += executor.attempts;
+    kinds.insert(Kind::DelegateWithoutGrant);
+
     // Mallory's signed lock on Legion's account: the server lets it ask, the ledger refuses.
     let mallory = Signer::new("Mallory", keys::generate().expect("random")).expect("signer");
     let mallory_client = p.nats.client_as("Mallory").await;
@@ -344,6 +353,6 @@ async fn every_attack_is_refused_the_ledger_is_untouched_and_delegation_still_wo
         "adversary: {attempts} attempts of {} kinds, every one refused",
         kinds.len()
     );
-    assert_eq!(kinds.len(), 12, "{kinds:?}");
+    assert_eq!(kinds.len(), 13, "{kinds:?}");
     assert!(attempts >= 100, "{attempts} attempts");
 }

@@ -71,6 +71,8 @@ pub struct Manifest {
 pub struct InitOptions {
     pub dir: PathBuf,
     pub platforms: Vec<String>,
+    /// Platforms among `platforms` not granted `federation:delegate` (execute only).
+    pub executors: Vec<String>,
     pub admins: Vec<String>,
     /// Extra host names or addresses for the server certificate (loopback is always in).
     pub hosts: Vec<String>,
@@ -260,7 +262,12 @@ pub fn init(options: &InitOptions) -> Result<Manifest, InitError> {
         identities.push(new_identity(&fed, admin, Role::Admin)?);
     }
     for platform in &options.platforms {
-        identities.push(new_identity(&fed, platform, Role::Platform)?);
+        let role = if options.executors.contains(platform) {
+            Role::Executor
+        } else {
+            Role::Platform
+        };
+        identities.push(new_identity(&fed, platform, role)?);
     }
     let manifest = Manifest {
         root_public_key: keys::public_key_text(&root.verifying_key()),
@@ -276,14 +283,15 @@ pub fn init(options: &InitOptions) -> Result<Manifest, InitError> {
 /// Adds a platform to an existing federation: a new identity, the server config and the
 /// hub bundle rewritten; nobody else's keys change. Reload the server afterwards
 /// (`nats-server --signal reload`).
-pub fn add_platform(dir: &Path, platform: &str) -> Result<Manifest, InitError> {
+pub fn add_platform(dir: &Path, platform: &str, role: Role) -> Result<Manifest, InitError> {
+    debug_assert!(role.is_platform(), "add_platform adds platforms");
     let fed = FederationDir::new(dir);
     let mut manifest = fed.load()?;
     check_name(platform)?;
     if manifest.identities.iter().any(|i| i.name == platform) {
         return Err(InitError::Duplicate(platform.to_owned()));
     }
-    manifest.identities.push(new_identity(&fed, platform, Role::Platform)?);
+    manifest.identities.push(new_identity(&fed, platform, role)?);
     write_outputs(&fed, &manifest)?;
     Ok(manifest)
 }
@@ -322,12 +330,13 @@ fn write_outputs(fed: &FederationDir, manifest: &Manifest) -> Result<(), InitErr
     )?;
     write_file(&hub.join("root.pub"), &root_pub, false)?;
     for identity in &manifest.identities {
-        let bundle = match identity.role {
-            Role::Ledger | Role::Admin => hub.clone(),
-            Role::Platform => fed.bundle(&identity.name),
+        let bundle = if identity.role.is_platform() {
+            fed.bundle(&identity.name)
+        } else {
+            hub.clone()
         };
         copy_into(&fed.creds(&identity.name), &bundle, true)?;
-        if identity.role == Role::Platform {
+        if identity.role.is_platform() {
             copy_into(&fed.ca_cert(), &bundle, false)?;
             write_file(&bundle.join("root.pub"), &root_pub, false)?;
             write_file(

@@ -18,6 +18,16 @@ pub enum Role {
     Admin,
     /// A platform (Legion, Thor, Sprout): delegates, executes its own queue, settles.
     Platform,
+    /// A platform the root did not grant `federation:delegate`: it executes and settles, but
+    /// the server refuses its tasks and locks. Granted at `sagefed init`, not claimed.
+    Executor,
+}
+
+impl Role {
+    /// Whether identities of this role run a platform's worker (and get a platform bundle).
+    pub fn is_platform(self) -> bool {
+        matches!(self, Role::Platform | Role::Executor)
+    }
 }
 
 /// The subjects one identity may publish and subscribe to.
@@ -98,15 +108,17 @@ fn role_permissions(role: Role, name: &str) -> Permissions {
             p.publish
                 .extend(s::JS_API_OPERATOR_READS.iter().map(|x| (*x).to_owned()));
         }
-        Role::Platform => {
+        Role::Platform | Role::Executor => {
+            if role == Role::Platform {
+                // federation:delegate: queue tasks for others and lock ATP for them.
+                p.publish.extend([s::delegate_any(), s::ledger_endpoint("lock")]);
+            }
             let worker = s::worker_consumer(name);
             let settle = s::settle_consumer(name);
             p.publish.extend([
-                s::delegate_any(),
                 s::proof_any(),
                 s::dead_letter(name),
                 s::abort_any(),
-                s::ledger_endpoint("lock"),
                 s::ledger_endpoint("commit"),
                 s::ledger_endpoint("rollback"),
                 s::kv_pattern(s::KEYS_BUCKET, &format!("{name}.*")),
@@ -153,6 +165,10 @@ pub fn markdown_table() -> String {
         ("ledger", role_permissions(Role::Ledger, NAME_PLACEHOLDER)),
         ("admin (`Treasury`)", role_permissions(Role::Admin, NAME_PLACEHOLDER)),
         ("platform `<me>`", role_permissions(Role::Platform, NAME_PLACEHOLDER)),
+        (
+            "executor-only platform `<me>` (no `federation:delegate`)",
+            role_permissions(Role::Executor, NAME_PLACEHOLDER),
+        ),
     ];
     for (label, p) in rows {
         let cell = |subjects: &[String]| subjects.iter().map(|x| format!("`{x}`")).collect::<Vec<_>>().join(" ");

@@ -38,6 +38,8 @@ pub struct TestNats {
 /// Platforms of a secure test federation: the seed's three and `Mallory`, a platform whose
 /// valid credentials an attacker holds.
 pub const SECURE_PLATFORMS: [&str; 4] = ["Legion", "Thor", "Sprout", "Mallory"];
+/// A platform of a secure test federation that the root did not grant `federation:delegate`.
+pub const EXECUTOR_ONLY_PLATFORM: &str = "Watcher";
 /// The identity a secure test server's [`TestNats::client`] connects as.
 pub const DEFAULT_TEST_IDENTITY: &str = "Thor";
 
@@ -62,7 +64,12 @@ impl TestNats {
         let fed_dir = dir.path().join("federation");
         federation_init(&InitOptions {
             dir: fed_dir.clone(),
-            platforms: SECURE_PLATFORMS.iter().map(|p| (*p).to_owned()).collect(),
+            platforms: SECURE_PLATFORMS
+                .iter()
+                .chain(std::iter::once(&EXECUTOR_ONLY_PLATFORM))
+                .map(|p| (*p).to_owned())
+                .collect(),
+            executors: vec![EXECUTOR_ONLY_PLATFORM.to_owned()],
             admins: vec!["Treasury".to_owned()],
             hosts: Vec::new(),
             url: "nats://127.0.0.1:4222".to_owned(),

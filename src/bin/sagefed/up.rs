@@ -23,6 +23,7 @@ use sage_federation::ledger::protocol::Outcome;
 use sage_federation::ledger::service::{LedgerOptions, LedgerService};
 use sage_federation::nats::connection::{self, NatsAccess};
 use sage_federation::nats::infra;
+use sage_federation::nats::permissions::Role;
 use sage_federation::nats::server::{self as nats_server, NatsServer, ServerOptions};
 use sage_federation::protocol::envelope::Signer;
 use sage_federation::worker::Worker;
@@ -128,6 +129,11 @@ pub fn ensure_federation(data_dir: &Path, configs: &[Config]) -> anyhow::Result<
         federation::init(&InitOptions {
             dir: dir.clone(),
             platforms: configs.iter().map(|c| c.platform().to_owned()).collect(),
+            executors: configs
+                .iter()
+                .filter(|c| !c.permissions.delegate)
+                .map(|c| c.platform().to_owned())
+                .collect(),
             admins: vec![TREASURY.to_owned()],
             hosts: Vec::new(),
             url: sage_federation::config::NATS_URL_DEFAULT.to_owned(),
@@ -143,7 +149,12 @@ pub fn ensure_federation(data_dir: &Path, configs: &[Config]) -> anyhow::Result<
     let known = fed.load()?;
     for config in configs {
         if !known.identities.iter().any(|i| i.name == config.platform()) {
-            federation::add_platform(&dir, config.platform())?;
+            let role = if config.permissions.delegate {
+                Role::Platform
+            } else {
+                Role::Executor
+            };
+            federation::add_platform(&dir, config.platform(), role)?;
             println!("init       added platform {}", config.platform());
         }
     }

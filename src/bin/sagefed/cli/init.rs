@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use sage_federation::identity::federation::{self, FederationDir, InitOptions, Manifest};
+use sage_federation::nats::permissions::Role;
 
 use crate::cli::FEDERATION_DIR_DEFAULT;
 
@@ -14,6 +15,10 @@ pub struct InitArgs {
     /// A platform identity (repeat); default Legion, Thor, Sprout
     #[arg(long = "platform", value_name = "NAME")]
     platforms: Vec<String>,
+    /// A platform the root does not grant federation:delegate: it may execute, not delegate
+    /// (repeat; with --platform or --add-platform)
+    #[arg(long = "executor-only", value_name = "NAME")]
+    executors: Vec<String>,
     /// A ledger admin identity (repeat)
     #[arg(long = "admin", value_name = "NAME", default_value = crate::up::TREASURY)]
     admins: Vec<String>,
@@ -36,7 +41,12 @@ pub const DEFAULT_PLATFORMS: [&str; 3] = ["Legion", "Thor", "Sprout"];
 
 pub fn run(args: &InitArgs) -> anyhow::Result<()> {
     let manifest = if let Some(platform) = &args.add_platform {
-        let manifest = federation::add_platform(&args.out, platform)?;
+        let role = if args.executors.contains(platform) {
+            Role::Executor
+        } else {
+            Role::Platform
+        };
+        let manifest = federation::add_platform(&args.out, platform, role)?;
         println!("added platform {platform}; reload the server: nats-server --signal reload");
         manifest
     } else {
@@ -48,6 +58,7 @@ pub fn run(args: &InitArgs) -> anyhow::Result<()> {
         federation::init(&InitOptions {
             dir: args.out.clone(),
             platforms,
+            executors: args.executors.clone(),
             admins: args.admins.clone(),
             hosts: args.hosts.clone(),
             url: args.url.clone(),
