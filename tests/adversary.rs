@@ -52,6 +52,7 @@ enum Kind {
     SignedLockOnForeignAccount,
     ConnectWithoutCredentials,
     DelegateWithoutGrant,
+    GrantWithUnpinnedAdminKey,
 }
 
 impl Attacker {
@@ -280,6 +281,25 @@ async fn every_attack_is_refused_the_ledger_is_untouched_and_delegation_still_wo
     attempts += 1;
     kinds.insert(Kind::SignedLockOnForeignAccount);
 
+    // Someone holding the treasury's NATS credentials but not its pinned signing key writes
+    // a second Treasury key record (the server allows that identity to) and grants with it.
+    let stolen = p.nats.client_as("Treasury").await;
+    let forger = Signer::new("Treasury", keys::generate().expect("random")).expect("signer");
+    KeyDirectory::open(&async_nats::jetstream::new(stolen.clone()))
+        .await
+        .expect("keys")
+        .publish(&KeyRecord::new("Treasury", &forger.verifying_key(), 0.0))
+        .await
+        .expect("the treasury identity may write its own key records");
+    let minted = LedgerClient::new(stolen, forger)
+        .grant("forged-grant", &lct("Thor", "consciousness"), 1_000_000.0)
+        .await
+        .expect("a signed reply");
+    assert_eq!(minted.outcome, Outcome::Rejected, "{minted:?}");
+    assert!(minted.message.contains("pinned"), "{minted:?}");
+    attempts += 1;
+    kinds.insert(Kind::GrantWithUnpinnedAdminKey);
+
     // An outsider: no credentials, an unknown key, or no TLS.
     let fed = p.nats.federation.clone().expect("secure");
     let no_creds = connection::NatsAccess {
@@ -327,7 +347,11 @@ async fn every_attack_is_refused_the_ledger_is_untouched_and_delegation_still_wo
         .map(|r| format!("{}/{}", r.platform, r.key_id))
         .collect();
     keys_after.sort();
-    assert_eq!(keys_after, keys_before, "nobody's key changed but Mallory's own");
+    keys_after.retain(|k| !k.starts_with("Treasury/") || keys_before.contains(k));
+    assert_eq!(
+        keys_after, keys_before,
+        "nobody's key changed but Mallory's own and the forger's Treasury record"
+    );
 
     // The federation still serves a delegation, and the audit is clean.
     let outcome = p
@@ -353,6 +377,6 @@ async fn every_attack_is_refused_the_ledger_is_untouched_and_delegation_still_wo
         "adversary: {attempts} attempts of {} kinds, every one refused",
         kinds.len()
     );
-    assert_eq!(kinds.len(), 13, "{kinds:?}");
+    assert_eq!(kinds.len(), 14, "{kinds:?}");
     assert!(attempts >= 100, "{attempts} attempts");
 }
