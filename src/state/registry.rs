@@ -76,9 +76,19 @@ impl Registry {
         Ok(())
     }
 
+    /// The record of `platform`. A record under its key that describes another platform
+    /// (each identity may write only its own key, but may claim anything in it) is ignored
+    /// with a warning.
     pub async fn get(&self, platform: &str) -> Result<Option<PlatformRecord>, RegistryError> {
         let value = self.kv.get(platform).await.map_err(|e| RegistryError(e.to_string()))?;
-        Ok(value.and_then(|v| serde_json::from_slice(&v).ok()))
+        let record: Option<PlatformRecord> = value.and_then(|v| serde_json::from_slice(&v).ok());
+        Ok(record.filter(|r| {
+            let own = r.platform == platform;
+            if !own {
+                tracing::warn!(key = platform, claims = %r.platform, "ignoring a registry record about another platform");
+            }
+            own
+        }))
     }
 
     /// Every registered platform (records that do not parse are skipped).
