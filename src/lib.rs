@@ -17,7 +17,8 @@
 //! - [`ledger`]: the ATP ledger: pure rules, the service that applies them, its client, its
 //!   audit.
 //! - [`delegation`]: the delegator's [`FederationClient`], where a task goes
-//!   ([`delegation::placement`], pure) and the status and cancel service.
+//!   ([`delegation::placement`], pure), the seed's scenarios ([`delegation::scenarios`]) and the
+//!   status and cancel service.
 //! - [`worker`]: executes tasks: checks, admission, the operation handlers in `worker::ops`.
 //! - [`state`]: the platform registry, reputation and task board buckets.
 //! - [`config`]: per-platform configuration (defaults < file < `SAGE_*` environment).
