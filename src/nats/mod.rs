@@ -1,8 +1,10 @@
 //! Everything that names or creates things on NATS: subjects, streams and buckets
 //! ([`subjects`]), who may use which ([`permissions`]), their creation ([`infra`]), the one
 //! connection setup ([`connection`]), the server's authorization and TLS config
-//! ([`server_config`]) and a real `nats-server` process ([`server`]).
+//! ([`server_config`]), a real `nats-server` process ([`server`]), and the one
+//! compare-and-swap update of a KV record ([`cas`]).
 
+pub mod cas;
 pub mod connection;
 pub mod infra;
 pub mod permissions;
