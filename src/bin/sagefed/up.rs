@@ -22,6 +22,7 @@ use sage_federation::ledger::protocol::Outcome;
 use sage_federation::ledger::service::{LedgerOptions, LedgerService};
 use sage_federation::nats::infra;
 use sage_federation::nats::server::{self as nats_server, NatsServer, ServerOptions};
+use sage_federation::observe::server as observe_server;
 use sage_federation::protocol::envelope::Signer;
 use sage_federation::worker::Worker;
 
@@ -58,6 +59,12 @@ pub struct UpArgs {
     /// Do not run the demo scenarios
     #[arg(long, conflicts_with = "exit_after_demo")]
     pub no_demo: bool,
+    /// Address of the live dashboard and /metrics (loopback by default; port 0 picks a free one)
+    #[arg(long, value_name = "ADDR", default_value = crate::cli::observe::DASHBOARD_ADDR_DEFAULT)]
+    pub dashboard: String,
+    /// Do not serve the dashboard
+    #[arg(long)]
+    pub no_dashboard: bool,
 }
 
 /// Runs the federation until `shutdown` resolves.
@@ -217,7 +224,31 @@ async fn serve(
     configs: Vec<Config>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    // Bound first, so that a busy port stops `up` before anything starts.
+    let listener = if args.no_dashboard {
+        None
+    } else {
+        Some(
+            observe_server::bind(&args.dashboard)
+                .await
+                .context("pass --dashboard ADDR or --no-dashboard")?,
+        )
+    };
     let federation = Federation::start(url, &args.data_dir, configs).await?;
+    let _dashboard = match listener {
+        Some(listener) => {
+            // Read-only: `up` holds every platform's key, and a page should cancel as one
+            // platform only (`sagefed dashboard --config F`).
+            let router = crate::cli::observe::router(federation.client.clone(), None).await?;
+            println!("dashboard  http://{}/ (and /metrics)", listener.local_addr()?);
+            Some(tokio::spawn(observe_server::serve(
+                listener,
+                router,
+                std::future::pending(),
+            )))
+        }
+        None => None,
+    };
     let demo = if args.no_demo {
         Ok(true)
     } else {
@@ -238,7 +269,7 @@ async fn serve(
     println!("serving on {url}; press Ctrl-C to stop. From another terminal:");
     println!("  sagefed delegate --config configs/thor.toml --to Legion --operation planning --budget 10 \\");
     println!(
-        "      --params '{{\"width\":16,\"height\":16,\"start\":[0,0],\"goal\":[15,15],\"obstacle_density\":0.2,\"seed\":3}}'"
+        "      --params '{{\"width\":16,\"height\":16,\"start\":[0,0],\"goal\":[15,15],\"obstacle_density\":0.2,\"seed\":1}}'"
     );
     println!("  sagefed balances    sagefed audit    sagefed status lct:web4:agent:dp@Thor#consciousness");
     shutdown.await;

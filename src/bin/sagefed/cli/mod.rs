@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod keygen;
 mod keys;
 mod ledger;
+pub mod observe;
 pub mod platform;
 
 use sage_federation::config::Config;
@@ -62,6 +63,8 @@ enum Command {
     Grant(ledger::GrantArgs),
     /// Measure latency and throughput on a local server, against a floor from the same run
     Bench(crate::bench::BenchArgs),
+    /// Serve the live dashboard (and /metrics) for a running federation
+    Dashboard(observe::DashboardArgs),
 }
 
 /// How to reach NATS, for commands that talk to a running federation.
@@ -150,6 +153,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Balances(args) => ledger::balances_command(&args).await?,
         Command::Grant(args) => return ledger::grant_command(&args).await,
         Command::Bench(args) => crate::bench::run(args).await?,
+        Command::Dashboard(args) => observe::dashboard(&args).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
