@@ -10,6 +10,7 @@ use sage_federation::nats::infra;
 use sage_federation::nats::server::{self as nats_server, NatsServer, ServerOptions};
 
 pub mod federation;
+pub mod http;
 
 /// The repository root.
 pub fn repo_dir() -> PathBuf {

@@ -1,0 +1,191 @@
+//! Seeing the federation, as a user and a scraper do: `/metrics` of `sagefed worker
+//! --metrics`, `sagefed ledger serve --metrics` and `sagefed dashboard` move when tasks run;
+//! the dashboard page in a real headless Chromium shows a delegation and the balances change
+//! without a reload, and cancels a task from the page; `bench --json` prints only JSON.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::federation::{Processes, publish_to_legion};
+use common::http::{announced_url, get, sample};
+
+/// A `sagefed dashboard` process and the URL it announced.
+struct DashboardProcess {
+    child: Child,
+    url: String,
+}
+
+impl Drop for DashboardProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `sagefed dashboard` on a free loopback port with `args` (`--config F` or `--nats U`).
+fn spawn_dashboard(args: &[&str]) -> DashboardProcess {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sagefed"))
+        .args(["dashboard", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("SAGE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sagefed dashboard");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            seen.push_str(&line);
+            seen.push('\n');
+            if let Some(url) = announced_url(&line, "dashboard on ") {
+                let _ = tx.send(Ok(url));
+            }
+        }
+        let _ = tx.send(Err(seen));
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(Ok(url)) => DashboardProcess { child, url },
+        other => panic!("sagefed dashboard did not announce its address: {other:?}"),
+    }
+}
+
+async fn scrape(url: &str) -> String {
+    let (status, body) = get(url).await;
+    assert_eq!(status, 200, "{url}: {body}");
+    body
+}
+
+/// The delegate CLI's JSON outcome; asserts it exited as `committed` says.
+fn delegate(federation: &Processes, platform: &str, args: &[&str]) -> serde_json::Value {
+    let output = federation.delegate_cli(platform, args);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let outcome: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "--json stdout is not JSON ({e}):\n{stdout}\nstderr:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    assert_eq!(
+        output.status.success(),
+        outcome["settlement"] == "committed",
+        "{outcome}"
+    );
+    outcome
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_delegations_refusals_and_ledger_transitions() {
+    let federation = Processes::start().await;
+    let ledger_url = federation.metrics_url("ledger.log").await;
+    let legion_url = federation.metrics_url("worker-Legion.log").await;
+    let sprout_url = federation.metrics_url("worker-Sprout.log").await;
+    let dashboard = spawn_dashboard(&["--nats", &federation.url()]);
+    let dashboard_metrics = format!("{}metrics", dashboard.url);
+
+    let ledger_before = scrape(&ledger_url).await;
+    let legion_before = scrape(&legion_url).await;
+    let sprout_before = scrape(&sprout_url).await;
+    let locks = r#"sagefed_ledger_transitions_total{operation="lock",outcome="applied"}"#;
+    let commits = r#"sagefed_ledger_transitions_total{operation="commit",outcome="applied"}"#;
+    let groups = "sagefed_ledger_group_commit_commands_count";
+    let deliveries = r#"sagefed_task_deliveries_total{platform="Legion"}"#;
+    let malformed = r#"sagefed_refusals_total{by="worker",reason="malformed"}"#;
+    let permission = r#"sagefed_refusals_total{by="worker",reason="permission"}"#;
+    let dead = r#"sagefed_dead_letters_total{platform="Legion"}"#;
+
+    // One paid task, one refused for a permission, one unreadable message.
+    let paid = delegate(
+        &federation,
+        "Thor",
+        &["--to", "Legion", "--operation", "execution", "--budget", "1"],
+    );
+    assert_eq!(paid["settlement"], "committed", "{paid}");
+    let refused = delegate(
+        &federation,
+        "Legion",
+        &["--to", "Sprout", "--operation", "planning", "--budget", "1"],
+    );
+    assert_eq!(refused["rollback_reason"], "permission_denied", "{refused}");
+    let js = federation.nats.js().await;
+    publish_to_legion(&js, "not a signed envelope".into(), "garbage-1").await;
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ledger, legion, sprout) = (
+            scrape(&ledger_url).await,
+            scrape(&legion_url).await,
+            scrape(&sprout_url).await,
+        );
+        let moved = [
+            sample(&ledger, locks) >= sample(&ledger_before, locks) + 2.0,
+            sample(&ledger, commits) > sample(&ledger_before, commits),
+            sample(&ledger, groups) > sample(&ledger_before, groups),
+            sample(&legion, deliveries) >= sample(&legion_before, deliveries) + 2.0,
+            sample(&legion, malformed) > sample(&legion_before, malformed),
+            sample(&legion, dead) > sample(&legion_before, dead),
+            sample(&sprout, permission) > sample(&sprout_before, permission),
+        ];
+        if moved.iter().all(|m| *m) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "counters did not move as expected {moved:?}:\nledger:\n{ledger}\nLegion:\n{legion}\nSprout:\n{sprout}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Histograms carry their unit, counters end in _total, and every family is described.
+    let ledger = scrape(&ledger_url).await;
+    assert!(
+        ledger.contains("# TYPE sagefed_ledger_transition_duration_seconds histogram"),
+        "{ledger}"
+    );
+    assert!(ledger.contains(r#"sagefed_ledger_transition_duration_seconds_bucket{operation="lock",le="0.001"}"#));
+    assert!(
+        ledger.contains("# HELP sagefed_ledger_group_commit_commands "),
+        "{ledger}"
+    );
+
+    // The dashboard's gauges follow the ledger: all granted ATP, none locked once settled.
+    let granted: u64 = federation.snapshot().await.supply.total_uatp.micros();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = scrape(&dashboard_metrics).await;
+        if sample(&text, "sagefed_supply_microatp") == granted as f64 && text.contains("sagefed_locked_microatp 0") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dashboard gauges never matched {granted}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    federation.assert_audit_clean();
+}
+
+#[test]
+fn bench_json_prints_only_json_on_stdout() {
+    common::server_binary();
+    let output = Command::new(env!("CARGO_BIN_EXE_sagefed"))
+        .args(["bench", "delegation", "--tasks", "20", "--concurrency", "4", "--json"])
+        .env("SAGE_TOOLS_DIR", common::repo_dir().join(".tools"))
+        .output()
+        .expect("run sagefed bench");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let figures: serde_json::Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("stdout is not only JSON ({e}):\n{stdout}"));
+    assert!(figures.as_array().is_some_and(|f| f.len() >= 4), "{figures}");
+    assert!(
+        stderr.contains("delegations committed"),
+        "the summary goes to stderr: {stderr}"
+    );
+}
