@@ -189,3 +189,150 @@ fn bench_json_prints_only_json_on_stdout() {
         "the summary goes to stderr: {stderr}"
     );
 }
+
+/// The text of Thor's `consciousness` balance cell on the page, once it is shown.
+const THOR_BALANCE: &str = r#"const cell = document.querySelector('tr[data-account="lct:web4:agent:dp@Thor#consciousness"] td.balance');
+return cell ? cell.textContent : null;"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_shows_delegations_and_balances_live_and_cancels_as_its_platform() {
+    let federation = Processes::start().await;
+    let thor_config = federation.configs["Thor"].display().to_string();
+    let dashboard = spawn_dashboard(&["--config", &thor_config]);
+    let browser = common::browser::Browser::start().await;
+    browser.client.goto(&dashboard.url).await.expect("open the dashboard");
+    browser
+        .wait_for(
+            "the live connection",
+            "return document.getElementById('connection').textContent === 'live';",
+            serde_json::Value::Null,
+        )
+        .await;
+    let before = browser
+        .wait_for("Thor's balance", THOR_BALANCE, serde_json::Value::Null)
+        .await;
+
+    // A delegation from another process: the page shows it and the new balance, pushed.
+    let outcome = delegate(
+        &federation,
+        "Thor",
+        &["--to", "Legion", "--operation", "execution", "--budget", "1"],
+    );
+    let task_id = outcome["task_id"].as_str().expect("a task id").to_owned();
+    let row = browser
+        .wait_for(
+            "the committed delegation",
+            "const row = document.querySelector(`#recent tr[data-task=\"${arguments[0]}\"]`);
+             return row && row.textContent.includes('committed') ? row.textContent : null;",
+            serde_json::json!(task_id),
+        )
+        .await;
+    assert!(
+        row.as_str()
+            .is_some_and(|r| r.contains("Thor → Legion") && r.contains("execution")),
+        "{row}"
+    );
+    let after = browser
+        .wait_for(
+            "Thor's new balance",
+            &format!("const now = (() => {{ {THOR_BALANCE} }})(); return now !== arguments[0] ? now : null;"),
+            before.clone(),
+        )
+        .await;
+    let (before, after): (f64, f64) = (
+        before.as_str().and_then(|b| b.parse().ok()).expect("a number"),
+        after.as_str().and_then(|a| a.parse().ok()).expect("a number"),
+    );
+    let consumed = outcome["atp_consumed"].as_f64().expect("consumed");
+    assert!(
+        (before - after - consumed).abs() < 0.0015,
+        "{before} -> {after}, paid {consumed}"
+    );
+
+    // Cancel from the page: a long task Thor delegated gets a button; pressing it refunds.
+    let long_task = {
+        let thor = federation.configs["Thor"].clone();
+        std::thread::spawn(move || {
+            Command::new(env!("CARGO_BIN_EXE_sagefed"))
+                .args([
+                    "delegate",
+                    "--json",
+                    "--to",
+                    "Legion",
+                    "--operation",
+                    "execution",
+                    "--budget",
+                    "1",
+                ])
+                .args([
+                    "--timeout",
+                    "60",
+                    "--params",
+                    r#"{"steps":[{"op":"wait","args":[40000]}]}"#,
+                ])
+                .arg("--config")
+                .arg(thor)
+                .output()
+                .expect("run sagefed delegate")
+        })
+    };
+    browser
+        .wait_for(
+            "a cancel button on Thor's task in flight",
+            "const button = document.querySelector('#in-flight tr button');
+             if (!button) return null;
+             button.click();
+             return true;",
+            serde_json::Value::Null,
+        )
+        .await;
+    let output = tokio::task::spawn_blocking(move || long_task.join().expect("the delegate thread"))
+        .await
+        .expect("join");
+    let cancelled: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(cancelled["rollback_reason"], "cancelled", "{cancelled}");
+    let cancelled_id = cancelled["task_id"].as_str().expect("a task id").to_owned();
+    browser
+        .wait_for(
+            "the cancelled task's outcome",
+            "const row = document.querySelector(`#recent tr[data-task=\"${arguments[0]}\"]`);
+             return row && row.textContent.includes('cancelled');",
+            serde_json::json!(cancelled_id),
+        )
+        .await;
+
+    // All of it without a reload: the page was loaded once and rendered many pushed views.
+    let loads = browser
+        .eval(
+            "return [window.sagefedLoads, window.sagefedViews];",
+            serde_json::Value::Null,
+        )
+        .await;
+    assert_eq!(loads[0], 1, "the page reloaded: {loads}");
+    assert!(loads[1].as_u64().is_some_and(|views| views > 2), "{loads}");
+
+    let screenshot = browser.client.screenshot().await.expect("a screenshot");
+    assert!(screenshot.starts_with(b"\x89PNG"), "a PNG");
+    // `SAGEFED_SCREENSHOT=docs/dashboard.png cargo test --test observe` refreshes the README's.
+    if let Some(path) = std::env::var_os("SAGEFED_SCREENSHOT") {
+        std::fs::write(common::repo_dir().join(path), &screenshot).expect("write the screenshot");
+    }
+    federation.assert_audit_clean();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dashboard_without_a_platform_config_cancels_nothing() {
+    let federation = Processes::start().await;
+    let dashboard = spawn_dashboard(&["--nats", &federation.url()]);
+    let (status, body) = common::http::request(
+        "POST",
+        &format!("{}api/cancel/t-1", dashboard.url),
+        &["x-sagefed-cancel: 1"],
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("--config"), "{body}");
+    let (_, view) = get(&format!("{}api/view", dashboard.url)).await;
+    let view: serde_json::Value = serde_json::from_str(&view).expect("JSON");
+    assert!(view["cancel_as"].is_null(), "{view}");
+}

@@ -17,6 +17,12 @@ pub fn announced_url(text: &str, marker: &str) -> Option<String> {
 
 /// GETs `url` (`http://127.0.0.1:PORT/path`); returns the status code and the body.
 pub async fn get(url: &str) -> (u16, String) {
+    request("GET", url, &[]).await
+}
+
+/// Sends `method` to `url` with extra `headers` (`"name: value"`) and no body; returns the
+/// status code and the body.
+pub async fn request(method: &str, url: &str, headers: &[&str]) -> (u16, String) {
     let rest = url.strip_prefix("http://").expect("an http:// URL");
     let (host, path) = rest
         .split_once('/')
@@ -24,7 +30,10 @@ pub async fn get(url: &str) -> (u16, String) {
     assert!(host.starts_with("127.0.0.1:"), "tests talk to loopback only: {url}");
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(host).await.expect("connect");
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: 0\r\n{extra}\r\n"
+        );
         stream.write_all(request.as_bytes()).await.expect("send");
         let mut response = Vec::new();
         stream.read_to_end(&mut response).await.expect("read");

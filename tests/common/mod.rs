@@ -9,6 +9,7 @@ use async_nats::jetstream;
 use sage_federation::nats::infra;
 use sage_federation::nats::server::{self as nats_server, NatsServer, ServerOptions};
 
+pub mod browser;
 pub mod federation;
 pub mod http;
 
