@@ -218,6 +218,15 @@ async fn grant(treasury: &LedgerClient, config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A background task that ends when this is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 async fn serve(
     url: &str,
     args: &UpArgs,
@@ -235,17 +244,18 @@ async fn serve(
         )
     };
     let federation = Federation::start(url, &args.data_dir, configs).await?;
+    // Stops serving when `serve` returns, whichever way.
     let _dashboard = match listener {
         Some(listener) => {
             // Read-only: `up` holds every platform's key, and a page should cancel as one
             // platform only (`sagefed dashboard --config F`).
             let router = crate::cli::observe::router(federation.client.clone(), None).await?;
             println!("dashboard  http://{}/ (and /metrics)", listener.local_addr()?);
-            Some(tokio::spawn(observe_server::serve(
+            Some(AbortOnDrop(tokio::spawn(observe_server::serve(
                 listener,
                 router,
                 std::future::pending(),
-            )))
+            ))))
         }
         None => None,
     };
