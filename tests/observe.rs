@@ -188,6 +188,10 @@ fn bench_json_prints_only_json_on_stdout() {
         stderr.contains("delegations committed"),
         "the summary goes to stderr: {stderr}"
     );
+    assert!(
+        !stderr.contains(" done"),
+        "no progress line without a terminal: {stderr}"
+    );
 }
 
 /// The text of Thor's `consciousness` balance cell on the page, once it is shown.

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::Client;
 use async_nats::jetstream::{self, consumer::pull, kv};
@@ -33,6 +33,9 @@ const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 pub const RECENT_OUTCOMES_SHOWN: usize = 50;
 /// Dead letters kept and shown, newest first.
 pub const DEAD_LETTERS_SHOWN: usize = 50;
+/// The audit reruns on a new ledger revision, and at least this often (some findings, such
+/// as a lock pending past its expiry, come with time alone).
+const AUDIT_INTERVAL: Duration = Duration::from_secs(5);
 /// The window over which delegations per second are counted, in seconds.
 pub const RATE_WINDOW_SECONDS: f64 = 10.0;
 
@@ -298,10 +301,27 @@ async fn publish(
     cancel_as: Option<String>,
     tx: watch::Sender<Arc<String>>,
 ) {
+    // The audit walks the whole ledger: once per revision (or interval), not once per push.
+    let mut audited: Option<(u64, Instant, SupplyView)> = None;
     loop {
         let _ = tokio::time::timeout(REFRESH_INTERVAL, changed.notified()).await;
         let view = match picture.lock() {
-            Ok(picture) => view(&picture, cancel_as.clone(), now_seconds()),
+            Ok(picture) => {
+                let now = now_seconds();
+                let supply = match &audited {
+                    Some((revision, at, supply))
+                        if *revision == picture.ledger.revision && at.elapsed() < AUDIT_INTERVAL =>
+                    {
+                        supply.clone()
+                    }
+                    _ => {
+                        let supply = supply_view(&picture.ledger, now);
+                        audited = Some((picture.ledger.revision, Instant::now(), supply.clone()));
+                        supply
+                    }
+                };
+                view(&picture, supply, cancel_as.clone(), now)
+            }
             Err(_) => return,
         };
         metrics::ledger_totals(to_micros(view.supply.locked), to_micros(view.supply.total));
@@ -326,9 +346,24 @@ fn to_micros(atp: f64) -> u64 {
 }
 
 /// The page's view of a picture, at `now`.
-fn view(picture: &Picture, cancel_as: Option<String>, now: f64) -> View {
-    let ledger = &picture.ledger;
+/// The supply and the audit's verdict on `ledger`, at `now`.
+fn supply_view(ledger: &LedgerSnapshot, now: f64) -> SupplyView {
     let report = audit::audit(ledger, now);
+    SupplyView {
+        total: micros_to_atp(report.supply_uatp),
+        balances: micros_to_atp(report.balance_uatp),
+        locked: micros_to_atp(report.locked_uatp),
+        audit_clean: report.is_clean(),
+        violations: report
+            .violations
+            .iter()
+            .map(|v| format!("{}: {}", v.key, v.problem))
+            .collect(),
+    }
+}
+
+fn view(picture: &Picture, supply: SupplyView, cancel_as: Option<String>, now: f64) -> View {
+    let ledger = &picture.ledger;
     let platforms = picture
         .platforms
         .values()
@@ -410,17 +445,7 @@ fn view(picture: &Picture, cancel_as: Option<String>, now: f64) -> View {
         ledger_revision: ledger.revision,
         platforms,
         accounts,
-        supply: SupplyView {
-            total: micros_to_atp(report.supply_uatp),
-            balances: micros_to_atp(report.balance_uatp),
-            locked: micros_to_atp(report.locked_uatp),
-            audit_clean: report.is_clean(),
-            violations: report
-                .violations
-                .iter()
-                .map(|v| format!("{}: {}", v.key, v.problem))
-                .collect(),
-        },
+        supply,
         in_flight,
         recent,
         dead_letters: picture.dead.iter().cloned().collect(),

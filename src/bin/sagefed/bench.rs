@@ -158,6 +158,7 @@ fn progress_bar(json: bool) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(PROGRESS_REDRAWS_PER_SECOND));
     let style = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}: {pos} done");
     bar.set_style(style.unwrap_or_else(|_| ProgressStyle::default_spinner()));
+    bar.set_message("starting a server");
     bar.enable_steady_tick(Duration::from_millis(1000 / u64::from(PROGRESS_REDRAWS_PER_SECOND)));
     bar
 }
