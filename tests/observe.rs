@@ -305,6 +305,13 @@ async fn the_dashboard_shows_delegations_and_balances_live_and_cancels_as_its_pl
         )
         .await;
 
+    // Not from a page under a host name (DNS rebinding), nor without the header a form cannot send.
+    let cancel_url = format!("{}api/cancel/t-readme", dashboard.url);
+    let rebound = common::http::request("POST", &cancel_url, &["Host: evil.example", "x-sagefed-cancel: 1"]).await;
+    assert_eq!(rebound.0, 403, "{rebound:?}");
+    let form = common::http::request("POST", &cancel_url, &[]).await;
+    assert_eq!(form.0, 403, "{form:?}");
+
     // All of it without a reload: the page was loaded once and rendered many pushed views.
     let loads = browser
         .eval(

@@ -5,7 +5,8 @@
 //! Cancel is offered only when the dashboard was started with a platform's config: it signs
 //! the cancel with that platform's key, and the status service refuses anyone but the task's
 //! delegator. The request must carry the [`CANCEL_HEADER`] header, which a cross-site form
-//! cannot send without a CORS preflight this server never grants.
+//! cannot send without a CORS preflight this server never grants, and name the server by an
+//! address, not a host name that another site could rebind to it.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -128,6 +129,20 @@ pub async fn serve(
         .map_err(ServeError::Serve)
 }
 
+/// Whether the request's `Host` is an IP address or `localhost` (with any port). A host name
+/// could be a stranger's domain rebound to this address (DNS rebinding), whose pages the
+/// browser would let send the cancel header.
+fn host_is_an_address(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _port)| name),
+    };
+    name == "localhost" || name.parse::<std::net::IpAddr>().is_ok()
+}
+
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
@@ -161,6 +176,13 @@ async fn cancel(State(state): State<Dashboard>, Path(task_id): Path<String>, hea
     if !headers.contains_key(CANCEL_HEADER) {
         return (StatusCode::FORBIDDEN, "a cancel must carry the x-sagefed-cancel header").into_response();
     }
+    if !host_is_an_address(&headers) {
+        return (
+            StatusCode::FORBIDDEN,
+            "open the dashboard by its address (http://127.0.0.1:8080/) to cancel: a page under another host name could be anyone's",
+        )
+            .into_response();
+    }
     let task_id: TaskId = match task_id.parse() {
         Ok(id) => id,
         Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
@@ -175,5 +197,32 @@ async fn cancel(State(state): State<Dashboard>, Path(task_id): Path<String>, hea
             (code, axum::Json(reply)).into_response()
         }
         Err(e) => (StatusCode::BAD_GATEWAY, format!("{e:#}")).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_addresses_and_localhost_may_cancel() {
+        let host = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::HOST, value.parse().expect("header"));
+            host_is_an_address(&headers)
+        };
+        for ok in [
+            "127.0.0.1:8080",
+            "127.0.0.1",
+            "localhost:8080",
+            "[::1]:8080",
+            "192.0.2.7:80",
+        ] {
+            assert!(host(ok), "{ok}");
+        }
+        for refused in ["evil.example:8080", "evil.example", "127.0.0.1.evil.example:8080", ""] {
+            assert!(!host(refused), "{refused}");
+        }
+        assert!(!host_is_an_address(&HeaderMap::new()));
     }
 }

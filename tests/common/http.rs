@@ -31,9 +31,14 @@ pub async fn request(method: &str, url: &str, headers: &[&str]) -> (u16, String)
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(host).await.expect("connect");
         let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: 0\r\n{extra}\r\n"
-        );
+        // A `Host` among `headers` replaces the URL's.
+        let default_host = if headers.iter().any(|h| h.to_ascii_lowercase().starts_with("host:")) {
+            String::new()
+        } else {
+            format!("Host: {host}\r\n")
+        };
+        let request =
+            format!("{method} {path} HTTP/1.1\r\n{default_host}Connection: close\r\nContent-Length: 0\r\n{extra}\r\n");
         stream.write_all(request.as_bytes()).await.expect("send");
         let mut response = Vec::new();
         stream.read_to_end(&mut response).await.expect("read");
