@@ -135,6 +135,9 @@ pub struct View {
 #[derive(Default)]
 struct Picture {
     ledger: LedgerSnapshot,
+    /// The ledger watch has nothing pending: `ledger` is between two batches, never half a
+    /// transition, so the audit may judge it.
+    ledger_settled: bool,
     platforms: BTreeMap<String, PlatformRecord>,
     reputations: BTreeMap<String, Reputation>,
     tasks: BTreeMap<String, TaskStatus>,
@@ -184,6 +187,8 @@ impl Feed {
         let mut tasks = vec![
             spawn_watch(ledger, &picture, &changed, |p, entry| {
                 p.ledger.insert(&entry.key, &entry.value, entry.revision);
+                // An atomic batch is stored whole before it is read: the rest of it is pending.
+                p.ledger_settled = entry.delta == 0;
             }),
             spawn_watch(platforms, &picture, &changed, |p, entry| {
                 if let Ok(record) = serde_json::from_slice::<PlatformRecord>(&entry.value) {
@@ -309,6 +314,8 @@ async fn publish(
             Ok(picture) => {
                 let now = now_seconds();
                 let supply = match &audited {
+                    // Mid-batch (a refresh while the ledger is busy): keep the last verdict.
+                    Some((_, _, supply)) if !picture.ledger_settled => supply.clone(),
                     Some((revision, at, supply))
                         if *revision == picture.ledger.revision && at.elapsed() < AUDIT_INTERVAL =>
                     {
