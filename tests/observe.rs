@@ -25,8 +25,9 @@ impl Drop for DashboardProcess {
     }
 }
 
-/// Starts `sagefed dashboard` on a free loopback port with `args` (`--config F` or `--nats U`).
-fn spawn_dashboard(args: &[&str]) -> DashboardProcess {
+/// Starts `sagefed dashboard` on a free loopback port with `args` (`--config F`, or `--nats U`
+/// and credentials).
+fn spawn_dashboard<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> DashboardProcess {
     let mut child = Command::new(env!("CARGO_BIN_EXE_sagefed"))
         .args(["dashboard", "--listen", "127.0.0.1:0"])
         .args(args)
@@ -52,6 +53,13 @@ fn spawn_dashboard(args: &[&str]) -> DashboardProcess {
         Ok(Ok(url)) => DashboardProcess { child, url },
         other => panic!("sagefed dashboard did not announce its address: {other:?}"),
     }
+}
+
+/// `sagefed dashboard` without a platform: read-only, as the ledger admin.
+fn read_only_dashboard(federation: &Processes) -> DashboardProcess {
+    let mut args: Vec<std::ffi::OsString> = vec!["--nats".into(), federation.url().into()];
+    args.extend(federation.nats.cli_access("Treasury"));
+    spawn_dashboard(&args)
 }
 
 async fn scrape(url: &str) -> String {
@@ -84,7 +92,7 @@ async fn metrics_count_delegations_refusals_and_ledger_transitions() {
     let ledger_url = federation.metrics_url("ledger.log").await;
     let legion_url = federation.metrics_url("worker-Legion.log").await;
     let sprout_url = federation.metrics_url("worker-Sprout.log").await;
-    let dashboard = spawn_dashboard(&["--nats", &federation.url()]);
+    let dashboard = read_only_dashboard(&federation);
     let dashboard_metrics = format!("{}metrics", dashboard.url);
 
     let ledger_before = scrape(&ledger_url).await;
@@ -334,7 +342,7 @@ async fn the_dashboard_shows_delegations_and_balances_live_and_cancels_as_its_pl
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dashboard_without_a_platform_config_cancels_nothing() {
     let federation = Processes::start().await;
-    let dashboard = spawn_dashboard(&["--nats", &federation.url()]);
+    let dashboard = read_only_dashboard(&federation);
     let (status, body) = common::http::request(
         "POST",
         &format!("{}api/cancel/t-1", dashboard.url),

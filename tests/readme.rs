@@ -97,6 +97,10 @@ async fn every_readme_command_that_talks_to_a_federation_runs_as_printed() {
     // The README's paths: configs/<platform>.toml in the working directory.
     let dir = federation.nats.path().to_owned();
     std::os::unix::fs::symlink(".", dir.join("configs")).expect("configs/ beside the configs");
+    // ... and .sagefed/federation/, where `status`, `balances` and `audit` find the admin's
+    // credentials as they do where `sagefed up` ran.
+    std::fs::create_dir_all(dir.join(".sagefed")).expect("mkdir .sagefed");
+    std::os::unix::fs::symlink(dir.join("federation"), dir.join(".sagefed/federation")).expect("symlink");
     let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_sagefed"))
         .parent()
         .expect("bin dir");

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::Client;
-use async_nats::jetstream::{self, consumer::pull, kv};
+use async_nats::jetstream::{self, consumer::push, kv};
 use futures::StreamExt;
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
@@ -126,6 +126,8 @@ pub struct View {
     pub in_flight: Vec<InFlightView>,
     pub recent: Vec<OutcomeView>,
     pub dead_letters: Vec<DeadLetterView>,
+    /// Why the dead letters are not shown, when this identity may not read them.
+    pub dead_letters_unreadable: Option<String>,
     pub delegations_per_second: f64,
     /// The platform whose tasks this dashboard may cancel (started with its config).
     pub cancel_as: Option<String>,
@@ -142,6 +144,7 @@ struct Picture {
     reputations: BTreeMap<String, Reputation>,
     tasks: BTreeMap<String, TaskStatus>,
     dead: VecDeque<DeadLetterView>,
+    dead_letters_unreadable: Option<String>,
 }
 
 /// The running feed. Dropping it stops its watches.
@@ -162,7 +165,7 @@ impl Feed {
     /// Opens the watches and starts pushing views. `cancel_as` is the platform whose tasks the
     /// page may offer to cancel.
     pub async fn start(client: Client, cancel_as: Option<String>) -> Result<Self, FeedError> {
-        let js = jetstream::new(client);
+        let js = jetstream::new(client.clone());
         let picture = Arc::new(Mutex::new(Picture::default()));
         let changed = Arc::new(Notify::new());
         let open = |what: &'static str| {
@@ -179,10 +182,6 @@ impl Feed {
         let platforms = bucket(subjects::PLATFORMS_BUCKET).await?;
         let reputations = bucket(subjects::REPUTATION_BUCKET).await?;
         let tasks_bucket = bucket(subjects::TASKS_BUCKET).await?;
-        let dead = js
-            .get_stream(subjects::DEAD_STREAM)
-            .await
-            .map_err(|e| open(subjects::DEAD_STREAM)(&e))?;
 
         let mut tasks = vec![
             spawn_watch(ledger, &picture, &changed, |p, entry| {
@@ -206,11 +205,7 @@ impl Feed {
                 }
             }),
         ];
-        let consumer = dead
-            .create_consumer(pull::OrderedConfig::default())
-            .await
-            .map_err(|e| open(subjects::DEAD_STREAM)(&e))?;
-        tasks.push(spawn_dead_letters(consumer, &picture, &changed));
+        tasks.push(spawn_dead_letters(client, js, &picture, &changed));
 
         let (tx, view) = watch::channel(Arc::new(String::from("{}")));
         tasks.push(tokio::spawn(publish(picture, changed, cancel_as, tx)));
@@ -260,20 +255,32 @@ fn spawn_watch(
     })
 }
 
-/// Reads the dead-letter stream from its start, keeping the newest.
+/// Reads the dead-letter stream from its start, keeping the newest. Only some identities
+/// may (a ledger admin may; a platform may not): for the others the page says so.
 fn spawn_dead_letters(
-    consumer: jetstream::consumer::Consumer<pull::OrderedConfig>,
+    client: Client,
+    js: jetstream::Context,
     picture: &Arc<Mutex<Picture>>,
     changed: &Arc<Notify>,
 ) -> JoinHandle<()> {
     let (picture, changed) = (Arc::clone(picture), Arc::clone(changed));
     tokio::spawn(async move {
-        let mut messages = match consumer.messages().await {
-            Ok(messages) => messages,
-            Err(e) => {
-                tracing::error!(error = %e, "dashboard: cannot read the dead letters");
-                return;
-            }
+        // A push consumer delivering to this connection's inbox: creating it is the only
+        // API call, which is what the permission table grants readers of the stream.
+        let config = push::OrderedConfig {
+            deliver_subject: client.new_inbox(),
+            ..Default::default()
+        };
+        let opened = match js.get_stream(subjects::DEAD_STREAM).await {
+            Ok(stream) => stream.create_consumer(config).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let mut messages = match opened {
+            Ok(consumer) => match consumer.messages().await {
+                Ok(messages) => messages,
+                Err(e) => return unreadable(&picture, &changed, &e.to_string()),
+            },
+            Err(e) => return unreadable(&picture, &changed, &e),
         };
         while let Some(message) = messages.next().await {
             let Ok(message) = message else { continue };
@@ -297,6 +304,18 @@ fn spawn_dead_letters(
             changed.notify_one();
         }
     })
+}
+
+/// Records why the dead letters cannot be shown.
+fn unreadable(picture: &Mutex<Picture>, changed: &Notify, why: &str) {
+    tracing::warn!(error = why, "dashboard: cannot read the dead letters");
+    if let Ok(mut picture) = picture.lock() {
+        picture.dead_letters_unreadable = Some(format!(
+            "this dashboard's identity cannot read {}: {why} (a ledger admin's credentials can)",
+            subjects::DEAD_STREAM
+        ));
+    }
+    changed.notify_one();
 }
 
 /// Pushes a view after each change (coalesced) and every [`REFRESH_INTERVAL`].
@@ -456,6 +475,7 @@ fn view(picture: &Picture, supply: SupplyView, cancel_as: Option<String>, now: f
         in_flight,
         recent,
         dead_letters: picture.dead.iter().cloned().collect(),
+        dead_letters_unreadable: picture.dead_letters_unreadable.clone(),
         delegations_per_second: settled_lately as f64 / RATE_WINDOW_SECONDS,
         cancel_as,
     }

@@ -91,6 +91,13 @@ function render(view) {
   fill("dead", view.dead_letters, (d, tr) => {
     tr.append(cell(d.sequence, "num"), cell(d.subject), cell(d.reason));
   });
+  if (view.dead_letters_unreadable) {
+    const tr = document.createElement("tr");
+    const td = cell(view.dead_letters_unreadable);
+    td.colSpan = 3;
+    tr.append(td);
+    $("dead").append(tr);
+  }
 
   const when = new Date(view.now * 1000).toLocaleTimeString();
   rateChart.data.labels.push(when);

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use sage_federation::config::Config;
 use sage_federation::identity::keys;
-use sage_federation::nats::infra;
+use sage_federation::nats::connection;
 use sage_federation::observe::feed::Feed;
 use sage_federation::observe::metrics;
 use sage_federation::observe::server::{self, Canceller};
@@ -46,7 +46,7 @@ impl MetricsArgs {
 #[derive(clap::Args, Debug)]
 pub struct DashboardArgs {
     /// A platform's config: connect as it, and offer to cancel the tasks it delegated
-    /// [default: read-only, on --nats]
+    /// [default: read-only, as the ledger admin, on --nats]
     #[arg(long)]
     config: Option<PathBuf>,
     #[command(flatten)]
@@ -59,9 +59,18 @@ pub struct DashboardArgs {
 /// `sagefed dashboard`: serves until Ctrl-C.
 pub async fn dashboard(args: &DashboardArgs) -> anyhow::Result<()> {
     let (client, canceller) = match &args.config {
+        // As the platform, like `delegate` and `cancel`: its config's credentials, or
+        // --creds/--ca.
         Some(path) => {
-            let config = Config::load(path)?;
-            let client = infra::connect(&config.nats.url, &format!("sagefed-dashboard-{}", config.platform())).await?;
+            let mut config = Config::load(path)?;
+            if let Some(creds) = &args.nats.creds {
+                config.nats.creds = Some(std::path::absolute(creds)?);
+            }
+            if let Some(ca) = &args.nats.ca {
+                config.nats.ca = Some(std::path::absolute(ca)?);
+            }
+            let name = format!("sagefed-dashboard-{}", config.platform());
+            let client = connection::connect(&config.nats_access(), &name).await?;
             let signer = Signer::new(config.platform(), keys::read_secret(&config.keypair_path())?)?;
             let canceller = Canceller {
                 client: client.clone(),
@@ -69,7 +78,8 @@ pub async fn dashboard(args: &DashboardArgs) -> anyhow::Result<()> {
             };
             (client, Some(canceller))
         }
-        None => (args.nats.connect("sagefed-dashboard").await?, None),
+        // Read-only, as the ledger admin, like `balances` and `audit`.
+        None => (args.nats.connect(crate::up::TREASURY, "sagefed-dashboard").await?, None),
     };
     let listener = server::bind(&args.listen).await?;
     let url = format!("http://{}/", listener.local_addr()?);
