@@ -173,6 +173,22 @@ async fn metrics_count_delegations_refusals_and_ledger_transitions() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The admin's dashboard reads the dead letters: the unreadable message is there, with why.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, view) = get(&format!("{}api/view", dashboard.url)).await;
+        let view: serde_json::Value = serde_json::from_str(&view).expect("JSON");
+        let letters = view["dead_letters"].as_array().cloned().unwrap_or_default();
+        if letters
+            .iter()
+            .any(|l| l["reason"].as_str().is_some_and(|r| r.contains("malformed")))
+        {
+            assert!(view["dead_letters_unreadable"].is_null(), "{view}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the dead letter never showed: {view}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     federation.assert_audit_clean();
 }
 
@@ -319,6 +335,15 @@ async fn the_dashboard_shows_delegations_and_balances_live_and_cancels_as_its_pl
     assert_eq!(rebound.0, 403, "{rebound:?}");
     let form = common::http::request("POST", &cancel_url, &[]).await;
     assert_eq!(form.0, 403, "{form:?}");
+
+    // A platform may not read SAGE_DEAD (the server refuses it): the page says so instead.
+    browser
+        .wait_for(
+            "why the dead letters are not shown",
+            "return document.getElementById('dead').textContent.includes('cannot read SAGE_DEAD');",
+            serde_json::Value::Null,
+        )
+        .await;
 
     // All of it without a reload: the page was loaded once and rendered many pushed views.
     let loads = browser
