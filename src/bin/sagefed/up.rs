@@ -288,15 +288,18 @@ async fn serve(
     configs: Vec<Config>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    // Bound first, so that a busy port stops `up` before anything starts.
+    // The federation does not need its dashboard: a busy address is reported, not fatal
+    // (another `sagefed up` on this machine holds 8080).
     let listener = if args.no_dashboard {
         None
     } else {
-        Some(
-            observe_server::bind(&args.dashboard)
-                .await
-                .context("pass --dashboard ADDR or --no-dashboard")?,
-        )
+        match observe_server::bind(&args.dashboard).await {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                eprintln!("sagefed: no dashboard: {e} (pass --dashboard ADDR, or --no-dashboard)");
+                None
+            }
+        }
     };
     let federation = Federation::start(url, fed, &args.data_dir, configs).await?;
     // Stops serving when `serve` returns, whichever way.
