@@ -14,12 +14,13 @@ use futures::StreamExt;
 
 use crate::identity::directory::KeyDirectory;
 use crate::ledger::model::{Lock, LockState};
-use crate::ledger::protocol::{LedgerReply, LedgerRequest, Operation, RejectCode};
+use crate::ledger::protocol::{LedgerReply, LedgerRequest, Operation, Outcome, RejectCode};
 use crate::ledger::rules::Command;
 use crate::ledger::sequencer::{self, SequencerHandle};
 use crate::ledger::store::LedgerStore;
 use crate::ledger::sweeper;
 use crate::nats::subjects;
+use crate::observe::metrics::{self, RefusalReason, Refuser};
 use crate::protocol::atp::Atp;
 use crate::protocol::envelope::{EnvelopeError, Verified};
 use crate::protocol::proof::ExecutionProof;
@@ -256,8 +257,32 @@ async fn handle_request(
     admin_keys: &BTreeSet<String>,
     sequencer: &SequencerHandle,
 ) -> LedgerReply {
-    match command_for(endpoint, payload, keys, admin_keys).await {
+    let started = std::time::Instant::now();
+    let reply = match command_for(endpoint, payload, keys, admin_keys).await {
         Ok(command) => sequencer.submit(command).await,
         Err(reply) => reply,
+    };
+    metrics::ledger_transition(endpoint, outcome_label(reply.outcome), started.elapsed());
+    if let Some(code) = reply.code {
+        metrics::refused(Refuser::Ledger, refusal_reason(code));
+    }
+    reply
+}
+
+/// The metric label for a reply's outcome.
+fn outcome_label(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Applied => "applied",
+        Outcome::AlreadyApplied => "already_applied",
+        Outcome::Rejected => "rejected",
+    }
+}
+
+/// The metric label for a ledger refusal.
+fn refusal_reason(code: RejectCode) -> RefusalReason {
+    match code {
+        RejectCode::BadSignature => RefusalReason::Signature,
+        RejectCode::InvalidRequest => RefusalReason::Malformed,
+        _ => RefusalReason::Rules,
     }
 }

@@ -45,6 +45,8 @@ pub struct ServeArgs {
     /// Replicas for streams and buckets this instance creates when missing (3 on a cluster)
     #[arg(long, default_value_t = 1)]
     replicas: usize,
+    #[command(flatten)]
+    metrics: crate::cli::observe::MetricsArgs,
 }
 
 pub async fn run(command: LedgerCommand) -> anyhow::Result<()> {
@@ -53,6 +55,7 @@ pub async fn run(command: LedgerCommand) -> anyhow::Result<()> {
             let client = args.nats.connect(LEDGER_IDENTITY, "sagefed-ledger").await?;
             let js = async_nats::jetstream::new(client.clone());
             infra::ensure(&js, args.replicas).await?;
+            args.metrics.spawn().await?;
             let admins: BTreeSet<String> = args.admins.into_iter().collect();
             let admin_keys = args
                 .admin_keys

@@ -10,6 +10,7 @@ mod init;
 mod keygen;
 mod keys;
 mod ledger;
+pub mod observe;
 pub mod platform;
 
 use sage_federation::config::Config;
@@ -67,6 +68,8 @@ enum Command {
     Grant(ledger::GrantArgs),
     /// Measure latency and throughput on a local server, against a floor from the same run
     Bench(crate::bench::BenchArgs),
+    /// Serve the live dashboard (and /metrics) for a running federation
+    Dashboard(observe::DashboardArgs),
 }
 
 /// Where `sagefed up` and `sagefed init` keep the federation's credentials by default.
@@ -179,6 +182,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Balances(args) => ledger::balances_command(&args).await?,
         Command::Grant(args) => return ledger::grant_command(&args).await,
         Command::Bench(args) => crate::bench::run(args).await?,
+        Command::Dashboard(args) => observe::dashboard(&args).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
