@@ -16,6 +16,8 @@
 //! - [`ledger`]: the ATP ledger: pure rules, the service that applies them, its client, its
 //!   audit.
 //! - [`delegation`]: the delegator's [`FederationClient`] and the status and cancel service.
+//! - [`gateway`]: the seed's HTTP API on loopback for one platform, behind a local token
+//!   (what the Python client in `python/` talks to).
 //! - [`worker`]: executes tasks: checks, admission, the operation handlers in `worker::ops`.
 //! - [`state`]: the platform registry, reputation and task board buckets.
 //! - [`config`]: per-platform configuration (defaults < file < `SAGE_*` environment).
@@ -25,6 +27,7 @@
 
 pub mod config;
 pub mod delegation;
+pub mod gateway;
 pub mod identity;
 pub mod ledger;
 pub mod nats;

@@ -23,7 +23,7 @@ fn configs(dir: &std::path::Path) -> std::path::PathBuf {
 fn up(dir: &std::path::Path, extra: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sagefed"));
     command
-        .args(["up", "--port", "0", "--data-dir"])
+        .args(["up", "--port", "0", "--gateway-port", "0", "--data-dir"])
         .arg(dir.join("data"))
         .arg("--configs")
         .arg(configs(dir))
