@@ -44,7 +44,9 @@ pub enum GatewayError {
     NotLoopback(SocketAddr),
     #[error(transparent)]
     Token(#[from] auth::TokenError),
-    #[error("cannot listen on {addr} ({source}); is another gateway running there? pick another port")]
+    #[error(
+        "cannot listen on {addr} ({source}); is another gateway running there? pick another port (`sagefed up --gateway-port`, `sagefed gateway --listen`)"
+    )]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot write {path}: {source}")]
     AddressFile { path: PathBuf, source: std::io::Error },

@@ -1,66 +1,41 @@
 """``AsyncFederationClient``: the same calls for asyncio programs. Each call runs the
-blocking client in a worker thread (``asyncio.to_thread``), so a delegation that waits for
-its proof does not block the event loop, and several run concurrently."""
+blocking client's method in a worker thread (``asyncio.to_thread``), so a delegation that
+waits for its proof does not block the event loop, and several run concurrently."""
 
 import asyncio
-from pathlib import Path
-from typing import Any, Dict, Optional, Union
+import functools
+from typing import Any, Callable, Coroutine
 
 from .client import FederationClient
-from .models import TASK_TYPE_DEFAULT, TIMEOUT_SECONDS_DEFAULT, CancelResult, ExecutionProof, FederationTask, LctStatus
+
+
+def _threaded(name: str) -> Callable[..., Coroutine[Any, Any, Any]]:
+    """The async form of ``FederationClient.<name>``, same arguments and documentation."""
+    method = getattr(FederationClient, name)
+
+    @functools.wraps(method)
+    async def call(self: "AsyncFederationClient", *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(getattr(self.sync, name), *args, **kwargs)
+
+    return call
 
 
 class AsyncFederationClient:
     """``await client.delegate_task(...)``, ``await client.status(lct)``,
-    ``await client.cancel(task_id)``; arguments as for ``FederationClient``."""
+    ``await client.cancel(task_id)``; constructed with the arguments of
+    ``FederationClient``, which it wraps as ``.sync``."""
 
-    def __init__(
-        self,
-        platform: str,
-        url: Optional[str] = None,
-        token: Optional[str] = None,
-        *,
-        config: Optional[Union[str, Path]] = None,
-        configs_dir: Optional[Union[str, Path]] = None,
-    ):
-        self.sync = FederationClient(platform, url, token, config=config, configs_dir=configs_dir)
-        self.platform = platform
+    @functools.wraps(FederationClient.__init__)
+    def __init__(self, *args: Any, **kwargs: Any):
+        self.sync = FederationClient(*args, **kwargs)
+        self.platform = self.sync.platform
 
-    async def delegate_task(
-        self,
-        task: Optional[FederationTask] = None,
-        target_platform: Optional[str] = None,
-        *,
-        operation: Optional[str] = None,
-        atp_budget: Optional[float] = None,
-        parameters: Optional[Dict[str, Any]] = None,
-        task_type: str = TASK_TYPE_DEFAULT,
-        timeout_seconds: int = TIMEOUT_SECONDS_DEFAULT,
-        task_id: Optional[str] = None,
-    ) -> ExecutionProof:
-        return await asyncio.to_thread(
-            self.sync.delegate_task,
-            task,
-            target_platform,
-            operation=operation,
-            atp_budget=atp_budget,
-            parameters=parameters,
-            task_type=task_type,
-            timeout_seconds=timeout_seconds,
-            task_id=task_id,
-        )
+    def __repr__(self) -> str:
+        return f"Async{self.sync!r}"
 
-    async def status(self, lct: str) -> LctStatus:
-        return await asyncio.to_thread(self.sync.status, lct)
-
-    async def task_status(self, task_id: str) -> Dict[str, Any]:
-        return await asyncio.to_thread(self.sync.task_status, task_id)
-
-    async def cancel(self, task_id: str) -> CancelResult:
-        return await asyncio.to_thread(self.sync.cancel, task_id)
-
-    async def whoami(self) -> Dict[str, Any]:
-        return await asyncio.to_thread(self.sync.whoami)
-
-    async def lct(self, task_type: str = TASK_TYPE_DEFAULT) -> str:
-        return await asyncio.to_thread(self.sync.lct, task_type)
+    delegate_task = _threaded("delegate_task")
+    status = _threaded("status")
+    task_status = _threaded("task_status")
+    cancel = _threaded("cancel")
+    whoami = _threaded("whoami")
+    lct = _threaded("lct")
