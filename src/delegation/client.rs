@@ -19,6 +19,7 @@ use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
 use crate::config::Config;
+use crate::delegation::placement::{self, Wanted};
 use crate::identity::directory::KeyDirectory;
 use crate::ledger::client::{LedgerClient, LedgerReader};
 use crate::ledger::model::{Lock, LockState, RollbackReason};
@@ -255,67 +256,22 @@ impl FederationClient {
         Ok(self.registry.register_platform(record).await?)
     }
 
-    /// Chooses where `request` goes: the named platform when there is one (it must be alive
-    /// and execute the task type; the executor itself checks the operation's permission),
-    /// else the least loaded healthy platform offering the task type and operation, better
-    /// reputation first.
+    /// Chooses where `request` goes by the rule in [`placement`]: the named platform when
+    /// there is one, else the least loaded eligible platform, better reputation first.
     pub async fn choose_target(&self, request: &DelegationRequest) -> Result<PlatformRecord, DelegateError> {
         let now = now_seconds();
+        let wanted = Wanted {
+            delegator: self.platform(),
+            task_type: &request.task_type,
+            operation: &request.operation,
+        };
+        let no_platform = |e: placement::NoPlatform| DelegateError::NoPlatform(e.to_string());
         if let Some(to) = &request.to {
-            let record = self
-                .registry
-                .get(to)
-                .await
-                .map_err(anyhow::Error::from)?
-                .ok_or_else(|| {
-                    DelegateError::NoPlatform(format!("{to} is not registered (no worker has run for it)"))
-                })?;
-            if !record.is_healthy(now) {
-                return Err(DelegateError::NoPlatform(format!(
-                    "{to} has no live worker (last heartbeat {:.0} s ago)",
-                    now - record.heartbeat_at
-                )));
-            }
-            if !record.capabilities.contains(&request.task_type) {
-                return Err(DelegateError::NoPlatform(format!(
-                    "{to} does not execute {} tasks",
-                    request.task_type
-                )));
-            }
-            return Ok(record);
+            let record = self.registry.get(to).await.map_err(anyhow::Error::from)?;
+            return placement::named(to, record, &wanted, now).map_err(no_platform);
         }
-        let mut why = Vec::new();
-        let mut candidates = Vec::new();
-        for record in self.platforms().await? {
-            let excluded = if record.platform == self.platform() {
-                None
-            } else if !record.is_healthy(now) {
-                Some("no live worker")
-            } else if !record.capabilities.contains(&request.task_type) {
-                Some("wrong task type")
-            } else if !record.operations.contains(&request.operation) {
-                Some("does not offer the operation")
-            } else {
-                candidates.push(record.clone());
-                None
-            };
-            if let Some(reason) = excluded {
-                why.push(format!("{} ({reason})", record.platform));
-            }
-        }
-        if candidates.is_empty() {
-            return Err(DelegateError::NoPlatform(format!(
-                "none is healthy and offers {} for {} tasks{}",
-                request.operation,
-                request.task_type,
-                if why.is_empty() {
-                    String::new()
-                } else {
-                    format!("; considered: {}", why.join(", "))
-                }
-            )));
-        }
-        let mut scored = Vec::new();
+        let candidates = placement::candidates(&self.platforms().await?, &wanted, now).map_err(no_platform)?;
+        let mut scored = Vec::with_capacity(candidates.len());
         for record in candidates {
             let score = self
                 .reputations
@@ -323,18 +279,9 @@ impl FederationClient {
                 .await
                 .map(|r| r.score())
                 .unwrap_or(0.0);
-            scored.push((record.utilisation(), -score, record));
+            scored.push((record, score));
         }
-        scored.sort_by(|a, b| {
-            a.0.total_cmp(&b.0)
-                .then(a.1.total_cmp(&b.1))
-                .then(a.2.platform.cmp(&b.2.platform))
-        });
-        scored
-            .into_iter()
-            .next()
-            .map(|(_, _, r)| r)
-            .ok_or_else(|| DelegateError::NoPlatform("no candidate".into()))
+        placement::best(scored).ok_or_else(|| DelegateError::NoPlatform("no candidate".into()))
     }
 
     /// Every registered platform, read at most once per [`REGISTRY_CACHE_TTL`]: listing the

@@ -1,5 +1,7 @@
-//! Handing a task to another platform: the delegator's [`client`] (placement, lock, publish,
-//! wait, settle) and the [`status`] service (status of an LCT or a task, cancel).
+//! Handing a task to another platform: the delegator's [`client`] (lock, publish, wait,
+//! settle), where the task goes ([`placement`], pure) and the [`status`] service (status of an
+//! LCT or a task, cancel).
 
 pub mod client;
+pub mod placement;
 pub mod status;

@@ -23,6 +23,8 @@ pub mod client;
 pub mod model;
 pub mod protocol;
 pub mod rules;
+#[cfg(test)]
+mod rules_table;
 pub mod sequencer;
 pub mod service;
 pub mod snapshot;

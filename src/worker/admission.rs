@@ -27,12 +27,11 @@ impl RateLimiter {
         }
     }
 
-    /// Takes one token for `delegator`; false when it is over its rate.
-    pub fn allow(&self, delegator: &str) -> bool {
+    /// Takes one token for `delegator` at `now`; false when it is over its rate.
+    pub fn allow(&self, delegator: &str, now: Instant) -> bool {
         let Ok(mut buckets) = self.buckets.lock() else {
             return false;
         };
-        let now = Instant::now();
         let capacity = f64::from(self.per_minute);
         if buckets.len() >= RATE_LIMITED_DELEGATORS_MAX && !buckets.contains_key(delegator) {
             // Forget the buckets that refilled completely: they hold no information.
@@ -148,9 +147,14 @@ mod tests {
     #[test]
     fn the_rate_limit_refuses_the_61st_request_in_a_minute() {
         let limiter = RateLimiter::new(60);
-        assert!((0..60).all(|_| limiter.allow("Thor")));
-        assert!(!limiter.allow("Thor"));
-        assert!(limiter.allow("Sprout"), "limits are per delegator");
+        let now = Instant::now();
+        assert!((0..60).all(|_| limiter.allow("Thor", now)));
+        assert!(!limiter.allow("Thor", now));
+        assert!(limiter.allow("Sprout", now), "limits are per delegator");
+        assert!(
+            limiter.allow("Thor", now + std::time::Duration::from_secs(1)),
+            "a token refills each second at 60 a minute"
+        );
     }
 
     #[test]

@@ -1,11 +1,14 @@
 //! The executor's checks, before any work, in the order the design fixes: (1) signature and
 //! key, (2) expiry and replay, (3) permissions, (4) budget and concurrency, (5) the
 //! delegator's rate, (6) payload and resource limits. (1) and the replay half of (2) run in
-//! `run.rs` because a failure there must not touch the ledger; the rest are here.
+//! `run.rs` because a failure there must not touch the ledger; the rest are here. No check
+//! reads a clock: the caller passes the time in, so each is a pure function of its inputs
+//! (tested as a table in `checks_table.rs`).
+
+use std::time::Instant;
 
 use crate::config::Config;
 use crate::ledger::model::{Lock, LockState, RollbackReason};
-use crate::protocol::clock::now_seconds;
 use crate::protocol::task::FederationTask;
 use crate::state::registry::PlatformRecord;
 use crate::worker::admission::{Admissions, Admitted, RateLimiter};
@@ -22,9 +25,8 @@ fn refuse(rollback: RollbackReason, reason: String) -> Refusal {
     Refusal { reason, rollback }
 }
 
-/// (2) The task has not expired.
-pub fn check_expiry(task: &FederationTask) -> Result<(), Refusal> {
-    let now = now_seconds();
+/// (2) The task has not expired at `now` (Unix seconds).
+pub fn check_expiry(task: &FederationTask, now: f64) -> Result<(), Refusal> {
     if now > task.expires_at {
         return Err(refuse(
             RollbackReason::Timeout,
@@ -137,9 +139,9 @@ pub fn check_budget(
         .map_err(|why| rejected(format!("{}: {why}", config.platform())))
 }
 
-/// (5) The delegator is within its rate.
-pub fn check_rate(task: &FederationTask, limiter: &RateLimiter, config: &Config) -> Result<(), Refusal> {
-    if limiter.allow(task.source_lct.platform()) {
+/// (5) The delegator is within its rate at `now`.
+pub fn check_rate(task: &FederationTask, limiter: &RateLimiter, config: &Config, now: Instant) -> Result<(), Refusal> {
+    if limiter.allow(task.source_lct.platform(), now) {
         Ok(())
     } else {
         Err(refuse(

@@ -11,6 +11,8 @@
 
 pub mod admission;
 pub mod checks;
+#[cfg(test)]
+mod checks_table;
 pub mod ops;
 mod run;
 

@@ -181,7 +181,7 @@ async fn process(ctx: &WorkerContext, message: &Arc<jetstream::Message>, sequenc
         return Ok(Done::DeadLettered);
     }
     // (2) Expiry, then replay.
-    if let Err(refusal) = checks::check_expiry(&task) {
+    if let Err(refusal) = checks::check_expiry(&task, now_seconds()) {
         return refuse(ctx, &task, refusal, None).await;
     }
     let template = TaskStatus {
@@ -233,7 +233,7 @@ async fn process(ctx: &WorkerContext, message: &Arc<jetstream::Message>, sequenc
         Ok(admitted) => admitted,
         Err(refusal) => return refuse(ctx, &task, refusal, claimed).await,
     };
-    if let Err(refusal) = checks::check_rate(&task, &ctx.limiter, &ctx.config) {
+    if let Err(refusal) = checks::check_rate(&task, &ctx.limiter, &ctx.config, Instant::now()) {
         return refuse(ctx, &task, refusal, claimed).await;
     }
     if let Err(refusal) = checks::check_limits(&task, &ctx.config) {
