@@ -116,6 +116,7 @@ impl Gateway {
             federation,
             registry,
             token,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(routes::DELEGATIONS_IN_FLIGHT_MAX)),
         });
         let app = router(shared);
         let address = GatewayAddress {

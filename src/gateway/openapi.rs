@@ -25,6 +25,7 @@ pub fn document() -> Value {
         "402": error_response("the ledger refused to lock the budget (lock_refused)"),
         "403": error_response("not permitted (not_permitted, not_your_lct)"),
         "409": error_response("no platform can take the task (no_platform), or a cancel was refused (cancel_refused)"),
+        "429": error_response("too many delegations in flight on this gateway (too_many_delegations)"),
         "502": error_response("the federation failed (federation_error, bad_proof)"),
         "503": error_response("the task could not be published (publish_failed); its budget was refunded"),
     });

@@ -29,7 +29,12 @@ pub struct Shared {
     pub federation: FederationClient,
     pub registry: Registry,
     pub token: Token,
+    /// Delegations in flight; beyond [`DELEGATIONS_IN_FLIGHT_MAX`] a call is refused (429).
+    pub in_flight: Arc<tokio::sync::Semaphore>,
 }
+
+/// Delegations one gateway waits on at once; each holds a connection and a proof waiter.
+pub const DELEGATIONS_IN_FLIGHT_MAX: usize = 256;
 
 pub type AppState = Arc<Shared>;
 
@@ -89,6 +94,13 @@ pub async fn delegate(
     body: Result<Json<DelegateBody>, JsonRejection>,
 ) -> Result<Json<DelegateResponse>, ApiError> {
     let Json(body) = body.map_err(|e| ApiError::new(e.status(), "malformed_body", e.body_text()))?;
+    let _slot = Arc::clone(&state.in_flight).try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_delegations",
+            format!("{DELEGATIONS_IN_FLIGHT_MAX} delegations are in flight on this gateway; retry when one ends"),
+        )
+    })?;
     let request = check_delegation(&state, body).await?;
     let outcome = state.federation.delegate_task(request).await?;
     Ok(Json(outcome.into()))

@@ -11,6 +11,7 @@ operations that a platform's worker runs.
 from .aio import AsyncFederationClient
 from .client import FederationClient
 from .errors import (
+    Busy,
     Conflict,
     FederationError,
     GatewayFailure,
@@ -25,6 +26,7 @@ from .operation import OperationError, OperationResult, operation, run_operation
 
 __all__ = [
     "AsyncFederationClient",
+    "Busy",
     "CancelResult",
     "Conflict",
     "ExecutionProof",

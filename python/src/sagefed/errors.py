@@ -39,6 +39,10 @@ class Conflict(FederationError):
     """No platform can take the task, or a cancel was refused (404, 409)."""
 
 
+class Busy(FederationError):
+    """Too many delegations in flight on the gateway (429): retry when one ends."""
+
+
 class GatewayFailure(FederationError):
     """The gateway or the federation behind it failed (5xx)."""
 
@@ -57,6 +61,8 @@ def error_for(status: int, code: str, message: str) -> FederationError:
         cls = NotPermitted
     elif status in (404, 409):
         cls = Conflict
+    elif status == 429:
+        cls = Busy
     elif 400 <= status < 500:
         cls = InvalidRequest
     else:
