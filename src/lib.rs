@@ -12,10 +12,13 @@
 //! - [`identity`]: Ed25519 key files and the key registry ([`identity::keys`]), shared through
 //!   the `sage_keys` bucket ([`identity::directory`]).
 //! - [`nats`]: every subject, stream, consumer and bucket name ([`nats::subjects`], mirrors
-//!   `subjects.md`), their creation ([`nats::infra`]), a real `nats-server` ([`nats::server`]).
+//!   `subjects.md`), their creation ([`nats::infra`]), a real `nats-server` ([`nats::server`]),
+//!   the one compare-and-swap update of a KV record ([`nats::cas`]).
 //! - [`ledger`]: the ATP ledger: pure rules, the service that applies them, its client, its
 //!   audit.
-//! - [`delegation`]: the delegator's [`FederationClient`] and the status and cancel service.
+//! - [`delegation`]: the delegator's [`FederationClient`], where a task goes
+//!   ([`delegation::placement`], pure), the seed's scenarios ([`delegation::scenarios`]) and the
+//!   status and cancel service.
 //! - [`gateway`]: the seed's HTTP API on loopback for one platform, behind a local token
 //!   (what the Python client in `python/` talks to).
 //! - [`worker`]: executes tasks: checks, admission, the operation handlers in `worker::ops`.

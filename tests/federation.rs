@@ -11,6 +11,7 @@ use common::federation::{Processes, hand_task, publish_to_legion};
 use common::lct;
 use futures::StreamExt;
 use sage_federation::delegation::client::{DelegationOutcome, DelegationRequest};
+use sage_federation::delegation::scenarios::{self, Scenario};
 use sage_federation::ledger::client::LedgerClient;
 use sage_federation::ledger::model::{LockState, RollbackReason};
 use sage_federation::protocol::clock::now_seconds;
@@ -60,34 +61,18 @@ fn pay(expected: &mut BTreeMap<String, i64>, o: &DelegationOutcome, task_type: &
     *expected.entry(lct(&o.to, task_type).to_string()).or_default() += consumed;
 }
 
-#[allow(clippy::too_many_arguments)] // one argument per `sagefed delegate` flag
-fn cli(
-    p: &Processes,
-    from: &str,
-    to: Option<&str>,
-    task_type: &str,
-    operation: &str,
-    budget: &str,
-    timeout: &str,
-    params: &Value,
-) -> DelegationOutcome {
-    let params = params.to_string();
-    let mut args = vec![
-        "--operation",
-        operation,
-        "--budget",
-        budget,
-        "--task-type",
-        task_type,
-        "--timeout",
-        timeout,
-        "--params",
-        &params,
-    ];
-    if let Some(to) = to {
-        args.extend(["--to", to]);
-    }
-    outcome_of(&p.delegate_cli(from, &args))
+/// Runs `scenario` as a `sagefed delegate` process and checks it settled as the seed says.
+fn cli(p: &Processes, scenario: &Scenario) -> DelegationOutcome {
+    let args = scenario.cli_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = outcome_of(&p.delegate_cli(scenario.from, &args));
+    assert_eq!(
+        (o.settlement, o.rollback_reason),
+        scenario.expected,
+        "{}: {o:?}",
+        scenario.name
+    );
+    o
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,11 +81,14 @@ async fn the_seed_scenarios_settle_with_exact_balances() {
     let mut expected = balances(&p).await;
     assert_eq!(expected[&lct("Thor", CS).to_string()], 2000 * ATP);
 
+    let seed = scenarios::seed();
+    let [directions @ .., low_quality, timeout, denied] = seed.as_slice() else {
+        panic!("the seed has three directions and three failures");
+    };
+
     // 1. Thor -> Legion: planning, paid exactly what the search expanded.
-    let grid =
-        json!({"width": 32, "height": 32, "start": [0, 0], "goal": [31, 31], "obstacle_density": 0.2, "seed": 3});
-    let o = cli(&p, "Thor", Some("Legion"), CS, "planning", "10", "30", &grid);
-    assert_eq!((o.settlement, o.quality), (LockState::Committed, Some(1.0)), "{o:?}");
+    let o = cli(&p, &directions[0]);
+    assert_eq!(o.quality, Some(1.0), "{o:?}");
     let nodes = o.result["nodes_expanded"].as_i64().expect("nodes_expanded");
     assert_eq!(
         micros(o.atp_consumed),
@@ -112,53 +100,27 @@ async fn the_seed_scenarios_settle_with_exact_balances() {
     assert_eq!(balances(&p).await, expected, "after Thor -> Legion");
 
     // 2. Sprout -> Legion: perception of 4096 samples at 0.00001 ATP each.
-    let o = cli(
-        &p,
-        "Sprout",
-        Some("Legion"),
-        C,
-        "perception",
-        "5",
-        "30",
-        &json!({"length": 4096, "seed": 7}),
-    );
-    assert_eq!(
-        (o.settlement, micros(o.atp_consumed)),
-        (LockState::Committed, 40_960),
-        "{o:?}"
-    );
+    let o = cli(&p, &directions[1]);
+    assert_eq!(micros(o.atp_consumed), 40_960, "{o:?}");
     pay(&mut expected, &o, C);
     assert_eq!(balances(&p).await, expected, "after Sprout -> Legion");
 
     // 3. Legion -> Thor: the other direction.
-    let program = json!({"steps": [{"op": "add", "args": [2, 3]}, {"op": "mul", "args": ["$0", 4], "expect": 20}]});
-    let o = cli(&p, "Legion", Some("Thor"), C, "execution", "5", "30", &program);
-    assert_eq!(
-        (o.settlement, micros(o.atp_consumed)),
-        (LockState::Committed, 1_200),
-        "{o:?}"
-    );
+    let o = cli(&p, &directions[2]);
+    assert_eq!(micros(o.atp_consumed), 1_200, "{o:?}");
     pay(&mut expected, &o, C);
     assert_eq!(balances(&p).await, expected, "after Legion -> Thor");
 
     // 4. Ten concurrent delegations from two clients (separate processes), placed automatically.
-    let runs: Vec<_> = (0..10)
+    let runs: Vec<_> = (0..scenarios::CONCURRENT_DELEGATIONS)
         .map(|i| {
-            let from = if i % 2 == 0 { "Thor" } else { "Sprout" };
-            let args = vec![
-                "--operation".to_owned(),
-                "perception".to_owned(),
-                "--budget".to_owned(),
-                "2".to_owned(),
-                "--params".to_owned(),
-                json!({"length": 1000, "seed": 100 + i}).to_string(),
-            ];
-            let config = p.configs[from].clone();
+            let scenario = scenarios::concurrent(i);
+            let config = p.configs[scenario.from].clone();
             std::thread::spawn(move || {
                 std::process::Command::new(env!("CARGO_BIN_EXE_sagefed"))
                     .args(["delegate", "--json", "--config"])
                     .arg(config)
-                    .args(args)
+                    .args(scenario.cli_args())
                     .output()
                     .expect("run sagefed delegate")
             })
@@ -177,43 +139,14 @@ async fn the_seed_scenarios_settle_with_exact_balances() {
     assert_eq!(balances(&p).await, expected, "after 10 concurrent delegations");
 
     // 5. Quality below the threshold: nothing paid, everything refunded.
-    let failing =
-        json!({"steps": [{"op": "add", "args": [1, 1]}, {"op": "div", "args": [1, 0]}, {"op": "sqrt", "args": [-4]}]});
-    let o = cli(&p, "Thor", Some("Legion"), C, "execution", "5", "30", &failing);
-    assert_eq!(
-        (o.settlement, o.rollback_reason),
-        (LockState::RolledBack, Some(RollbackReason::LowQuality)),
-        "{o:?}"
-    );
+    let o = cli(&p, low_quality);
     assert_eq!((micros(o.atp_consumed), micros(o.atp_refunded)), (0, 5 * ATP));
     assert!(o.quality.is_some_and(|q| q < 0.7));
 
     // 6. Failures: a timeout and a permission denial return the locked ATP.
-    let o = cli(
-        &p,
-        "Thor",
-        Some("Legion"),
-        C,
-        "execution",
-        "5",
-        "1",
-        &json!({"steps": [{"op": "wait", "args": [3000]}]}),
-    );
-    assert_eq!(
-        (o.settlement, o.rollback_reason, o.proof_status),
-        (
-            LockState::RolledBack,
-            Some(RollbackReason::Timeout),
-            Some(ProofStatus::TimedOut)
-        ),
-        "{o:?}"
-    );
-    let o = cli(&p, "Legion", Some("Sprout"), C, "planning", "5", "30", &grid);
-    assert_eq!(
-        (o.settlement, o.rollback_reason),
-        (LockState::RolledBack, Some(RollbackReason::PermissionDenied)),
-        "{o:?}"
-    );
+    let o = cli(&p, timeout);
+    assert_eq!(o.proof_status, Some(ProofStatus::TimedOut), "{o:?}");
+    let o = cli(&p, denied);
     assert!(o.reason.contains("planning:execute"), "{}", o.reason);
     assert_eq!(balances(&p).await, expected, "failures changed no balance");
 
@@ -434,7 +367,9 @@ async fn forged_replayed_and_malformed_tasks_are_refused_and_the_ledger_is_untou
     );
 
     // Five dead letters, each saying why.
-    let mut dead = js.get_stream(subjects::DEAD_STREAM).await.expect("dead letters");
+    // Dead letters are the operator's to read (the admin identity), not the platforms'.
+    let operator = async_nats::jetstream::new(p.nats.client_as("Treasury").await);
+    let mut dead = operator.get_stream(subjects::DEAD_STREAM).await.expect("dead letters");
     let deadline = Instant::now() + Duration::from_secs(20);
     while dead.info().await.expect("info").state.messages < 5 {
         assert!(Instant::now() < deadline, "expected 5 dead letters");

@@ -255,3 +255,60 @@ fn an_old_or_missing_nats_server_is_refused_with_a_clear_error() {
     let missing = one_line_error(&run(&dir.path().join("nope")));
     assert!(missing.contains("NATS_SERVER_BIN"), "{missing}");
 }
+
+#[tokio::test]
+async fn a_record_that_does_not_decode_is_an_error_naming_its_key_and_stays_as_it_was() {
+    use sage_federation::protocol::task::TaskId;
+    use sage_federation::state::registry::Registry;
+    use sage_federation::state::reputation::Reputations;
+    use sage_federation::state::task_board::TaskBoard;
+
+    let nats = TestNats::with_infra().await;
+    let js = nats.js().await;
+    let garbage = bytes::Bytes::from_static(b"{\"tasks\": \"many\"");
+    for bucket in [
+        subjects::REPUTATION_BUCKET,
+        subjects::TASKS_BUCKET,
+        subjects::PLATFORMS_BUCKET,
+    ] {
+        let kv = js.get_key_value(bucket).await.expect("bucket");
+        kv.put("t-Legion", garbage.clone()).await.expect("put garbage");
+    }
+    let unchanged = |bucket: &'static str| {
+        let js = js.clone();
+        let garbage = garbage.clone();
+        async move {
+            let kv = js.get_key_value(bucket).await.expect("bucket");
+            let stored = kv.get("t-Legion").await.expect("get").expect("still there");
+            assert_eq!(stored, garbage, "{bucket} was written over");
+        }
+    };
+
+    let reputations = Reputations::open(&js).await.expect("open");
+    let err = reputations.get("t-Legion").await.expect_err("corrupt").to_string();
+    assert!(err.contains("t-Legion") && err.contains("does not decode"), "{err}");
+    let err = reputations
+        .record("t-Legion", true, Some(0.9))
+        .await
+        .expect_err("corrupt");
+    assert!(err.to_string().contains("sage_reputation key t-Legion"), "{err}");
+    unchanged(subjects::REPUTATION_BUCKET).await;
+
+    let board = TaskBoard::open(&js).await.expect("open");
+    let task_id: TaskId = "t-Legion".parse().expect("id");
+    let err = board.get(&task_id).await.expect_err("corrupt").to_string();
+    assert!(err.contains("t-Legion") && err.contains("does not decode"), "{err}");
+    let err = board.mark_settled(&task_id).await.expect_err("corrupt").to_string();
+    assert!(err.contains("t-Legion"), "{err}");
+    unchanged(subjects::TASKS_BUCKET).await;
+
+    let registry = Registry::open(&js).await.expect("open");
+    let err = registry.get("t-Legion").await.expect_err("corrupt").to_string();
+    assert!(err.contains("t-Legion") && err.contains("does not decode"), "{err}");
+    assert_eq!(
+        registry.all().await.expect("the others").len(),
+        0,
+        "left out of placement"
+    );
+    unchanged(subjects::PLATFORMS_BUCKET).await;
+}

@@ -327,6 +327,8 @@ fn spawn_ledger(url: &str, log: &std::path::Path) -> Child {
         .expect("log");
     Command::new(env!("CARGO_BIN_EXE_sagefed"))
         .args(["ledger", "serve", "--nats", url, "--admin", "Treasury"])
+        // An open test server: away from any `.sagefed/federation` a local `sagefed up` made.
+        .current_dir(std::env::temp_dir())
         .env("SAGE_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(log)

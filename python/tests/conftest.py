@@ -81,7 +81,7 @@ def federation(tmp_path_factory):
         wait_ready(process, configs, root / "up.log")
         found = re.search(r"listening on (nats://\S+)", (root / "up.log").read_text())
         assert found, "sagefed up did not print its NATS URL"
-        yield Federation(configs=configs, nats_url=found.group(1), binary=sagefed_binary())
+        yield Federation(configs=configs, nats_url=found.group(1), binary=sagefed_binary(), data_dir=root / "data")
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -97,11 +97,18 @@ class Federation:
     configs: Path
     nats_url: str
     binary: Path
+    data_dir: Path
 
     def audit(self) -> str:
-        """`sagefed audit`: conservation and one settlement per lock; fails on a violation."""
+        """`sagefed audit` (as the treasury, with the credentials `sagefed up` made):
+        conservation and one settlement per lock; fails on a violation."""
+        federation = self.data_dir / "federation"
         done = subprocess.run(
-            [str(self.binary), "audit", "--nats", self.nats_url], capture_output=True, text=True, timeout=60
+            [
+                str(self.binary), "audit", "--nats", self.nats_url,
+                "--creds", str(federation / "creds" / "Treasury.nk"), "--ca", str(federation / "ca" / "ca.pem"),
+            ],
+            capture_output=True, text=True, timeout=60,
         )
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout

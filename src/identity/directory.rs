@@ -20,14 +20,12 @@ use crate::protocol::envelope::{
 };
 use crate::protocol::lct::{check_platform, token_problem};
 
-/// Compare-and-swap attempts when publishing one key record.
-const PUBLISH_ATTEMPTS_MAX: u32 = 16;
-
 /// Pause before following the key bucket again after its watch ended.
 const WATCH_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Longest key id worth looking up (ours are 16 hex digits).
 const KEY_ID_CHARS_MAX: usize = 64;
+use crate::nats::cas::{self, CasError, Step};
 use crate::nats::subjects;
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +36,8 @@ pub enum DirectoryError {
     Conflict { platform: String, key_id: String },
     #[error(transparent)]
     Key(#[from] KeyError),
+    #[error(transparent)]
+    Cas(#[from] CasError),
 }
 
 /// A KV-backed, locally cached [`KeyRegistry`].
@@ -142,19 +142,18 @@ impl KeyDirectory {
     pub async fn publish(&self, record: &KeyRecord) -> Result<(), DirectoryError> {
         record.verifying_key()?;
         let key = subjects::key_entry(&record.platform, &record.key_id);
-        let kv_err = |e: &dyn std::fmt::Display| DirectoryError::Kv(e.to_string());
         // Several processes of one platform publish the same record at start: re-read on a
         // lost compare-and-swap, and write nothing when the bucket already says the same.
-        for _ in 0..PUBLISH_ATTEMPTS_MAX {
-            let existing = self.kv.entry(&key).await.map_err(|e| kv_err(&e))?;
+        let updated = cas::update(&self.kv, &key, |current: Option<KeyRecord>| {
             let mut record = record.clone();
-            let old = existing.as_ref().and_then(|e| decode(&e.value));
+            // A record whose key id does not match its key is not trusted: replaced.
+            let old = current.filter(|old| old.verifying_key().is_ok());
             match &old {
                 Some(old) if old.public_key != record.public_key => {
-                    return Err(DirectoryError::Conflict {
+                    return Step::Done(Err(DirectoryError::Conflict {
                         platform: record.platform,
                         key_id: record.key_id,
-                    });
+                    }));
                 }
                 Some(old) if old.revoked_at.is_some() && record.revoked_at.is_none() => {
                     record.revoked_at = old.revoked_at;
@@ -162,30 +161,14 @@ impl KeyDirectory {
                 _ => {}
             }
             if old.as_ref() == Some(&record) {
-                self.insert_all([record]);
-                return Ok(());
+                Step::Done(Ok(record))
+            } else {
+                Step::Write(record.clone(), Ok(record))
             }
-            let value = Bytes::from(serde_json::to_vec(&record).map_err(|e| kv_err(&e))?);
-            let written = match existing {
-                Some(entry) => match self.kv.update(&key, value, entry.revision).await {
-                    Ok(_) => true,
-                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => false,
-                    Err(e) => return Err(kv_err(&e)),
-                },
-                None => match self.kv.create(&key, value).await {
-                    Ok(_) => true,
-                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => false,
-                    Err(e) => return Err(kv_err(&e)),
-                },
-            };
-            if written {
-                self.insert_all([record]);
-                return Ok(());
-            }
-        }
-        Err(DirectoryError::Kv(format!(
-            "could not publish {key}: other writers kept winning"
-        )))
+        })
+        .await?;
+        self.insert_all([updated.answer?]);
+        Ok(())
     }
 
     /// A snapshot of the registry as cached now.

@@ -260,9 +260,9 @@ impl Record {
         }
     }
 
-    /// The record as stored.
-    pub fn to_json(&self) -> Vec<u8> {
-        // Serializing these plain structs cannot fail (no maps with non-string keys).
+    /// The record as stored. (Serializing these plain structs does not fail; if it ever did,
+    /// the error names the key instead of storing an empty value.)
+    pub fn to_json(&self) -> Result<Vec<u8>, RecordError> {
         let value = match self {
             Record::Account(r) => serde_json::to_vec(r),
             Record::Lock(r) => serde_json::to_vec(r),
@@ -270,6 +270,9 @@ impl Record {
             Record::Grant(r) => serde_json::to_vec(r),
             Record::Supply(r) => serde_json::to_vec(r),
         };
-        value.unwrap_or_default()
+        value.map_err(|e| RecordError {
+            key: self.key(),
+            why: e.to_string(),
+        })
     }
 }

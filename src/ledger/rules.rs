@@ -149,7 +149,7 @@ fn inconsistent(what: &str) -> Decision {
 
 /// Decides what `command` does to `book` at time `now`. `admins` may grant.
 pub fn decide(command: &Command, book: &impl Book, admins: &BTreeSet<String>, now: f64) -> Decision {
-    match command {
+    let decision = match command {
         Command::Grant {
             requester,
             grant_id,
@@ -169,7 +169,33 @@ pub fn decide(command: &Command, book: &impl Book, admins: &BTreeSet<String>, no
             evidence,
         } => rollback(requester, task_id, *reason, evidence.as_ref(), book, now),
         Command::Expire { task_id } => expire(task_id, book, now),
+    };
+    if let Decision::Apply { writes, .. } = &decision {
+        debug_assert!(
+            conserves(book, writes),
+            "{command:?} would change balances + locked by other than the supply: {writes:?}"
+        );
     }
+    decision
+}
+
+/// Whether `writes` change the accounts' balances + locked by exactly what they change the
+/// supply by (conservation, per transition, so per group commit too).
+pub(crate) fn conserves(book: &impl Book, writes: &[Record]) -> bool {
+    let held = |a: &Account| i128::from(a.balance_uatp.micros()) + i128::from(a.locked_uatp.micros());
+    let mut change: i128 = 0;
+    for write in writes {
+        match write {
+            Record::Account(account) => {
+                change += held(account) - book.account(&account.lct).map_or(0, |old| held(&old));
+            }
+            Record::Supply(supply) => {
+                change -= i128::from(supply.total_uatp.micros()) - i128::from(book.supply().total_uatp.micros());
+            }
+            Record::Lock(_) | Record::Journal(_) | Record::Grant(_) => {}
+        }
+    }
+    change == 0
 }
 
 fn grant(
@@ -565,6 +591,12 @@ fn settle(
         executor.earned_uatp = earned;
         writes.push(Record::Account(executor));
     }
+    debug_assert_eq!(
+        paid.checked_add(refund),
+        Some(lock.amount_uatp),
+        "paid + refunded = locked for task {}",
+        lock.task_id
+    );
     lock.state = state;
     lock.settlement = Some(Settlement {
         paid_uatp: paid,

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::identity::keys::{KeyRecord, KeyRegistry, generate};
 use crate::ledger::model::{Account, GrantRecord, JournalEntry, Lock, LockState, Record, RollbackReason, Supply};
 use crate::ledger::protocol::{Outcome, RejectCode};
-use crate::ledger::rules::{Book, Command, Decision, LOCK_TTL_SECONDS_MAX, decide};
+use crate::ledger::rules::{Book, Command, Decision, LOCK_TTL_SECONDS_MAX, conserves, decide};
 use crate::protocol::atp::Atp;
 use crate::protocol::envelope::{Signer, Verified, verify};
 use crate::protocol::lct::Lct;
@@ -647,5 +647,35 @@ fn every_transition_rejection_and_replay_conserves_atp() {
             ("t7", LockState::Expired),
             ("t8", LockState::Pending),
         ]
+    );
+}
+
+#[test]
+fn a_transition_that_mints_or_loses_atp_is_caught() {
+    let mut book = MemoryBook::default();
+    book.apply(vec![
+        Record::Account(Account {
+            balance_uatp: atp(10),
+            ..Account::empty(lct("Thor"))
+        }),
+        Record::Supply(Supply { total_uatp: atp(10) }),
+    ]);
+    let thor = |balance, locked| {
+        Record::Account(Account {
+            balance_uatp: atp(balance),
+            locked_uatp: atp(locked),
+            ..Account::empty(lct("Thor"))
+        })
+    };
+    assert!(conserves(&book, &[thor(6, 4)]), "a lock moves ATP within the account");
+    assert!(!conserves(&book, &[thor(6, 5)]), "one ATP minted");
+    assert!(!conserves(&book, &[thor(0, 0)]), "ten lost");
+    assert!(
+        conserves(&book, &[thor(15, 0), Record::Supply(Supply { total_uatp: atp(15) })]),
+        "a grant adds to both"
+    );
+    assert!(
+        !conserves(&book, &[Record::Supply(Supply { total_uatp: atp(15) })]),
+        "supply alone"
     );
 }

@@ -147,12 +147,12 @@ impl LedgerStore {
             } else {
                 self.cache.get(&key).map_or(0, |c| c.revision)
             };
+            let value = record
+                .to_json()
+                .map_err(|e| StoreError::Corrupt { key: e.key, why: e.why })?;
             messages.push(
-                BatchMessage::new(
-                    subjects::kv_subject(subjects::LEDGER_BUCKET, &key),
-                    Bytes::from(record.to_json()),
-                )
-                .expect_last_subject_sequence(expected),
+                BatchMessage::new(subjects::kv_subject(subjects::LEDGER_BUCKET, &key), Bytes::from(value))
+                    .expect_last_subject_sequence(expected),
             );
             keys.push(key);
         }

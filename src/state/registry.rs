@@ -9,6 +9,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use crate::nats::cas::{self, CasError};
 use crate::nats::subjects;
 
 /// How often a worker refreshes its platform's record.
@@ -47,9 +48,18 @@ impl PlatformRecord {
     }
 }
 
+/// Why the registry could not answer.
 #[derive(Debug, thiserror::Error)]
-#[error("platform registry sage_platforms: {0}")]
-pub struct RegistryError(String);
+pub enum RegistryError {
+    #[error("platform registry sage_platforms: {0}")]
+    Nats(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error(transparent)]
+    Kv(#[from] CasError),
+}
+
+fn nats(e: impl std::error::Error + Send + Sync + 'static) -> RegistryError {
+    RegistryError::Nats(Box::new(e))
+}
 
 /// The `sage_platforms` bucket.
 #[derive(Clone)]
@@ -59,36 +69,36 @@ pub struct Registry {
 
 impl Registry {
     pub async fn open(js: &jetstream::Context) -> Result<Self, RegistryError> {
-        let kv = js
-            .get_key_value(subjects::PLATFORMS_BUCKET)
-            .await
-            .map_err(|e| RegistryError(e.to_string()))?;
+        let kv = js.get_key_value(subjects::PLATFORMS_BUCKET).await.map_err(nats)?;
         Ok(Self { kv })
     }
 
     /// Records (or refreshes) a platform, as the seed's `register_platform`.
     pub async fn register_platform(&self, record: &PlatformRecord) -> Result<(), RegistryError> {
-        let value = serde_json::to_vec(record).map_err(|e| RegistryError(e.to_string()))?;
-        self.kv
-            .put(&record.platform, Bytes::from(value))
-            .await
-            .map_err(|e| RegistryError(e.to_string()))?;
+        let value = serde_json::to_vec(record).map_err(nats)?;
+        self.kv.put(&record.platform, Bytes::from(value)).await.map_err(nats)?;
         Ok(())
     }
 
+    /// `platform`'s record; an error naming the key when it does not decode.
     pub async fn get(&self, platform: &str) -> Result<Option<PlatformRecord>, RegistryError> {
-        let value = self.kv.get(platform).await.map_err(|e| RegistryError(e.to_string()))?;
-        Ok(value.and_then(|v| serde_json::from_slice(&v).ok()))
+        Ok(cas::read(&self.kv, platform).await?.map(|(record, _)| record))
     }
 
-    /// Every registered platform (records that do not parse are skipped).
+    /// Every registered platform. A record that does not decode is left out with a warning
+    /// naming its key: one bad record must not stop placement among the others.
     pub async fn all(&self) -> Result<Vec<PlatformRecord>, RegistryError> {
-        let mut keys = self.kv.keys().await.map_err(|e| RegistryError(e.to_string()))?;
+        let mut keys = self.kv.keys().await.map_err(nats)?;
         let mut records = Vec::new();
         while let Some(key) = keys.next().await {
-            let key = key.map_err(|e| RegistryError(e.to_string()))?;
-            if let Some(record) = self.get(&key).await? {
-                records.push(record);
+            let key = key.map_err(nats)?;
+            match self.get(&key).await {
+                Ok(Some(record)) => records.push(record),
+                Ok(None) => {}
+                Err(RegistryError::Kv(corrupt @ CasError::Corrupt { .. })) => {
+                    tracing::warn!(error = %corrupt, "leaving a platform record out of placement");
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(records)

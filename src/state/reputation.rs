@@ -2,15 +2,13 @@
 //! settlement (the seed's step 13) and read when choosing a target.
 
 use async_nats::jetstream::{self, kv};
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::nats::cas::{self, CasError, Step};
 use crate::nats::subjects;
 
 /// Weight of the newest quality in the moving average.
 const QUALITY_WEIGHT: f64 = 0.2;
-/// Compare-and-swap attempts per update.
-const CAS_ATTEMPTS_MAX: u32 = 16;
 /// The score of a platform nobody has delegated to yet.
 pub const SCORE_UNKNOWN: f64 = 0.5;
 
@@ -27,6 +25,14 @@ pub struct Reputation {
 }
 
 impl Reputation {
+    /// The reputation of a platform nobody has delegated to yet.
+    pub fn new(platform: &str) -> Self {
+        Self {
+            platform: platform.to_owned(),
+            ..Self::default()
+        }
+    }
+
     /// 0..1: the (smoothed) share of paid tasks times the average quality.
     pub fn score(&self) -> f64 {
         if self.tasks == 0 {
@@ -47,9 +53,14 @@ impl Reputation {
     }
 }
 
+/// Why a reputation could not be read or recorded.
 #[derive(Debug, thiserror::Error)]
-#[error("reputation bucket sage_reputation: {0}")]
-pub struct ReputationError(String);
+pub enum ReputationError {
+    #[error("opening the reputation bucket: {0}")]
+    Open(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error(transparent)]
+    Kv(#[from] CasError),
+}
 
 /// The `sage_reputation` bucket.
 #[derive(Clone)]
@@ -62,22 +73,14 @@ impl Reputations {
         let kv = js
             .get_key_value(subjects::REPUTATION_BUCKET)
             .await
-            .map_err(|e| ReputationError(e.to_string()))?;
+            .map_err(|e| ReputationError::Open(Box::new(e)))?;
         Ok(Self { kv })
     }
 
+    /// `platform`'s reputation; an unknown platform's is empty.
     pub async fn get(&self, platform: &str) -> Result<Reputation, ReputationError> {
-        let value = self
-            .kv
-            .get(platform)
-            .await
-            .map_err(|e| ReputationError(e.to_string()))?;
-        Ok(value
-            .and_then(|v| serde_json::from_slice(&v).ok())
-            .unwrap_or_else(|| Reputation {
-                platform: platform.to_owned(),
-                ..Reputation::default()
-            }))
+        let stored = cas::read::<Reputation>(&self.kv, platform).await?;
+        Ok(stored.map_or_else(|| Reputation::new(platform), |(reputation, _)| reputation))
     }
 
     /// Adds one settled task to `platform`'s reputation.
@@ -92,31 +95,16 @@ impl Reputations {
 
     /// Adds several settled tasks (paid, quality) to `platform`'s reputation in one write.
     pub async fn record_many(&self, platform: &str, settled: &[(bool, f64)]) -> Result<Reputation, ReputationError> {
-        let fail = |e: &dyn std::fmt::Display| ReputationError(e.to_string());
-        for _ in 0..CAS_ATTEMPTS_MAX {
-            let entry = self.kv.entry(platform).await.map_err(|e| fail(&e))?;
-            let (mut reputation, revision) = match &entry {
-                Some(e) if e.operation == kv::Operation::Put => {
-                    (serde_json::from_slice(&e.value).unwrap_or_default(), Some(e.revision))
-                }
-                _ => (Reputation::default(), None),
-            };
+        let updated = cas::update(&self.kv, platform, |current: Option<Reputation>| {
+            let mut reputation = current.unwrap_or_else(|| Reputation::new(platform));
             reputation.platform = platform.to_owned();
             for (paid, quality) in settled {
                 reputation.record(*paid, Some(*quality));
             }
-            let value = Bytes::from(serde_json::to_vec(&reputation).map_err(|e| fail(&e))?);
-            let written = match revision {
-                Some(revision) => self.kv.update(platform, value, revision).await.is_ok(),
-                None => self.kv.create(platform, value).await.is_ok(),
-            };
-            if written {
-                return Ok(reputation);
-            }
-        }
-        Err(ReputationError(format!(
-            "could not update the reputation of {platform} (contention)"
-        )))
+            Step::Write(reputation.clone(), reputation)
+        })
+        .await?;
+        Ok(updated.answer)
     }
 }
 

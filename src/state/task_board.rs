@@ -4,16 +4,13 @@
 //! a replay (the same task published again: refuse it).
 
 use async_nats::jetstream::{self, kv};
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::nats::cas::{self, CasError, Step};
 use crate::nats::subjects;
 use crate::protocol::clock::now_seconds;
 use crate::protocol::lct::Lct;
 use crate::protocol::task::TaskId;
-
-/// Compare-and-swap attempts on one status record before giving up.
-const CAS_ATTEMPTS_MAX: u32 = 16;
 
 /// Where a task is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,12 +82,15 @@ pub enum CancelResult {
     Unknown,
 }
 
+/// Why the task board could not answer.
 #[derive(Debug, thiserror::Error)]
-#[error("task status bucket sage_tasks: {0}")]
-pub struct StatusError(String);
-
-fn err(e: impl std::fmt::Display) -> StatusError {
-    StatusError(e.to_string())
+pub enum StatusError {
+    #[error("opening the task status bucket: {0}")]
+    Open(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error(transparent)]
+    Kv(#[from] CasError),
+    #[error("task id {0} is already in use")]
+    TaskIdInUse(TaskId),
 }
 
 /// The `sage_tasks` bucket.
@@ -99,86 +99,74 @@ pub struct TaskBoard {
     kv: kv::Store,
 }
 
+/// What a claim's compare-and-swap decided, before the revision written is known.
+enum ClaimStep {
+    Run { redelivered: bool },
+    Stop(Claim),
+}
+
 impl TaskBoard {
     pub async fn open(js: &jetstream::Context) -> Result<Self, StatusError> {
-        Ok(Self {
-            kv: js.get_key_value(subjects::TASKS_BUCKET).await.map_err(err)?,
-        })
+        let kv = js
+            .get_key_value(subjects::TASKS_BUCKET)
+            .await
+            .map_err(|e| StatusError::Open(Box::new(e)))?;
+        Ok(Self { kv })
     }
 
     /// The status of `task_id` and its revision.
     pub async fn get(&self, task_id: &TaskId) -> Result<Option<(TaskStatus, u64)>, StatusError> {
-        let Some(entry) = self.kv.entry(task_id.as_str()).await.map_err(err)? else {
-            return Ok(None);
-        };
-        if entry.operation != kv::Operation::Put {
-            return Ok(None);
-        }
-        let status = serde_json::from_slice(&entry.value).map_err(err)?;
-        Ok(Some((status, entry.revision)))
-    }
-
-    /// Writes `status` expecting `revision` (`None`: must not exist). `None` back when someone
-    /// else wrote first; the new revision otherwise.
-    async fn write(&self, status: &TaskStatus, revision: Option<u64>) -> Result<Option<u64>, StatusError> {
-        let value = Bytes::from(serde_json::to_vec(status).map_err(err)?);
-        let key = status.task_id.as_str();
-        // Someone else writing first is not an error: the caller reads again.
-        match revision {
-            None => match self.kv.create(key, value).await {
-                Ok(revision) => Ok(Some(revision)),
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
-                Err(e) => Err(err(e)),
-            },
-            Some(revision) => match self.kv.update(key, value, revision).await {
-                Ok(revision) => Ok(Some(revision)),
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
-                Err(e) => Err(err(e)),
-            },
-        }
+        Ok(cas::read(&self.kv, task_id.as_str()).await?)
     }
 
     /// Records a task as queued (the delegator, before publishing it).
     pub async fn queue(&self, status: &TaskStatus) -> Result<(), StatusError> {
-        if self.write(status, None).await?.is_some() {
+        let created = cas::update(
+            &self.kv,
+            status.task_id.as_str(),
+            |current: Option<TaskStatus>| match current {
+                None => Step::Write(status.clone(), true),
+                Some(_) => Step::Done(false),
+            },
+        )
+        .await?;
+        if created.answer {
             Ok(())
         } else {
-            Err(StatusError(format!("task id {} is already in use", status.task_id)))
+            Err(StatusError::TaskIdInUse(status.task_id.clone()))
         }
     }
 
     /// Claims `task_id` for the message at `stream_sequence`.
     pub async fn claim(&self, template: &TaskStatus, stream_sequence: u64) -> Result<Claim, StatusError> {
-        for _ in 0..CAS_ATTEMPTS_MAX {
-            let current = self.get(&template.task_id).await?;
+        let same_message = |status: &TaskStatus| status.stream_sequence == Some(stream_sequence);
+        let updated = cas::update(&self.kv, template.task_id.as_str(), |current: Option<TaskStatus>| {
             let mut running = template.clone();
             running.state = TaskState::Running;
             running.stream_sequence = Some(stream_sequence);
             running.updated_at = now_seconds();
-            let (revision, redelivered) = match current {
-                None => (None, false),
-                Some((status, revision)) => match status.state {
-                    TaskState::Queued => (Some(revision), false),
-                    TaskState::Cancelled => return Ok(Claim::Cancelled),
-                    TaskState::Running if status.stream_sequence == Some(stream_sequence) => (Some(revision), true),
-                    state if status.stream_sequence == Some(stream_sequence) => {
-                        return Ok(Claim::AlreadyFinished(state));
-                    }
-                    state => return Ok(Claim::Replay(state)),
-                },
+            let Some(status) = current else {
+                return Step::Write(running, ClaimStep::Run { redelivered: false });
             };
-            if let Some(written) = self.write(&running, revision).await? {
-                return Ok(if redelivered {
-                    Claim::Redelivered(written)
-                } else {
-                    Claim::Claimed(written)
-                });
+            match status.state {
+                TaskState::Queued => Step::Write(running, ClaimStep::Run { redelivered: false }),
+                TaskState::Cancelled => Step::Done(ClaimStep::Stop(Claim::Cancelled)),
+                TaskState::Running if same_message(&status) => {
+                    Step::Write(running, ClaimStep::Run { redelivered: true })
+                }
+                state if same_message(&status) => Step::Done(ClaimStep::Stop(Claim::AlreadyFinished(state))),
+                state => Step::Done(ClaimStep::Stop(Claim::Replay(state))),
             }
-        }
-        Err(StatusError(format!(
-            "could not claim task {} (contention)",
-            template.task_id
-        )))
+        })
+        .await?;
+        Ok(match (updated.answer, updated.revision) {
+            (ClaimStep::Stop(claim), _) => claim,
+            (ClaimStep::Run { redelivered: true }, Some(revision)) => Claim::Redelivered(revision),
+            (ClaimStep::Run { .. }, revision) => {
+                debug_assert!(revision.is_some(), "a claim that runs was written");
+                Claim::Claimed(revision.unwrap_or_default())
+            }
+        })
     }
 
     /// Like [`TaskBoard::finish`], first trying the record as this worker last wrote it (one
@@ -197,7 +185,10 @@ impl TaskBoard {
         known.atp_consumed = atp_consumed;
         known.reason = reason.to_owned();
         known.updated_at = now_seconds();
-        if self.write(&known, Some(revision)).await?.is_some() {
+        if cas::write_at(&self.kv, known.task_id.as_str(), &known, revision)
+            .await?
+            .is_some()
+        {
             return Ok(());
         }
         self.finish(&known.task_id, state, quality, atp_consumed, reason).await
@@ -213,43 +204,41 @@ impl TaskBoard {
         atp_consumed: Option<f64>,
         reason: &str,
     ) -> Result<(), StatusError> {
-        for _ in 0..CAS_ATTEMPTS_MAX {
-            let Some((mut status, revision)) = self.get(task_id).await? else {
-                return Ok(());
-            };
-            if status.state.is_terminal() {
-                return Ok(());
-            }
-            status.state = state;
-            status.quality = quality;
-            status.atp_consumed = atp_consumed;
-            status.reason = reason.to_owned();
-            status.updated_at = now_seconds();
-            if self.write(&status, Some(revision)).await?.is_some() {
-                return Ok(());
-            }
-        }
-        Err(StatusError(format!("could not finish task {task_id} (contention)")))
+        cas::update(
+            &self.kv,
+            task_id.as_str(),
+            |current: Option<TaskStatus>| match current {
+                Some(mut status) if !status.state.is_terminal() => {
+                    status.state = state;
+                    status.quality = quality;
+                    status.atp_consumed = atp_consumed;
+                    status.reason = reason.to_owned();
+                    status.updated_at = now_seconds();
+                    Step::Write(status, ())
+                }
+                _ => Step::Done(()),
+            },
+        )
+        .await?;
+        Ok(())
     }
 
     /// Marks the task's settlement as recorded by the delegator side; true for the one caller
     /// that did it (so reputation counts each task once however many processes settle it).
     pub async fn mark_settled(&self, task_id: &TaskId) -> Result<bool, StatusError> {
-        for _ in 0..CAS_ATTEMPTS_MAX {
-            let Some((mut status, revision)) = self.get(task_id).await? else {
-                return Ok(false);
-            };
-            if status.settled {
-                return Ok(false);
-            }
-            status.settled = true;
-            if self.write(&status, Some(revision)).await?.is_some() {
-                return Ok(true);
-            }
-        }
-        Err(StatusError(format!(
-            "could not mark task {task_id} settled (contention)"
-        )))
+        let updated = cas::update(
+            &self.kv,
+            task_id.as_str(),
+            |current: Option<TaskStatus>| match current {
+                Some(mut status) if !status.settled => {
+                    status.settled = true;
+                    Step::Write(status, true)
+                }
+                _ => Step::Done(false),
+            },
+        )
+        .await?;
+        Ok(updated.answer)
     }
 
     /// Marks a queued or running task cancelled.
@@ -258,21 +247,20 @@ impl TaskBoard {
         task_id: &TaskId,
         reason: &str,
     ) -> Result<(CancelResult, Option<TaskStatus>), StatusError> {
-        for _ in 0..CAS_ATTEMPTS_MAX {
-            let Some((mut status, revision)) = self.get(task_id).await? else {
-                return Ok((CancelResult::Unknown, None));
+        let updated = cas::update(&self.kv, task_id.as_str(), |current: Option<TaskStatus>| {
+            let Some(mut status) = current else {
+                return Step::Done((CancelResult::Unknown, None));
             };
             if status.state.is_terminal() {
-                return Ok((CancelResult::AlreadyEnded(status.state), Some(status)));
+                return Step::Done((CancelResult::AlreadyEnded(status.state), Some(status)));
             }
             let before = status.state;
             status.state = TaskState::Cancelled;
             status.reason = reason.to_owned();
             status.updated_at = now_seconds();
-            if self.write(&status, Some(revision)).await?.is_some() {
-                return Ok((CancelResult::Cancelled(before), Some(status)));
-            }
-        }
-        Err(StatusError(format!("could not cancel task {task_id} (contention)")))
+            Step::Write(status.clone(), (CancelResult::Cancelled(before), Some(status)))
+        })
+        .await?;
+        Ok(updated.answer)
     }
 }

@@ -1,18 +1,16 @@
-//! The seed's scenarios, run once by `sagefed up`: Thor->Legion, Sprout->Legion,
+//! The seed's scenarios (the table in `delegation::scenarios`), run once by `sagefed up`: Thor->Legion, Sprout->Legion,
 //! Legion->Thor, 10 concurrent delegations from two clients, a low-quality result, a timeout,
 //! a permission denial, a cancel, and an external program. Prints each delegation and the
 //! balances before and after, then runs the audit.
 
 use std::time::Duration;
 
-use serde_json::{Map, Value, json};
-
 use crate::cli::platform::describe;
 use crate::up::Federation;
 use sage_federation::delegation::client::{DelegationOutcome, DelegationRequest, FederationClient};
+use sage_federation::delegation::scenarios::{self, CONCURRENT_DELEGATIONS, Scenario, Settled};
 use sage_federation::delegation::status;
 use sage_federation::ledger::audit::audit;
-use sage_federation::ledger::model::{LockState, RollbackReason};
 use sage_federation::ledger::snapshot::LedgerSnapshot;
 use sage_federation::protocol::clock::now_seconds;
 use sage_federation::protocol::task::TaskId;
@@ -23,39 +21,8 @@ const CANCEL_START_TIMEOUT: Duration = Duration::from_secs(20);
 
 struct Row {
     scenario: &'static str,
-    expected: (LockState, Option<RollbackReason>),
+    expected: Settled,
     outcome: Result<DelegationOutcome, String>,
-}
-
-fn params(value: Value) -> Map<String, Value> {
-    value.as_object().cloned().unwrap_or_default()
-}
-
-fn request(
-    to: Option<&str>,
-    task_type: &str,
-    operation: &str,
-    budget: f64,
-    timeout: u64,
-    parameters: Value,
-) -> DelegationRequest {
-    DelegationRequest {
-        to: to.map(str::to_owned),
-        task_type: task_type.to_owned(),
-        operation: operation.to_owned(),
-        budget,
-        timeout_seconds: timeout,
-        parameters: params(parameters),
-        task_id: None,
-    }
-}
-
-fn planning() -> Value {
-    json!({"width": 48, "height": 48, "start": [0, 0], "goal": [47, 47], "obstacle_density": 0.2, "seed": 3})
-}
-
-fn perception(seed: u64) -> Value {
-    json!({"length": 4096, "seed": seed})
 }
 
 async fn delegate(client: &FederationClient, request: DelegationRequest) -> Result<DelegationOutcome, String> {
@@ -69,113 +36,43 @@ fn client<'a>(federation: &'a Federation, platform: &str) -> anyhow::Result<&'a 
         .ok_or_else(|| anyhow::anyhow!("no platform {platform} in configs/"))
 }
 
+/// Delegates `scenario` from its delegator and records the outcome.
+async fn run_one(federation: &Federation, scenario: &Scenario) -> anyhow::Result<Row> {
+    let from = client(federation, scenario.from)?;
+    Ok(Row {
+        scenario: scenario.name,
+        expected: scenario.expected,
+        outcome: delegate(from, scenario.request()).await,
+    })
+}
+
 /// Runs every scenario; true when each ended as the seed expects and the audit is clean.
 pub async fn run(federation: &Federation, url: &str) -> anyhow::Result<bool> {
     let js = async_nats::jetstream::new(federation.client.clone());
     let before = LedgerSnapshot::read(&js).await?;
-    let (legion, thor, sprout) = (
-        client(federation, "Legion")?,
-        client(federation, "Thor")?,
-        client(federation, "Sprout")?,
-    );
-    let committed = (LockState::Committed, None);
-    let rolled_back = |reason| (LockState::RolledBack, Some(reason));
     let mut rows = Vec::new();
 
     println!("\nrunning the seed's scenarios on {url}");
-    rows.push(Row {
-        scenario: "1 Thor -> Legion",
-        expected: committed,
-        outcome: delegate(
-            thor,
-            request(Some("Legion"), "consciousness.sage", "planning", 10.0, 30, planning()),
-        )
-        .await,
-    });
-    rows.push(Row {
-        scenario: "2 Sprout -> Legion",
-        expected: committed,
-        outcome: delegate(
-            sprout,
-            request(Some("Legion"), "consciousness", "perception", 5.0, 30, perception(7)),
-        )
-        .await,
-    });
-    let program = json!({"steps": [{"op": "add", "args": [2, 3]}, {"op": "mul", "args": ["$0", 4], "expect": 20}]});
-    rows.push(Row {
-        scenario: "3 Legion -> Thor (bidirectional)",
-        expected: committed,
-        outcome: delegate(
-            legion,
-            request(Some("Thor"), "consciousness", "execution", 5.0, 30, program),
-        )
-        .await,
-    });
-    let concurrent = (0..10u64).map(|i| {
-        let from = if i % 2 == 0 { thor } else { sprout };
-        delegate(
-            from,
-            request(None, "consciousness", "perception", 2.0, 30, perception(100 + i)),
-        )
-    });
-    for outcome in futures::future::join_all(concurrent).await {
-        rows.push(Row {
-            scenario: "4 concurrent (Thor, Sprout)",
-            expected: committed,
-            outcome,
-        });
+    let seed = scenarios::seed();
+    // The three directions first, then the concurrent delegations, then the failures.
+    let (directions, failures) = seed.split_at(3);
+    for scenario in directions {
+        rows.push(run_one(federation, scenario).await?);
     }
-    let failing =
-        json!({"steps": [{"op": "add", "args": [1, 1]}, {"op": "div", "args": [1, 0]}, {"op": "sqrt", "args": [-4]}]});
+    let concurrent: Vec<Scenario> = (0..CONCURRENT_DELEGATIONS).map(scenarios::concurrent).collect();
+    for row in futures::future::join_all(concurrent.iter().map(|s| run_one(federation, s))).await {
+        rows.push(row?);
+    }
+    for scenario in failures {
+        rows.push(run_one(federation, scenario).await?);
+    }
+    let cancel = scenarios::cancelled();
     rows.push(Row {
-        scenario: "5 low quality",
-        expected: rolled_back(RollbackReason::LowQuality),
-        outcome: delegate(
-            thor,
-            request(Some("Legion"), "consciousness", "execution", 5.0, 30, failing),
-        )
-        .await,
+        scenario: cancel.name,
+        expected: cancel.expected,
+        outcome: cancel_scenario(federation, &cancel).await,
     });
-    let slow = json!({"steps": [{"op": "wait", "args": [3000]}]});
-    rows.push(Row {
-        scenario: "6 timeout",
-        expected: rolled_back(RollbackReason::Timeout),
-        outcome: delegate(
-            thor,
-            request(Some("Legion"), "consciousness", "execution", 5.0, 1, slow),
-        )
-        .await,
-    });
-    rows.push(Row {
-        scenario: "7 permission denied",
-        expected: rolled_back(RollbackReason::PermissionDenied),
-        outcome: delegate(
-            legion,
-            request(Some("Sprout"), "consciousness", "planning", 5.0, 30, planning()),
-        )
-        .await,
-    });
-    rows.push(Row {
-        scenario: "8 cancel",
-        expected: rolled_back(RollbackReason::Cancelled),
-        outcome: cancel_scenario(federation, thor).await,
-    });
-    rows.push(Row {
-        scenario: "9 external program",
-        expected: committed,
-        outcome: delegate(
-            thor,
-            request(
-                Some("Legion"),
-                "consciousness",
-                "wordcount",
-                5.0,
-                30,
-                json!({"text": "machines delegate tasks to each other"}),
-            ),
-        )
-        .await,
-    });
+    rows.push(run_one(federation, &scenarios::external_program()).await?);
 
     let mut all_ok = print_rows(&rows);
     let after = LedgerSnapshot::read(&js).await?;
@@ -196,16 +93,10 @@ pub async fn run(federation: &Federation, url: &str) -> anyhow::Result<bool> {
 }
 
 /// Delegates a long task, cancels it while it runs, and returns the settled outcome.
-async fn cancel_scenario(federation: &Federation, thor: &FederationClient) -> Result<DelegationOutcome, String> {
+async fn cancel_scenario(federation: &Federation, scenario: &Scenario) -> Result<DelegationOutcome, String> {
+    let thor = client(federation, scenario.from).map_err(|e| e.to_string())?;
     let task_id = TaskId::random().map_err(|e| e.to_string())?;
-    let mut long = request(
-        Some("Legion"),
-        "consciousness",
-        "execution",
-        5.0,
-        20,
-        json!({"steps": [{"op": "wait", "args": [10000]}]}),
-    );
+    let mut long = scenario.request();
     long.task_id = Some(task_id.clone());
     let delegation = delegate(thor, long);
     let canceller = async {
