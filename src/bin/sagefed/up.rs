@@ -70,7 +70,11 @@ pub struct UpArgs {
 }
 
 /// Runs the federation until `shutdown` resolves.
-pub async fn run(args: UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(mut args: UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    // Absolute: credential paths under it are handed to configs, which resolve relative paths
+    // against their own directory (`.sagefed/...` would become `configs/.sagefed/...`).
+    args.data_dir = std::path::absolute(&args.data_dir)
+        .with_context(|| format!("resolving --data-dir {}", args.data_dir.display()))?;
     let configs = load_configs(&args.configs)?;
     let tools_dir = args.tools_dir.clone().unwrap_or_else(nats_server::default_tools_dir);
     let binary = nats_server::find_or_install(&tools_dir)?;
