@@ -188,6 +188,7 @@ async fn ledger_setup(server: &NatsServer, accounts: usize, atp_each: f64) -> an
         client.clone(),
         LedgerOptions {
             admins: BTreeSet::from(["Treasury".to_owned()]),
+            admin_keys: BTreeSet::new(),
             sweep: true,
         },
     )
@@ -535,6 +536,7 @@ async fn delegation(server: &NatsServer, args: &BenchArgs, dir: &std::path::Path
         connection::connect(&connection::NatsAccess::open(&url), "sagefed-bench-ledger").await?,
         LedgerOptions {
             admins: BTreeSet::from(["Treasury".to_owned()]),
+            admin_keys: BTreeSet::new(),
             sweep: true,
         },
     )
