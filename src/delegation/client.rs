@@ -252,7 +252,7 @@ impl FederationClient {
         Ok(self.registry.register_platform(record).await?)
     }
 
-    /// Chooses where `request` goes by the rule in [`placement`]: the named platform when
+    /// Chooses where `request` goes by the rule in `placement`: the named platform when
     /// there is one, else the least loaded eligible platform, better reputation first.
     pub async fn choose_target(&self, request: &DelegationRequest) -> Result<PlatformRecord, DelegateError> {
         let now = now_seconds();

@@ -255,27 +255,29 @@ fn grant(
     )
 }
 
-fn lock(requester: &str, new: &Lock, book: &impl Book, now: f64) -> Decision {
+/// Checks a lock's terms on their own: who asks, the accounts, the amount, the threshold
+/// and the times.
+fn check_lock_terms(requester: &str, new: &Lock, now: f64) -> Result<(), Decision> {
     if requester != new.delegator.platform() {
-        return reject(
+        return Err(reject(
             RejectCode::NotAuthorized,
             format!("{requester} may not lock ATP of {}", new.delegator),
-        );
+        ));
     }
     if new.delegator == new.executor {
-        return reject(
+        return Err(reject(
             RejectCode::SameAccount,
             "the delegator and the executor are the same account",
-        );
+        ));
     }
     if new.amount_uatp == Atp::ZERO {
-        return reject(RejectCode::InvalidAmount, "a lock must be more than zero");
+        return Err(reject(RejectCode::InvalidAmount, "a lock must be more than zero"));
     }
     if !(0.0..=1.0).contains(&new.quality_threshold) {
-        return reject(
+        return Err(reject(
             RejectCode::InvalidRequest,
             format!("quality_threshold {} is outside 0..=1", new.quality_threshold),
-        );
+        ));
     }
     let times_ok = new.deadline.is_finite()
         && new.expires_at.is_finite()
@@ -283,10 +285,17 @@ fn lock(requester: &str, new: &Lock, book: &impl Book, now: f64) -> Decision {
         && new.deadline <= new.expires_at
         && new.expires_at <= now + LOCK_TTL_SECONDS_MAX;
     if !times_ok {
-        return reject(
+        return Err(reject(
             RejectCode::InvalidRequest,
             format!("need now < deadline <= expires_at <= now + {LOCK_TTL_SECONDS_MAX} s"),
-        );
+        ));
+    }
+    Ok(())
+}
+
+fn lock(requester: &str, new: &Lock, book: &impl Book, now: f64) -> Decision {
+    if let Err(decision) = check_lock_terms(requester, new, now) {
+        return decision;
     }
     if let Some(existing) = book.lock(&new.task_id) {
         return if existing.same_terms(new) {
@@ -477,33 +486,18 @@ fn rollback(
     }
     // The executor may always give up its claim. The delegator must show why it refuses to
     // pay, so it cannot take a good result and keep the ATP.
-    if !by_executor {
-        let shown = match reason {
-            RollbackReason::Cancelled => true,
-            RollbackReason::Timeout => {
-                now >= lock.deadline || evidence.is_some_and(|p| p.status == ProofStatus::TimedOut)
-            }
-            RollbackReason::LowQuality => {
-                evidence.is_some_and(|p| p.status != ProofStatus::Completed || p.quality_score < lock.quality_threshold)
-            }
-            RollbackReason::Failure | RollbackReason::PermissionDenied | RollbackReason::Rejected => {
-                evidence.is_some_and(|p| p.status != ProofStatus::Completed)
-            }
-            RollbackReason::Expired => false,
-        };
-        if !shown {
-            return reject(
-                RejectCode::EvidenceRequired,
-                format!(
-                    "a delegator's rollback for {reason} needs the executor's signed proof showing it{}",
-                    if reason == RollbackReason::Timeout {
-                        ", or the deadline to pass"
-                    } else {
-                        ""
-                    }
-                ),
-            );
-        }
+    if !by_executor && !delegator_shows(reason, evidence, &lock, now) {
+        return reject(
+            RejectCode::EvidenceRequired,
+            format!(
+                "a delegator's rollback for {reason} needs the executor's signed proof showing it{}",
+                if reason == RollbackReason::Timeout {
+                    ", or the deadline to pass"
+                } else {
+                    ""
+                }
+            ),
+        );
     }
     let quality = evidence.map(|p| p.quality_score);
     settle(
@@ -517,6 +511,22 @@ fn rollback(
         book,
         format!("rolled back task {task_id} ({reason})"),
     )
+}
+
+/// Whether a delegator's rollback for `reason` is shown: by the executor's signed `evidence`,
+/// or for a timeout by the deadline having passed. A cancel needs nothing.
+fn delegator_shows(reason: RollbackReason, evidence: Option<&Verified<ExecutionProof>>, lock: &Lock, now: f64) -> bool {
+    match reason {
+        RollbackReason::Cancelled => true,
+        RollbackReason::Timeout => now >= lock.deadline || evidence.is_some_and(|p| p.status == ProofStatus::TimedOut),
+        RollbackReason::LowQuality => {
+            evidence.is_some_and(|p| p.status != ProofStatus::Completed || p.quality_score < lock.quality_threshold)
+        }
+        RollbackReason::Failure | RollbackReason::PermissionDenied | RollbackReason::Rejected => {
+            evidence.is_some_and(|p| p.status != ProofStatus::Completed)
+        }
+        RollbackReason::Expired => false,
+    }
 }
 
 fn expire(task_id: &TaskId, book: &impl Book, now: f64) -> Decision {

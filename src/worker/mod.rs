@@ -5,12 +5,12 @@
 //! settler of proofs addressed to this platform, and the status service.
 //!
 //! - [`ops`]: the operation handlers.
-//! - [`checks`]: the executor's checks.
-//! - [`admission`]: rate limits, concurrency and budget caps.
+//! - `checks`: the executor's checks.
+//! - `admission`: rate limits, concurrency and budget caps.
 //! - `run`: one task from message to acknowledgement.
 
-pub mod admission;
-pub mod checks;
+mod admission;
+mod checks;
 #[cfg(test)]
 mod checks_table;
 pub mod ops;
@@ -336,11 +336,7 @@ async fn listen_for_aborts(ctx: Arc<WorkerContext>, client: Client) {
 /// A task whose last delivery timed out (its worker died) stays in the work queue and the
 /// server publishes an advisory: copy it to the dead-letter stream, remove it, refund it.
 async fn dead_letter_exhausted(ctx: Arc<WorkerContext>, client: Client) {
-    let subject = format!(
-        "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{}",
-        subjects::TASKS_STREAM,
-        subjects::worker_consumer(ctx.config.platform())
-    );
+    let subject = subjects::max_deliveries_advisory(ctx.config.platform());
     let Ok(mut advisories) = client.subscribe(subject).await else {
         tracing::error!("cannot subscribe to max-delivery advisories");
         return;

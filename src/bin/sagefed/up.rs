@@ -20,8 +20,8 @@ use sage_federation::identity::keys::{self, KeyRecord};
 use sage_federation::ledger::client::LedgerClient;
 use sage_federation::ledger::protocol::Outcome;
 use sage_federation::ledger::service::{LedgerOptions, LedgerService};
-use sage_federation::nats::infra;
 use sage_federation::nats::server::{self as nats_server, NatsServer, ServerOptions};
+use sage_federation::nats::{infra, subjects};
 use sage_federation::protocol::envelope::Signer;
 use sage_federation::worker::Worker;
 
@@ -143,7 +143,7 @@ impl Federation {
             .publish(&KeyRecord::new(TREASURY, &treasury.verifying_key(), 0.0))
             .await?;
         let ledger = LedgerService::start(
-            infra::connect(url, "sagefed-ledger").await?,
+            infra::connect(url, subjects::LEDGER_SERVICE).await?,
             LedgerOptions {
                 admins: [TREASURY.to_owned()].into_iter().collect(),
                 sweep: true,

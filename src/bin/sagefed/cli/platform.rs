@@ -9,7 +9,7 @@ use sage_federation::delegation::client::{DelegationOutcome, DelegationRequest, 
 use sage_federation::delegation::status;
 use sage_federation::identity::keys;
 use sage_federation::ledger::model::LockState;
-use sage_federation::nats::infra;
+use sage_federation::nats::{infra, subjects};
 use sage_federation::protocol::envelope::Signer;
 use sage_federation::protocol::task::TaskId;
 
@@ -149,7 +149,7 @@ pub struct StatusArgs {
 }
 
 pub async fn status_command(args: &StatusArgs) -> anyhow::Result<()> {
-    let client = args.nats.connect("sagefed-status").await?;
+    let client = args.nats.connect(subjects::STATUS_SERVICE).await?;
     let value = if args.target.starts_with(sage_federation::protocol::lct::LCT_PREFIX) {
         serde_json::to_value(status::lct(&client, &args.target.parse()?).await?)?
     } else {
