@@ -187,6 +187,13 @@ fn default_owner() -> Name {
 pub struct Nats {
     #[serde(default = "default_nats_url")]
     pub url: String,
+    /// This platform's NATS credentials: the nkey seed file `sagefed init` wrote (0600);
+    /// relative paths are relative to the config file.
+    #[serde(default)]
+    pub creds: Option<PathBuf>,
+    /// The federation's CA certificate; when set, the connection requires TLS.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
 }
 
 /// The NATS URL of a local development server.
@@ -200,6 +207,8 @@ impl Default for Nats {
     fn default() -> Self {
         Self {
             url: default_nats_url(),
+            creds: None,
+            ca: None,
         }
     }
 }
@@ -540,6 +549,15 @@ impl Config {
     /// The secret key file of this platform.
     pub fn keypair_path(&self) -> PathBuf {
         self.resolve(&self.federation.keypair_path)
+    }
+
+    /// How this platform connects: URL, credentials and CA with paths resolved.
+    pub fn nats_access(&self) -> crate::nats::connection::NatsAccess {
+        crate::nats::connection::NatsAccess {
+            url: self.nats.url.clone(),
+            creds: self.nats.creds.as_ref().map(|p| self.resolve(p)),
+            ca: self.nats.ca.as_ref().map(|p| self.resolve(p)),
+        }
     }
 }
 

@@ -367,7 +367,9 @@ async fn forged_replayed_and_malformed_tasks_are_refused_and_the_ledger_is_untou
     );
 
     // Five dead letters, each saying why.
-    let mut dead = js.get_stream(subjects::DEAD_STREAM).await.expect("dead letters");
+    // Dead letters are the operator's to read (the admin identity), not the platforms'.
+    let operator = async_nats::jetstream::new(p.nats.client_as("Treasury").await);
+    let mut dead = operator.get_stream(subjects::DEAD_STREAM).await.expect("dead letters");
     let deadline = Instant::now() + Duration::from_secs(20);
     while dead.info().await.expect("info").state.messages < 5 {
         assert!(Instant::now() < deadline, "expected 5 dead letters");

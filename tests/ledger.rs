@@ -603,6 +603,8 @@ async fn a_hot_account_with_100_concurrent_locks_does_not_starve() {
 fn sagefed(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_sagefed"))
         .args(args)
+        // An open test server: away from any `.sagefed/federation` a local `sagefed up` made.
+        .current_dir(std::env::temp_dir())
         .output()
         .expect("run sagefed")
 }

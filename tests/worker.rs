@@ -142,7 +142,9 @@ async fn a_task_whose_deliveries_run_out_is_dead_lettered_and_refunded() {
     }
 
     // The last delivery's ack wait runs out: the live worker dead-letters and refunds it.
-    let mut dead = js.get_stream(subjects::DEAD_STREAM).await.expect("dead letters");
+    // Dead letters are the operator's to read (the admin identity), not the platforms'.
+    let operator = async_nats::jetstream::new(p.nats.client_as("Treasury").await);
+    let mut dead = operator.get_stream(subjects::DEAD_STREAM).await.expect("dead letters");
     let deadline = Instant::now() + Duration::from_secs(30);
     while dead.info().await.expect("info").state.messages < 1 {
         assert!(Instant::now() < deadline, "the exhausted task was not dead-lettered");

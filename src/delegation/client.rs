@@ -430,8 +430,10 @@ impl FederationClient {
 
     async fn stored_proof(&self, task_id: &TaskId) -> Option<Bytes> {
         let stream = self.js.get_stream(subjects::PROOFS_STREAM).await.ok()?;
+        // A direct get names the subject in the API subject, so the server's permissions can
+        // confine each platform to its own proofs (a `STREAM.MSG.GET` body could name any).
         let message = stream
-            .get_last_raw_message_by_subject(&subjects::proof(self.platform(), task_id.as_str()))
+            .direct_get_last_for_subject(subjects::proof(self.platform(), task_id.as_str()))
             .await
             .ok()?;
         Some(message.payload)

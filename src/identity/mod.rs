@@ -1,5 +1,8 @@
-//! Who signed what: Ed25519 key files and the in-memory registry ([`keys`]), and the registry
-//! shared through the `sage_keys` bucket ([`directory`]).
+//! Who signed what, and who may connect: Ed25519 key files and the in-memory registry
+//! ([`keys`]), the registry shared through the `sage_keys` bucket ([`directory`]), and a
+//! federation's credentials, certificates and bundles made by `sagefed init`
+//! ([`federation`]).
 
 pub mod directory;
+pub mod federation;
 pub mod keys;

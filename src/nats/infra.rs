@@ -27,32 +27,6 @@ pub const DEAD_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How long a finished task's status record is kept.
 pub const TASK_STATUS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// How long a process waits to connect to NATS before it says so.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Connects to NATS as `name`, failing within [`CONNECT_TIMEOUT`] with a message that says
-/// what to do.
-pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, ConnectError> {
-    async_nats::ConnectOptions::new()
-        .name(name)
-        .connection_timeout(CONNECT_TIMEOUT)
-        .connect(url)
-        .await
-        .map_err(|e| ConnectError {
-            url: url.to_owned(),
-            why: e.to_string(),
-        })
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "cannot connect to NATS at {url} ({why}); is `sagefed up` (or nats-server) running? Use --nats to point elsewhere"
-)]
-pub struct ConnectError {
-    url: String,
-    why: String,
-}
-
 /// One stream or bucket as [`ensure`] found or made it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Resource {
@@ -94,6 +68,8 @@ fn stream_configs(replicas: usize) -> Vec<stream::Config> {
             storage: stream::StorageType::File,
             max_age: PROOFS_MAX_AGE,
             max_messages_per_subject: 1,
+            // Direct gets carry the subject in the API subject: see `subjects::js_direct_get_subject`.
+            allow_direct: true,
             max_message_size,
             duplicate_window: TASK_DEDUPE_WINDOW,
             num_replicas: replicas,

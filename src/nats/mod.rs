@@ -1,8 +1,13 @@
 //! Everything that names or creates things on NATS: subjects, streams and buckets
-//! ([`subjects`]), their creation and the connection ([`infra`]), and a real `nats-server`
-//! process ([`server`]), and the one compare-and-swap update of a KV record ([`cas`]).
+//! ([`subjects`]), who may use which ([`permissions`]), their creation ([`infra`]), the one
+//! connection setup ([`connection`]), the server's authorization and TLS config
+//! ([`server_config`]), a real `nats-server` process ([`server`]), and the one
+//! compare-and-swap update of a KV record ([`cas`]).
 
 pub mod cas;
+pub mod connection;
 pub mod infra;
+pub mod permissions;
 pub mod server;
+pub mod server_config;
 pub mod subjects;

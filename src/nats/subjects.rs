@@ -137,12 +137,120 @@ pub fn ledger_endpoint(operation: &str) -> String {
     format!("{LEDGER_ENDPOINT_PREFIX}.{operation}")
 }
 
-/// The server's advisory when a task's deliveries ran out on `platform`'s worker consumer.
-pub fn max_deliveries_advisory(platform: &str) -> String {
-    format!(
-        "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{TASKS_STREAM}.{}",
-        worker_consumer(platform)
-    )
+/// Every subject of the JetStream API (stream, bucket and consumer management).
+pub const JS_API_ALL: &str = "$JS.API.>";
+/// JetStream account information, asked by every JetStream client on first use.
+pub const JS_API_INFO: &str = "$JS.API.INFO";
+/// Stream information of any stream (opening a stream or a bucket asks it).
+pub const JS_API_STREAM_INFO_ANY: &str = "$JS.API.STREAM.INFO.*";
+/// Flow-control replies of push consumers (KV watches).
+pub const JS_FLOW_CONTROL_ALL: &str = "$JS.FC.>";
+/// Service discovery of NATS micro services (`nats micro ls`, `$SRV.PING.<service>`).
+pub const SERVICE_DISCOVERY_ALL: &str = "$SRV.>";
+
+/// Listing streams and consumers and reading consumer information: what an operator's
+/// `nats stream ls`, `nats kv ls`, `nats consumer info` ask.
+pub const JS_API_OPERATOR_READS: [&str; 5] = [
+    "$JS.API.STREAM.NAMES",
+    "$JS.API.STREAM.LIST",
+    "$JS.API.CONSUMER.NAMES.*",
+    "$JS.API.CONSUMER.LIST.*",
+    "$JS.API.CONSUMER.INFO.*.*",
+];
+
+/// Every subject under `prefix` (a subject with `.>` appended).
+pub fn all_under(prefix: &str) -> String {
+    format!("{prefix}.>")
+}
+
+/// Any platform's task subject (a delegator may delegate to any platform).
+pub fn delegate_any() -> String {
+    TASKS_SUBJECTS.to_owned()
+}
+
+/// Any proof subject (an executor answers whichever platform delegated to it).
+pub fn proof_any() -> String {
+    PROOFS_SUBJECTS.to_owned()
+}
+
+/// Any platform's abort subject (the status service tells the executor to abort).
+pub fn abort_any() -> String {
+    abort("*")
+}
+
+/// Every status service endpoint.
+pub fn status_any() -> String {
+    all_under(STATUS_ENDPOINT_PREFIX)
+}
+
+/// Every ledger service endpoint.
+pub fn ledger_any() -> String {
+    format!("{LEDGER_ENDPOINT_PREFIX}.*")
+}
+
+/// A KV subject pattern: `key_pattern` may end in `*` or `>`.
+pub fn kv_pattern(bucket: &str, key_pattern: &str) -> String {
+    kv_subject(bucket, key_pattern)
+}
+
+/// Direct reads of a stream by sequence (no subject in the API subject).
+pub fn js_direct_get(stream: &str) -> String {
+    format!("$JS.API.DIRECT.GET.{stream}")
+}
+
+/// Direct reads of the last message of subjects matching `subject_pattern` in `stream`.
+pub fn js_direct_get_subject(stream: &str, subject_pattern: &str) -> String {
+    format!("$JS.API.DIRECT.GET.{stream}.{subject_pattern}")
+}
+
+/// Reads of one message of `stream` by sequence or subject (`STREAM.MSG.GET`).
+pub fn js_msg_get(stream: &str) -> String {
+    format!("$JS.API.STREAM.MSG.GET.{stream}")
+}
+
+/// Deletion of one message of `stream` by sequence.
+pub fn js_msg_delete(stream: &str) -> String {
+    format!("$JS.API.STREAM.MSG.DELETE.{stream}")
+}
+
+/// Creating (or updating) the consumer `consumer` on `stream` with exactly the filter
+/// `filter`: the server refuses a request whose body's filter differs from the subject's.
+pub fn js_consumer_create(stream: &str, consumer: &str, filter: &str) -> String {
+    format!("$JS.API.CONSUMER.CREATE.{stream}.{consumer}.{filter}")
+}
+
+/// Creating any consumer on `stream` (KV watches create ordered consumers with random names).
+pub fn js_consumer_create_any(stream: &str) -> [String; 2] {
+    [
+        format!("$JS.API.CONSUMER.CREATE.{stream}"),
+        format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
+    ]
+}
+
+/// Information about one consumer.
+pub fn js_consumer_info(stream: &str, consumer: &str) -> String {
+    format!("$JS.API.CONSUMER.INFO.{stream}.{consumer}")
+}
+
+/// Pull requests on one consumer.
+pub fn js_consumer_next(stream: &str, consumer: &str) -> String {
+    format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}")
+}
+
+/// Acknowledgements of deliveries of one consumer (the reply subject of each delivery).
+pub fn js_ack(stream: &str, consumer: &str) -> String {
+    format!("$JS.ACK.{stream}.{consumer}.>")
+}
+
+/// The advisory the server publishes when a delivery of `consumer` ran out of attempts.
+pub fn max_deliveries_advisory(stream: &str, consumer: &str) -> String {
+    format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{consumer}")
+}
+
+/// The inbox prefix of the connection whose NATS public key is `nkey_public`: replies to its
+/// requests arrive only under it, and only it may subscribe there.
+pub fn inbox_prefix(nkey_public: &str) -> String {
+    format!("_INBOX.{nkey_public}")
 }
 
 /// `sagefed bench`: the work-queue stream of the bare task round trip, on a server of its own.
@@ -202,7 +310,7 @@ mod tests {
             "sage.ledger.lock",
             "sage.ledger.commit",
             "sage.ledger.rollback",
-            &max_deliveries_advisory("<platform>"),
+            &max_deliveries_advisory(TASKS_STREAM, "worker-<platform>"),
             BENCH_ROUND_TRIP_STREAM,
             BENCH_ROUND_TRIP_SUBJECT,
             "bench.floor.",

@@ -336,7 +336,10 @@ async fn listen_for_aborts(ctx: Arc<WorkerContext>, client: Client) {
 /// A task whose last delivery timed out (its worker died) stays in the work queue and the
 /// server publishes an advisory: copy it to the dead-letter stream, remove it, refund it.
 async fn dead_letter_exhausted(ctx: Arc<WorkerContext>, client: Client) {
-    let subject = subjects::max_deliveries_advisory(ctx.config.platform());
+    let subject = subjects::max_deliveries_advisory(
+        subjects::TASKS_STREAM,
+        &subjects::worker_consumer(ctx.config.platform()),
+    );
     let Ok(mut advisories) = client.subscribe(subject).await else {
         tracing::error!("cannot subscribe to max-delivery advisories");
         return;

@@ -17,6 +17,8 @@ use sage_federation::protocol::clock::now_seconds;
 use sage_federation::protocol::envelope::Signer;
 use sage_federation::state::registry::Registry;
 
+use sage_federation::identity::federation::LEDGER_IDENTITY;
+
 use super::{TestNats, repo_dir};
 
 pub const PLATFORMS: [&str; 3] = ["Legion", "Thor", "Sprout"];
@@ -37,6 +39,8 @@ pub struct Processes {
     /// Additional worker processes (a second worker of a platform).
     pub extra_workers: Vec<Child>,
     pub configs: BTreeMap<String, PathBuf>,
+    /// An attack test sets this: its attempts are refused with permission violations.
+    pub expect_violations: bool,
 }
 
 impl Drop for Processes {
@@ -49,6 +53,17 @@ impl Drop for Processes {
         {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        // The federation's own parts must never hit the server's permissions: a violation
+        // here means the permission table and the code disagree (a silent failure).
+        let log = std::fs::read_to_string(self.nats.server.log_file()).unwrap_or_default();
+        let violations: Vec<&str> = log.lines().filter(|l| l.contains("Permissions Violation")).collect();
+        if !std::thread::panicking() && !self.expect_violations {
+            assert!(
+                violations.is_empty(),
+                "permission violations:\n{}",
+                violations.join("\n")
+            );
         }
     }
 }
@@ -74,6 +89,20 @@ pub fn write_config_with(dir: &Path, platform: &str, url: &str, edit: &Edit) -> 
             &format!("{:?}", key.display().to_string()),
         )
         .replace("\"nats://127.0.0.1:4222\"", &format!("{url:?}"))
+        // Credentials from the test's federation (`TestNats::start_secure` makes it in `dir`).
+        .replace(
+            &format!("\"../.sagefed/federation/creds/{platform}.nk\""),
+            &format!(
+                "{:?}",
+                dir.join(format!("federation/creds/{platform}.nk"))
+                    .display()
+                    .to_string()
+            ),
+        )
+        .replace(
+            "\"../.sagefed/federation/ca/ca.pem\"",
+            &format!("{:?}", dir.join("federation/ca/ca.pem").display().to_string()),
+        )
         .replace(
             "\"../examples/ops/echo_quality.py\"",
             &format!(
@@ -95,7 +124,7 @@ impl Processes {
 
     /// Starts the federation with each platform's config text passed through `edit`.
     pub async fn start_with(edit: &Edit) -> Self {
-        let nats = TestNats::start().await;
+        let nats = TestNats::start_secure().await;
         let url = nats.url();
         let log = |name: &str| {
             std::fs::OpenOptions::new()
@@ -106,6 +135,7 @@ impl Processes {
         };
         let ledger = sagefed()
             .args(["ledger", "serve", "--nats", &url, "--admin", "Treasury"])
+            .args(nats.cli_access(LEDGER_IDENTITY))
             .env("SAGE_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log("ledger.log"))
@@ -123,16 +153,18 @@ impl Processes {
             workers: BTreeMap::new(),
             extra_workers: Vec::new(),
             configs: BTreeMap::new(),
+            expect_violations: false,
         };
         let treasury = Signer::new("Treasury", keys::generate().expect("random")).expect("signer");
-        let js = processes.nats.js().await;
+        let treasury_client = processes.nats.client_as("Treasury").await;
+        let js = async_nats::jetstream::new(treasury_client.clone());
         KeyDirectory::open(&js)
             .await
             .expect("keys")
             .publish(&KeyRecord::new("Treasury", &treasury.verifying_key(), 0.0))
             .await
             .expect("publish treasury key");
-        let treasury = LedgerClient::new(client.clone(), treasury);
+        let treasury = LedgerClient::new(treasury_client, treasury);
         for platform in PLATFORMS {
             let path = write_config_with(processes.nats.path(), platform, &url, edit);
             let config = Config::load(&path).expect("config loads");
@@ -240,7 +272,7 @@ impl Processes {
 
     /// A delegation client for `platform` in this test process.
     pub async fn client(&self, platform: &str) -> FederationClient {
-        FederationClient::new(self.config(platform), self.nats.client().await)
+        FederationClient::new(self.config(platform), self.nats.client_as(platform).await)
             .await
             .expect("client")
     }
@@ -270,6 +302,7 @@ impl Processes {
     pub fn assert_audit_clean(&self) {
         let output = sagefed()
             .args(["audit", "--nats", &self.url()])
+            .args(self.nats.cli_access("Treasury"))
             .output()
             .expect("run sagefed audit");
         assert!(

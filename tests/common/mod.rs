@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use async_nats::jetstream;
+use sage_federation::identity::federation::{FederationDir, InitOptions, LEDGER_IDENTITY, init as federation_init};
+use sage_federation::nats::connection::{self, NatsAccess};
 use sage_federation::nats::infra;
 use sage_federation::nats::server::{self as nats_server, NatsServer, ServerOptions};
 
@@ -29,24 +31,113 @@ pub fn server_binary() -> PathBuf {
 pub struct TestNats {
     pub server: NatsServer,
     pub dir: tempfile::TempDir,
+    /// The federation `sagefed init` made for a secure server; `None`: open server.
+    pub federation: Option<FederationDir>,
 }
 
+/// Platforms of a secure test federation: the seed's three and `Mallory`, a platform whose
+/// valid credentials an attacker holds.
+pub const SECURE_PLATFORMS: [&str; 4] = ["Legion", "Thor", "Sprout", "Mallory"];
+/// A platform of a secure test federation that the root did not grant `federation:delegate`.
+pub const EXECUTOR_ONLY_PLATFORM: &str = "Watcher";
+/// The identity a secure test server's [`TestNats::client`] connects as.
+pub const DEFAULT_TEST_IDENTITY: &str = "Thor";
+
 impl TestNats {
-    /// Starts a server with `nats/test.conf` on a free port.
+    /// Starts an open server (no credentials, no TLS) with `nats/test.conf` on a free port:
+    /// for tests of the library's logic.
     pub async fn start() -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let server = NatsServer::start(
+        let config = repo_dir().join("nats/test.conf");
+        let server = Self::spawn(&dir, config).await;
+        Self {
+            server,
+            dir,
+            federation: None,
+        }
+    }
+
+    /// Starts a server as `sagefed init` configures it: nkey users with the permission
+    /// table, TLS with the federation's CA. Clients connect as an identity.
+    pub async fn start_secure() -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let fed_dir = dir.path().join("federation");
+        federation_init(&InitOptions {
+            dir: fed_dir.clone(),
+            platforms: SECURE_PLATFORMS
+                .iter()
+                .chain(std::iter::once(&EXECUTOR_ONLY_PLATFORM))
+                .map(|p| (*p).to_owned())
+                .collect(),
+            executors: vec![EXECUTOR_ONLY_PLATFORM.to_owned()],
+            admins: vec!["Treasury".to_owned()],
+            hosts: Vec::new(),
+            url: "nats://127.0.0.1:4222".to_owned(),
+            server_base: std::fs::read_to_string(repo_dir().join("nats/test.conf")).expect("test.conf"),
+            force: false,
+        })
+        .expect("sagefed init");
+        let fed = FederationDir::new(&fed_dir);
+        let server = Self::spawn(&dir, fed.server_config()).await;
+        Self {
+            server,
+            dir,
+            federation: Some(fed),
+        }
+    }
+
+    async fn spawn(dir: &tempfile::TempDir, config: PathBuf) -> NatsServer {
+        NatsServer::start(
             &server_binary(),
             ServerOptions {
-                config_file: Some(repo_dir().join("nats/test.conf")),
+                config_file: Some(config),
                 store_dir: dir.path().join("store"),
                 port: None,
                 log_file: dir.path().join("server.log"),
             },
         )
         .await
-        .expect("nats-server starts");
-        Self { server, dir }
+        .expect("nats-server starts")
+    }
+
+    /// How `identity` connects: its credentials and the CA on a secure server.
+    pub fn access(&self, identity: &str) -> NatsAccess {
+        match &self.federation {
+            Some(fed) => NatsAccess::secure(&self.url(), &fed.creds(identity), &fed.ca_cert()),
+            None => NatsAccess::open(&self.url()),
+        }
+    }
+
+    /// A client connected as `identity` (ignored on an open server).
+    pub async fn client_as(&self, identity: &str) -> async_nats::Client {
+        connection::connect_options(&self.access(identity), identity)
+            .expect("connect options")
+            .retry_on_initial_connect()
+            .connect(self.url())
+            .await
+            .expect("connect to the test server")
+    }
+
+    /// Command-line arguments giving `identity`'s credentials and the CA, if secure.
+    pub fn cli_access(&self, identity: &str) -> Vec<std::ffi::OsString> {
+        let access = self.access(identity);
+        let mut args = Vec::new();
+        if let Some(creds) = access.creds {
+            args.extend(["--creds".into(), creds.into_os_string()]);
+        }
+        if let Some(ca) = access.ca {
+            args.extend(["--ca".into(), ca.into_os_string()]);
+        }
+        args
+    }
+
+    /// Starts a secure server and creates every stream and bucket, as the ledger does.
+    pub async fn secure_with_infra() -> Self {
+        let nats = Self::start_secure().await;
+        infra::ensure(&jetstream::new(nats.client_as(LEDGER_IDENTITY).await), 1)
+            .await
+            .expect("streams and buckets");
+        nats
     }
 
     /// Starts a server and creates every stream and bucket.
@@ -64,12 +155,9 @@ impl TestNats {
         self.dir.path()
     }
 
+    /// A client; on a secure server it connects as [`DEFAULT_TEST_IDENTITY`].
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::ConnectOptions::new()
-            .retry_on_initial_connect()
-            .connect(self.url())
-            .await
-            .expect("connect to the test server")
+        self.client_as(DEFAULT_TEST_IDENTITY).await
     }
 
     pub async fn js(&self) -> jetstream::Context {

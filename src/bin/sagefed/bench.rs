@@ -20,9 +20,9 @@ use sage_federation::ledger::batch::{self, BatchMessage};
 use sage_federation::ledger::client::LedgerClient;
 use sage_federation::ledger::protocol::{LedgerReply, Outcome};
 use sage_federation::ledger::service::{LedgerOptions, LedgerService};
-use sage_federation::nats::infra;
 use sage_federation::nats::server::{self as nats_server, NatsServer, ServerOptions};
 use sage_federation::nats::subjects;
+use sage_federation::nats::{connection, infra};
 use sage_federation::protocol::clock::now_seconds;
 use sage_federation::protocol::envelope::Signer;
 use sage_federation::protocol::lct::Lct;
@@ -169,7 +169,7 @@ const BENCH_TASK_TYPE: &str = "consciousness";
 const EXECUTOR_TASK_TYPE: &str = "consciousness.sage";
 
 async fn ledger_setup(server: &NatsServer, accounts: usize, atp_each: f64) -> anyhow::Result<LedgerBench> {
-    let client = infra::connect(&server.url(), "sagefed-bench").await?;
+    let client = connection::connect(&connection::NatsAccess::open(&server.url()), "sagefed-bench").await?;
     let js = jetstream::new(client.clone());
     infra::ensure(&js, 1).await?;
     let directory = KeyDirectory::open(&js).await?;
@@ -521,7 +521,7 @@ fn bench_config(
 
 async fn delegation(server: &NatsServer, args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result<Vec<Figure>> {
     let url = server.url();
-    let client = infra::connect(&url, "sagefed-bench").await?;
+    let client = connection::connect(&connection::NatsAccess::open(&url), "sagefed-bench").await?;
     let js = jetstream::new(client.clone());
     infra::ensure(&js, 1).await?;
     let sequential = (args.tasks / 10).max(50);
@@ -534,7 +534,7 @@ async fn delegation(server: &NatsServer, args: &BenchArgs, dir: &std::path::Path
         .publish(&KeyRecord::new("Treasury", &treasury.verifying_key(), 0.0))
         .await?;
     let service = LedgerService::start(
-        infra::connect(&url, "sagefed-bench-ledger").await?,
+        connection::connect(&connection::NatsAccess::open(&url), "sagefed-bench-ledger").await?,
         LedgerOptions {
             admins: BTreeSet::from(["Treasury".to_owned()]),
             sweep: true,
@@ -548,8 +548,11 @@ async fn delegation(server: &NatsServer, args: &BenchArgs, dir: &std::path::Path
     let lct = delegator.lct("consciousness")?;
     let reply = treasury.grant("bench-Thor", &lct, 1e6).await?;
     anyhow::ensure!(reply.is_ok(), "grant refused: {}", reply.message);
-    let worker =
-        sage_federation::worker::Worker::start(executor, infra::connect(&url, "sagefed-bench-worker").await?).await?;
+    let worker = sage_federation::worker::Worker::start(
+        executor,
+        connection::connect(&connection::NatsAccess::open(&url), "sagefed-bench-worker").await?,
+    )
+    .await?;
     let federation =
         Arc::new(sage_federation::delegation::client::FederationClient::new(delegator, client.clone()).await?);
 

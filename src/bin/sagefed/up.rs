@@ -16,17 +16,20 @@ use async_nats::Client;
 use sage_federation::config::Config;
 use sage_federation::delegation::client::FederationClient;
 use sage_federation::identity::directory::KeyDirectory;
+use sage_federation::identity::federation::{self, FederationDir, InitOptions, LEDGER_IDENTITY};
 use sage_federation::identity::keys::{self, KeyRecord};
 use sage_federation::ledger::client::LedgerClient;
 use sage_federation::ledger::protocol::Outcome;
 use sage_federation::ledger::service::{LedgerOptions, LedgerService};
+use sage_federation::nats::connection::{self, NatsAccess};
+use sage_federation::nats::permissions::Role;
 use sage_federation::nats::server::{self as nats_server, NatsServer, ServerOptions};
 use sage_federation::nats::{infra, subjects};
 use sage_federation::protocol::envelope::Signer;
 use sage_federation::worker::Worker;
 
 /// The development server config, embedded so `sagefed up` works from any directory.
-const DEV_CONF: &str = include_str!("../../../nats/dev.conf");
+pub const DEV_CONF: &str = include_str!("../../../nats/dev.conf");
 
 /// Client port `sagefed up` listens on unless told otherwise.
 pub const UP_PORT_DEFAULT: u16 = 4222;
@@ -68,8 +71,8 @@ pub async fn run(args: UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::Re
     let version = nats_server::check_version(&binary)?;
     let nats_dir = args.data_dir.join("nats");
     std::fs::create_dir_all(&nats_dir).with_context(|| format!("creating {}", nats_dir.display()))?;
-    let config_file = nats_dir.join("dev.conf");
-    std::fs::write(&config_file, DEV_CONF).with_context(|| format!("writing {}", config_file.display()))?;
+    let fed = ensure_federation(&args.data_dir, &configs)?;
+    let config_file = fed.server_config();
     if args.port != 0 && std::net::TcpListener::bind(("127.0.0.1", args.port)).is_err() {
         anyhow::bail!(
             "port {} on 127.0.0.1 is in use (another `sagefed up` or nats-server?); stop it or pass --port",
@@ -95,7 +98,7 @@ pub async fn run(args: UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::Re
         server.url(),
         server.log_file().display()
     );
-    let result = serve(&server.url(), &args, configs, shutdown).await;
+    let result = serve(&server.url(), &fed, &args, configs, shutdown).await;
     server.stop(SERVER_STOP_TIMEOUT);
     println!("stopped");
     result
@@ -117,6 +120,47 @@ pub fn load_configs(dir: &Path) -> anyhow::Result<Vec<Config>> {
         .collect()
 }
 
+/// The federation in `<data_dir>/federation`: made by `sagefed init` on first run, with a
+/// platform added for each config it does not know yet.
+pub fn ensure_federation(data_dir: &Path, configs: &[Config]) -> anyhow::Result<FederationDir> {
+    let dir = data_dir.join("federation");
+    let fed = FederationDir::new(&dir);
+    if !fed.exists() {
+        federation::init(&InitOptions {
+            dir: dir.clone(),
+            platforms: configs.iter().map(|c| c.platform().to_owned()).collect(),
+            executors: configs
+                .iter()
+                .filter(|c| !c.permissions.delegate)
+                .map(|c| c.platform().to_owned())
+                .collect(),
+            admins: vec![TREASURY.to_owned()],
+            hosts: Vec::new(),
+            url: sage_federation::config::NATS_URL_DEFAULT.to_owned(),
+            server_base: DEV_CONF.to_owned(),
+            force: false,
+        })?;
+        println!(
+            "init       {}: credentials, TLS CA and server config (root key: keep {} offline)",
+            dir.display(),
+            fed.root_key().display()
+        );
+    }
+    let known = fed.load()?;
+    for config in configs {
+        if !known.identities.iter().any(|i| i.name == config.platform()) {
+            let role = if config.permissions.delegate {
+                Role::Platform
+            } else {
+                Role::Executor
+            };
+            federation::add_platform(&dir, config.platform(), role)?;
+            println!("init       added platform {}", config.platform());
+        }
+    }
+    Ok(fed)
+}
+
 /// Everything but the server: ledger, workers, one delegation client per platform.
 pub struct Federation {
     pub client: Client,
@@ -126,24 +170,32 @@ pub struct Federation {
 }
 
 impl Federation {
-    /// Starts the federation on the server at `url`: streams and buckets, the treasury, the
-    /// ledger service, each platform's keys (created when missing), grants and worker.
-    pub async fn start(url: &str, data_dir: &Path, mut configs: Vec<Config>) -> anyhow::Result<Self> {
-        let client = infra::connect(url, "sagefed-up").await?;
-        let js = async_nats::jetstream::new(client.clone());
-        for resource in infra::ensure(&js, 1).await? {
+    /// Starts the federation on the server at `url`, each part connecting as its own
+    /// identity of `fed`: streams and buckets, the treasury, the ledger service, each
+    /// platform's keys (created when missing), grants and worker.
+    pub async fn start(
+        url: &str,
+        fed: &FederationDir,
+        data_dir: &Path,
+        mut configs: Vec<Config>,
+    ) -> anyhow::Result<Self> {
+        let access = |identity: &str| NatsAccess::secure(url, &fed.creds(identity), &fed.ca_cert());
+        let ledger_client = connection::connect(&access(LEDGER_IDENTITY), subjects::LEDGER_SERVICE).await?;
+        for resource in infra::ensure(&async_nats::jetstream::new(ledger_client.clone()), 1).await? {
             println!("{:<10} {:<16} {}", resource.kind, resource.name, resource.detail);
         }
         let treasury = Signer::new(
             TREASURY,
             keys::read_or_create_secret(&data_dir.join("keys/treasury.key"))?,
         )?;
+        let client = connection::connect(&access(TREASURY), "sagefed-up").await?;
+        let js = async_nats::jetstream::new(client.clone());
         let directory = KeyDirectory::open(&js).await?;
         directory
             .publish(&KeyRecord::new(TREASURY, &treasury.verifying_key(), 0.0))
             .await?;
         let ledger = LedgerService::start(
-            infra::connect(url, subjects::LEDGER_SERVICE).await?,
+            ledger_client,
             LedgerOptions {
                 admins: [TREASURY.to_owned()].into_iter().collect(),
                 sweep: true,
@@ -156,11 +208,13 @@ impl Federation {
         let mut clients = BTreeMap::new();
         for config in &mut configs {
             config.nats.url = url.to_owned();
+            config.nats.creds = Some(fed.creds(config.platform()));
+            config.nats.ca = Some(fed.ca_cert());
             keys::read_or_create_secret(&config.keypair_path())?;
             grant(&treasury, config).await?;
             let worker = Worker::start(
                 config.clone(),
-                infra::connect(url, &format!("sagefed-worker-{}", config.platform())).await?,
+                connection::connect(&config.nats_access(), &format!("sagefed-worker-{}", config.platform())).await?,
             )
             .await?;
             println!(
@@ -171,7 +225,7 @@ impl Federation {
             workers.push(worker);
             let federation = FederationClient::new(
                 config.clone(),
-                infra::connect(url, &format!("sagefed-client-{}", config.platform())).await?,
+                connection::connect(&config.nats_access(), &format!("sagefed-client-{}", config.platform())).await?,
             )
             .await?;
             clients.insert(config.platform().to_owned(), federation);
@@ -213,11 +267,12 @@ async fn grant(treasury: &LedgerClient, config: &Config) -> anyhow::Result<()> {
 
 async fn serve(
     url: &str,
+    fed: &FederationDir,
     args: &UpArgs,
     configs: Vec<Config>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let federation = Federation::start(url, &args.data_dir, configs).await?;
+    let federation = Federation::start(url, fed, &args.data_dir, configs).await?;
     let demo = if args.no_demo {
         Ok(true)
     } else {

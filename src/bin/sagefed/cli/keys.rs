@@ -49,7 +49,9 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
                 }
                 _ => anyhow::bail!("pass --config FILE, or --platform NAME with --key FILE"),
             };
-            let client = args.nats.connect("sagefed-keys").await?;
+            // A platform may write only its own keys: connect as the platform they belong to.
+            let identity = records.first().map_or(crate::up::TREASURY, |r| r.platform.as_str());
+            let client = args.nats.connect(identity, "sagefed-keys").await?;
             let directory = KeyDirectory::open(&async_nats::jetstream::new(client.clone())).await?;
             for record in &records {
                 directory.publish(record).await?;
@@ -58,7 +60,7 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
             client.flush().await?;
         }
         KeysCommand::List { nats } => {
-            let client = nats.connect("sagefed-keys").await?;
+            let client = nats.connect(crate::up::TREASURY, "sagefed-keys").await?;
             let directory = KeyDirectory::open(&async_nats::jetstream::new(client)).await?;
             let registry = directory.snapshot();
             let mut records: Vec<_> = registry.records().collect();

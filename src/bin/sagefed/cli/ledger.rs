@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use crate::cli::{NatsArgs, shutdown_signal};
+use sage_federation::identity::federation::LEDGER_IDENTITY;
 use sage_federation::identity::keys;
 use sage_federation::ledger::audit::audit;
 use sage_federation::ledger::client::LedgerClient;
@@ -45,7 +46,7 @@ pub struct ServeArgs {
 pub async fn run(command: LedgerCommand) -> anyhow::Result<()> {
     match command {
         LedgerCommand::Serve(args) => {
-            let client = args.nats.connect(subjects::LEDGER_SERVICE).await?;
+            let client = args.nats.connect(LEDGER_IDENTITY, subjects::LEDGER_SERVICE).await?;
             let js = async_nats::jetstream::new(client.clone());
             infra::ensure(&js, args.replicas).await?;
             let admins: BTreeSet<String> = args.admins.into_iter().collect();
@@ -79,7 +80,7 @@ pub struct AuditArgs {
 
 /// Runs the audit; exit code 3 when an invariant is broken.
 pub async fn audit_command(args: &AuditArgs) -> anyhow::Result<ExitCode> {
-    let client = args.nats.connect("sagefed-audit").await?;
+    let client = args.nats.connect(crate::up::TREASURY, "sagefed-audit").await?;
     let snapshot = LedgerSnapshot::read(&async_nats::jetstream::new(client)).await?;
     let report = audit(&snapshot, now_seconds());
     if args.json {
@@ -123,7 +124,7 @@ pub struct BalancesArgs {
 }
 
 pub async fn balances_command(args: &BalancesArgs) -> anyhow::Result<()> {
-    let client = args.nats.connect("sagefed-balances").await?;
+    let client = args.nats.connect(crate::up::TREASURY, "sagefed-balances").await?;
     let snapshot = LedgerSnapshot::read(&async_nats::jetstream::new(client)).await?;
     if args.json {
         let accounts: Vec<_> = snapshot
@@ -194,7 +195,7 @@ pub async fn grant_command(args: &GrantArgs) -> anyhow::Result<ExitCode> {
                 .trim_start_matches("t-")
         ),
     };
-    let client = args.nats.connect("sagefed-grant").await?;
+    let client = args.nats.connect(crate::up::TREASURY, "sagefed-grant").await?;
     let reply = LedgerClient::new(client, signer)
         .grant(&grant_id, &lct, args.amount)
         .await?;

@@ -6,12 +6,15 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod init;
 mod keygen;
 mod keys;
 mod ledger;
 pub mod platform;
 
 use sage_federation::config::Config;
+use sage_federation::identity::federation::FederationDir;
+use sage_federation::nats::connection::{self, NatsAccess};
 
 /// Exit code of a command that failed (2, a usage error, is clap's own).
 pub const EXIT_FAILURE: u8 = 1;
@@ -35,6 +38,8 @@ pub struct Cli {
 enum Command {
     /// Run the whole federation on this machine: NATS server, ledger, three platforms
     Up(crate::up::UpArgs),
+    /// Create a federation: root key, NATS credentials per identity, TLS CA, server config, bundles
+    Init(init::InitArgs),
     /// Write a new Ed25519 keypair for a platform and print its public key
     Keygen(keygen::KeygenArgs),
     /// Check configuration files
@@ -64,18 +69,41 @@ enum Command {
     Bench(crate::bench::BenchArgs),
 }
 
+/// Where `sagefed up` and `sagefed init` keep the federation's credentials by default.
+pub const FEDERATION_DIR_DEFAULT: &str = ".sagefed/federation";
+
 /// How to reach NATS, for commands that talk to a running federation.
 #[derive(clap::Args, Debug, Clone)]
 pub struct NatsArgs {
     /// NATS server URL
     #[arg(long = "nats", value_name = "URL", env = "SAGE_NATS__URL", default_value = sage_federation::config::NATS_URL_DEFAULT)]
     pub url: String,
+    /// NATS credentials: an nkey seed file from `sagefed init`
+    /// [default: the command's identity in .sagefed/federation/creds/, when it exists]
+    #[arg(long, value_name = "FILE", env = "SAGE_NATS__CREDS")]
+    pub creds: Option<PathBuf>,
+    /// The federation's CA certificate; TLS is required when set
+    /// [default: .sagefed/federation/ca/ca.pem, when it exists]
+    #[arg(long, value_name = "FILE", env = "SAGE_NATS__CA")]
+    pub ca: Option<PathBuf>,
 }
 
 impl NatsArgs {
-    /// Connects, or says what to do when no server answers.
-    pub async fn connect(&self, name: &str) -> anyhow::Result<async_nats::Client> {
-        sage_federation::nats::infra::connect(&self.url, name)
+    /// The access this command uses: the given files, else those `sagefed up` made for
+    /// `identity`, else none (a server without authorization).
+    pub fn access(&self, identity: &str) -> NatsAccess {
+        let fed = FederationDir::new(std::path::Path::new(FEDERATION_DIR_DEFAULT));
+        let existing = |p: PathBuf| p.is_file().then_some(p);
+        NatsAccess {
+            url: self.url.clone(),
+            creds: self.creds.clone().or_else(|| existing(fed.creds(identity))),
+            ca: self.ca.clone().or_else(|| existing(fed.ca_cert())),
+        }
+    }
+
+    /// Connects as `identity`, or says what to do when no server answers.
+    pub async fn connect(&self, identity: &str, name: &str) -> anyhow::Result<async_nats::Client> {
+        connection::connect(&self.access(identity), name)
             .await
             .map_err(anyhow::Error::from)
     }
@@ -138,6 +166,7 @@ fn init_logging(default: &str) {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Up(args) => crate::up::run(args, shutdown_signal()).await?,
+        Command::Init(args) => init::run(&args)?,
         Command::Keygen(args) => keygen::run(&args)?,
         Command::Config(ConfigCommand::Check { file }) => config_check(&file)?,
         Command::Keys(command) => keys::run(command).await?,

@@ -9,7 +9,7 @@ use sage_federation::delegation::client::{DelegationOutcome, DelegationRequest, 
 use sage_federation::delegation::status;
 use sage_federation::identity::keys;
 use sage_federation::ledger::model::LockState;
-use sage_federation::nats::{infra, subjects};
+use sage_federation::nats::{connection, subjects};
 use sage_federation::protocol::envelope::Signer;
 use sage_federation::protocol::task::TaskId;
 
@@ -25,6 +25,12 @@ pub struct PlatformArgs {
     /// NATS server URL [default: the config's nats.url]
     #[arg(long = "nats", value_name = "URL")]
     nats: Option<String>,
+    /// NATS credentials (nkey seed file) [default: the config's nats.creds]
+    #[arg(long, value_name = "FILE")]
+    creds: Option<PathBuf>,
+    /// The federation's CA certificate [default: the config's nats.ca]
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
 }
 
 impl PlatformArgs {
@@ -33,7 +39,13 @@ impl PlatformArgs {
         if let Some(url) = &self.nats {
             config.nats.url = url.clone();
         }
-        let client = infra::connect(&config.nats.url, &format!("{name}-{}", config.platform())).await?;
+        if let Some(creds) = &self.creds {
+            config.nats.creds = Some(std::path::absolute(creds)?);
+        }
+        if let Some(ca) = &self.ca {
+            config.nats.ca = Some(std::path::absolute(ca)?);
+        }
+        let client = connection::connect(&config.nats_access(), &format!("{name}-{}", config.platform())).await?;
         Ok((config, client))
     }
 }
@@ -149,7 +161,7 @@ pub struct StatusArgs {
 }
 
 pub async fn status_command(args: &StatusArgs) -> anyhow::Result<()> {
-    let client = args.nats.connect(subjects::STATUS_SERVICE).await?;
+    let client = args.nats.connect(crate::up::TREASURY, subjects::STATUS_SERVICE).await?;
     let value = if args.target.starts_with(sage_federation::protocol::lct::LCT_PREFIX) {
         serde_json::to_value(status::lct(&client, &args.target.parse()?).await?)?
     } else {

@@ -1,0 +1,354 @@
+//! `sagefed init`: a federation's keys, credentials, certificates and per-machine bundles.
+//!
+//! Layout of the directory it writes (secrets 0600, never overwritten without `force`):
+//! - `federation.json`: public manifest: root public key, server host names, every identity
+//!   with its role and NATS public key. `add_platform` reads it.
+//! - `root/root.key`: the root Ed25519 key. Keep it offline; only its public half is pinned.
+//! - `ca/ca.pem`, `ca/ca.key`: the TLS CA; `server/server.pem`, `server/server.key`: the
+//!   server certificate it signed for `hosts`.
+//! - `creds/<identity>.nk`: each identity's nkey seed (NATS credentials).
+//! - `server/nats-server.conf`: the server config with one nkey user per identity and the
+//!   permissions of `subjects.md`.
+//! - `bundles/<machine>/`: what to copy to each machine: `hub` (server config and
+//!   certificate, the ledger's and admins' credentials) and one per platform (its
+//!   credentials, the CA certificate, `nats.toml` to paste into its config).
+
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::identity::keys;
+use crate::nats::permissions::Role;
+use crate::nats::server_config::{self, NatsUser};
+use crate::protocol::lct::token_problem;
+
+/// The ledger service's identity name.
+pub const LEDGER_IDENTITY: &str = "ledger";
+/// The manifest's file name.
+pub const MANIFEST_FILE: &str = "federation.json";
+/// Longest identity name, in characters (it becomes a subject token).
+pub const IDENTITY_CHARS_MAX: usize = 64;
+/// Days the CA and the server certificate are valid.
+pub const CERT_VALIDITY_DAYS: i64 = 3 * 365;
+/// The hub bundle's name (server, ledger, admins).
+pub const HUB_BUNDLE: &str = "hub";
+
+/// Everything that can go wrong making a federation.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("{0} already holds a federation; pass --force to replace it (every key changes)")]
+    Exists(PathBuf),
+    #[error("{0} holds no federation ({MANIFEST_FILE} is missing); run `sagefed init` first")]
+    NoFederation(PathBuf),
+    #[error("identity name {name:?}: {why}")]
+    BadName { name: String, why: String },
+    #[error("identity {0} already exists in this federation")]
+    Duplicate(String),
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("cannot read {path}: {why}")]
+    Read { path: PathBuf, why: String },
+    #[error("cannot make the TLS certificates: {0}")]
+    Certificate(#[from] rcgen::Error),
+    #[error("cannot make a key: {0}")]
+    Key(String),
+}
+
+/// The public manifest of a federation.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Manifest {
+    /// The root's Ed25519 public key (base64): pinned in every machine's config.
+    pub root_public_key: String,
+    /// Host names and addresses the server certificate is valid for.
+    pub hosts: Vec<String>,
+    /// The NATS URL written into the platforms' bundles.
+    pub url: String,
+    pub identities: Vec<NatsUser>,
+}
+
+/// What `sagefed init` makes.
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    pub dir: PathBuf,
+    pub platforms: Vec<String>,
+    /// Platforms among `platforms` not granted `federation:delegate` (execute only).
+    pub executors: Vec<String>,
+    pub admins: Vec<String>,
+    /// Extra host names or addresses for the server certificate (loopback is always in).
+    pub hosts: Vec<String>,
+    /// The NATS URL the platforms' bundles point at.
+    pub url: String,
+    /// The server config the generated one starts from (limits, JetStream, durability).
+    pub server_base: String,
+    pub force: bool,
+}
+
+/// Paths inside a federation directory.
+#[derive(Clone, Debug)]
+pub struct FederationDir {
+    pub dir: PathBuf,
+}
+
+impl FederationDir {
+    pub fn new(dir: &Path) -> Self {
+        Self { dir: dir.to_owned() }
+    }
+    pub fn manifest(&self) -> PathBuf {
+        self.dir.join(MANIFEST_FILE)
+    }
+    pub fn root_key(&self) -> PathBuf {
+        self.dir.join("root/root.key")
+    }
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.join("ca/ca.pem")
+    }
+    pub fn ca_key(&self) -> PathBuf {
+        self.dir.join("ca/ca.key")
+    }
+    pub fn server_cert(&self) -> PathBuf {
+        self.dir.join("server/server.pem")
+    }
+    pub fn server_key(&self) -> PathBuf {
+        self.dir.join("server/server.key")
+    }
+    pub fn server_config(&self) -> PathBuf {
+        self.dir.join("server/nats-server.conf")
+    }
+    /// The server config's base (everything but authorization and TLS), kept for re-rendering.
+    pub fn server_base(&self) -> PathBuf {
+        self.dir.join("server/base.conf")
+    }
+    /// NATS credentials (nkey seed) of `identity`.
+    pub fn creds(&self, identity: &str) -> PathBuf {
+        self.dir.join("creds").join(format!("{identity}.nk"))
+    }
+    pub fn bundle(&self, machine: &str) -> PathBuf {
+        self.dir.join("bundles").join(machine)
+    }
+    pub fn exists(&self) -> bool {
+        self.manifest().is_file()
+    }
+    pub fn load(&self) -> Result<Manifest, InitError> {
+        if !self.exists() {
+            return Err(InitError::NoFederation(self.dir.clone()));
+        }
+        let read = |why: String| InitError::Read {
+            path: self.manifest(),
+            why,
+        };
+        let text = fs::read_to_string(self.manifest()).map_err(|e| read(e.to_string()))?;
+        serde_json::from_str(&text).map_err(|e| read(e.to_string()))
+    }
+}
+
+fn check_name(name: &str) -> Result<(), InitError> {
+    if let Some(why) = token_problem(name, IDENTITY_CHARS_MAX) {
+        return Err(InitError::BadName {
+            name: name.to_owned(),
+            why: why.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+fn write_file(path: &Path, text: &str, secret: bool) -> Result<(), InitError> {
+    let err = |source| InitError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(err)?;
+    }
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(if secret { 0o600 } else { 0o644 });
+    }
+    let mut file = options.open(path).map_err(err)?;
+    // A file that existed keeps its old mode through `open`; make a secret's 0600 sure.
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(fs::Permissions::from_mode(0o600)).map_err(err)?;
+    }
+    file.write_all(text.as_bytes()).map_err(err)
+}
+
+fn read_text(path: &Path) -> Result<String, InitError> {
+    fs::read_to_string(path).map_err(|e| InitError::Read {
+        path: path.to_owned(),
+        why: e.to_string(),
+    })
+}
+
+/// A new identity: its nkey seed written under `creds/`.
+fn new_identity(fed: &FederationDir, name: &str, role: Role) -> Result<NatsUser, InitError> {
+    check_name(name)?;
+    let pair = nkeys::KeyPair::new_user();
+    let seed = pair.seed().map_err(|e| InitError::Key(e.to_string()))?;
+    write_file(&fed.creds(name), &format!("{seed}\n"), true)?;
+    Ok(NatsUser {
+        name: name.to_owned(),
+        role,
+        nkey: pair.public_key(),
+    })
+}
+
+/// Writes the CA, and the server certificate it signs for `hosts` plus loopback.
+fn make_certificates(fed: &FederationDir, hosts: &[String]) -> Result<(), InitError> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let now = time::OffsetDateTime::now_utc();
+    let validity = time::Duration::days(CERT_VALIDITY_DAYS);
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "sagefed federation CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca_params.not_before = now;
+    ca_params.not_after = now + validity;
+    let ca_key = KeyPair::generate()?;
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key)?;
+    let mut server_params = CertificateParams::new(hosts.to_vec())?;
+    server_params
+        .distinguished_name
+        .push(DnType::CommonName, "sagefed nats-server");
+    server_params.not_before = now;
+    server_params.not_after = now + validity;
+    server_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let server_key = KeyPair::generate()?;
+    let server = server_params.signed_by(&server_key, &ca)?;
+    write_file(&fed.ca_cert(), &ca.pem(), false)?;
+    write_file(&fed.ca_key(), &ca.key().serialize_pem(), true)?;
+    write_file(&fed.server_cert(), &server.pem(), false)?;
+    write_file(&fed.server_key(), &server_key.serialize_pem(), true)?;
+    Ok(())
+}
+
+/// Host names the server certificate always covers.
+pub const LOOPBACK_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+
+/// Creates a federation in `options.dir`.
+pub fn init(options: &InitOptions) -> Result<Manifest, InitError> {
+    let fed = FederationDir::new(&options.dir);
+    if fed.exists() && !options.force {
+        return Err(InitError::Exists(options.dir.clone()));
+    }
+    let mut names: Vec<&str> = vec![LEDGER_IDENTITY];
+    names.extend(options.admins.iter().map(String::as_str));
+    names.extend(options.platforms.iter().map(String::as_str));
+    for (i, name) in names.iter().enumerate() {
+        check_name(name)?;
+        if names[..i].contains(name) {
+            return Err(InitError::Duplicate((*name).to_owned()));
+        }
+    }
+    let root = keys::generate().map_err(|e| InitError::Key(e.to_string()))?;
+    keys::write_secret(&fed.root_key(), &root, true).map_err(|e| InitError::Key(e.to_string()))?;
+    let mut hosts: Vec<String> = LOOPBACK_HOSTS.iter().map(|h| (*h).to_owned()).collect();
+    hosts.extend(
+        options
+            .hosts
+            .iter()
+            .filter(|h| !hosts.contains(h))
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    make_certificates(&fed, &hosts)?;
+    let mut identities = vec![new_identity(&fed, LEDGER_IDENTITY, Role::Ledger)?];
+    for admin in &options.admins {
+        identities.push(new_identity(&fed, admin, Role::Admin)?);
+    }
+    for platform in &options.platforms {
+        let role = if options.executors.contains(platform) {
+            Role::Executor
+        } else {
+            Role::Platform
+        };
+        identities.push(new_identity(&fed, platform, role)?);
+    }
+    let manifest = Manifest {
+        root_public_key: keys::public_key_text(&root.verifying_key()),
+        hosts,
+        url: options.url.clone(),
+        identities,
+    };
+    write_file(&fed.server_base(), &options.server_base, false)?;
+    write_outputs(&fed, &manifest)?;
+    Ok(manifest)
+}
+
+/// Adds a platform to an existing federation: a new identity, the server config and the
+/// hub bundle rewritten; nobody else's keys change. Reload the server afterwards
+/// (`nats-server --signal reload`).
+pub fn add_platform(dir: &Path, platform: &str, role: Role) -> Result<Manifest, InitError> {
+    debug_assert!(role.is_platform(), "add_platform adds platforms");
+    let fed = FederationDir::new(dir);
+    let mut manifest = fed.load()?;
+    check_name(platform)?;
+    if manifest.identities.iter().any(|i| i.name == platform) {
+        return Err(InitError::Duplicate(platform.to_owned()));
+    }
+    manifest.identities.push(new_identity(&fed, platform, role)?);
+    write_outputs(&fed, &manifest)?;
+    Ok(manifest)
+}
+
+/// Copies `from` into `bundle`, keeping it secret when it is.
+fn copy_into(from: &Path, bundle: &Path, secret: bool) -> Result<PathBuf, InitError> {
+    let name = from.file_name().map(PathBuf::from).unwrap_or_default();
+    let to = bundle.join(name);
+    write_file(&to, &read_text(from)?, secret)?;
+    Ok(to)
+}
+
+/// The manifest, the server config and every bundle, from the manifest.
+fn write_outputs(fed: &FederationDir, manifest: &Manifest) -> Result<(), InitError> {
+    let manifest_text = serde_json::to_string_pretty(manifest).map_err(|e| InitError::Key(e.to_string()))?;
+    write_file(&fed.manifest(), &(manifest_text + "\n"), false)?;
+    let base = read_text(&fed.server_base())?;
+    let absolute = |p: PathBuf| fs::canonicalize(&p).unwrap_or(p);
+    let config = server_config::render(
+        &base,
+        &manifest.identities,
+        &absolute(fed.server_cert()),
+        &absolute(fed.server_key()),
+    );
+    write_file(&fed.server_config(), &config, false)?;
+
+    let root_pub = format!("{}\n", manifest.root_public_key);
+    let hub = fed.bundle(HUB_BUNDLE);
+    copy_into(&fed.ca_cert(), &hub, false)?;
+    let cert = copy_into(&fed.server_cert(), &hub, false)?;
+    let key = copy_into(&fed.server_key(), &hub, true)?;
+    write_file(
+        &hub.join("nats-server.conf"),
+        &server_config::render(&base, &manifest.identities, &absolute(cert), &absolute(key)),
+        false,
+    )?;
+    write_file(&hub.join("root.pub"), &root_pub, false)?;
+    for identity in &manifest.identities {
+        let bundle = if identity.role.is_platform() {
+            fed.bundle(&identity.name)
+        } else {
+            hub.clone()
+        };
+        copy_into(&fed.creds(&identity.name), &bundle, true)?;
+        if identity.role.is_platform() {
+            copy_into(&fed.ca_cert(), &bundle, false)?;
+            write_file(&bundle.join("root.pub"), &root_pub, false)?;
+            write_file(
+                &bundle.join("nats.toml"),
+                &format!(
+                    "# Paste into {name}'s sagefed config; paths are relative to that file.\n[nats]\nurl = {url}\ncreds = \"{name}.nk\"\nca = \"ca.pem\"\n",
+                    name = identity.name,
+                    url = serde_json::Value::String(manifest.url.clone()),
+                ),
+                false,
+            )?;
+        }
+    }
+    Ok(())
+}

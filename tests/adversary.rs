@@ -1,0 +1,358 @@
+//! The trust boundary under attack. A federation made by `sagefed init` (nkey users, the
+//! permission table, TLS) runs as separate processes; a rogue platform (`Mallory`) holding
+//! valid credentials of its own, every other identity trying what its role forbids, and an
+//! outsider holding none try each attack of issue #8. Every attempt must be refused by
+//! nats-server with a permission error naming the subject (not a timeout), the ledger must
+//! be exactly as it was, and the federation must still serve a delegation afterwards.
+
+mod common;
+
+use std::time::Duration;
+
+use async_nats::Event;
+use common::federation::Processes;
+use common::lct;
+use sage_federation::delegation::client::DelegationRequest;
+use sage_federation::identity::directory::KeyDirectory;
+use sage_federation::identity::keys::{self, KeyRecord};
+use sage_federation::ledger::client::LedgerClient;
+use sage_federation::ledger::model::LockState;
+use sage_federation::ledger::protocol::Outcome;
+use sage_federation::nats::connection;
+use sage_federation::nats::subjects as s;
+use sage_federation::protocol::clock::now_seconds;
+use sage_federation::protocol::envelope::Signer;
+use sage_federation::protocol::task::TaskId;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+/// How long the server has to send its permission error for one attempt.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connection as some identity, with the server's errors collected.
+struct Attacker {
+    name: String,
+    client: async_nats::Client,
+    errors: mpsc::UnboundedReceiver<String>,
+    attempts: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Kind {
+    WriteLedger,
+    PublishForeignKey,
+    RegisterAsAnother,
+    GrantItself,
+    AnswerLedgerRequests,
+    ReadForeignInbox,
+    ReadForeignProofs,
+    PullForeignQueue,
+    ManageStreams,
+    ForgeDeadLetters,
+    SignedLockOnForeignAccount,
+    ConnectWithoutCredentials,
+    DelegateWithoutGrant,
+}
+
+impl Attacker {
+    async fn connect(p: &Processes, identity: &str) -> Self {
+        let (tx, errors) = mpsc::unbounded_channel();
+        let client = connection::connect_options(&p.nats.access(identity), "attacker")
+            .expect("options")
+            .event_callback(move |event| {
+                let tx = tx.clone();
+                async move {
+                    if let Event::ServerError(e) = event {
+                        let _ = tx.send(e.to_string());
+                    }
+                }
+            })
+            .connect(p.url())
+            .await
+            .expect("the attacker's own credentials are valid");
+        Self {
+            name: identity.to_owned(),
+            client,
+            errors,
+            attempts: 0,
+        }
+    }
+
+    /// Waits for the server's permission error about `what` `subject`.
+    async fn refused(&mut self, what: &str, subject: &str) {
+        self.attempts += 1;
+        let expected = format!("Permissions Violation for {what} to \"{subject}\"");
+        let deadline = tokio::time::Instant::now() + REFUSAL_TIMEOUT;
+        loop {
+            let error = tokio::time::timeout_at(deadline, self.errors.recv())
+                .await
+                .unwrap_or_else(|_| panic!("{}: no permission error for {what} to {subject}", self.name))
+                .expect("error channel");
+            if error.contains(&expected) {
+                return;
+            }
+        }
+    }
+
+    async fn publish(&mut self, subject: &str, payload: &'static str) {
+        self.client
+            .publish(subject.to_owned(), payload.into())
+            .await
+            .expect("publish");
+        self.client.flush().await.expect("flush");
+        self.refused("Publish", subject).await;
+    }
+
+    async fn subscribe(&mut self, subject: &str) {
+        let subscription = self.client.subscribe(subject.to_owned()).await.expect("subscribe");
+        self.client.flush().await.expect("flush");
+        self.refused("Subscription", subject).await;
+        drop(subscription);
+    }
+}
+
+/// Everything a platform must not do, tried as `identity` against `victim`. Returns the
+/// kinds tried.
+async fn forbidden_for_a_platform(a: &mut Attacker, victim: &str, victim_nkey: &str) -> Vec<Kind> {
+    let account = s::kv_subject(s::LEDGER_BUCKET, &format!("accounts.{}.dp.consciousness", a.name));
+    a.publish(&account, r#"{"balance_uatp":1000000000}"#).await;
+    a.publish(&s::kv_subject(s::LEDGER_BUCKET, s::LEDGER_SUPPLY), "{}")
+        .await;
+    a.publish(&s::kv_subject(s::LEDGER_BUCKET, "locks.t-forged"), "{}")
+        .await;
+    a.publish(&s::kv_subject(s::KEYS_BUCKET, "Treasury.0000000000000000"), "{}")
+        .await;
+    a.publish(
+        &s::kv_subject(s::KEYS_BUCKET, &format!("{victim}.0000000000000000")),
+        "{}",
+    )
+    .await;
+    a.publish(&s::kv_subject(s::PLATFORMS_BUCKET, victim), r#"{"delegate":true}"#)
+        .await;
+    a.publish(&s::ledger_endpoint("grant"), "{}").await;
+    for subject in [s::ledger_endpoint("lock"), s::ledger_any(), s::all_under("sage.ledger")] {
+        a.subscribe(&subject).await;
+    }
+    for subject in [
+        "_INBOX.>".to_owned(),
+        s::all_under(&s::inbox_prefix(victim_nkey)),
+        ">".to_owned(),
+    ] {
+        a.subscribe(&subject).await;
+    }
+    a.subscribe(&s::proofs_for(victim)).await;
+    a.subscribe(&s::proof_any()).await;
+    a.publish(
+        &s::js_direct_get_subject(s::PROOFS_STREAM, &s::proof(victim, "t-1")),
+        "",
+    )
+    .await;
+    a.publish(&s::js_msg_get(s::PROOFS_STREAM), "{}").await;
+    let worker = s::worker_consumer(victim);
+    a.publish(&s::js_consumer_next(s::TASKS_STREAM, &worker), "{}").await;
+    a.publish(
+        &s::js_consumer_create(s::TASKS_STREAM, &worker, &s::delegate(victim)),
+        "{}",
+    )
+    .await;
+    a.publish(
+        &s::js_consumer_create(s::TASKS_STREAM, "mallory-tap", &s::delegate(victim)),
+        "{}",
+    )
+    .await;
+    a.publish(&format!("$JS.ACK.{}.{worker}.1.1.1.1.1", s::TASKS_STREAM), "+ACK")
+        .await;
+    a.subscribe(&s::abort(victim)).await;
+    a.subscribe(&s::max_deliveries_advisory(s::TASKS_STREAM, &worker)).await;
+    for subject in [
+        format!("$JS.API.STREAM.DELETE.{}", s::TASKS_STREAM),
+        format!("$JS.API.STREAM.DELETE.{}", s::kv_stream(s::LEDGER_BUCKET)),
+        format!("$JS.API.STREAM.PURGE.{}", s::kv_stream(s::LEDGER_BUCKET)),
+        format!("$JS.API.STREAM.UPDATE.{}", s::PROOFS_STREAM),
+        "$JS.API.STREAM.CREATE.EVIL".to_owned(),
+        format!("$JS.API.CONSUMER.DELETE.{}.{worker}", s::TASKS_STREAM),
+        format!("$JS.API.STREAM.MSG.DELETE.{}", s::kv_stream(s::LEDGER_BUCKET)),
+    ] {
+        a.publish(&subject, "{}").await;
+    }
+    a.publish(&s::dead_letter(victim), "{}").await;
+    vec![
+        Kind::WriteLedger,
+        Kind::PublishForeignKey,
+        Kind::RegisterAsAnother,
+        Kind::GrantItself,
+        Kind::AnswerLedgerRequests,
+        Kind::ReadForeignInbox,
+        Kind::ReadForeignProofs,
+        Kind::PullForeignQueue,
+        Kind::ManageStreams,
+        Kind::ForgeDeadLetters,
+    ]
+}
+
+fn nkey_of(p: &Processes, identity: &str) -> String {
+    let fed = p.nats.federation.as_ref().expect("a secure federation");
+    connection::read_nkey(&fed.creds(identity)).expect("creds").1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_attack_is_refused_the_ledger_is_untouched_and_delegation_still_works() {
+    let mut p = Processes::start().await;
+    p.expect_violations = true;
+    let before = p.snapshot().await;
+    let keys_before = {
+        let js = async_nats::jetstream::new(p.nats.client_as("Treasury").await);
+        let directory = KeyDirectory::open(&js).await.expect("keys");
+        let mut records: Vec<String> = directory
+            .snapshot()
+            .records()
+            .map(|r| format!("{}/{}", r.platform, r.key_id))
+            .collect();
+        records.sort();
+        records
+    };
+    let mut kinds = std::collections::BTreeSet::new();
+    let mut attempts = 0;
+
+    // A rogue platform with valid credentials of its own, and every genuine platform trying
+    // what only another may do.
+    for (attacker, victim) in [
+        ("Mallory", "Legion"),
+        ("Thor", "Legion"),
+        ("Legion", "Sprout"),
+        ("Sprout", "Thor"),
+    ] {
+        let mut a = Attacker::connect(&p, attacker).await;
+        kinds.extend(forbidden_for_a_platform(&mut a, victim, &nkey_of(&p, victim)).await);
+        attempts += a.attempts;
+    }
+
+    // The admin grants, nothing more: it cannot write the ledger, serve it, or touch streams.
+    let mut admin = Attacker::connect(&p, "Treasury").await;
+    admin
+        .publish(
+            &s::kv_subject(s::LEDGER_BUCKET, "accounts.Treasury.dp.consciousness"),
+            "{}",
+        )
+        .await;
+    admin.subscribe(&s::ledger_any()).await;
+    admin.publish(&s::ledger_endpoint("lock"), "{}").await;
+    admin
+        .publish(&format!("$JS.API.STREAM.DELETE.{}", s::TASKS_STREAM), "{}")
+        .await;
+    admin.subscribe(&s::proofs_for("Thor")).await;
+    admin
+        .publish(&s::kv_subject(s::KEYS_BUCKET, "Legion.0000000000000000"), "{}")
+        .await;
+    attempts += admin.attempts;
+
+    // A platform the root did not grant federation:delegate cannot queue a task or lock ATP,
+    // whatever its registry record claims.
+    let mut executor = Attacker::connect(&p, common::EXECUTOR_ONLY_PLATFORM).await;
+    executor.publish(&s::delegate("Legion"), "{}").await;
+    executor.publish(&s::ledger_endpoint("lock"), "{}").await;
+    attempts += executor.attempts;
+    kinds.insert(Kind::DelegateWithoutGrant);
+
+    // Mallory's signed lock on Legion's account: the server lets it ask, the ledger refuses.
+    let mallory = Signer::new("Mallory", keys::generate().expect("random")).expect("signer");
+    let mallory_client = p.nats.client_as("Mallory").await;
+    KeyDirectory::open(&async_nats::jetstream::new(mallory_client.clone()))
+        .await
+        .expect("keys")
+        .publish(&KeyRecord::new("Mallory", &mallory.verifying_key(), 0.0))
+        .await
+        .expect("a platform may publish its own key");
+    let now = now_seconds();
+    let reply = LedgerClient::new(mallory_client, mallory)
+        .lock(
+            &TaskId::random().expect("id"),
+            &lct("Legion", "consciousness"),
+            &lct("Mallory", "consciousness"),
+            50.0,
+            0.0,
+            now + 60.0,
+            now + 120.0,
+        )
+        .await
+        .expect("a signed reply");
+    assert_eq!(reply.outcome, Outcome::Rejected, "{reply:?}");
+    attempts += 1;
+    kinds.insert(Kind::SignedLockOnForeignAccount);
+
+    // An outsider: no credentials, an unknown key, or no TLS.
+    let fed = p.nats.federation.clone().expect("secure");
+    let no_creds = connection::NatsAccess {
+        creds: None,
+        ..p.nats.access("Thor")
+    };
+    let unknown = p.nats.path().join("unknown.nk");
+    std::fs::write(&unknown, nkeys::KeyPair::new_user().seed().expect("seed")).expect("write");
+    let unknown_key = connection::NatsAccess::secure(&p.url(), &unknown, &fed.ca_cert());
+    let no_ca = connection::NatsAccess {
+        ca: None,
+        ..p.nats.access("Thor")
+    };
+    for (what, access, expected) in [
+        ("no credentials", no_creds, "authorization"),
+        ("an unknown key", unknown_key, "authorization"),
+        ("no trust in the federation's CA", no_ca, "unknownissuer"),
+    ] {
+        let refused = connection::connect_options(&access, "outsider")
+            .expect("options")
+            .connect(p.url())
+            .await
+            .map(|_| ())
+            .expect_err(&format!("an outsider with {what} was let in"));
+        assert!(
+            refused.to_string().to_lowercase().contains(expected),
+            "an outsider with {what}: {refused}"
+        );
+        attempts += 1;
+    }
+    kinds.insert(Kind::ConnectWithoutCredentials);
+
+    // Nothing changed: ledger, supply, keys of others.
+    let after = p.snapshot().await;
+    assert_eq!(after.accounts, before.accounts, "no account changed");
+    assert_eq!(format!("{:?}", after.supply), format!("{:?}", before.supply));
+    assert_eq!(after.locks.len(), before.locks.len(), "no lock was taken");
+    assert_eq!(after.grants.len(), before.grants.len(), "nothing was granted");
+    let js = async_nats::jetstream::new(p.nats.client_as("Treasury").await);
+    let directory = KeyDirectory::open(&js).await.expect("keys");
+    let mut keys_after: Vec<String> = directory
+        .snapshot()
+        .records()
+        .filter(|r| r.platform != "Mallory")
+        .map(|r| format!("{}/{}", r.platform, r.key_id))
+        .collect();
+    keys_after.sort();
+    assert_eq!(keys_after, keys_before, "nobody's key changed but Mallory's own");
+
+    // The federation still serves a delegation, and the audit is clean.
+    let outcome = p
+        .client("Thor")
+        .await
+        .delegate_task(DelegationRequest {
+            to: Some("Legion".into()),
+            task_type: "consciousness".into(),
+            operation: "execution".into(),
+            budget: 5.0,
+            timeout_seconds: 30,
+            parameters: json!({"steps": [{"op": "add", "args": [1, 1]}]})
+                .as_object()
+                .cloned()
+                .expect("object"),
+            task_id: None,
+        })
+        .await
+        .expect("delegation");
+    assert_eq!(outcome.settlement, LockState::Committed, "{outcome:?}");
+    p.assert_audit_clean();
+    eprintln!(
+        "adversary: {attempts} attempts of {} kinds, every one refused",
+        kinds.len()
+    );
+    assert_eq!(kinds.len(), 13, "{kinds:?}");
+    assert!(attempts >= 100, "{attempts} attempts");
+}
