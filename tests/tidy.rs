@@ -6,6 +6,7 @@
 //! - No function in `src/` is longer than [`FUNCTION_LINES_MAX`] lines, but those allowed
 //!   below, each with its reason.
 //! - Every source file (`src/`, `tests/`, `benches/`) starts with a `//!` doc.
+//! - No `allow(clippy::too_many_arguments)`: arguments that could be swapped go in a struct.
 //!
 //! Each check first proves it can fail, on a sample that breaks its rule.
 
@@ -414,4 +415,32 @@ fn every_source_file_starts_with_a_module_doc() {
         .map(|f| relative(f))
         .collect();
     assert!(found.is_empty(), "source files without a `//!` doc: {found:?}");
+}
+
+#[test]
+fn no_function_allows_too_many_arguments() {
+    let lint = ["too_many", "arguments"].join("_");
+    assert!(uses_lint(
+        &format!("#[allow(clippy::{lint})] // why\nfn f() {{}}"),
+        &lint
+    ));
+    assert!(!uses_lint(
+        &format!("// clippy::{lint} is refused here\nfn f() {{}}"),
+        &lint
+    ));
+    let files: Vec<PathBuf> = ["src", "tests", "benches"].iter().flat_map(|d| rust_files(d)).collect();
+    let found: Vec<String> = files
+        .iter()
+        .filter(|f| uses_lint(&fs::read_to_string(f).expect("read"), &lint))
+        .map(|f| relative(f))
+        .collect();
+    assert!(
+        found.is_empty(),
+        "put the arguments in a struct instead of allowing {lint}: {found:?}"
+    );
+}
+
+/// Whether `text`'s code (comments and strings aside) names the clippy lint `lint`.
+fn uses_lint(text: &str, lint: &str) -> bool {
+    lex(text).code.contains(&format!("clippy::{lint}"))
 }

@@ -432,17 +432,15 @@ fn commit(requester: &str, task_id: &TaskId, proof: &Verified<ExecutionProof>, b
         );
     }
     let refund = lock.amount_uatp.checked_sub(consumed).unwrap_or(Atp::ZERO);
-    settle(
-        lock,
-        LockState::Committed,
-        consumed,
-        Some(proof.quality_score),
-        None,
-        requester,
-        now,
-        book,
-        format!("committed task {task_id}: paid {consumed} ATP, refunded {refund} ATP"),
-    )
+    let closing = Closing {
+        state: LockState::Committed,
+        paid: consumed,
+        quality: Some(proof.quality_score),
+        reason: None,
+        by: requester,
+        message: format!("committed task {task_id}: paid {consumed} ATP, refunded {refund} ATP"),
+    };
+    settle(lock, closing, book, now)
 }
 
 fn rollback(
@@ -500,17 +498,15 @@ fn rollback(
         );
     }
     let quality = evidence.map(|p| p.quality_score);
-    settle(
-        lock,
-        LockState::RolledBack,
-        Atp::ZERO,
+    let closing = Closing {
+        state: LockState::RolledBack,
+        paid: Atp::ZERO,
         quality,
-        Some(reason),
-        requester,
-        now,
-        book,
-        format!("rolled back task {task_id} ({reason})"),
-    )
+        reason: Some(reason),
+        by: requester,
+        message: format!("rolled back task {task_id} ({reason})"),
+    };
+    settle(lock, closing, book, now)
 }
 
 /// Whether a delegator's rollback for `reason` is shown: by the executor's signed `evidence`,
@@ -542,32 +538,43 @@ fn expire(task_id: &TaskId, book: &impl Book, now: f64) -> Decision {
             format!("the lock of task {task_id} has not expired"),
         );
     }
-    settle(
-        lock,
-        LockState::Expired,
-        Atp::ZERO,
-        None,
-        Some(RollbackReason::Expired),
-        SWEEPER,
-        now,
-        book,
-        format!("expired task {task_id}"),
-    )
+    let closing = Closing {
+        state: LockState::Expired,
+        paid: Atp::ZERO,
+        quality: None,
+        reason: Some(RollbackReason::Expired),
+        by: SWEEPER,
+        message: format!("expired task {task_id}"),
+    };
+    settle(lock, closing, book, now)
 }
 
-/// Closes `lock`: pays `paid` to the executor and refunds the rest to the delegator.
-#[allow(clippy::too_many_arguments)] // one call per settling transition, each naming every part
-fn settle(
-    mut lock: Lock,
+/// How a settling transition closes a lock.
+struct Closing<'a> {
+    /// The state the lock ends in.
     state: LockState,
+    /// What the executor is paid; the rest of the lock is refunded.
     paid: Atp,
+    /// The proof's quality, when there is a proof.
     quality: Option<f64>,
+    /// Why it was rolled back or expired.
     reason: Option<RollbackReason>,
-    by: &str,
-    now: f64,
-    book: &impl Book,
+    /// The platform whose request settles it (`ledger` for the sweeper).
+    by: &'a str,
+    /// The reply's message.
     message: String,
-) -> Decision {
+}
+
+/// Closes `lock` as `closing` says: pays the executor and refunds the rest to the delegator.
+fn settle(mut lock: Lock, closing: Closing<'_>, book: &impl Book, now: f64) -> Decision {
+    let Closing {
+        state,
+        paid,
+        quality,
+        reason,
+        by,
+        message,
+    } = closing;
     let Some(refund) = lock.amount_uatp.checked_sub(paid) else {
         return inconsistent("the refund");
     };

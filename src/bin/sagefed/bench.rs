@@ -17,12 +17,13 @@ use tokio::sync::Semaphore;
 use sage_federation::identity::directory::KeyDirectory;
 use sage_federation::identity::keys::{self, KeyRecord};
 use sage_federation::ledger::batch::{self, BatchMessage};
-use sage_federation::ledger::client::LedgerClient;
+use sage_federation::ledger::client::{LedgerClient, LockTerms};
 use sage_federation::ledger::protocol::{LedgerReply, Outcome};
 use sage_federation::ledger::service::{LedgerOptions, LedgerService};
 use sage_federation::nats::server::{self as nats_server, NatsServer, ServerOptions};
 use sage_federation::nats::subjects;
 use sage_federation::nats::{connection, infra};
+use sage_federation::protocol::atp::{Atp, MICROS_PER_ATP};
 use sage_federation::protocol::clock::now_seconds;
 use sage_federation::protocol::envelope::Signer;
 use sage_federation::protocol::lct::Lct;
@@ -219,7 +220,15 @@ async fn lock_commit(
     let now = now_seconds();
     let start = Instant::now();
     let reply = delegator
-        .lock(&task_id, &from, &to, 1.0, 0.7, now + 60.0, now + 120.0)
+        .lock(&LockTerms {
+            task_id: task_id.clone(),
+            delegator: from.clone(),
+            executor: to.clone(),
+            amount: Atp::from_micros(MICROS_PER_ATP),
+            quality_threshold: 0.7,
+            deadline: now + 60.0,
+            expires_at: now + 120.0,
+        })
         .await?;
     let locked = start.elapsed();
     expect_applied(&reply)?;
