@@ -21,6 +21,7 @@
 //!   status and cancel service.
 //! - [`worker`]: executes tasks: checks, admission, the operation handlers in `worker::ops`.
 //! - [`state`]: the platform registry, reputation and task board buckets.
+//! - [`observe`]: Prometheus metrics, the dashboard's live feed and its HTTP server.
 //! - [`config`]: per-platform configuration (defaults < file < `SAGE_*` environment).
 //!
 //! The binary (`src/bin/sagefed/`) holds the command line, `sagefed up`, the seed's scenarios
@@ -31,6 +32,7 @@ pub mod delegation;
 pub mod identity;
 pub mod ledger;
 pub mod nats;
+pub mod observe;
 pub mod protocol;
 pub mod state;
 pub mod worker;

@@ -28,6 +28,12 @@ fn up(dir: &std::path::Path, extra: &[&str]) -> Command {
         .arg("--configs")
         .arg(configs(dir))
         .args(extra)
+        // A free port unless the test names one: tests run side by side.
+        .args(if extra.contains(&"--dashboard") {
+            &[][..]
+        } else {
+            &["--dashboard", "127.0.0.1:0"][..]
+        })
         .env("SAGE_TOOLS_DIR", common::repo_dir().join(".tools"))
         .env("SAGE_LOG", "warn");
     command
@@ -63,14 +69,21 @@ fn up_runs_every_seed_scenario_as_expected_and_exits_0() {
     }
     assert_eq!(stdout.lines().filter(|l| l.starts_with("4 concurrent")).count(), 10);
     assert!(stdout.contains("audit: ok"), "{stdout}");
+    assert!(stdout.contains("dashboard  http://127.0.0.1:"), "{stdout}");
 
-    // A second run on the same data: grants are not repeated, the ledger still balances.
-    let again = up(dir.path(), &["--exit-after-demo"])
+    // A second run on the same data: grants are not repeated, the ledger still balances. Its
+    // dashboard address is taken: it says so and runs without one.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = taken.local_addr().expect("address").to_string();
+    let again = up(dir.path(), &["--exit-after-demo", "--dashboard", &taken])
         .output()
         .expect("run sagefed up again");
     let stdout = String::from_utf8_lossy(&again.stdout);
-    assert!(again.status.success(), "{stdout}");
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{stdout}\n{stderr}");
     assert!(!stdout.contains("grant "), "grants are idempotent:\n{stdout}");
+    assert!(stderr.contains("no dashboard") && stderr.contains(&taken), "{stderr}");
+    assert!(!stdout.contains("dashboard  http"), "{stdout}");
 }
 
 #[test]

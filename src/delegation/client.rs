@@ -25,6 +25,8 @@ use crate::ledger::client::{LedgerClient, LedgerReader, LockTerms};
 use crate::ledger::model::{Lock, LockState, RollbackReason};
 use crate::ledger::protocol::{LedgerReply, Outcome};
 use crate::nats::subjects;
+use crate::observe::metrics;
+use crate::protocol::atp::Atp;
 use crate::protocol::clock::now_seconds;
 use crate::protocol::envelope::{Signer, Verified};
 use crate::protocol::lct::Lct;
@@ -103,6 +105,34 @@ pub enum DelegateError {
     BadProof(String),
     #[error(transparent)]
     Other(#[from] anyhow::Error),
+}
+
+/// The metric label for a delegation that failed after its budget was locked.
+fn error_label(error: &DelegateError) -> &'static str {
+    match error {
+        DelegateError::NotPermitted(_) => "not_permitted",
+        DelegateError::NoPlatform(_) => "no_platform",
+        DelegateError::Lock(_) => "lock_refused",
+        DelegateError::Publish(_) => "publish_failed",
+        DelegateError::Invalid(_) => "invalid",
+        DelegateError::BadProof(_) => "bad_proof",
+        DelegateError::Other(_) => "other",
+    }
+}
+
+/// An outcome's ATP figure in micro-ATP, for metrics (0 for a figure the ledger would refuse).
+fn micros(atp: f64) -> u64 {
+    Atp::from_f64(atp, "ATP").map_or(0, Atp::micros)
+}
+
+/// The metric label for how a lock was settled.
+fn settlement_label(state: LockState) -> &'static str {
+    match state {
+        LockState::Pending => "pending",
+        LockState::Committed => "committed",
+        LockState::RolledBack => "rolled_back",
+        LockState::Expired => "expired",
+    }
 }
 
 type Waiters = Arc<Mutex<HashMap<TaskId, oneshot::Sender<Bytes>>>>;
@@ -360,9 +390,22 @@ impl FederationClient {
         if let Ok(mut waiters) = self.waiters.lock() {
             waiters.remove(&task_id);
         }
-        let mut outcome = result?;
+        let mut outcome = match result {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                metrics::delegation_failed(error_label(&e));
+                return Err(e);
+            }
+        };
         outcome.operation = task.operation.clone();
         outcome.latency_ms = started.elapsed().as_secs_f64() * 1e3;
+        metrics::delegation_settled(
+            settlement_label(outcome.settlement),
+            outcome.rollback_reason.map(|r| r.to_string()).as_deref().unwrap_or(""),
+            started.elapsed(),
+            micros(outcome.atp_consumed),
+            micros(outcome.atp_refunded),
+        );
         Ok(outcome)
     }
 

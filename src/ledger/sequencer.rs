@@ -73,6 +73,7 @@ async fn run(mut store: LedgerStore, admins: BTreeSet<String>, mut rx: mpsc::Rec
         }
         let started = std::time::Instant::now();
         let replies = apply_group(&mut store, &admins, group.iter().map(|j| &j.command).collect()).await;
+        crate::observe::metrics::ledger_group(group.len(), started.elapsed());
         tracing::debug!(
             commands = group.len(),
             micros = started.elapsed().as_micros() as u64,

@@ -40,7 +40,9 @@ pub struct LedgerSnapshot {
 }
 
 impl LedgerSnapshot {
-    fn insert(&mut self, key: &str, value: &[u8], revision: u64) {
+    /// Adds one bucket value (a record that does not parse is listed in `invalid`). The
+    /// dashboard keeps a live snapshot this way, from its own watch.
+    pub fn insert(&mut self, key: &str, value: &[u8], revision: u64) {
         self.revision = self.revision.max(revision);
         match Record::parse(key, value) {
             Ok(Record::Account(a)) => {

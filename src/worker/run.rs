@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 use crate::ledger::model::RollbackReason;
 use crate::ledger::protocol::{LedgerReply, Outcome, RejectCode};
 use crate::nats::subjects;
+use crate::observe::metrics::{self, RefusalReason, Refuser};
 use crate::protocol::atp::Atp;
 use crate::protocol::clock::now_seconds;
 use crate::protocol::envelope::{EnvelopeError, Verified};
@@ -49,7 +50,10 @@ impl<E: std::fmt::Display> From<E> for Transient {
 pub async fn handle(ctx: Arc<WorkerContext>, message: jetstream::Message) {
     let message = Arc::new(message);
     let (sequence, delivered) = match message.info() {
-        Ok(info) => (info.stream_sequence, info.delivered),
+        Ok(info) => {
+            metrics::task_delivered(ctx.config.platform(), info.delivered, info.pending);
+            (info.stream_sequence, info.delivered)
+        }
         Err(e) => {
             tracing::warn!(error = %e, "a task message without JetStream metadata; dead-lettering it");
             dead_letter(&ctx, &message, &format!("no JetStream metadata: {e}")).await;
@@ -129,6 +133,7 @@ pub async fn dead_letter(ctx: &WorkerContext, message: &jetstream::Message, reas
     match published {
         // Only once the copy is stored may the original go.
         Ok(()) => {
+            metrics::dead_lettered(ctx.config.platform());
             let _ = message.ack_with(AckKind::Term).await;
         }
         Err(e) => {
@@ -162,9 +167,13 @@ async fn process(ctx: &WorkerContext, message: &Arc<jetstream::Message>, sequenc
         Err(e) => {
             let why = match e {
                 EnvelopeError::Malformed(_) | EnvelopeError::TooLarge { .. } | EnvelopeError::WrongKind { .. } => {
+                    metrics::refused(Refuser::Worker, RefusalReason::Malformed);
                     format!("malformed task: {e}")
                 }
-                _ => format!("task refused, signature or key: {e}"),
+                _ => {
+                    metrics::refused(Refuser::Worker, RefusalReason::Signature);
+                    format!("task refused, signature or key: {e}")
+                }
             };
             dead_letter(ctx, message, &why).await;
             return Ok(Done::DeadLettered);
@@ -177,12 +186,13 @@ async fn process(ctx: &WorkerContext, message: &Arc<jetstream::Message>, sequenc
             task.target_lct.platform(),
             ctx.config.platform()
         );
+        metrics::refused(Refuser::Worker, RefusalReason::WrongPlatform);
         dead_letter(ctx, message, &why).await;
         return Ok(Done::DeadLettered);
     }
     // (2) Expiry, then replay.
     if let Err(refusal) = checks::check_expiry(&task, now_seconds()) {
-        return refuse(ctx, &task, refusal, None).await;
+        return refuse(ctx, &task, refusal, RefusalReason::Expired, None).await;
     }
     let template = TaskStatus {
         task_id: task.task_id.clone(),
@@ -209,6 +219,7 @@ async fn process(ctx: &WorkerContext, message: &Arc<jetstream::Message>, sequenc
                 "replay of task {} (already {state:?}): a task id runs once",
                 task.task_id
             );
+            metrics::refused(Refuser::Worker, RefusalReason::Replay);
             dead_letter(ctx, message, &why).await;
             return Ok(Done::DeadLettered);
         }
@@ -226,18 +237,18 @@ async fn process(ctx: &WorkerContext, message: &Arc<jetstream::Message>, sequenc
     // (3) Permissions, (4) budget and concurrency, (5) rate, (6) limits.
     let delegator = ctx.delegator_record(task.source_lct.platform()).await?;
     if let Err(refusal) = checks::check_permissions(&task, delegator.as_ref(), &ctx.config, &ctx.operations) {
-        return refuse(ctx, &task, refusal, claimed).await;
+        return refuse(ctx, &task, refusal, RefusalReason::Permission, claimed).await;
     }
     let lock = ctx.reader.lock(&task.task_id).await?;
     let admitted = match checks::check_budget(&task, lock.as_ref(), &ctx.config, &ctx.admissions) {
         Ok(admitted) => admitted,
-        Err(refusal) => return refuse(ctx, &task, refusal, claimed).await,
+        Err(refusal) => return refuse(ctx, &task, refusal, RefusalReason::Budget, claimed).await,
     };
     if let Err(refusal) = checks::check_rate(&task, &ctx.limiter, &ctx.config, Instant::now()) {
-        return refuse(ctx, &task, refusal, claimed).await;
+        return refuse(ctx, &task, refusal, RefusalReason::RateLimit, claimed).await;
     }
     if let Err(refusal) = checks::check_limits(&task, &ctx.config) {
-        return refuse(ctx, &task, refusal, claimed).await;
+        return refuse(ctx, &task, refusal, RefusalReason::Limits, claimed).await;
     }
     let proof = execute(ctx, &task, message).await;
     drop(admitted);
@@ -250,9 +261,11 @@ async fn refuse(
     ctx: &WorkerContext,
     task: &Verified<FederationTask>,
     refusal: Refusal,
+    why: RefusalReason,
     claimed: Option<(TaskStatus, u64)>,
 ) -> Result<Done, Transient> {
     tracing::info!(task = %task.task_id, from = task.source_lct.platform(), reason = %refusal.reason, "refusing a task");
+    metrics::refused(Refuser::Worker, why);
     let proof = refusal_proof(task, ProofStatus::Rejected, &refusal.reason);
     conclude(ctx, task, &proof, Some(refusal.rollback), claimed).await?;
     Ok(Done::Finished)

@@ -133,8 +133,12 @@ impl Processes {
                 .open(nats.path().join(name))
                 .expect("log")
         };
+        // The treasury's signing key, pinned in the ledger's config.
+        let treasury = Signer::new("Treasury", keys::generate().expect("random")).expect("signer");
         let ledger = sagefed()
-            .args(["ledger", "serve", "--nats", &url, "--admin", "Treasury"])
+            .args(["ledger", "serve", "--nats", &url, "--admin", "Treasury", "--admin-key"])
+            .arg(keys::public_key_text(&treasury.verifying_key()))
+            .args(["--metrics", "127.0.0.1:0"])
             .args(nats.cli_access(LEDGER_IDENTITY))
             .env("SAGE_LOG", "info")
             .stdout(Stdio::null())
@@ -155,7 +159,6 @@ impl Processes {
             configs: BTreeMap::new(),
             expect_violations: false,
         };
-        let treasury = Signer::new("Treasury", keys::generate().expect("random")).expect("signer");
         let treasury_client = processes.nats.client_as("Treasury").await;
         let js = async_nats::jetstream::new(treasury_client.clone());
         KeyDirectory::open(&js)
@@ -220,7 +223,7 @@ impl Processes {
             .open(self.nats.path().join(format!("worker-{platform}.log")))
             .expect("log");
         sagefed()
-            .args(["worker", "--config"])
+            .args(["worker", "--metrics", "127.0.0.1:0", "--config"])
             .arg(&self.configs[platform])
             .env("SAGE_LOG", "info")
             .stdout(Stdio::null())
@@ -234,6 +237,24 @@ impl Processes {
         if let Some(mut child) = self.workers.remove(platform) {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// The `/metrics` URL the process logging to `log` (`ledger.log`, `worker-Legion.log`)
+    /// announced on stderr.
+    pub async fn metrics_url(&self, log: &str) -> String {
+        let path = self.nats.path().join(log);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if let Some(url) = super::http::announced_url(&text, "metrics on ") {
+                return url;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{log} never announced its metrics address:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

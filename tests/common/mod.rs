@@ -11,7 +11,9 @@ use sage_federation::nats::connection::{self, NatsAccess};
 use sage_federation::nats::infra;
 use sage_federation::nats::server::{self as nats_server, NatsServer, ServerOptions};
 
+pub mod browser;
 pub mod federation;
+pub mod http;
 
 /// The repository root.
 pub fn repo_dir() -> PathBuf {
@@ -222,6 +224,7 @@ impl LedgerFixture {
             self.nats.client().await,
             sage_federation::ledger::service::LedgerOptions {
                 admins: ["Treasury".to_owned()].into_iter().collect(),
+                admin_keys: Default::default(),
                 sweep,
             },
         )

@@ -11,6 +11,7 @@ use anyhow::Context;
 use async_nats::jetstream;
 use bytes::Bytes;
 use futures::future::join_all;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
@@ -129,10 +130,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         },
     )
     .await?;
+    let progress = progress_bar(args.json);
     let result = match args.target {
-        BenchTarget::Ledger => ledger(&server, &args).await,
-        BenchTarget::Delegation => delegation(&server, &args, &dir).await,
+        BenchTarget::Ledger => ledger(&server, &args, &progress).await,
+        BenchTarget::Delegation => delegation(&server, &args, &dir, &progress).await,
     };
+    progress.finish_and_clear();
     server.stop(Duration::from_secs(5));
     let _ = std::fs::remove_dir_all(&dir);
     let figures = result?;
@@ -142,6 +145,29 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         print_table(&figures);
     }
     Ok(())
+}
+
+/// How often the progress line redraws, in times per second.
+const PROGRESS_REDRAWS_PER_SECOND: u8 = 4;
+
+/// A progress line on stderr: the scenario running and the operations done in it. Hidden when
+/// stderr is not a terminal (indicatif checks) and with `--json`, so scripts see only results.
+fn progress_bar(json: bool) -> ProgressBar {
+    if json {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(PROGRESS_REDRAWS_PER_SECOND));
+    let style = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}: {pos} done");
+    bar.set_style(style.unwrap_or_else(|_| ProgressStyle::default_spinner()));
+    bar.set_message("starting a server");
+    bar.enable_steady_tick(Duration::from_millis(1000 / u64::from(PROGRESS_REDRAWS_PER_SECOND)));
+    bar
+}
+
+/// Names the next scenario on the progress line and restarts its count.
+fn start_scenario(progress: &ProgressBar, name: &str) {
+    progress.set_message(name.to_owned());
+    progress.set_position(0);
 }
 
 fn print_table(figures: &[Figure]) {
@@ -164,12 +190,19 @@ struct LedgerBench {
     signers: Vec<Signer>,
     executor: Signer,
     service: LedgerService,
+    progress: ProgressBar,
 }
 
 const BENCH_TASK_TYPE: &str = "consciousness";
 const EXECUTOR_TASK_TYPE: &str = "consciousness.sage";
 
-async fn ledger_setup(server: &NatsServer, accounts: usize, atp_each: f64) -> anyhow::Result<LedgerBench> {
+async fn ledger_setup(
+    server: &NatsServer,
+    accounts: usize,
+    atp_each: f64,
+    progress: &ProgressBar,
+) -> anyhow::Result<LedgerBench> {
+    start_scenario(progress, "setting up accounts");
     let client = connection::connect(&connection::NatsAccess::open(&server.url()), "sagefed-bench").await?;
     let js = jetstream::new(client.clone());
     infra::ensure(&js, 1).await?;
@@ -189,6 +222,7 @@ async fn ledger_setup(server: &NatsServer, accounts: usize, atp_each: f64) -> an
         client.clone(),
         LedgerOptions {
             admins: BTreeSet::from(["Treasury".to_owned()]),
+            admin_keys: BTreeSet::new(),
             sweep: true,
         },
     )
@@ -206,6 +240,7 @@ async fn ledger_setup(server: &NatsServer, accounts: usize, atp_each: f64) -> an
         signers,
         executor,
         service,
+        progress: progress.clone(),
     })
 }
 
@@ -364,12 +399,14 @@ async fn lock_commit_scenario(
         .iter()
         .map(|s| LedgerClient::new(bench.client.clone(), s.clone()))
         .collect();
+    start_scenario(&bench.progress, &format!("ledger lock + commit, {name}"));
     let gate = Arc::new(Semaphore::new(in_flight));
     let wall = Instant::now();
     let runs = join_all((0..tasks).map(|i| {
         let client = clients[pick(i) % clients.len()].clone();
         let executor = bench.executor.clone();
         let gate = Arc::clone(&gate);
+        let progress = bench.progress.clone();
         async move {
             let _permit = gate.acquire().await?;
             let task_id: TaskId = format!("t-bench-{}-{i}", name.replace(' ', "-"))
@@ -377,6 +414,7 @@ async fn lock_commit_scenario(
                 .map_err(anyhow::Error::msg)?;
             let start = Instant::now();
             let (lock, commit) = lock_commit(&client, &executor, task_id).await?;
+            progress.inc(1);
             Ok::<_, anyhow::Error>((lock, commit, start.elapsed()))
         }
     }))
@@ -396,9 +434,10 @@ async fn lock_commit_scenario(
     ])
 }
 
-async fn ledger(server: &NatsServer, args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
+async fn ledger(server: &NatsServer, args: &BenchArgs, progress: &ProgressBar) -> anyhow::Result<Vec<Figure>> {
     let accounts = args.concurrency.max(1);
-    let bench = ledger_setup(server, accounts, 1e9).await?;
+    let bench = ledger_setup(server, accounts, 1e9, progress).await?;
+    start_scenario(progress, "floors: raw KV compare-and-swap, batches");
     let js = jetstream::new(bench.client.clone());
     let sequential = (args.tasks / 4).max(50);
     let floor = kv_cas_floor(&js, sequential).await?;
@@ -528,7 +567,13 @@ fn bench_config(
     Ok(sage_federation::config::Config::load(&path)?)
 }
 
-async fn delegation(server: &NatsServer, args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result<Vec<Figure>> {
+async fn delegation(
+    server: &NatsServer,
+    args: &BenchArgs,
+    dir: &std::path::Path,
+    progress: &ProgressBar,
+) -> anyhow::Result<Vec<Figure>> {
+    start_scenario(progress, "floor: bare task round trips");
     let url = server.url();
     let client = connection::connect(&connection::NatsAccess::open(&url), "sagefed-bench").await?;
     let js = jetstream::new(client.clone());
@@ -546,6 +591,7 @@ async fn delegation(server: &NatsServer, args: &BenchArgs, dir: &std::path::Path
         connection::connect(&connection::NatsAccess::open(&url), "sagefed-bench-ledger").await?,
         LedgerOptions {
             admins: BTreeSet::from(["Treasury".to_owned()]),
+            admin_keys: BTreeSet::new(),
             sweep: true,
         },
     )
@@ -565,9 +611,14 @@ async fn delegation(server: &NatsServer, args: &BenchArgs, dir: &std::path::Path
     let federation =
         Arc::new(sage_federation::delegation::client::FederationClient::new(delegator, client.clone()).await?);
 
-    let one = delegations(&federation, sequential, 1).await?;
+    start_scenario(progress, "signed, settled delegations, 1 in flight");
+    let one = delegations(&federation, sequential, 1, progress).await?;
     figures.push(figure("signed, settled delegation, 1 in flight", one.0, 1, one.1));
-    let many = delegations(&federation, args.tasks, args.concurrency).await?;
+    start_scenario(
+        progress,
+        &format!("signed, settled delegations, {} in flight", args.concurrency),
+    );
+    let many = delegations(&federation, args.tasks, args.concurrency, progress).await?;
     figures.push(figure(
         &format!("signed, settled delegation, {} in flight", args.concurrency),
         many.0,
@@ -592,7 +643,8 @@ async fn delegation(server: &NatsServer, args: &BenchArgs, dir: &std::path::Path
         f.p50_ratio = f.p50_us / floor.max(1e-9);
         f.p99_ratio = f.p99_us / floor.max(1e-9);
     }
-    println!(
+    // A summary for people: stderr, so that `--json` output stays pure JSON.
+    eprintln!(
         "{} delegations committed, none lost; audit clean (supply {} ATP)",
         sequential + args.tasks,
         report.supply_uatp as f64 / 1e6
@@ -605,11 +657,13 @@ async fn delegations(
     federation: &Arc<sage_federation::delegation::client::FederationClient>,
     count: usize,
     in_flight: usize,
+    progress: &ProgressBar,
 ) -> anyhow::Result<(Vec<Duration>, Duration)> {
     let gate = Arc::new(Semaphore::new(in_flight));
     let wall = Instant::now();
     let runs = join_all((0..count).map(|_| {
         let (federation, gate) = (Arc::clone(federation), Arc::clone(&gate));
+        let progress = progress.clone();
         async move {
             let _permit = gate.acquire().await?;
             let start = Instant::now();
@@ -631,6 +685,7 @@ async fn delegations(
                 outcome.settlement == sage_federation::ledger::model::LockState::Committed,
                 "not committed: {outcome:?}"
             );
+            progress.inc(1);
             Ok::<_, anyhow::Error>(start.elapsed())
         }
     }))

@@ -25,6 +25,7 @@ use sage_federation::nats::connection::{self, NatsAccess};
 use sage_federation::nats::permissions::Role;
 use sage_federation::nats::server::{self as nats_server, NatsServer, ServerOptions};
 use sage_federation::nats::{infra, subjects};
+use sage_federation::observe::server as observe_server;
 use sage_federation::protocol::envelope::Signer;
 use sage_federation::worker::Worker;
 
@@ -61,6 +62,12 @@ pub struct UpArgs {
     /// Do not run the demo scenarios
     #[arg(long, conflicts_with = "exit_after_demo")]
     pub no_demo: bool,
+    /// Address of the live dashboard and /metrics (loopback by default; port 0 picks a free one)
+    #[arg(long, value_name = "ADDR", default_value = crate::cli::observe::DASHBOARD_ADDR_DEFAULT)]
+    pub dashboard: String,
+    /// Do not serve the dashboard
+    #[arg(long)]
+    pub no_dashboard: bool,
 }
 
 /// Runs the federation until `shutdown` resolves.
@@ -198,6 +205,9 @@ impl Federation {
             ledger_client,
             LedgerOptions {
                 admins: [TREASURY.to_owned()].into_iter().collect(),
+                // The treasury key is pinned: a Treasury key record someone else wrote
+                // cannot grant.
+                admin_keys: [keys::key_id(&treasury.verifying_key())].into_iter().collect(),
                 sweep: true,
             },
         )
@@ -265,6 +275,15 @@ async fn grant(treasury: &LedgerClient, config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A background task that ends when this is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 async fn serve(
     url: &str,
     fed: &FederationDir,
@@ -272,7 +291,35 @@ async fn serve(
     configs: Vec<Config>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    // The federation does not need its dashboard: a busy address is reported, not fatal
+    // (another `sagefed up` on this machine holds 8080).
+    let listener = if args.no_dashboard {
+        None
+    } else {
+        match observe_server::bind(&args.dashboard).await {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                eprintln!("sagefed: no dashboard: {e} (pass --dashboard ADDR, or --no-dashboard)");
+                None
+            }
+        }
+    };
     let federation = Federation::start(url, fed, &args.data_dir, configs).await?;
+    // Stops serving when `serve` returns, whichever way.
+    let _dashboard = match listener {
+        Some(listener) => {
+            // Read-only: `up` holds every platform's key, and a page should cancel as one
+            // platform only (`sagefed dashboard --config F`).
+            let router = crate::cli::observe::router(federation.client.clone(), None).await?;
+            println!("dashboard  http://{}/ (and /metrics)", listener.local_addr()?);
+            Some(AbortOnDrop(tokio::spawn(observe_server::serve(
+                listener,
+                router,
+                std::future::pending(),
+            ))))
+        }
+        None => None,
+    };
     let demo = if args.no_demo {
         Ok(true)
     } else {
@@ -293,7 +340,7 @@ async fn serve(
     println!("serving on {url}; press Ctrl-C to stop. From another terminal:");
     println!("  sagefed delegate --config configs/thor.toml --to Legion --operation planning --budget 10 \\");
     println!(
-        "      --params '{{\"width\":16,\"height\":16,\"start\":[0,0],\"goal\":[15,15],\"obstacle_density\":0.2,\"seed\":3}}'"
+        "      --params '{{\"width\":16,\"height\":16,\"start\":[0,0],\"goal\":[15,15],\"obstacle_density\":0.2,\"seed\":1}}'"
     );
     println!("  sagefed balances    sagefed audit    sagefed status lct:web4:agent:dp@Thor#consciousness");
     shutdown.await;

@@ -4,7 +4,8 @@
 //! is one of `add`, `mul`, `min`, `max` (one or more arguments), `sub`, `div`, `pow` (two) or
 //! `sqrt`, `abs`, `neg` (one), or `wait` (one: milliseconds, at most [`WAIT_MS_MAX`]; a
 //! physical action's duration, such as a robot arm moving); an argument is a number or `"$k"`, the value of step `k`
-//! (an earlier one); `expect` is optional. A malformed program is refused before anything
+//! (an earlier one); `expect` is optional. Without `steps`, the program is
+//! [`default_steps`]: two checked arithmetic steps. A malformed program is refused before anything
 //! runs; a step can still fail while running (division by zero, the square root of a
 //! negative, a result that is not finite, a failed step it refers to, or a value that differs
 //! from `expect` by more than one part in 10^9).
@@ -17,7 +18,7 @@ use futures::future::BoxFuture;
 use serde_json::{Map, Value, json};
 
 use super::{
-    Cancel, Operation, OperationError, OperationInput, OperationOutput, Params, affordable, invalid, metered, missing,
+    Cancel, Operation, OperationError, OperationInput, OperationOutput, Params, affordable, invalid, metered,
     run_blocking,
 };
 use crate::protocol::atp::Atp;
@@ -44,6 +45,14 @@ pub const EXECUTION_BASE_COST: Atp = Atp::from_micros(1_000);
 const EXPECT_TOLERANCE: f64 = 1e-9;
 
 const PARAMETERS: [&str; 1] = ["steps"];
+
+/// The program run when a task gives no `steps`: `2 + 3 = 5`, then `5 * 4 = 20`, each checked.
+pub fn default_steps() -> Value {
+    json!([
+        {"op": "add", "args": [2, 3], "expect": 5},
+        {"op": "mul", "args": ["$0", 4], "expect": 20},
+    ])
+}
 const STEP_KEYS: [&str; 3] = ["op", "args", "expect"];
 
 /// The built-in `execution` operation.
@@ -144,7 +153,8 @@ const OPS: &str = "add, mul, min, max, sub, div, pow, sqrt, abs, neg or wait";
 fn parse_steps(parameters: &Map<String, Value>) -> Result<Vec<Step>, OperationError> {
     let params = Params::new(parameters, &PARAMETERS)?;
     let expected = format!("a list of 1 to {STEPS_MAX} steps {{\"op\", \"args\", \"expect\"}}");
-    let list = params.get("steps").ok_or_else(|| missing("steps", &expected))?;
+    let default = default_steps();
+    let list = params.get("steps").unwrap_or(&default);
     let list = list
         .as_array()
         .filter(|l| (1..=STEPS_MAX).contains(&l.len()))
@@ -300,6 +310,16 @@ mod tests {
     }
 
     #[test]
+    fn no_parameters_run_the_default_program_and_every_step_succeeds() {
+        let out = run(json!({}), Atp::from_micros(1_000_000)).expect("runs");
+        assert_eq!(
+            out,
+            run(json!({"steps": default_steps()}), Atp::from_micros(1_000_000)).expect("runs")
+        );
+        assert_eq!(out.quality, 1.0);
+    }
+
+    #[test]
     fn a_program_runs_and_every_step_counts() {
         let program = json!({"steps": [
             {"op": "add", "args": [2, 3]},
@@ -355,7 +375,6 @@ mod tests {
     #[test]
     fn malformed_programs_are_refused_before_running() {
         let cases = [
-            (json!({}), "`steps` is missing"),
             (json!({"steps": []}), "`steps` must be a list of 1 to 1000"),
             (
                 json!({"steps": [{"op": "log", "args": [1]}]}),

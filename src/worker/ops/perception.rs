@@ -2,7 +2,8 @@
 //!
 //! Parameters: `frame`, a list of numbers or a list of equally long rows (2-D, read row by
 //! row), or instead `length` and `seed` for a synthetic signal (two sines plus noise) with
-//! anomalies injected at known places; `threshold`, the |z-score| above which a sample is an
+//! anomalies injected at known places (with neither, [`SYNTHETIC_LENGTH_DEFAULT`] samples from
+//! seed [`SYNTHETIC_SEED_DEFAULT`]; either alone takes the other's default); `threshold`, the |z-score| above which a sample is an
 //! anomaly (default [`THRESHOLD_DEFAULT`]).
 //!
 //! Work: mean, standard deviation, min, max, energy (sum of squares), zero crossings, mean
@@ -27,7 +28,7 @@ use serde_json::{Map, Value, json};
 
 use super::{
     Cancel, Operation, OperationError, OperationInput, OperationOutput, Params, SplitMix64, affordable, f1_score,
-    invalid, metered, missing, run_blocking,
+    invalid, metered, run_blocking,
 };
 use crate::protocol::atp::Atp;
 
@@ -36,6 +37,12 @@ pub const FRAME_SAMPLES_MAX: usize = 1_000_000;
 
 /// Fewest samples: a standard deviation needs two.
 pub const FRAME_SAMPLES_MIN: usize = 2;
+
+/// Samples of the synthetic signal when the task gives neither `frame` nor `length`.
+pub const SYNTHETIC_LENGTH_DEFAULT: u64 = 4_096;
+
+/// Seed of the synthetic signal when the task gives no `seed`.
+pub const SYNTHETIC_SEED_DEFAULT: u64 = 7;
 
 /// Largest accepted |sample|: keeps the sum of squares of a whole frame finite.
 pub const SAMPLE_MAGNITUDE_MAX: f64 = 1.0e100;
@@ -91,16 +98,10 @@ fn read_frame(params: &Params) -> Result<Frame, OperationError> {
         )),
         (Some(frame), false) => given_frame(frame),
         (None, _) => {
-            let length = params.u64_in("length", FRAME_SAMPLES_MIN as u64, FRAME_SAMPLES_MAX as u64)?;
-            let length = length.ok_or_else(|| {
-                missing(
-                    "frame",
-                    "a list of numbers or of equal rows of numbers (or give `length` and `seed` for a synthetic signal)",
-                )
-            })?;
-            let seed = params
-                .u64_in("seed", 0, u64::MAX)?
-                .ok_or_else(|| missing("seed", "a whole number that fixes the synthetic signal"))?;
+            let length = params
+                .u64_in("length", FRAME_SAMPLES_MIN as u64, FRAME_SAMPLES_MAX as u64)?
+                .unwrap_or(SYNTHETIC_LENGTH_DEFAULT);
+            let seed = params.u64_in("seed", 0, u64::MAX)?.unwrap_or(SYNTHETIC_SEED_DEFAULT);
             Ok(synthetic(length as usize, seed))
         }
     }
@@ -469,10 +470,25 @@ mod tests {
         let long = vec![0.5; FRAME_SAMPLES_MAX + 1];
         assert!(invalid_reason(json!({"frame": long})).contains("at most 1000000"));
         assert!(invalid_reason(json!({"length": FRAME_SAMPLES_MAX + 1, "seed": 1})).contains("`length` must be"));
-        assert!(invalid_reason(json!({"length": 100})).contains("`seed` is missing"));
         assert!(invalid_reason(json!({"frame": [1, 2], "seed": 1})).contains("not both"));
         assert!(invalid_reason(json!({"frame": [1, 2], "threshold": 0})).contains("`threshold`"));
-        assert!(invalid_reason(json!({})).contains("`frame` is missing"));
+    }
+
+    #[test]
+    fn no_parameters_analyse_the_default_synthetic_signal() {
+        let out = run(json!({}), Atp::from_micros(1_000_000_000)).expect("runs");
+        let explicit = run(
+            json!({"length": SYNTHETIC_LENGTH_DEFAULT, "seed": SYNTHETIC_SEED_DEFAULT}),
+            Atp::from_micros(1_000_000_000),
+        )
+        .expect("runs");
+        assert_eq!(out, explicit);
+        assert_eq!(out.result["samples_processed"], SYNTHETIC_LENGTH_DEFAULT);
+        assert!(
+            out.quality >= 0.9,
+            "the default signal's anomalies are found: {}",
+            out.quality
+        );
     }
 
     #[test]

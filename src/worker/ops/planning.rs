@@ -1,9 +1,12 @@
 //! `planning`: the shortest 4-connected path on a grid with obstacles.
 //!
-//! Parameters: `width`, `height`, `start` and `goal` as `[x, y]`; obstacles either listed
+//! Parameters: `width`, `height` (default [`GRID_SIDE_DEFAULT`] each), `start` and `goal` as
+//! `[x, y]` (default: opposite corners, `[0, 0]` and `[width - 1, height - 1]`); obstacles either listed
 //! (`obstacles`: `[[x, y], ...]`) or generated (`obstacle_density` in 0 ..= 0.5 with `seed`; a
 //! generated grid always leaves `start` and `goal` free); `strategy` is `"astar"` (default,
-//! optimal) or `"greedy"` (greedy best-first: expands fewer nodes, not always optimal).
+//! optimal) or `"greedy"` (greedy best-first: expands fewer nodes, not always optimal). With no
+//! obstacles given, the grid is open: `sagefed delegate --operation planning` with no
+//! parameters plans across an empty 16 x 16 grid and succeeds.
 //!
 //! Quality is `optimal_length / length`, the optimum found by a breadth-first search: 1.0 for
 //! a shortest path, less for a detour, 0.0 when there is no path (`"outcome": "unreachable"`,
@@ -29,6 +32,9 @@ use crate::protocol::atp::Atp;
 
 /// Most cells in a grid (width * height): the search keeps a few bytes per cell.
 pub const GRID_CELLS_MAX: u64 = 1_000_000;
+
+/// Width and height of the grid when the task does not give them, in cells.
+pub const GRID_SIDE_DEFAULT: u64 = 16;
 
 /// Most entries in `obstacles`.
 pub const OBSTACLES_MAX: usize = 100_000;
@@ -103,12 +109,8 @@ struct Problem {
 impl Problem {
     fn from_parameters(parameters: &Map<String, Value>) -> Result<Self, OperationError> {
         let params = Params::new(parameters, &PARAMETERS)?;
-        let width = params
-            .u64_in("width", 1, GRID_CELLS_MAX)?
-            .ok_or_else(|| missing("width", "the grid width in cells"))?;
-        let height = params
-            .u64_in("height", 1, GRID_CELLS_MAX)?
-            .ok_or_else(|| missing("height", "the grid height in cells"))?;
+        let width = params.u64_in("width", 1, GRID_CELLS_MAX)?.unwrap_or(GRID_SIDE_DEFAULT);
+        let height = params.u64_in("height", 1, GRID_CELLS_MAX)?.unwrap_or(GRID_SIDE_DEFAULT);
         if width * height > GRID_CELLS_MAX {
             return Err(OperationError::InvalidParameters(format!(
                 "the grid has {width} * {height} = {} cells; at most {GRID_CELLS_MAX} are allowed",
@@ -117,12 +119,15 @@ impl Problem {
         }
         // Both are at most GRID_CELLS_MAX, so they fit in usize and their product in u32.
         let (width, height) = (width as usize, height as usize);
-        let point = |key: &str| -> Result<usize, OperationError> {
-            let value = params.get(key).ok_or_else(|| missing(key, "a cell [x, y]"))?;
-            cell(value, width, height).map_err(|expected| invalid(key, &expected, value))
+        let point = |key: &str, default: usize| -> Result<usize, OperationError> {
+            match params.get(key) {
+                None => Ok(default),
+                Some(value) => cell(value, width, height).map_err(|expected| invalid(key, &expected, value)),
+            }
         };
-        let start = point("start")?;
-        let goal = point("goal")?;
+        // Opposite corners: the longest trip the grid has.
+        let start = point("start", 0)?;
+        let goal = point("goal", width * height - 1)?;
         let strategy = match params.str("strategy")? {
             None | Some("astar") => Strategy::AStar,
             Some("greedy") => Strategy::Greedy,
@@ -507,6 +512,18 @@ mod tests {
     }
 
     #[test]
+    fn no_parameters_plan_corner_to_corner_on_an_open_default_grid() {
+        let out = run(json!({}), PLENTY).expect("runs");
+        let side = GRID_SIDE_DEFAULT as usize;
+        assert_eq!(out.result["width"], side);
+        assert_eq!(out.result["length"], 2 * (side - 1));
+        assert_eq!(out.quality, 1.0);
+        // A width alone keeps the default height, and the goal follows the grid's corner.
+        let out = run(json!({"width": 4}), PLENTY).expect("runs");
+        assert_eq!(out.result["length"], 3 + (side - 1));
+    }
+
+    #[test]
     fn bad_parameters_are_refused_with_what_to_do() {
         let cases = [
             (
@@ -516,10 +533,6 @@ mod tests {
             (
                 json!({"width": 0, "height": 10, "start": [0, 0], "goal": [1, 1]}),
                 "`width` must be",
-            ),
-            (
-                json!({"height": 10, "start": [0, 0], "goal": [1, 1]}),
-                "`width` is missing",
             ),
             (
                 json!({"width": 10, "height": 10, "start": [10, 0], "goal": [1, 1]}),

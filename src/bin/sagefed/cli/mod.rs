@@ -10,6 +10,7 @@ mod init;
 mod keygen;
 mod keys;
 mod ledger;
+pub mod observe;
 pub mod platform;
 
 use sage_federation::config::Config;
@@ -67,6 +68,8 @@ enum Command {
     Grant(ledger::GrantArgs),
     /// Measure latency and throughput on a local server, against a floor from the same run
     Bench(crate::bench::BenchArgs),
+    /// Serve the live dashboard (and /metrics) for a running federation
+    Dashboard(observe::DashboardArgs),
 }
 
 /// Where `sagefed up` and `sagefed init` keep the federation's credentials by default.
@@ -179,6 +182,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Balances(args) => ledger::balances_command(&args).await?,
         Command::Grant(args) => return ledger::grant_command(&args).await,
         Command::Bench(args) => crate::bench::run(args).await?,
+        Command::Dashboard(args) => observe::dashboard(&args).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -188,6 +192,10 @@ fn config_check(file: &std::path::Path) -> anyhow::Result<()> {
     println!("{}: ok", file.display());
     println!("  platform      {}", config.platform());
     println!("  nats          {}", config.nats.url);
+    let access = config.nats_access();
+    let shown = |p: Option<PathBuf>| p.map_or_else(|| "none".to_owned(), |p| p.display().to_string());
+    println!("  nats creds    {}", shown(access.creds));
+    println!("  nats CA       {}", shown(access.ca));
     println!("  keypair       {}", config.keypair_path().display());
     for (task_type, resource) in &config.resources {
         let lct = config.lct(task_type.as_str())?;

@@ -54,10 +54,13 @@ impl PlatformArgs {
 pub struct WorkerArgs {
     #[command(flatten)]
     platform: PlatformArgs,
+    #[command(flatten)]
+    metrics: crate::cli::observe::MetricsArgs,
 }
 
 pub async fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
     let (config, client) = args.platform.open("sagefed-worker").await?;
+    args.metrics.spawn().await?;
     eprintln!("sagefed worker for {} on {}", config.platform(), config.nats.url);
     sage_federation::worker::serve(config, client, shutdown_signal()).await
 }
