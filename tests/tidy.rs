@@ -18,6 +18,28 @@ const FUNCTION_LINES_MAX: usize = 80;
 
 /// Functions allowed to be longer, as (file, function, reason).
 const LONG_FUNCTIONS: &[(&str, &str, &str)] = &[
+    // Over the limit when the tidy check landed (with main's merge); each to be split by the
+    // area that owns it.
+    (
+        "src/bin/sagefed/bench.rs",
+        "delegation",
+        "a benchmark's setup and measurement, to split",
+    ),
+    (
+        "src/delegation/client.rs",
+        "delegate_task",
+        "the seed's steps 1-4 in order, to split",
+    ),
+    (
+        "src/ledger/service.rs",
+        "command_for",
+        "one arm per operation, to split per operation",
+    ),
+    (
+        "src/observe/feed.rs",
+        "view",
+        "the dashboard's view, to split per panel",
+    ),
     (
         "src/ledger/audit.rs",
         "audit",
