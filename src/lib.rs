@@ -6,7 +6,7 @@
 //! Each folder is one area; its `mod.rs` says what it holds.
 //! - [`protocol`]: the wire and its values, pure (no `async_nats`, no `tokio`): LCT identities
 //!   ([`protocol::lct`]), ATP amounts ([`protocol::atp`]), time ([`protocol::clock`]), bounds
-//!   ([`protocol::limits`]), the FederationTask and ExecutionProof ([`protocol::task`],
+//!   (`protocol::limits`), the FederationTask and ExecutionProof ([`protocol::task`],
 //!   [`protocol::proof`]), and signing and verifying wire bytes ([`protocol::envelope`], the
 //!   only builder of [`Verified`]).
 //! - [`identity`]: Ed25519 key files and the key registry ([`identity::keys`]), shared through
@@ -17,7 +17,7 @@
 //! - [`ledger`]: the ATP ledger: pure rules, the service that applies them, its client, its
 //!   audit.
 //! - [`delegation`]: the delegator's [`FederationClient`], where a task goes
-//!   ([`delegation::placement`], pure), the seed's scenarios ([`delegation::scenarios`]) and the
+//!   (`delegation::placement`, pure), the seed's scenarios ([`delegation::scenarios`]) and the
 //!   status and cancel service.
 //! - [`gateway`]: the seed's HTTP API on loopback for one platform, behind a local token
 //!   (what the Python client in `python/` talks to).

@@ -15,7 +15,7 @@ use common::lct;
 use sage_federation::delegation::client::DelegationRequest;
 use sage_federation::identity::directory::KeyDirectory;
 use sage_federation::identity::keys::{self, KeyRecord};
-use sage_federation::ledger::client::LedgerClient;
+use sage_federation::ledger::client::{LedgerClient, LockTerms};
 use sage_federation::ledger::model::LockState;
 use sage_federation::ledger::protocol::Outcome;
 use sage_federation::nats::connection;
@@ -276,15 +276,17 @@ async fn every_attack_is_refused_the_ledger_is_untouched_and_delegation_still_wo
     let mallory = publish_new_key(&mallory_client, "Mallory").await;
     let now = now_seconds();
     let reply = LedgerClient::new(mallory_client, mallory)
-        .lock(
-            &TaskId::random().expect("id"),
-            &lct("Legion", "consciousness"),
-            &lct("Mallory", "consciousness"),
-            50.0,
-            0.0,
-            now + 60.0,
-            now + 120.0,
-        )
+        .lock(&LockTerms {
+            quality_threshold: 0.0,
+            deadline: now + 60.0,
+            expires_at: now + 120.0,
+            ..common::lock_terms(
+                &TaskId::random().expect("id"),
+                &lct("Legion", "consciousness"),
+                &lct("Mallory", "consciousness"),
+                50.0,
+            )
+        })
         .await
         .expect("a signed reply");
     assert_eq!(reply.outcome, Outcome::Rejected, "{reply:?}");

@@ -12,7 +12,7 @@ use common::lct;
 use futures::StreamExt;
 use sage_federation::delegation::client::{DelegationOutcome, DelegationRequest};
 use sage_federation::delegation::scenarios::{self, Scenario};
-use sage_federation::ledger::client::LedgerClient;
+use sage_federation::ledger::client::{LedgerClient, LockTerms};
 use sage_federation::ledger::model::{LockState, RollbackReason};
 use sage_federation::protocol::clock::now_seconds;
 use sage_federation::protocol::envelope::Signer;
@@ -309,15 +309,11 @@ async fn forged_replayed_and_malformed_tasks_are_refused_and_the_ledger_is_untou
     let ledger = LedgerClient::new(client.clone(), thor.clone());
     let now = now_seconds();
     ledger
-        .lock(
-            &genuine,
-            &lct("Thor", C),
-            &lct("Legion", C),
-            5.0,
-            0.7,
-            now + 60.0,
-            now + 120.0,
-        )
+        .lock(&LockTerms {
+            deadline: now + 60.0,
+            expires_at: now + 120.0,
+            ..common::lock_terms(&genuine, &lct("Thor", C), &lct("Legion", C), 5.0)
+        })
         .await
         .expect("lock");
     publish(wire.clone(), genuine.to_string()).await;

@@ -5,10 +5,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{LedgerFixture, lct, signed_proof};
-use sage_federation::ledger::client::LedgerClient;
+use common::{LedgerFixture, lct, lock_terms, signed_proof};
+use sage_federation::ledger::client::{LedgerClient, LockTerms};
 use sage_federation::ledger::model::{LockState, RollbackReason};
-use sage_federation::ledger::protocol::{LedgerReply, Outcome, RejectCode};
+use sage_federation::ledger::protocol::{LedgerReply, Operation, Outcome, RejectCode};
 use sage_federation::protocol::clock::now_seconds;
 use sage_federation::protocol::proof::ProofStatus;
 use sage_federation::protocol::task::TaskId;
@@ -31,16 +31,17 @@ async fn balance(f: &LedgerFixture, platform: &str, task_type: &str) -> (f64, f6
 
 async fn lock(client: &LedgerClient, task: &str, from: &str, to: &str, amount: f64) -> LedgerReply {
     let now = now_seconds();
+    // The raw operation: the wire's decimal amount, so that hostile values reach the service.
     client
-        .lock(
-            &id(task),
-            &lct(from, C),
-            &lct(to, CS),
+        .request(Operation::Lock {
+            task_id: id(task),
+            delegator: lct(from, C),
+            executor: lct(to, CS),
             amount,
-            0.7,
-            now + 30.0,
-            now + 60.0,
-        )
+            quality_threshold: 0.7,
+            deadline: now + 30.0,
+            expires_at: now + 60.0,
+        })
         .await
         .expect("lock request")
 }
@@ -207,7 +208,11 @@ async fn rollbacks_refund_everything_and_need_a_reason_the_ledger_can_check() {
     // Timeout: not before the deadline, unless the executor's proof says it timed out.
     let now = now_seconds();
     let reply = thor
-        .lock(&id("t-slow"), &delegator, &executor, 10.0, 0.7, now + 1.0, now + 60.0)
+        .lock(&LockTerms {
+            deadline: now + 1.0,
+            expires_at: now + 60.0,
+            ..lock_terms(&id("t-slow"), &delegator, &executor, 10.0)
+        })
         .await
         .expect("lock");
     assert_applied(&reply);
@@ -415,23 +420,29 @@ async fn invalid_calls_leave_the_ledger_unchanged_and_say_why() {
         ),
         (
             "delegator is executor",
-            thor.lock(&id("t-self"), &delegator, &delegator, 1.0, 0.7, now + 10.0, now + 20.0)
+            thor.lock(&lock_terms(&id("t-self"), &delegator, &delegator, 1.0))
                 .await
                 .expect("r"),
             RejectCode::SameAccount,
         ),
         (
             "expiry too far",
-            thor.lock(&id("t-far"), &delegator, &executor, 1.0, 0.7, now + 10.0, now + 1e6)
-                .await
-                .expect("r"),
+            thor.lock(&LockTerms {
+                expires_at: now + 1e6,
+                ..lock_terms(&id("t-far"), &delegator, &executor, 1.0)
+            })
+            .await
+            .expect("r"),
             RejectCode::InvalidRequest,
         ),
         (
             "quality threshold above 1",
-            thor.lock(&id("t-q"), &delegator, &executor, 1.0, 1.5, now + 10.0, now + 20.0)
-                .await
-                .expect("r"),
+            thor.lock(&LockTerms {
+                quality_threshold: 1.5,
+                ..lock_terms(&id("t-q"), &delegator, &executor, 1.0)
+            })
+            .await
+            .expect("r"),
             RejectCode::InvalidRequest,
         ),
         (
@@ -506,13 +517,21 @@ async fn expired_locks_are_swept_and_an_executor_can_settle_before_expiry() {
     let now = now_seconds();
     assert_applied(
         &thor
-            .lock(&id("t-gone"), &delegator, &executor, 10.0, 0.7, now + 0.5, now + 1.0)
+            .lock(&LockTerms {
+                deadline: now + 0.5,
+                expires_at: now + 1.0,
+                ..lock_terms(&id("t-gone"), &delegator, &executor, 10.0)
+            })
             .await
             .expect("lock"),
     );
     assert_applied(
         &thor
-            .lock(&id("t-paid"), &delegator, &executor, 10.0, 0.7, now + 0.5, now + 30.0)
+            .lock(&LockTerms {
+                deadline: now + 0.5,
+                expires_at: now + 30.0,
+                ..lock_terms(&id("t-paid"), &delegator, &executor, 10.0)
+            })
             .await
             .expect("lock"),
     );
@@ -577,7 +596,10 @@ async fn a_hot_account_with_100_concurrent_locks_does_not_starve() {
     assert_eq!(
         (applied, insufficient),
         (60, 40),
-        "all within the balance succeed, the rest fail fast"
+        "all within the balance succeed, the rest fail fast: {:?}",
+        locks
+            .iter()
+            .find(|r| r.outcome != Outcome::Applied && r.code != Some(RejectCode::InsufficientAtp))
     );
 
     let commits = futures::future::join_all(locks.iter().filter_map(|r| r.lock.clone()).map(|l| {

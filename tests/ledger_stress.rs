@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{LedgerFixture, lct, signed_proof};
-use sage_federation::ledger::client::LedgerClient;
+use sage_federation::ledger::client::{LedgerClient, LockTerms};
 use sage_federation::ledger::model::{LockState, RollbackReason};
 use sage_federation::ledger::protocol::{LedgerReply, Outcome, RejectCode};
 use sage_federation::protocol::clock::now_seconds;
@@ -112,18 +112,12 @@ async fn run_plan(
     let delegator = lct(&plan.delegator, C);
     let executor = lct(&plan.executor, CS);
     let now = now_seconds();
-    let locks = futures::future::join_all((0..plan.lock_copies).map(|_| {
-        clients[&plan.delegator].lock(
-            &plan.task_id,
-            &delegator,
-            &executor,
-            plan.amount,
-            0.7,
-            now + 60.0,
-            now + 120.0,
-        )
-    }))
-    .await;
+    let terms = LockTerms {
+        deadline: now + 60.0,
+        expires_at: now + 120.0,
+        ..common::lock_terms(&plan.task_id, &delegator, &executor, plan.amount)
+    };
+    let locks = futures::future::join_all((0..plan.lock_copies).map(|_| clients[&plan.delegator].lock(&terms))).await;
     for reply in locks {
         count(reply, &mut seen, |s| s.lock_applied += 1);
     }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::federation::{Processes, TEST_MAX_DELIVER, hand_task, publish_to_legion};
 use common::lct;
 use sage_federation::delegation::client::DelegationRequest;
-use sage_federation::ledger::client::LedgerClient;
+use sage_federation::ledger::client::{LedgerClient, LockTerms};
 use sage_federation::ledger::model::{LockState, RollbackReason};
 use sage_federation::nats::subjects;
 use sage_federation::protocol::clock::now_seconds;
@@ -109,15 +109,11 @@ async fn a_task_whose_deliveries_run_out_is_dead_lettered_and_refunded() {
     );
     let now = now_seconds();
     LedgerClient::new(client.clone(), thor.clone())
-        .lock(
-            &task_id,
-            &lct("Thor", C),
-            &lct("Legion", C),
-            5.0,
-            0.7,
-            now + 300.0,
-            now + 360.0,
-        )
+        .lock(&LockTerms {
+            deadline: now + 300.0,
+            expires_at: now + 360.0,
+            ..common::lock_terms(&task_id, &lct("Thor", C), &lct("Legion", C), 5.0)
+        })
         .await
         .expect("lock");
     publish_to_legion(&js, thor.sign(&task).expect("sign"), task_id.as_str()).await;

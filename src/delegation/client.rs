@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 use crate::config::Config;
 use crate::delegation::placement::{self, Wanted};
 use crate::identity::directory::KeyDirectory;
-use crate::ledger::client::{LedgerClient, LedgerReader};
+use crate::ledger::client::{LedgerClient, LedgerReader, LockTerms};
 use crate::ledger::model::{Lock, LockState, RollbackReason};
 use crate::ledger::protocol::{LedgerReply, Outcome};
 use crate::nats::subjects;
@@ -286,7 +286,7 @@ impl FederationClient {
         Ok(self.registry.register_platform(record).await?)
     }
 
-    /// Chooses where `request` goes by the rule in [`placement`]: the named platform when
+    /// Chooses where `request` goes by the rule in `placement`: the named platform when
     /// there is one, else the least loaded eligible platform, better reputation first.
     pub async fn choose_target(&self, request: &DelegationRequest) -> Result<PlatformRecord, DelegateError> {
         let now = now_seconds();
@@ -368,18 +368,19 @@ impl FederationClient {
             .signer
             .sign(&task)
             .map_err(|e| DelegateError::Invalid(e.to_string()))?;
+        let budget = task.budget().map_err(DelegateError::Invalid)?;
         let threshold = self.config.settlement.quality_threshold.get();
         let reply = self
             .ledger
-            .lock(
-                &task_id,
-                &source_lct,
-                &target_lct,
-                request.budget,
-                threshold,
-                expires_at,
-                expires_at + SETTLE_GRACE_SECONDS,
-            )
+            .lock(&LockTerms {
+                task_id: task_id.clone(),
+                delegator: source_lct.clone(),
+                executor: target_lct.clone(),
+                amount: budget,
+                quality_threshold: threshold,
+                deadline: expires_at,
+                expires_at: expires_at + SETTLE_GRACE_SECONDS,
+            })
             .await
             .map_err(anyhow::Error::from)?;
         if reply.outcome == Outcome::Rejected {

@@ -1,8 +1,8 @@
 //! Handing a task to another platform: the delegator's [`client`] (lock, publish, wait,
-//! settle), where the task goes ([`placement`], pure), the seed's [`scenarios`] as a table,
+//! settle), where the task goes (`placement`, pure), the seed's [`scenarios`] as a table,
 //! and the [`status`] service (status of an LCT or a task, cancel).
 
 pub mod client;
-pub mod placement;
+mod placement;
 pub mod scenarios;
 pub mod status;

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use crate::ledger::model::RollbackReason;
 use crate::ledger::protocol::{LedgerReply, LedgerRequest, Operation, REQUEST_TTL_SECONDS, RejectCode};
 use crate::nats::subjects;
+use crate::protocol::atp::Atp;
 use crate::protocol::clock::now_seconds;
 use crate::protocol::envelope::Signer;
 use crate::protocol::lct::Lct;
@@ -33,6 +34,23 @@ pub enum LedgerClientError {
 }
 
 /// Signs and sends ledger requests for one platform.
+/// The terms a delegator locks ATP on, each named so that none can be swapped. (The wire
+/// carries the amount as decimal ATP, as the seed does; [`LedgerClient::request`] sends any
+/// other value.)
+#[derive(Clone, Debug)]
+pub struct LockTerms {
+    pub task_id: TaskId,
+    pub delegator: Lct,
+    pub executor: Lct,
+    pub amount: Atp,
+    /// A proof at or above this quality may be committed.
+    pub quality_threshold: f64,
+    /// Unix seconds after which the delegator may roll back for timeout.
+    pub deadline: f64,
+    /// Unix seconds after which nobody may commit and the sweeper refunds the lock.
+    pub expires_at: f64,
+}
+
 #[derive(Clone)]
 pub struct LedgerClient {
     client: Client,
@@ -109,26 +127,16 @@ impl LedgerClient {
         .await
     }
 
-    /// Locks `amount` of `delegator`'s ATP for `task_id`.
-    #[allow(clippy::too_many_arguments)] // the lock's terms, each named at the call site
-    pub async fn lock(
-        &self,
-        task_id: &TaskId,
-        delegator: &Lct,
-        executor: &Lct,
-        amount: f64,
-        quality_threshold: f64,
-        deadline: f64,
-        expires_at: f64,
-    ) -> Result<LedgerReply, LedgerClientError> {
+    /// Locks `terms.amount` of the delegator's ATP for the task.
+    pub async fn lock(&self, terms: &LockTerms) -> Result<LedgerReply, LedgerClientError> {
         self.request(Operation::Lock {
-            task_id: task_id.clone(),
-            delegator: delegator.clone(),
-            executor: executor.clone(),
-            amount,
-            quality_threshold,
-            deadline,
-            expires_at,
+            task_id: terms.task_id.clone(),
+            delegator: terms.delegator.clone(),
+            executor: terms.executor.clone(),
+            amount: terms.amount.as_f64(),
+            quality_threshold: terms.quality_threshold,
+            deadline: terms.deadline,
+            expires_at: terms.expires_at,
         })
         .await
     }

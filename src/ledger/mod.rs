@@ -7,12 +7,12 @@
 //!
 //! - [`model`]: the records and their keys.
 //! - [`protocol`]: signed requests and replies on `sage.ledger.<operation>`.
-//! - [`rules`]: the transition rules, pure functions.
+//! - `rules`: the transition rules, pure functions.
 //! - [`batch`]: the atomic batch publisher (ADR-50).
-//! - [`store`]: reads with a revision cache; writes as one atomic batch.
-//! - [`sequencer`]: group commit, per service instance.
+//! - `store`: reads with a revision cache; writes as one atomic batch.
+//! - `sequencer`: group commit, per service instance.
 //! - [`service`]: `sagefed ledger serve`.
-//! - [`sweeper`]: expires locks past their expiry.
+//! - `sweeper`: expires locks past their expiry.
 //! - [`client`]: `LedgerClient`, what platforms use.
 //! - [`snapshot`]: a consistent read of the whole bucket.
 //! - [`audit`]: conservation and the other invariants, checked on a snapshot.
@@ -22,11 +22,11 @@ pub mod batch;
 pub mod client;
 pub mod model;
 pub mod protocol;
-pub mod rules;
+mod rules;
 #[cfg(test)]
 mod rules_table;
-pub mod sequencer;
+mod sequencer;
 pub mod service;
 pub mod snapshot;
-pub mod store;
-pub mod sweeper;
+mod store;
+mod sweeper;

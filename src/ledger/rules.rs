@@ -255,27 +255,29 @@ fn grant(
     )
 }
 
-fn lock(requester: &str, new: &Lock, book: &impl Book, now: f64) -> Decision {
+/// Checks a lock's terms on their own: who asks, the accounts, the amount, the threshold
+/// and the times.
+fn check_lock_terms(requester: &str, new: &Lock, now: f64) -> Result<(), Decision> {
     if requester != new.delegator.platform() {
-        return reject(
+        return Err(reject(
             RejectCode::NotAuthorized,
             format!("{requester} may not lock ATP of {}", new.delegator),
-        );
+        ));
     }
     if new.delegator == new.executor {
-        return reject(
+        return Err(reject(
             RejectCode::SameAccount,
             "the delegator and the executor are the same account",
-        );
+        ));
     }
     if new.amount_uatp == Atp::ZERO {
-        return reject(RejectCode::InvalidAmount, "a lock must be more than zero");
+        return Err(reject(RejectCode::InvalidAmount, "a lock must be more than zero"));
     }
     if !(0.0..=1.0).contains(&new.quality_threshold) {
-        return reject(
+        return Err(reject(
             RejectCode::InvalidRequest,
             format!("quality_threshold {} is outside 0..=1", new.quality_threshold),
-        );
+        ));
     }
     let times_ok = new.deadline.is_finite()
         && new.expires_at.is_finite()
@@ -283,10 +285,17 @@ fn lock(requester: &str, new: &Lock, book: &impl Book, now: f64) -> Decision {
         && new.deadline <= new.expires_at
         && new.expires_at <= now + LOCK_TTL_SECONDS_MAX;
     if !times_ok {
-        return reject(
+        return Err(reject(
             RejectCode::InvalidRequest,
             format!("need now < deadline <= expires_at <= now + {LOCK_TTL_SECONDS_MAX} s"),
-        );
+        ));
+    }
+    Ok(())
+}
+
+fn lock(requester: &str, new: &Lock, book: &impl Book, now: f64) -> Decision {
+    if let Err(decision) = check_lock_terms(requester, new, now) {
+        return decision;
     }
     if let Some(existing) = book.lock(&new.task_id) {
         return if existing.same_terms(new) {
@@ -423,17 +432,15 @@ fn commit(requester: &str, task_id: &TaskId, proof: &Verified<ExecutionProof>, b
         );
     }
     let refund = lock.amount_uatp.checked_sub(consumed).unwrap_or(Atp::ZERO);
-    settle(
-        lock,
-        LockState::Committed,
-        consumed,
-        Some(proof.quality_score),
-        None,
-        requester,
-        now,
-        book,
-        format!("committed task {task_id}: paid {consumed} ATP, refunded {refund} ATP"),
-    )
+    let closing = Closing {
+        state: LockState::Committed,
+        paid: consumed,
+        quality: Some(proof.quality_score),
+        reason: None,
+        by: requester,
+        message: format!("committed task {task_id}: paid {consumed} ATP, refunded {refund} ATP"),
+    };
+    settle(lock, closing, book, now)
 }
 
 fn rollback(
@@ -477,46 +484,45 @@ fn rollback(
     }
     // The executor may always give up its claim. The delegator must show why it refuses to
     // pay, so it cannot take a good result and keep the ATP.
-    if !by_executor {
-        let shown = match reason {
-            RollbackReason::Cancelled => true,
-            RollbackReason::Timeout => {
-                now >= lock.deadline || evidence.is_some_and(|p| p.status == ProofStatus::TimedOut)
-            }
-            RollbackReason::LowQuality => {
-                evidence.is_some_and(|p| p.status != ProofStatus::Completed || p.quality_score < lock.quality_threshold)
-            }
-            RollbackReason::Failure | RollbackReason::PermissionDenied | RollbackReason::Rejected => {
-                evidence.is_some_and(|p| p.status != ProofStatus::Completed)
-            }
-            RollbackReason::Expired => false,
-        };
-        if !shown {
-            return reject(
-                RejectCode::EvidenceRequired,
-                format!(
-                    "a delegator's rollback for {reason} needs the executor's signed proof showing it{}",
-                    if reason == RollbackReason::Timeout {
-                        ", or the deadline to pass"
-                    } else {
-                        ""
-                    }
-                ),
-            );
-        }
+    if !by_executor && !delegator_shows(reason, evidence, &lock, now) {
+        return reject(
+            RejectCode::EvidenceRequired,
+            format!(
+                "a delegator's rollback for {reason} needs the executor's signed proof showing it{}",
+                if reason == RollbackReason::Timeout {
+                    ", or the deadline to pass"
+                } else {
+                    ""
+                }
+            ),
+        );
     }
     let quality = evidence.map(|p| p.quality_score);
-    settle(
-        lock,
-        LockState::RolledBack,
-        Atp::ZERO,
+    let closing = Closing {
+        state: LockState::RolledBack,
+        paid: Atp::ZERO,
         quality,
-        Some(reason),
-        requester,
-        now,
-        book,
-        format!("rolled back task {task_id} ({reason})"),
-    )
+        reason: Some(reason),
+        by: requester,
+        message: format!("rolled back task {task_id} ({reason})"),
+    };
+    settle(lock, closing, book, now)
+}
+
+/// Whether a delegator's rollback for `reason` is shown: by the executor's signed `evidence`,
+/// or for a timeout by the deadline having passed. A cancel needs nothing.
+fn delegator_shows(reason: RollbackReason, evidence: Option<&Verified<ExecutionProof>>, lock: &Lock, now: f64) -> bool {
+    match reason {
+        RollbackReason::Cancelled => true,
+        RollbackReason::Timeout => now >= lock.deadline || evidence.is_some_and(|p| p.status == ProofStatus::TimedOut),
+        RollbackReason::LowQuality => {
+            evidence.is_some_and(|p| p.status != ProofStatus::Completed || p.quality_score < lock.quality_threshold)
+        }
+        RollbackReason::Failure | RollbackReason::PermissionDenied | RollbackReason::Rejected => {
+            evidence.is_some_and(|p| p.status != ProofStatus::Completed)
+        }
+        RollbackReason::Expired => false,
+    }
 }
 
 fn expire(task_id: &TaskId, book: &impl Book, now: f64) -> Decision {
@@ -532,32 +538,43 @@ fn expire(task_id: &TaskId, book: &impl Book, now: f64) -> Decision {
             format!("the lock of task {task_id} has not expired"),
         );
     }
-    settle(
-        lock,
-        LockState::Expired,
-        Atp::ZERO,
-        None,
-        Some(RollbackReason::Expired),
-        SWEEPER,
-        now,
-        book,
-        format!("expired task {task_id}"),
-    )
+    let closing = Closing {
+        state: LockState::Expired,
+        paid: Atp::ZERO,
+        quality: None,
+        reason: Some(RollbackReason::Expired),
+        by: SWEEPER,
+        message: format!("expired task {task_id}"),
+    };
+    settle(lock, closing, book, now)
 }
 
-/// Closes `lock`: pays `paid` to the executor and refunds the rest to the delegator.
-#[allow(clippy::too_many_arguments)] // one call per settling transition, each naming every part
-fn settle(
-    mut lock: Lock,
+/// How a settling transition closes a lock.
+struct Closing<'a> {
+    /// The state the lock ends in.
     state: LockState,
+    /// What the executor is paid; the rest of the lock is refunded.
     paid: Atp,
+    /// The proof's quality, when there is a proof.
     quality: Option<f64>,
+    /// Why it was rolled back or expired.
     reason: Option<RollbackReason>,
-    by: &str,
-    now: f64,
-    book: &impl Book,
+    /// The platform whose request settles it (`ledger` for the sweeper).
+    by: &'a str,
+    /// The reply's message.
     message: String,
-) -> Decision {
+}
+
+/// Closes `lock` as `closing` says: pays the executor and refunds the rest to the delegator.
+fn settle(mut lock: Lock, closing: Closing<'_>, book: &impl Book, now: f64) -> Decision {
+    let Closing {
+        state,
+        paid,
+        quality,
+        reason,
+        by,
+        message,
+    } = closing;
     let Some(refund) = lock.amount_uatp.checked_sub(paid) else {
         return inconsistent("the refund");
     };

@@ -253,6 +253,27 @@ pub fn inbox_prefix(nkey_public: &str) -> String {
     format!("_INBOX.{nkey_public}")
 }
 
+/// `sagefed bench`: the work-queue stream of the bare task round trip, on a server of its own.
+pub const BENCH_ROUND_TRIP_STREAM: &str = "BENCH_ROUND_TRIP";
+/// `sagefed bench`: the subject of [`BENCH_ROUND_TRIP_STREAM`].
+pub const BENCH_ROUND_TRIP_SUBJECT: &str = "bench.rt.task";
+
+/// `sagefed bench`: the `sage_platforms` key the compare-and-swap floor updates (a bench
+/// server only; it is not a platform's record).
+pub const BENCH_CAS_FLOOR_KEY: &str = "bench-floor";
+
+/// `sagefed bench`: the `sage_platforms` key many writers update at once (a bench server
+/// only), to measure blind compare-and-swap retries on one hot key.
+pub const BENCH_CAS_HOT_KEY: &str = "bench-hot";
+/// `sagefed bench`: the pull consumer of [`BENCH_ROUND_TRIP_STREAM`].
+pub const BENCH_ROUND_TRIP_CONSUMER: &str = "bench-worker";
+
+/// `sagefed bench`: a key of the ledger bucket the batch floor writes (message `k` of batch
+/// `i` of `size`), on a bench server only; never a ledger record.
+pub fn bench_floor_key(size: usize, i: usize, k: usize) -> String {
+    format!("bench.floor.{size}.{i}.{k}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,6 +310,13 @@ mod tests {
             "sage.ledger.lock",
             "sage.ledger.commit",
             "sage.ledger.rollback",
+            &max_deliveries_advisory(TASKS_STREAM, "worker-<platform>"),
+            BENCH_ROUND_TRIP_STREAM,
+            BENCH_ROUND_TRIP_SUBJECT,
+            "bench.floor.",
+            BENCH_CAS_FLOOR_KEY,
+            BENCH_CAS_HOT_KEY,
+            BENCH_ROUND_TRIP_CONSUMER,
         ];
         for name in names {
             assert!(doc.contains(name), "subjects.md does not mention {name}");

@@ -5,6 +5,6 @@ pub mod atp;
 pub mod clock;
 pub mod envelope;
 pub mod lct;
-pub mod limits;
+pub(crate) mod limits;
 pub mod proof;
 pub mod task;

@@ -5,12 +5,12 @@
 //! settler of proofs addressed to this platform, and the status service.
 //!
 //! - [`ops`]: the operation handlers.
-//! - [`checks`]: the executor's checks.
-//! - [`admission`]: rate limits, concurrency and budget caps.
+//! - `checks`: the executor's checks.
+//! - `admission`: rate limits, concurrency and budget caps.
 //! - `run`: one task from message to acknowledgement.
 
-pub mod admission;
-pub mod checks;
+mod admission;
+mod checks;
 #[cfg(test)]
 mod checks_table;
 pub mod ops;

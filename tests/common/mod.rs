@@ -290,3 +290,23 @@ pub fn signed_proof(
     };
     executor.sign(&proof).expect("sign proof")
 }
+
+/// The terms of a lock of `atp` ATP on task `task_id` from `delegator` to `executor`,
+/// threshold 0.7, deadline in 60 s and expiry in 120 s; tests change one term with `..`.
+pub fn lock_terms(
+    task_id: &sage_federation::protocol::task::TaskId,
+    delegator: &sage_federation::protocol::lct::Lct,
+    executor: &sage_federation::protocol::lct::Lct,
+    atp: f64,
+) -> sage_federation::ledger::client::LockTerms {
+    let now = sage_federation::protocol::clock::now_seconds();
+    sage_federation::ledger::client::LockTerms {
+        task_id: task_id.clone(),
+        delegator: delegator.clone(),
+        executor: executor.clone(),
+        amount: sage_federation::protocol::atp::Atp::from_f64(atp, "amount").expect("a valid amount"),
+        quality_threshold: 0.7,
+        deadline: now + 60.0,
+        expires_at: now + 120.0,
+    }
+}

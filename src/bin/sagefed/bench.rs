@@ -18,12 +18,13 @@ use tokio::sync::Semaphore;
 use sage_federation::identity::directory::KeyDirectory;
 use sage_federation::identity::keys::{self, KeyRecord};
 use sage_federation::ledger::batch::{self, BatchMessage};
-use sage_federation::ledger::client::LedgerClient;
+use sage_federation::ledger::client::{LedgerClient, LockTerms};
 use sage_federation::ledger::protocol::{LedgerReply, Outcome};
 use sage_federation::ledger::service::{LedgerOptions, LedgerService};
 use sage_federation::nats::server::{self as nats_server, NatsServer, ServerOptions};
 use sage_federation::nats::subjects;
 use sage_federation::nats::{connection, infra};
+use sage_federation::protocol::atp::{Atp, MICROS_PER_ATP};
 use sage_federation::protocol::clock::now_seconds;
 use sage_federation::protocol::envelope::Signer;
 use sage_federation::protocol::lct::Lct;
@@ -254,7 +255,15 @@ async fn lock_commit(
     let now = now_seconds();
     let start = Instant::now();
     let reply = delegator
-        .lock(&task_id, &from, &to, 1.0, 0.7, now + 60.0, now + 120.0)
+        .lock(&LockTerms {
+            task_id: task_id.clone(),
+            delegator: from.clone(),
+            executor: to.clone(),
+            amount: Atp::from_micros(MICROS_PER_ATP),
+            quality_threshold: 0.7,
+            deadline: now + 60.0,
+            expires_at: now + 120.0,
+        })
         .await?;
     let locked = start.elapsed();
     expect_applied(&reply)?;
@@ -291,12 +300,14 @@ fn expect_applied(reply: &LedgerReply) -> anyhow::Result<()> {
 /// Raw KV compare-and-swap on distinct keys, sequential: the floor.
 async fn kv_cas_floor(js: &jetstream::Context, count: usize) -> anyhow::Result<Figure> {
     let kv = js.get_key_value(subjects::PLATFORMS_BUCKET).await?;
-    let mut revision = kv.put("bench-floor", Bytes::from_static(b"0")).await?;
+    let mut revision = kv.put(subjects::BENCH_CAS_FLOOR_KEY, Bytes::from_static(b"0")).await?;
     let mut samples = Vec::with_capacity(count);
     let wall = Instant::now();
     for i in 0..count {
         let start = Instant::now();
-        revision = kv.update("bench-floor", Bytes::from(i.to_string()), revision).await?;
+        revision = kv
+            .update(subjects::BENCH_CAS_FLOOR_KEY, Bytes::from(i.to_string()), revision)
+            .await?;
         samples.push(start.elapsed());
     }
     Ok(figure(
@@ -310,7 +321,7 @@ async fn kv_cas_floor(js: &jetstream::Context, count: usize) -> anyhow::Result<F
 /// Raw KV CAS by `writers` concurrent writers on ONE key, blind retry: what the ledger avoids.
 async fn kv_cas_hot(js: &jetstream::Context, count: usize, writers: usize) -> anyhow::Result<Figure> {
     let kv = js.get_key_value(subjects::PLATFORMS_BUCKET).await?;
-    kv.put("bench-hot", Bytes::from_static(b"0")).await?;
+    kv.put(subjects::BENCH_CAS_HOT_KEY, Bytes::from_static(b"0")).await?;
     let per_writer = count / writers.max(1);
     let wall = Instant::now();
     let runs = join_all((0..writers).map(|_| {
@@ -320,11 +331,11 @@ async fn kv_cas_hot(js: &jetstream::Context, count: usize, writers: usize) -> an
             for _ in 0..per_writer {
                 let start = Instant::now();
                 loop {
-                    let Some(entry) = kv.entry("bench-hot").await? else {
+                    let Some(entry) = kv.entry(subjects::BENCH_CAS_HOT_KEY).await? else {
                         anyhow::bail!("key vanished")
                     };
                     if kv
-                        .update("bench-hot", entry.value.clone(), entry.revision)
+                        .update(subjects::BENCH_CAS_HOT_KEY, entry.value.clone(), entry.revision)
                         .await
                         .is_ok()
                     {
@@ -359,7 +370,7 @@ async fn batch_floor(client: &async_nats::Client, count: usize, size: usize) -> 
     for i in 0..count {
         let messages = (0..size)
             .map(|k| {
-                BatchMessage::new(subject(format!("bench.floor.{size}.{i}.{k}")), payload.clone())
+                BatchMessage::new(subject(subjects::bench_floor_key(size, i, k)), payload.clone())
                     .expect_last_subject_sequence(0)
             })
             .collect();
@@ -452,8 +463,8 @@ async fn task_round_trip(client: &async_nats::Client, count: usize, in_flight: u
     let js = jetstream::new(client.clone());
     let stream = js
         .get_or_create_stream(jetstream::stream::Config {
-            name: "BENCH_ROUND_TRIP".to_owned(),
-            subjects: vec!["bench.rt.task".to_owned()],
+            name: subjects::BENCH_ROUND_TRIP_STREAM.to_owned(),
+            subjects: vec![subjects::BENCH_ROUND_TRIP_SUBJECT.to_owned()],
             retention: jetstream::stream::RetentionPolicy::WorkQueue,
             storage: jetstream::stream::StorageType::File,
             ..Default::default()
@@ -461,9 +472,9 @@ async fn task_round_trip(client: &async_nats::Client, count: usize, in_flight: u
         .await?;
     let consumer = stream
         .get_or_create_consumer(
-            "bench-worker",
+            subjects::BENCH_ROUND_TRIP_CONSUMER,
             jetstream::consumer::pull::Config {
-                durable_name: Some("bench-worker".to_owned()),
+                durable_name: Some(subjects::BENCH_ROUND_TRIP_CONSUMER.to_owned()),
                 max_ack_pending: 1000,
                 ..Default::default()
             },
@@ -517,7 +528,7 @@ async fn task_round_trip(client: &async_nats::Client, count: usize, in_flight: u
             let mut headers = async_nats::HeaderMap::new();
             headers.insert("Bench-Reply", reply.as_str());
             let start = Instant::now();
-            js.publish_with_headers("bench.rt.task", headers, payload)
+            js.publish_with_headers(subjects::BENCH_ROUND_TRIP_SUBJECT, headers, payload)
                 .await?
                 .await?;
             rx.await?;
@@ -528,7 +539,7 @@ async fn task_round_trip(client: &async_nats::Client, count: usize, in_flight: u
     let wall = wall.elapsed();
     worker.abort();
     dispatcher.abort();
-    js.delete_stream("BENCH_ROUND_TRIP").await?;
+    js.delete_stream(subjects::BENCH_ROUND_TRIP_STREAM).await?;
     let samples = runs.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
     Ok(figure(
         &format!("floor: bare task round trip, {in_flight} in flight"),

@@ -23,9 +23,9 @@ use sage_federation::ledger::client::LedgerClient;
 use sage_federation::ledger::protocol::Outcome;
 use sage_federation::ledger::service::{LedgerOptions, LedgerService};
 use sage_federation::nats::connection::{self, NatsAccess};
-use sage_federation::nats::infra;
 use sage_federation::nats::permissions::Role;
 use sage_federation::nats::server::{self as nats_server, NatsServer, ServerOptions};
+use sage_federation::nats::{infra, subjects};
 use sage_federation::observe::server as observe_server;
 use sage_federation::protocol::envelope::Signer;
 use sage_federation::worker::Worker;
@@ -197,7 +197,7 @@ impl Federation {
         mut configs: Vec<Config>,
     ) -> anyhow::Result<Self> {
         let access = |identity: &str| NatsAccess::secure(url, &fed.creds(identity), &fed.ca_cert());
-        let ledger_client = connection::connect(&access(LEDGER_IDENTITY), "sagefed-ledger").await?;
+        let ledger_client = connection::connect(&access(LEDGER_IDENTITY), subjects::LEDGER_SERVICE).await?;
         for resource in infra::ensure(&async_nats::jetstream::new(ledger_client.clone()), 1).await? {
             println!("{:<10} {:<16} {}", resource.kind, resource.name, resource.detail);
         }

@@ -14,7 +14,7 @@ use sage_federation::ledger::client::LedgerClient;
 use sage_federation::ledger::protocol::Outcome;
 use sage_federation::ledger::service::{LedgerOptions, serve};
 use sage_federation::ledger::snapshot::LedgerSnapshot;
-use sage_federation::nats::infra;
+use sage_federation::nats::{infra, subjects};
 use sage_federation::protocol::clock::now_seconds;
 use sage_federation::protocol::envelope::Signer;
 use sage_federation::protocol::lct::Lct;
@@ -52,7 +52,7 @@ pub struct ServeArgs {
 pub async fn run(command: LedgerCommand) -> anyhow::Result<()> {
     match command {
         LedgerCommand::Serve(args) => {
-            let client = args.nats.connect(LEDGER_IDENTITY, "sagefed-ledger").await?;
+            let client = args.nats.connect(LEDGER_IDENTITY, subjects::LEDGER_SERVICE).await?;
             let js = async_nats::jetstream::new(client.clone());
             infra::ensure(&js, args.replicas).await?;
             args.metrics.spawn().await?;

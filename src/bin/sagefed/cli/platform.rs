@@ -10,7 +10,7 @@ use sage_federation::delegation::status;
 use sage_federation::gateway::Gateway;
 use sage_federation::identity::keys;
 use sage_federation::ledger::model::LockState;
-use sage_federation::nats::connection;
+use sage_federation::nats::{connection, subjects};
 use sage_federation::protocol::envelope::Signer;
 use sage_federation::protocol::task::TaskId;
 
@@ -190,7 +190,7 @@ pub struct StatusArgs {
 }
 
 pub async fn status_command(args: &StatusArgs) -> anyhow::Result<()> {
-    let client = args.nats.connect(crate::up::TREASURY, "sagefed-status").await?;
+    let client = args.nats.connect(crate::up::TREASURY, subjects::STATUS_SERVICE).await?;
     let value = if args.target.starts_with(sage_federation::protocol::lct::LCT_PREFIX) {
         serde_json::to_value(status::lct(&client, &args.target.parse()?).await?)?
     } else {
