@@ -23,6 +23,7 @@ use sage_federation::nats::subjects as s;
 use sage_federation::protocol::clock::now_seconds;
 use sage_federation::protocol::envelope::Signer;
 use sage_federation::protocol::task::TaskId;
+use sage_federation::state::registry::Registry;
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -52,6 +53,7 @@ enum Kind {
     SignedLockOnForeignAccount,
     ConnectWithoutCredentials,
     DelegateWithoutGrant,
+    GrantWithUnpinnedAdminKey,
 }
 
 impl Attacker {
@@ -190,6 +192,31 @@ async fn forbidden_for_a_platform(a: &mut Attacker, victim: &str, victim_nkey: &
     ]
 }
 
+/// A fresh signing key for `platform`, published by `client` (as that identity may).
+async fn publish_new_key(client: &async_nats::Client, platform: &str) -> Signer {
+    let signer = Signer::new(platform, keys::generate().expect("random")).expect("signer");
+    KeyDirectory::open(&async_nats::jetstream::new(client.clone()))
+        .await
+        .expect("keys")
+        .publish(&KeyRecord::new(platform, &signer.verifying_key(), 0.0))
+        .await
+        .expect("an identity may publish its own keys");
+    signer
+}
+
+/// Every key record in the directory, as `platform/key_id`, sorted.
+async fn key_records(p: &Processes) -> Vec<String> {
+    let js = async_nats::jetstream::new(p.nats.client_as("Treasury").await);
+    let directory = KeyDirectory::open(&js).await.expect("keys");
+    let mut records: Vec<String> = directory
+        .snapshot()
+        .records()
+        .map(|r| format!("{}/{}", r.platform, r.key_id))
+        .collect();
+    records.sort();
+    records
+}
+
 fn nkey_of(p: &Processes, identity: &str) -> String {
     let fed = p.nats.federation.as_ref().expect("a secure federation");
     connection::read_nkey(&fed.creds(identity)).expect("creds").1
@@ -200,17 +227,7 @@ async fn every_attack_is_refused_the_ledger_is_untouched_and_delegation_still_wo
     let mut p = Processes::start().await;
     p.expect_violations = true;
     let before = p.snapshot().await;
-    let keys_before = {
-        let js = async_nats::jetstream::new(p.nats.client_as("Treasury").await);
-        let directory = KeyDirectory::open(&js).await.expect("keys");
-        let mut records: Vec<String> = directory
-            .snapshot()
-            .records()
-            .map(|r| format!("{}/{}", r.platform, r.key_id))
-            .collect();
-        records.sort();
-        records
-    };
+    let keys_before = key_records(&p).await;
     let mut kinds = std::collections::BTreeSet::new();
     let mut attempts = 0;
 
@@ -255,14 +272,8 @@ async fn every_attack_is_refused_the_ledger_is_untouched_and_delegation_still_wo
     kinds.insert(Kind::DelegateWithoutGrant);
 
     // Mallory's signed lock on Legion's account: the server lets it ask, the ledger refuses.
-    let mallory = Signer::new("Mallory", keys::generate().expect("random")).expect("signer");
     let mallory_client = p.nats.client_as("Mallory").await;
-    KeyDirectory::open(&async_nats::jetstream::new(mallory_client.clone()))
-        .await
-        .expect("keys")
-        .publish(&KeyRecord::new("Mallory", &mallory.verifying_key(), 0.0))
-        .await
-        .expect("a platform may publish its own key");
+    let mallory = publish_new_key(&mallory_client, "Mallory").await;
     let now = now_seconds();
     let reply = LedgerClient::new(mallory_client, mallory)
         .lock(
@@ -279,6 +290,47 @@ async fn every_attack_is_refused_the_ledger_is_untouched_and_delegation_still_wo
     assert_eq!(reply.outcome, Outcome::Rejected, "{reply:?}");
     attempts += 1;
     kinds.insert(Kind::SignedLockOnForeignAccount);
+
+    // Mallory registers under its own key (all the server lets it write) claiming to be
+    // Legion, with room for everything: nobody reads it as Legion.
+    let registry = Registry::open(&async_nats::jetstream::new(p.nats.client_as("Mallory").await))
+        .await
+        .expect("registry");
+    let mut claim = registry
+        .get("Legion")
+        .await
+        .expect("read")
+        .expect("Legion is registered");
+    claim.capacity = 1_000_000;
+    let value = serde_json::to_vec(&claim).expect("json");
+    async_nats::jetstream::new(p.nats.client_as("Mallory").await)
+        .get_key_value(s::PLATFORMS_BUCKET)
+        .await
+        .expect("bucket")
+        .put("Mallory", value.into())
+        .await
+        .expect("Mallory may write its own registry key");
+    let listed = registry.all().await.expect("registry");
+    assert!(
+        listed.iter().all(|r| r.capacity != 1_000_000),
+        "a record about another platform was believed: {listed:?}"
+    );
+    assert!(registry.get("Mallory").await.expect("read").is_none());
+    attempts += 1;
+    kinds.insert(Kind::RegisterAsAnother);
+
+    // Someone holding the treasury's NATS credentials but not its pinned signing key writes
+    // a second Treasury key record (the server allows that identity to) and grants with it.
+    let stolen = p.nats.client_as("Treasury").await;
+    let forger = publish_new_key(&stolen, "Treasury").await;
+    let minted = LedgerClient::new(stolen, forger)
+        .grant("forged-grant", &lct("Thor", "consciousness"), 1_000_000.0)
+        .await
+        .expect("a signed reply");
+    assert_eq!(minted.outcome, Outcome::Rejected, "{minted:?}");
+    assert!(minted.message.contains("pinned"), "{minted:?}");
+    attempts += 1;
+    kinds.insert(Kind::GrantWithUnpinnedAdminKey);
 
     // An outsider: no credentials, an unknown key, or no TLS.
     let fed = p.nats.federation.clone().expect("secure");
@@ -318,16 +370,12 @@ async fn every_attack_is_refused_the_ledger_is_untouched_and_delegation_still_wo
     assert_eq!(format!("{:?}", after.supply), format!("{:?}", before.supply));
     assert_eq!(after.locks.len(), before.locks.len(), "no lock was taken");
     assert_eq!(after.grants.len(), before.grants.len(), "nothing was granted");
-    let js = async_nats::jetstream::new(p.nats.client_as("Treasury").await);
-    let directory = KeyDirectory::open(&js).await.expect("keys");
-    let mut keys_after: Vec<String> = directory
-        .snapshot()
-        .records()
-        .filter(|r| r.platform != "Mallory")
-        .map(|r| format!("{}/{}", r.platform, r.key_id))
-        .collect();
-    keys_after.sort();
-    assert_eq!(keys_after, keys_before, "nobody's key changed but Mallory's own");
+    let mut keys_after = key_records(&p).await;
+    keys_after.retain(|k| !k.starts_with("Mallory/") && (!k.starts_with("Treasury/") || keys_before.contains(k)));
+    assert_eq!(
+        keys_after, keys_before,
+        "nobody's key changed but Mallory's own and the forger's Treasury record"
+    );
 
     // The federation still serves a delegation, and the audit is clean.
     let outcome = p
@@ -350,9 +398,9 @@ async fn every_attack_is_refused_the_ledger_is_untouched_and_delegation_still_wo
     assert_eq!(outcome.settlement, LockState::Committed, "{outcome:?}");
     p.assert_audit_clean();
     eprintln!(
-        "adversary: {attempts} attempts of {} kinds, every one refused",
+        "adversary: {attempts} attempts of {} kinds, every one refused or ignored",
         kinds.len()
     );
-    assert_eq!(kinds.len(), 13, "{kinds:?}");
+    assert_eq!(kinds.len(), 14, "{kinds:?}");
     assert!(attempts >= 100, "{attempts} attempts");
 }

@@ -33,6 +33,9 @@ pub const ENDPOINTS: [&str; 4] = ["grant", "lock", "commit", "rollback"];
 pub struct LedgerOptions {
     /// Platforms whose signed requests may grant ATP.
     pub admins: BTreeSet<String>,
+    /// Key ids of the admin keys pinned in the ledger's config: when not empty, a grant
+    /// counts only if signed by one of them, whatever keys the key bucket holds for an admin.
+    pub admin_keys: BTreeSet<String>,
     /// Whether this instance sweeps expired locks.
     pub sweep: bool,
 }
@@ -73,6 +76,7 @@ impl LedgerService {
             .await
             .map_err(|e| ServiceError::Service(e.to_string()))?;
         let group = service.group(subjects::LEDGER_ENDPOINT_PREFIX);
+        let admin_keys = Arc::new(options.admin_keys.clone());
         let mut tasks = Vec::new();
         for name in ENDPOINTS {
             let mut endpoint = group
@@ -81,12 +85,14 @@ impl LedgerService {
                 .map_err(|e| ServiceError::Service(e.to_string()))?;
             let keys = Arc::clone(&keys);
             let handle = handle.clone();
+            let admin_keys = Arc::clone(&admin_keys);
             tasks.push(tokio::spawn(async move {
                 while let Some(request) = endpoint.next().await {
                     let keys = Arc::clone(&keys);
                     let handle = handle.clone();
+                    let admin_keys = Arc::clone(&admin_keys);
                     tokio::spawn(async move {
-                        let reply = handle_request(name, &request.message.payload, &keys, &handle).await;
+                        let reply = handle_request(name, &request.message.payload, &keys, &admin_keys, &handle).await;
                         let body = serde_json::to_vec(&reply).unwrap_or_default();
                         if let Err(e) = request.respond(Ok(Bytes::from(body))).await {
                             tracing::debug!(error = %e, "could not send a ledger reply");
@@ -151,9 +157,15 @@ async fn verify_proof(keys: &KeyDirectory, wire: &str, what: &str) -> Result<Ver
 }
 
 /// Verifies a request and turns it into a command; any refusal is a reply.
-async fn command_for(endpoint: &str, payload: &Bytes, keys: &KeyDirectory) -> Result<Command, LedgerReply> {
+async fn command_for(
+    endpoint: &str,
+    payload: &Bytes,
+    keys: &KeyDirectory,
+    admin_keys: &BTreeSet<String>,
+) -> Result<Command, LedgerReply> {
     let request = keys.verify::<LedgerRequest>(payload).await.map_err(|e| refuse(&e))?;
     let requester = request.requester.clone();
+    let key_id = request.key_id().to_owned();
     let request = request.into_message();
     if request.operation.name() != endpoint {
         return Err(LedgerReply::rejected(
@@ -172,12 +184,22 @@ async fn command_for(endpoint: &str, payload: &Bytes, keys: &KeyDirectory) -> Re
             grant_id,
             account,
             amount: value,
-        } => Command::Grant {
-            requester,
-            grant_id,
-            account,
-            amount: amount(value, "amount")?,
-        },
+        } => {
+            // Creating ATP needs a pinned key: whoever can write an admin's key record to
+            // the bucket still cannot mint.
+            if !admin_keys.is_empty() && !admin_keys.contains(&key_id) {
+                return Err(LedgerReply::rejected(
+                    RejectCode::NotAuthorized,
+                    format!("grants must be signed by an admin key pinned in the ledger's config; {key_id} is not one"),
+                ));
+            }
+            Command::Grant {
+                requester,
+                grant_id,
+                account,
+                amount: amount(value, "amount")?,
+            }
+        }
         Operation::Lock {
             task_id,
             delegator,
@@ -232,10 +254,11 @@ async fn handle_request(
     endpoint: &str,
     payload: &Bytes,
     keys: &KeyDirectory,
+    admin_keys: &BTreeSet<String>,
     sequencer: &SequencerHandle,
 ) -> LedgerReply {
     let started = std::time::Instant::now();
-    let reply = match command_for(endpoint, payload, keys).await {
+    let reply = match command_for(endpoint, payload, keys, admin_keys).await {
         Ok(command) => sequencer.submit(command).await,
         Err(reply) => reply,
     };

@@ -80,9 +80,20 @@ impl Registry {
         Ok(())
     }
 
-    /// `platform`'s record; an error naming the key when it does not decode.
+    /// `platform`'s record; an error naming the key when it does not decode. A record under
+    /// its key that describes another platform (each identity may write only its own key, but
+    /// may claim anything in it) is ignored with a warning.
     pub async fn get(&self, platform: &str) -> Result<Option<PlatformRecord>, RegistryError> {
-        Ok(cas::read(&self.kv, platform).await?.map(|(record, _)| record))
+        let record = cas::read::<PlatformRecord>(&self.kv, platform)
+            .await?
+            .map(|(record, _)| record);
+        Ok(record.filter(|r| {
+            let own = r.platform == platform;
+            if !own {
+                tracing::warn!(key = platform, claims = %r.platform, "ignoring a registry record about another platform");
+            }
+            own
+        }))
     }
 
     /// Every registered platform. A record that does not decode is left out with a warning

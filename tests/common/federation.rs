@@ -133,8 +133,11 @@ impl Processes {
                 .open(nats.path().join(name))
                 .expect("log")
         };
+        // The treasury's signing key, pinned in the ledger's config.
+        let treasury = Signer::new("Treasury", keys::generate().expect("random")).expect("signer");
         let ledger = sagefed()
-            .args(["ledger", "serve", "--nats", &url, "--admin", "Treasury"])
+            .args(["ledger", "serve", "--nats", &url, "--admin", "Treasury", "--admin-key"])
+            .arg(keys::public_key_text(&treasury.verifying_key()))
             .args(["--metrics", "127.0.0.1:0"])
             .args(nats.cli_access(LEDGER_IDENTITY))
             .env("SAGE_LOG", "info")
@@ -156,7 +159,6 @@ impl Processes {
             configs: BTreeMap::new(),
             expect_violations: false,
         };
-        let treasury = Signer::new("Treasury", keys::generate().expect("random")).expect("signer");
         let treasury_client = processes.nats.client_as("Treasury").await;
         let js = async_nats::jetstream::new(treasury_client.clone());
         KeyDirectory::open(&js)

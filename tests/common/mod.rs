@@ -224,6 +224,7 @@ impl LedgerFixture {
             self.nats.client().await,
             sage_federation::ledger::service::LedgerOptions {
                 admins: ["Treasury".to_owned()].into_iter().collect(),
+                admin_keys: Default::default(),
                 sweep,
             },
         )

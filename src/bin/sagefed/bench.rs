@@ -221,6 +221,7 @@ async fn ledger_setup(
         client.clone(),
         LedgerOptions {
             admins: BTreeSet::from(["Treasury".to_owned()]),
+            admin_keys: BTreeSet::new(),
             sweep: true,
         },
     )
@@ -579,6 +580,7 @@ async fn delegation(
         connection::connect(&connection::NatsAccess::open(&url), "sagefed-bench-ledger").await?,
         LedgerOptions {
             admins: BTreeSet::from(["Treasury".to_owned()]),
+            admin_keys: BTreeSet::new(),
             sweep: true,
         },
     )

@@ -205,6 +205,9 @@ impl Federation {
             ledger_client,
             LedgerOptions {
                 admins: [TREASURY.to_owned()].into_iter().collect(),
+                // The treasury key is pinned: a Treasury key record someone else wrote
+                // cannot grant.
+                admin_keys: [keys::key_id(&treasury.verifying_key())].into_iter().collect(),
                 sweep: true,
             },
         )

@@ -35,6 +35,10 @@ pub struct ServeArgs {
     /// Platform allowed to grant ATP (repeat for several)
     #[arg(long = "admin", value_name = "PLATFORM", default_value = "Treasury")]
     admins: Vec<String>,
+    /// An admin public key (base64, as `keygen` prints it) pinned for grants: when given,
+    /// only requests signed by a pinned key may grant (repeat for several)
+    #[arg(long = "admin-key", value_name = "PUBLIC_KEY")]
+    admin_keys: Vec<String>,
     /// Do not sweep expired locks in this instance
     #[arg(long)]
     no_sweep: bool,
@@ -53,6 +57,12 @@ pub async fn run(command: LedgerCommand) -> anyhow::Result<()> {
             infra::ensure(&js, args.replicas).await?;
             args.metrics.spawn().await?;
             let admins: BTreeSet<String> = args.admins.into_iter().collect();
+            let admin_keys = args
+                .admin_keys
+                .iter()
+                .map(|text| keys::parse_public_key(text).map(|key| keys::key_id(&key)))
+                .collect::<Result<BTreeSet<String>, _>>()
+                .context("--admin-key")?;
             eprintln!(
                 "sagefed ledger serving on {} (admins: {})",
                 args.nats.url,
@@ -62,6 +72,7 @@ pub async fn run(command: LedgerCommand) -> anyhow::Result<()> {
                 client,
                 LedgerOptions {
                     admins,
+                    admin_keys,
                     sweep: !args.no_sweep,
                 },
                 shutdown_signal(),

@@ -192,6 +192,10 @@ fn config_check(file: &std::path::Path) -> anyhow::Result<()> {
     println!("{}: ok", file.display());
     println!("  platform      {}", config.platform());
     println!("  nats          {}", config.nats.url);
+    let access = config.nats_access();
+    let shown = |p: Option<PathBuf>| p.map_or_else(|| "none".to_owned(), |p| p.display().to_string());
+    println!("  nats creds    {}", shown(access.creds));
+    println!("  nats CA       {}", shown(access.ca));
     println!("  keypair       {}", config.keypair_path().display());
     for (task_type, resource) in &config.resources {
         let lct = config.lct(task_type.as_str())?;
