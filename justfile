@@ -22,3 +22,10 @@ check-configs:
     cargo run -q -- config check configs/legion.toml
     cargo run -q -- config check configs/thor.toml
     cargo run -q -- config check configs/sprout.toml
+
+# The Python client's tests in a fresh venv, against a federation they start (part of `ci`)
+python-test:
+    cargo build --bin sagefed
+    python3 -m venv .sagefed/venv
+    .sagefed/venv/bin/python -m pip install --quiet ./python pytest
+    SAGEFED_BIN=target/debug/sagefed .sagefed/venv/bin/python -m pytest python/tests -q

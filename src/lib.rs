@@ -19,6 +19,8 @@
 //! - [`delegation`]: the delegator's [`FederationClient`], where a task goes
 //!   ([`delegation::placement`], pure), the seed's scenarios ([`delegation::scenarios`]) and the
 //!   status and cancel service.
+//! - [`gateway`]: the seed's HTTP API on loopback for one platform, behind a local token
+//!   (what the Python client in `python/` talks to).
 //! - [`worker`]: executes tasks: checks, admission, the operation handlers in `worker::ops`.
 //! - [`state`]: the platform registry, reputation and task board buckets.
 //! - [`observe`]: Prometheus metrics, the dashboard's live feed and its HTTP server.
@@ -29,6 +31,7 @@
 
 pub mod config;
 pub mod delegation;
+pub mod gateway;
 pub mod identity;
 pub mod ledger;
 pub mod nats;

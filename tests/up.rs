@@ -23,8 +23,9 @@ fn configs(dir: &std::path::Path) -> std::path::PathBuf {
 fn up(dir: &std::path::Path, extra: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sagefed"));
     command
-        .args(["up", "--port", "0", "--data-dir"])
-        .arg(dir.join("data"))
+        // A relative data directory, as the README runs it (`.sagefed` by default).
+        .current_dir(dir)
+        .args(["up", "--port", "0", "--gateway-port", "0", "--data-dir", "data"])
         .arg("--configs")
         .arg(configs(dir))
         .args(extra)

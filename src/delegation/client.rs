@@ -85,6 +85,10 @@ pub struct DelegationOutcome {
     pub result: Map<String, Value>,
     /// From the first request to the settled outcome.
     pub latency_ms: f64,
+    /// The executor's signed proof as it arrived (an envelope; `None` when no proof
+    /// arrived), so that a caller can keep or re-verify what the executor signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof_envelope: Option<String>,
 }
 
 /// Why a delegation could not be made. The budget is never left locked: errors after the
@@ -546,7 +550,9 @@ impl FederationClient {
                 proof.quality_score,
             );
         }
-        Ok(outcome_of(&lock, Some(&proof), &proof.reason))
+        let mut outcome = outcome_of(&lock, Some(&proof), &proof.reason);
+        outcome.proof_envelope = Some(String::from_utf8_lossy(wire).into_owned());
+        Ok(outcome)
     }
 
     async fn final_lock(&self, task_id: &TaskId, reply: &LedgerReply) -> Result<Lock, DelegateError> {
@@ -629,5 +635,6 @@ fn outcome_of(lock: &Lock, proof: Option<&ExecutionProof>, reason: &str) -> Dele
         atp_refunded: settlement.map_or(0.0, |s| s.refunded_uatp.as_f64()),
         result: proof.map(|p| p.result.clone()).unwrap_or_default(),
         latency_ms: 0.0,
+        proof_envelope: None,
     }
 }

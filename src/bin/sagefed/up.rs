@@ -15,6 +15,7 @@ use async_nats::Client;
 
 use sage_federation::config::Config;
 use sage_federation::delegation::client::FederationClient;
+use sage_federation::gateway::{GATEWAY_PORT_BASE_DEFAULT, Gateway};
 use sage_federation::identity::directory::KeyDirectory;
 use sage_federation::identity::federation::{self, FederationDir, InitOptions, LEDGER_IDENTITY};
 use sage_federation::identity::keys::{self, KeyRecord};
@@ -68,10 +69,19 @@ pub struct UpArgs {
     /// Do not serve the dashboard
     #[arg(long)]
     pub no_dashboard: bool,
+    /// Port of the first platform's HTTP gateway on 127.0.0.1; the others get the next ports
+    /// (0 picks free ones). Each gateway writes <config>.gateway.json and its token
+    /// <config>.gateway-token next to its config
+    #[arg(long, default_value_t = GATEWAY_PORT_BASE_DEFAULT)]
+    pub gateway_port: u16,
 }
 
 /// Runs the federation until `shutdown` resolves.
-pub async fn run(args: UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(mut args: UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    // Absolute: credential paths under it are handed to configs, which resolve relative paths
+    // against their own directory (`.sagefed/...` would become `configs/.sagefed/...`).
+    args.data_dir = std::path::absolute(&args.data_dir)
+        .with_context(|| format!("resolving --data-dir {}", args.data_dir.display()))?;
     let configs = load_configs(&args.configs)?;
     let tools_dir = args.tools_dir.clone().unwrap_or_else(nats_server::default_tools_dir);
     let binary = nats_server::find_or_install(&tools_dir)?;
@@ -304,7 +314,14 @@ async fn serve(
             }
         }
     };
-    let federation = Federation::start(url, fed, &args.data_dir, configs).await?;
+    let federation = Federation::start(url, fed, &args.data_dir, configs.clone()).await?;
+    let gateways = match start_gateways(url, fed, args, configs).await {
+        Ok(gateways) => gateways,
+        Err(e) => {
+            federation.stop().await;
+            return Err(e);
+        }
+    };
     // Stops serving when `serve` returns, whichever way.
     let _dashboard = match listener {
         Some(listener) => {
@@ -326,6 +343,7 @@ async fn serve(
         crate::demo::run(&federation, url).await
     };
     if args.exit_after_demo {
+        stop_gateways(gateways).await;
         federation.stop().await;
         return match demo {
             Ok(true) => Ok(()),
@@ -343,8 +361,64 @@ async fn serve(
         "      --params '{{\"width\":16,\"height\":16,\"start\":[0,0],\"goal\":[15,15],\"obstacle_density\":0.2,\"seed\":1}}'"
     );
     println!("  sagefed balances    sagefed audit    sagefed status lct:web4:agent:dp@Thor#consciousness");
+    println!("  the HTTP API for Python: see python/README.md (FederationClient(\"Thor\"))");
     shutdown.await;
     println!("stopping");
+    stop_gateways(gateways).await;
     federation.stop().await;
     Ok(())
+}
+
+/// One HTTP gateway per platform on loopback, on consecutive ports from `--gateway-port`.
+async fn start_gateways(
+    url: &str,
+    fed: &FederationDir,
+    args: &UpArgs,
+    configs: Vec<Config>,
+) -> anyhow::Result<Vec<Gateway>> {
+    let mut gateways = Vec::new();
+    for (index, (name, mut config)) in PLATFORM_CONFIGS.iter().zip(configs).enumerate() {
+        // The gateway acts as the platform: its credentials, like the platform's worker.
+        config.nats.url = url.to_owned();
+        config.nats.creds = Some(fed.creds(config.platform()));
+        config.nats.ca = Some(fed.ca_cert());
+        let port = match args.gateway_port {
+            0 => 0,
+            base => u16::try_from(index)
+                .ok()
+                .and_then(|i| base.checked_add(i))
+                .context("--gateway-port is too high for three consecutive ports")?,
+        };
+        let path = args.configs.join(name);
+        let client =
+            connection::connect(&config.nats_access(), &format!("sagefed-gateway-{}", config.platform())).await?;
+        let started = Gateway::start(
+            config,
+            &path,
+            client,
+            std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        )
+        .await;
+        let gateway = match started {
+            Ok(gateway) => gateway,
+            Err(e) => {
+                stop_gateways(gateways).await;
+                return Err(e.into());
+            }
+        };
+        println!(
+            "gateway    {:<16} {} (token {})",
+            gateway.address().platform,
+            gateway.address().url,
+            gateway.address().token_file.display()
+        );
+        gateways.push(gateway);
+    }
+    Ok(gateways)
+}
+
+async fn stop_gateways(gateways: Vec<Gateway>) {
+    for gateway in gateways {
+        gateway.stop().await;
+    }
 }

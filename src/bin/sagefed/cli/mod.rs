@@ -54,6 +54,8 @@ enum Command {
     Status(platform::StatusArgs),
     /// Cancel a task you delegated: a queued one never runs, a running one is aborted, ATP refunded
     Cancel(platform::CancelArgs),
+    /// Serve the seed's HTTP API on loopback for a platform (local token required)
+    Gateway(platform::GatewayArgs),
     /// Publish or list platform public keys in the key registry
     #[command(subcommand)]
     Keys(keys::KeysCommand),
@@ -177,6 +179,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Delegate(args) => return platform::delegate(&args).await,
         Command::Status(args) => platform::status_command(&args).await?,
         Command::Cancel(args) => return platform::cancel(&args).await,
+        Command::Gateway(args) => platform::gateway(&args).await?,
         Command::Ledger(command) => ledger::run(command).await?,
         Command::Audit(args) => return ledger::audit_command(&args).await,
         Command::Balances(args) => ledger::balances_command(&args).await?,

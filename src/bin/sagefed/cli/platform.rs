@@ -1,4 +1,4 @@
-//! `sagefed worker`, `sagefed delegate`, `sagefed status`, `sagefed cancel`.
+//! `sagefed worker`, `sagefed delegate`, `sagefed status`, `sagefed cancel`, `sagefed gateway`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,6 +7,7 @@ use crate::cli::{NatsArgs, shutdown_signal};
 use sage_federation::config::Config;
 use sage_federation::delegation::client::{DelegationOutcome, DelegationRequest, FederationClient};
 use sage_federation::delegation::status;
+use sage_federation::gateway::Gateway;
 use sage_federation::identity::keys;
 use sage_federation::ledger::model::LockState;
 use sage_federation::nats::connection;
@@ -63,6 +64,31 @@ pub async fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
     args.metrics.spawn().await?;
     eprintln!("sagefed worker for {} on {}", config.platform(), config.nats.url);
     sage_federation::worker::serve(config, client, shutdown_signal()).await
+}
+
+#[derive(clap::Args, Debug)]
+pub struct GatewayArgs {
+    #[command(flatten)]
+    platform: PlatformArgs,
+    /// Loopback address to listen on (port 0 picks a free one)
+    #[arg(long, default_value_t = std::net::SocketAddr::from(([127, 0, 0, 1], sage_federation::gateway::GATEWAY_PORT_BASE_DEFAULT)))]
+    listen: std::net::SocketAddr,
+}
+
+pub async fn gateway(args: &GatewayArgs) -> anyhow::Result<()> {
+    let (config, client) = args.platform.open("sagefed-gateway").await?;
+    let gateway = Gateway::start(config, &args.platform.config, client, args.listen).await?;
+    let address = gateway.address();
+    println!(
+        "gateway for {} on {} (token in {}, address in {})",
+        address.platform,
+        address.url,
+        address.token_file.display(),
+        sage_federation::gateway::address_path(&args.platform.config).display()
+    );
+    shutdown_signal().await;
+    gateway.stop().await;
+    Ok(())
 }
 
 #[derive(clap::Args, Debug)]
