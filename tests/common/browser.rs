@@ -1,6 +1,6 @@
 //! A real headless Chromium driven over WebDriver: Debian's `chromium` and `chromedriver`
-//! (package `chromium-driver`; `.ci/run` installs both). Missing, the test fails saying
-//! how to install them.
+//! (package `chromium-driver`). Missing, they are installed with apt-get when the test runs
+//! as root (as on a fresh CI machine); otherwise the test fails saying how to install them.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -37,14 +37,63 @@ impl Drop for Browser {
     }
 }
 
-fn find(program: &str, package: &str) -> PathBuf {
-    let found = std::env::var_os("PATH").and_then(|paths| {
+fn on_path(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|dir| dir.join(program))
             .find(|path| path.is_file())
-    });
-    found.unwrap_or_else(|| {
-        panic!("the browser test needs `{program}`: install it with `apt-get update && apt-get install -y {package}` (.ci/run does)")
+    })
+}
+
+/// Debian's packages for the browser test.
+const BROWSER_PACKAGES: [&str; 2] = ["chromium", "chromium-driver"];
+
+/// Installs the browser packages with apt-get, once per test process, when running as root
+/// (as `cargo test` on a fresh machine must set up what it needs); otherwise says how.
+fn install_browser() -> Result<(), String> {
+    static INSTALLED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    INSTALLED
+        .get_or_init(|| {
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            if unsafe { libc::geteuid() } != 0 {
+                return Err("not root, so not installing it".to_owned());
+            }
+            eprintln!(
+                "installing {} with apt-get for the browser test",
+                BROWSER_PACKAGES.join(" ")
+            );
+            let run = |args: &[&str]| {
+                Command::new("apt-get")
+                    .args(args)
+                    .env("DEBIAN_FRONTEND", "noninteractive")
+                    .stdout(Stdio::null())
+                    .status()
+                    .map_err(|e| format!("cannot run apt-get: {e}"))
+                    .and_then(|s| {
+                        if s.success() {
+                            Ok(())
+                        } else {
+                            Err(format!("apt-get {} exited with {s}", args[0]))
+                        }
+                    })
+            };
+            run(&["update", "-q"])?;
+            let mut install = vec!["install", "-y", "-q"];
+            install.extend(BROWSER_PACKAGES);
+            run(&install)
+        })
+        .clone()
+}
+
+fn find(program: &str, package: &str) -> PathBuf {
+    if let Some(path) = on_path(program) {
+        return path;
+    }
+    let installed = install_browser();
+    on_path(program).unwrap_or_else(|| {
+        panic!(
+            "the browser test needs `{program}` ({installed:?}): install it with `apt-get update && apt-get install -y {package}`"
+        )
     })
 }
 
