@@ -70,7 +70,7 @@ def federation(tmp_path_factory):
     env = dict(os.environ, SAGE_TOOLS_DIR=os.environ.get("SAGE_TOOLS_DIR", str(REPO / ".tools")))
     process = subprocess.Popen(
         [
-            str(sagefed_binary()), "up", "--no-demo", "--port", "0", "--gateway-port", "0",
+            str(sagefed_binary()), "up", "--no-demo", "--port", "0", "--gateway-port", "0", "--dashboard", "127.0.0.1:0",
             "--data-dir", str(root / "data"), "--configs", str(configs),
         ],
         stdout=log,
