@@ -2,6 +2,7 @@
 //! (package `chromium-driver`). Missing, they are installed with apt-get when the test runs
 //! as root (as on a fresh CI machine); otherwise the test fails saying how to install them.
 
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -32,6 +33,10 @@ pub struct Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.driver.id()) {
+            // SAFETY: kill has no memory preconditions; -pid names the driver's group.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
@@ -106,7 +111,10 @@ impl Browser {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
+        // Its own process group, so that dropping the browser ends chromedriver and every
+        // Chromium process it started (they would outlive the test otherwise).
         let driver = Command::new(chromedriver)
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
