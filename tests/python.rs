@@ -1,0 +1,60 @@
+//! The Python client's pytest suite (`python/tests`), so that `cargo test` runs the whole test
+//! suite: the package is installed from the repository into a fresh venv (as a SAGE user would)
+//! and tested against a real `sagefed up` that its `conftest.py` starts with this build's
+//! binary.
+
+use std::path::Path;
+use std::process::Command;
+
+/// Creates a venv at `dir`, installing Debian's `python3-venv` first when python3 lacks the
+/// module and the test runs as root (a fresh machine); otherwise fails saying how.
+fn fresh_venv(dir: &Path) {
+    let create = || Command::new("python3").args(["-m", "venv"]).arg(dir).status();
+    if create().is_ok_and(|s| s.success()) {
+        return;
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "python3 cannot create a venv: install python3-venv (apt-get install -y python3-venv)"
+    );
+    for args in [&["update", "-q"][..], &["install", "-y", "-q", "python3-venv"][..]] {
+        let status = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .expect("run apt-get");
+        assert!(status.success(), "apt-get {args:?}: {status}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    assert!(
+        create().expect("run python3 -m venv").success(),
+        "python3 -m venv {}",
+        dir.display()
+    );
+}
+
+#[test]
+fn the_python_client_passes_its_pytest_suite_against_a_real_federation() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let scratch = tempfile::tempdir().expect("a scratch directory");
+    let venv = scratch.path().join("venv");
+    fresh_venv(&venv);
+    let python = venv.join("bin/python");
+    let install = Command::new(&python)
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+        .arg(repo.join("python"))
+        .arg("pytest")
+        .status()
+        .expect("run pip");
+    assert!(install.success(), "pip install ./python pytest: {install}");
+    // pytest exits 5 when it collects nothing: only 0 passes.
+    let pytest = Command::new(&python)
+        .args(["-m", "pytest", "-q", "python/tests"])
+        .current_dir(repo)
+        .env("SAGEFED_BIN", env!("CARGO_BIN_EXE_sagefed"))
+        .status()
+        .expect("run pytest");
+    assert_eq!(pytest.code(), Some(0), "pytest python/tests: {pytest}");
+}
