@@ -6,26 +6,19 @@
 use std::path::Path;
 use std::process::Command;
 
+mod common;
+
 /// Creates a venv at `dir`, installing Debian's `python3-venv` first when python3 lacks the
-/// module and the test runs as root (a fresh machine); otherwise fails saying how.
+/// module (see [`common::apt`]).
 fn fresh_venv(dir: &Path) {
     let create = || Command::new("python3").args(["-m", "venv"]).arg(dir).status();
     if create().is_ok_and(|s| s.success()) {
         return;
     }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "python3 cannot create a venv: install python3-venv (apt-get install -y python3-venv)"
-    );
-    for args in [&["update", "-q"][..], &["install", "-y", "-q", "python3-venv"][..]] {
-        let status = Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .expect("run apt-get");
-        assert!(status.success(), "apt-get {args:?}: {status}");
+    if let Err(why) = common::apt::install(&["python3-venv"]) {
+        panic!(
+            "python3 cannot create a venv and python3-venv could not be installed ({why}): apt-get install -y python3-venv"
+        );
     }
     let _ = std::fs::remove_dir_all(dir);
     assert!(

@@ -53,41 +53,10 @@ fn on_path(program: &str) -> Option<PathBuf> {
 /// Debian's packages for the browser test.
 const BROWSER_PACKAGES: [&str; 2] = ["chromium", "chromium-driver"];
 
-/// Installs the browser packages with apt-get, once per test process, when running as root
-/// (as `cargo test` on a fresh machine must set up what it needs); otherwise says how.
+/// Installs the browser packages, once per test process.
 fn install_browser() -> Result<(), String> {
     static INSTALLED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
-    INSTALLED
-        .get_or_init(|| {
-            // SAFETY: geteuid has no preconditions and cannot fail.
-            if unsafe { libc::geteuid() } != 0 {
-                return Err("not root, so not installing it".to_owned());
-            }
-            eprintln!(
-                "installing {} with apt-get for the browser test",
-                BROWSER_PACKAGES.join(" ")
-            );
-            let run = |args: &[&str]| {
-                Command::new("apt-get")
-                    .args(args)
-                    .env("DEBIAN_FRONTEND", "noninteractive")
-                    .stdout(Stdio::null())
-                    .status()
-                    .map_err(|e| format!("cannot run apt-get: {e}"))
-                    .and_then(|s| {
-                        if s.success() {
-                            Ok(())
-                        } else {
-                            Err(format!("apt-get {} exited with {s}", args[0]))
-                        }
-                    })
-            };
-            run(&["update", "-q"])?;
-            let mut install = vec!["install", "-y", "-q"];
-            install.extend(BROWSER_PACKAGES);
-            run(&install)
-        })
-        .clone()
+    INSTALLED.get_or_init(|| super::apt::install(&BROWSER_PACKAGES)).clone()
 }
 
 fn find(program: &str, package: &str) -> PathBuf {

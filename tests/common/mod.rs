@@ -11,6 +11,7 @@ use sage_federation::nats::connection::{self, NatsAccess};
 use sage_federation::nats::infra;
 use sage_federation::nats::server::{self as nats_server, NatsServer, ServerOptions};
 
+pub mod apt;
 pub mod browser;
 pub mod federation;
 pub mod http;
