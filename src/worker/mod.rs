@@ -9,6 +9,7 @@
 //! - `admission`: rate limits, concurrency and budget caps.
 //! - `run`: one task from message to acknowledgement.
 
+mod aborts;
 mod admission;
 mod checks;
 #[cfg(test)]
@@ -25,7 +26,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer::pull};
 use async_nats::{Client, jetstream::consumer::AckPolicy};
 use futures::StreamExt;
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
@@ -64,8 +65,8 @@ pub struct WorkerContext {
     pub operations: Operations,
     pub limiter: RateLimiter,
     pub admissions: Admissions,
-    /// Abort handles of the tasks running now.
-    pub aborts: Mutex<HashMap<TaskId, oneshot::Sender<()>>>,
+    /// Abort handles of the runs in flight now.
+    pub aborts: aborts::Aborts,
     /// This process, as task status records name it.
     pub worker_id: String,
     /// Delegators' registry records, read at most once per heartbeat interval.
@@ -165,7 +166,7 @@ impl Worker {
             board: TaskBoard::open(&js).await?,
             registry: Registry::open(&js).await?,
             admissions: Admissions::default(),
-            aborts: Mutex::new(HashMap::new()),
+            aborts: aborts::Aborts::default(),
             delegators: Mutex::new(HashMap::new()),
             worker_id: format!("{}-{}", config.platform(), std::process::id()),
             keys: Arc::clone(&keys),
@@ -325,10 +326,8 @@ async fn listen_for_aborts(ctx: Arc<WorkerContext>, client: Client) {
         if !cancelled {
             continue;
         }
-        let handle = ctx.aborts.lock().ok().and_then(|mut aborts| aborts.remove(&task_id));
-        if let Some(handle) = handle {
+        if ctx.aborts.abort(&task_id) > 0 {
             tracing::info!(task = %task_id, "aborting a cancelled task");
-            let _ = handle.send(());
         }
     }
 }
