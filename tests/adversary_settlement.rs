@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use common::federation::{Processes, hand_task, publish_to_legion};
 use common::lct;
 use futures::StreamExt;
+use sage_federation::delegation::client::DelegationRequest;
+use sage_federation::delegation::status;
 use sage_federation::ledger::client::{LedgerClient, LockTerms};
 use sage_federation::ledger::model::{LockState, RollbackReason};
 use sage_federation::ledger::protocol::{Outcome, RejectCode};
@@ -157,5 +159,128 @@ async fn a_lock_whose_terms_contradict_the_task_is_refused_before_any_work() {
         assert_eq!(lock.state, LockState::RolledBack, "{name}");
     }
     assert_eq!(p.balance("Thor", C).await, before, "every refused lock is refunded");
+    p.assert_audit_clean();
+}
+
+/// A signed cancel of `task_id` by Thor, carrying Thor's signed ledger rollback of
+/// `rollback_of` (the status service must forward only the rollback of the task cancelled).
+fn cancel_request(p: &Processes, task_id: &TaskId, rollback_of: &TaskId) -> bytes::Bytes {
+    use sage_federation::ledger::protocol::{LedgerRequest, Operation, REQUEST_TTL_SECONDS};
+    let thor = p.thor();
+    let now = sage_federation::protocol::clock::now_seconds();
+    let rollback = LedgerRequest {
+        requester: "Thor".into(),
+        created_at: now,
+        expires_at: now + REQUEST_TTL_SECONDS,
+        operation: Operation::Rollback {
+            task_id: rollback_of.clone(),
+            reason: RollbackReason::Cancelled,
+            evidence: None,
+        },
+    };
+    let request = status::CancelRequest {
+        task_id: task_id.clone(),
+        requester: "Thor".into(),
+        created_at: now,
+        expires_at: now + REQUEST_TTL_SECONDS,
+        rollback: String::from_utf8(thor.sign(&rollback).expect("sign").to_vec()).expect("utf8"),
+    };
+    thor.sign(&request).expect("sign")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_bookkeeping_forwards_only_the_cancelled_tasks_rollback_and_the_board_follows_the_ledger() {
+    let p = Processes::start().await;
+    let thor = LedgerClient::new(p.nats.client_as("Thor").await, p.thor());
+    let client = p.nats.client_as("Thor").await;
+    let board = TaskBoard::open(&p.nats.js().await).await.expect("board");
+
+    // A cancel of task A carrying the rollback of task B is refused; nothing moves, the
+    // board is untouched.
+    let (a, b) = (TaskId::random().expect("id"), TaskId::random().expect("id"));
+    let mut proofs = proofs_seen_by_thor(&p, &a).await;
+    lock_and_publish(&p, &thor, &a, |_| {}).await;
+    wait_for_state(&p, &a, TaskState::Running).await;
+    let before = p.snapshot().await;
+    let answer = client
+        .request(
+            format!("{}.cancel", subjects::STATUS_ENDPOINT_PREFIX),
+            cancel_request(&p, &a, &b),
+        )
+        .await
+        .expect("the status service answers");
+    let answer = String::from_utf8_lossy(&answer.payload).into_owned();
+    assert!(answer.contains("is not Thor's cancel of task"), "{answer}");
+    assert_eq!(
+        p.snapshot().await.accounts,
+        before.accounts,
+        "a refused cancel moves no ATP"
+    );
+    assert_eq!(
+        board.get(&a).await.expect("read").map(|(s, _)| s.state),
+        Some(TaskState::Running),
+        "a refused cancel leaves the board as it was"
+    );
+
+    // The task finishes and is paid: the board says completed, as the ledger does.
+    let proof = next_proof(&p, &mut proofs).await;
+    assert_eq!(proof.status, ProofStatus::Completed, "{proof:?}");
+    wait_for_state(&p, &a, TaskState::Completed).await;
+
+    // A cancel that loses the race to the executor's commit: the board first says
+    // cancelled (a request), then the executor's ending replaces it.
+    let c = TaskId::random().expect("id");
+    lock_and_publish(&p, &thor, &c, |_| {}).await;
+    wait_for_state(&p, &c, TaskState::Running).await;
+    board
+        .cancel(&c, "a cancel the executor never saw")
+        .await
+        .expect("cancel");
+    wait_for_state(&p, &c, TaskState::Cancelled).await;
+    let lock_state =
+        |snapshot: &sage_federation::ledger::snapshot::LedgerSnapshot| snapshot.locks[&format!("locks.{c}")].state;
+    // No abort was sent: the work runs to the end and is committed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lock_state(&p.snapshot().await) == LockState::Pending {
+        assert!(Instant::now() < deadline, "task {c} was never settled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(lock_state(&p.snapshot().await), LockState::Committed);
+    wait_for_state(&p, &c, TaskState::Completed).await;
+    p.assert_audit_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_published_first_under_a_task_id_does_not_swallow_the_real_task() {
+    let p = Processes::start().await;
+    let task_id = TaskId::random().expect("id");
+    // The attacker sees the id (or guesses it) and publishes junk under it first.
+    publish_to_legion(&p.nats.js().await, bytes::Bytes::from_static(b"junk"), task_id.as_str()).await;
+    let thor = p.client("Thor").await;
+    let error = thor
+        .delegate_task(DelegationRequest {
+            to: Some("Legion".into()),
+            task_type: C.into(),
+            operation: "execution".into(),
+            budget: 5.0,
+            timeout_seconds: 5,
+            parameters: json!({"steps": [{"op": "add", "args": [1, 2]}]})
+                .as_object()
+                .cloned()
+                .expect("object"),
+            task_id: Some(task_id.clone()),
+        })
+        .await
+        .expect_err("the real task was never stored: the delegation must fail, not wait");
+    assert!(
+        error.to_string().contains("another message was stored under task id"),
+        "{error}"
+    );
+    // No worker will run it, and the delegator's refund is on its way after the deadline.
+    let board = TaskBoard::open(&p.nats.js().await).await.expect("board");
+    assert_eq!(
+        board.get(&task_id).await.expect("read").map(|(s, _)| s.state),
+        Some(TaskState::Cancelled)
+    );
     p.assert_audit_clean();
 }
