@@ -284,3 +284,54 @@ async fn a_message_published_first_under_a_task_id_does_not_swallow_the_real_tas
     );
     p.assert_audit_clean();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_expired_task_is_dead_lettered_and_makes_the_executor_sign_nothing() {
+    const TTL_SECONDS: f64 = 3.0;
+    let p = Processes::start().await;
+    let thor = LedgerClient::new(p.nats.client_as("Thor").await, p.thor());
+    let task_id = TaskId::random().expect("id");
+    let task = hand_task(&task_id, task_id_params(), 1, TTL_SECONDS);
+    let reply = thor
+        .lock(&LockTerms {
+            deadline: task.expires_at,
+            expires_at: task.expires_at + 60.0,
+            ..common::lock_terms(&task_id, &lct("Thor", C), &lct("Legion", C), 5.0)
+        })
+        .await
+        .expect("lock");
+    assert_eq!(reply.outcome, Outcome::Applied, "{reply:?}");
+    let wire = p.thor().sign(&task).expect("sign");
+    let js = p.nats.js().await;
+    let mut proofs = proofs_seen_by_thor(&p, &task_id).await;
+    publish_to_legion(&js, wire.clone(), task_id.as_str()).await;
+    let proof = next_proof(&p, &mut proofs).await;
+    assert_eq!(proof.status, ProofStatus::Completed, "{proof:?}");
+
+    // Once it has expired, the attacker replays it under another message id.
+    let wait = task.expires_at - sage_federation::protocol::clock::now_seconds() + 0.5;
+    tokio::time::sleep(Duration::from_secs_f64(wait.max(0.0))).await;
+    publish_to_legion(&js, wire, &format!("{task_id}-again")).await;
+    let operator = async_nats::jetstream::new(p.nats.client_as("Treasury").await);
+    let mut dead = operator.get_stream(subjects::DEAD_STREAM).await.expect("dead letters");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while dead.info().await.expect("info").state.messages < 1 {
+        assert!(Instant::now() < deadline, "the replay was not dead-lettered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let letter = dead.get_raw_message(1).await.expect("dead letter");
+    let reason = letter
+        .headers
+        .get(sage_federation::worker::DEAD_REASON_HEADER)
+        .map(|v| v.to_string())
+        .unwrap_or_default();
+    assert!(reason.contains("replay"), "{reason}");
+    // No second proof: the executor signed nothing for the replay.
+    let second = tokio::time::timeout(Duration::from_secs(2), proofs.next()).await;
+    assert!(second.is_err(), "the executor answered the replay: {second:?}");
+    p.assert_audit_clean();
+}
+
+fn task_id_params() -> serde_json::Value {
+    json!({"steps": [{"op": "add", "args": [1, 2]}]})
+}

@@ -1,5 +1,5 @@
 //! The executor's checks, before any work, in the order the design fixes: (1) signature and
-//! key, (2) expiry and replay, (3) permissions, (4) budget and concurrency, (5) the
+//! key, (2) replay, then expiry, (3) permissions, (4) budget and concurrency, (5) the
 //! delegator's rate, (6) payload and resource limits. (1) and the replay half of (2) run in
 //! `run.rs` because a failure there must not touch the ledger; the rest are here. No check
 //! reads a clock: the caller passes the time in, so each is a pure function of its inputs

@@ -189,10 +189,9 @@ async fn process(ctx: &WorkerContext, message: &Arc<jetstream::Message>, sequenc
         dead_letter(ctx, message, &why).await;
         return Ok(Done::DeadLettered);
     }
-    // (2) Expiry, then replay.
-    if let Err(refusal) = checks::check_expiry(&task, now_seconds()) {
-        return refuse(ctx, &task, refusal, RefusalReason::Expired, None).await;
-    }
+    // (2) Replay, then expiry: a replay is dead-lettered unanswered whether or not it has
+    // expired, so a replayed expired task never makes this executor sign a refusal that
+    // could take the place of the task's real proof.
     let template = TaskStatus {
         task_id: task.task_id.clone(),
         delegator: task.source_lct.clone(),
@@ -233,6 +232,9 @@ async fn process(ctx: &WorkerContext, message: &Arc<jetstream::Message>, sequenc
         }
     };
     let claimed = Some((template, revision));
+    if let Err(refusal) = checks::check_expiry(&task, now_seconds()) {
+        return refuse(ctx, &task, refusal, RefusalReason::Expired, claimed).await;
+    }
     // (3) Permissions, (4) budget and concurrency, (5) rate, (6) limits.
     let delegator = ctx.delegator_record(task.source_lct.platform()).await?;
     if let Err(refusal) = checks::check_permissions(&task, delegator.as_ref(), &ctx.config, &ctx.operations) {
