@@ -89,7 +89,10 @@ async fn a_lock_and_its_commit_in_one_group_do_not_fail_the_group() {
         let (client, thor, legion) = (&client, f.signer("Thor"), f.signer("Legion"));
         let commit = Operation::Commit {
             task_id: task_id.clone(),
-            proof: String::from_utf8(proof_of(&f, task_id, pair).to_vec()).expect("utf-8"),
+            proof: serde_json::value::RawValue::from_string(
+                String::from_utf8(proof_of(&f, task_id, pair).to_vec()).expect("utf-8"),
+            )
+            .expect("an envelope is JSON"),
         };
         async move { tokio::join!(once(client, thor, lock_of(task_id, pair)), once(client, legion, commit)) }
     });

@@ -224,7 +224,7 @@ async fn command_for(
             Command::Lock { requester, lock }
         }
         Operation::Commit { task_id, proof } => {
-            let proof = verify_proof(keys, &proof, "proof").await?;
+            let proof = verify_proof(keys, proof.get(), "proof").await?;
             Command::Commit {
                 requester,
                 task_id,
@@ -237,7 +237,7 @@ async fn command_for(
             evidence,
         } => {
             let evidence = match evidence {
-                Some(wire) => Some(verify_proof(keys, &wire, "evidence").await?),
+                Some(wire) => Some(verify_proof(keys, wire.get(), "evidence").await?),
                 None => None,
             };
             Command::Rollback {
