@@ -7,6 +7,7 @@ mod common;
 
 use common::{LedgerFixture, lct};
 use futures::future::join_all;
+use sage_federation::delegation::status::{self, STATUS_REQUESTS_IN_FLIGHT_MAX, StatusService, status_busy_error};
 use sage_federation::ledger::protocol::{
     LedgerReply, LedgerRequest, Operation, Outcome, REQUEST_TTL_SECONDS, RejectCode,
 };
@@ -104,4 +105,39 @@ async fn a_flood_of_signed_requests_meets_the_ledgers_limit_and_honest_requests_
         "an honest request is answered on its merits: {reply:?}"
     );
     f.assert_audit_clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_status_requests_meets_the_status_services_limit() {
+    let nats = common::TestNats::with_infra().await;
+    let client = nats.client().await;
+    let service = StatusService::start(client.clone()).await.expect("status service");
+    let ids: Vec<TaskId> = (0..12 * STATUS_REQUESTS_IN_FLIGHT_MAX)
+        .map(|_| TaskId::random().expect("id"))
+        .collect();
+    let answers = join_all(ids.iter().map(|id| status::task(&client, id))).await;
+    let (mut answered, mut busy) = (0, 0);
+    for answer in &answers {
+        match answer {
+            Ok(report) => {
+                assert!(report.status.is_none() && report.lock.is_none(), "{report:?}");
+                answered += 1;
+            }
+            Err(e) if e.to_string() == status_busy_error() => busy += 1,
+            Err(e) => panic!("neither an answer nor busy: {e}"),
+        }
+    }
+    eprintln!(
+        "{} status requests: {answered} answered, {busy} busy at the limit",
+        ids.len()
+    );
+    assert!(
+        busy > 0,
+        "the flood never reached the limit of {STATUS_REQUESTS_IN_FLIGHT_MAX}"
+    );
+    assert!(answered > 0, "the service answered nothing during the flood");
+    // After the flood, an honest request is answered.
+    let report = status::task(&client, &ids[0]).await.expect("answered after the flood");
+    assert_eq!(report.task_id, ids[0].to_string());
+    service.stop().await;
 }
