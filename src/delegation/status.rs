@@ -120,10 +120,11 @@ struct Shared {
 }
 
 impl StatusService {
-    pub async fn start(client: Client) -> anyhow::Result<Self> {
+    /// Starts answering on `client`, trusting the keys that chain to `root`.
+    pub async fn start(client: Client, root: &ed25519_dalek::VerifyingKey) -> anyhow::Result<Self> {
         let js = jetstream::new(client.clone());
         let shared = Arc::new(Shared {
-            keys: KeyDirectory::open(&js).await?,
+            keys: KeyDirectory::open(&js, root).await?,
             reader: LedgerReader::open(&js).await?,
             board: TaskBoard::open(&js).await?,
             registry: Registry::open(&js).await?,

@@ -183,7 +183,8 @@ impl Worker {
         ];
         let settler = FederationClient::new(ctx.config.clone(), client.clone()).await?;
         tasks.push(tokio::spawn(async move { settler.settle_orphaned_proofs().await }));
-        let status = crate::delegation::status::StatusService::start(client.clone()).await?;
+        let status =
+            crate::delegation::status::StatusService::start(client.clone(), &ctx.config.root_public_key()?).await?;
         let puller = tokio::spawn(pull(Arc::clone(&ctx), consumer, stopped));
         tracing::info!(
             platform = ctx.config.platform(),

@@ -12,6 +12,7 @@ use sage_federation::nats::infra;
 use sage_federation::nats::server::{self as nats_server, NatsServer, ServerOptions};
 
 pub mod apt;
+pub mod attacker;
 pub mod browser;
 pub mod federation;
 pub mod http;
@@ -177,6 +178,8 @@ pub struct LedgerFixture {
     pub nats: TestNats,
     pub service: Option<sage_federation::ledger::service::LedgerService>,
     pub signers: std::collections::HashMap<String, sage_federation::protocol::envelope::Signer>,
+    /// The root every key of the fixture chains to.
+    pub root: ed25519_dalek::SigningKey,
 }
 
 impl LedgerFixture {
@@ -188,9 +191,11 @@ impl LedgerFixture {
     /// Server, infrastructure and published keys, but no ledger service.
     pub async fn without_service() -> Self {
         let nats = TestNats::with_infra().await;
-        let directory = sage_federation::identity::directory::KeyDirectory::open(&nats.js().await)
-            .await
-            .expect("keys");
+        let root = sage_federation::identity::keys::generate().expect("random");
+        let directory =
+            sage_federation::identity::directory::KeyDirectory::open(&nats.js().await, &root.verifying_key())
+                .await
+                .expect("keys");
         let mut signers = std::collections::HashMap::new();
         for platform in PLATFORMS {
             let signer = sage_federation::protocol::envelope::Signer::new(
@@ -199,11 +204,7 @@ impl LedgerFixture {
             )
             .expect("signer");
             directory
-                .publish(&sage_federation::identity::keys::KeyRecord::new(
-                    platform,
-                    &signer.verifying_key(),
-                    0.0,
-                ))
+                .publish(&endorsed(&root, platform, &signer.verifying_key()))
                 .await
                 .expect("publish key");
             signers.insert(platform.to_owned(), signer);
@@ -212,6 +213,7 @@ impl LedgerFixture {
             nats,
             service: None,
             signers,
+            root,
         }
     }
 
@@ -226,6 +228,7 @@ impl LedgerFixture {
             sage_federation::ledger::service::LedgerOptions {
                 admins: ["Treasury".to_owned()].into_iter().collect(),
                 admin_keys: Default::default(),
+                root: self.root.verifying_key(),
                 sweep,
             },
         )
@@ -256,6 +259,19 @@ impl LedgerFixture {
         assert!(report.is_clean(), "audit violations: {:#?}", report.violations);
         report
     }
+}
+
+/// `platform`'s key record for `key`, endorsed by `root`.
+pub fn endorsed(
+    root: &ed25519_dalek::SigningKey,
+    platform: &str,
+    key: &ed25519_dalek::VerifyingKey,
+) -> sage_federation::identity::keys::KeyRecord {
+    sage_federation::identity::chain::endorse(
+        sage_federation::identity::keys::KeyRecord::new(platform, key, 0.0),
+        sage_federation::identity::chain::Endorser::Root,
+        root,
+    )
 }
 
 /// `lct:web4:agent:dp@<platform>#<task_type>`.

@@ -18,7 +18,7 @@ use sage_federation::delegation::client::FederationClient;
 use sage_federation::gateway::{GATEWAY_PORT_BASE_DEFAULT, Gateway};
 use sage_federation::identity::directory::KeyDirectory;
 use sage_federation::identity::federation::{self, FederationDir, InitOptions, LEDGER_IDENTITY};
-use sage_federation::identity::keys::{self, KeyRecord};
+use sage_federation::identity::keys;
 use sage_federation::ledger::client::LedgerClient;
 use sage_federation::ledger::protocol::Outcome;
 use sage_federation::ledger::service::{LedgerOptions, LedgerService};
@@ -201,16 +201,15 @@ impl Federation {
         for resource in infra::ensure(&async_nats::jetstream::new(ledger_client.clone()), 1).await? {
             println!("{:<10} {:<16} {}", resource.kind, resource.name, resource.detail);
         }
-        let treasury = Signer::new(
-            TREASURY,
-            keys::read_or_create_secret(&data_dir.join("keys/treasury.key"))?,
-        )?;
+        // `up` holds the root (it ran `init`): it endorses the keys it makes.
+        let root = federation::read_root(fed)?;
+        let treasury_key = data_dir.join("keys/treasury.key");
+        let treasury_record = federation::endorse_key_file(&root, TREASURY, &treasury_key)?;
+        let treasury = Signer::new(TREASURY, keys::read_secret(&treasury_key)?)?;
         let client = connection::connect(&access(TREASURY), "sagefed-up").await?;
         let js = async_nats::jetstream::new(client.clone());
-        let directory = KeyDirectory::open(&js).await?;
-        directory
-            .publish(&KeyRecord::new(TREASURY, &treasury.verifying_key(), 0.0))
-            .await?;
+        let directory = KeyDirectory::open(&js, &root.verifying_key()).await?;
+        directory.publish(&treasury_record).await?;
         let ledger = LedgerService::start(
             ledger_client,
             LedgerOptions {
@@ -218,6 +217,7 @@ impl Federation {
                 // The treasury key is pinned: a Treasury key record someone else wrote
                 // cannot grant.
                 admin_keys: [keys::key_id(&treasury.verifying_key())].into_iter().collect(),
+                root: root.verifying_key(),
                 sweep: true,
             },
         )
@@ -230,7 +230,8 @@ impl Federation {
             config.nats.url = url.to_owned();
             config.nats.creds = Some(fed.creds(config.platform()));
             config.nats.ca = Some(fed.ca_cert());
-            keys::read_or_create_secret(&config.keypair_path())?;
+            config.federation.root_public_key_path = Some(fed.root_public_key());
+            federation::endorse_key_file(&root, config.platform(), &config.keypair_path())?;
             grant(&treasury, config).await?;
             let worker = Worker::start(
                 config.clone(),
