@@ -59,6 +59,16 @@ fn admit_all(registry: &RwLock<KeyRegistry>, root: &VerifyingKey, entries: Vec<(
     let Ok(mut registry) = registry.write() else { return };
     let mut pending = Vec::new();
     for (name, entry) in entries {
+        // An entry counts only under its own name: a platform writing its own namespace
+        // cannot slip in a record (or revocation) about someone else.
+        let expected = match &entry {
+            Entry::Record(r) => subjects::key_entry(&r.platform, &r.key_id),
+            Entry::Revocation(r) => subjects::key_revocation_entry(&r.platform, &r.key_id),
+        };
+        if name != expected {
+            tracing::warn!(entry = %name, expected = %expected, "refused a sage_keys entry stored under another name");
+            continue;
+        }
         match entry {
             Entry::Revocation(revocation) => {
                 if let Err(e) = registry.revoke(&revocation, root) {

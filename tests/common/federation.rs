@@ -118,9 +118,15 @@ pub fn write_config_with(dir: &Path, platform: &str, url: &str, edit: &Edit) -> 
     let text = edit(platform, text);
     let path = dir.join(name);
     std::fs::write(&path, text).expect("write config");
+    // The key, endorsed by the test federation's root when `dir` holds one (`sagefed up`
+    // endorses the keys of the configs it runs itself).
     let fed = FederationDir::new(&dir.join("federation"));
-    let root = keys::read_secret(&fed.root_key()).expect("the test federation's root key");
-    endorse_key_file(&root, platform, &key).expect("key");
+    if fed.exists() {
+        let root = keys::read_secret(&fed.root_key()).expect("the test federation's root key");
+        endorse_key_file(&root, platform, &key).expect("key");
+    } else {
+        keys::read_or_create_secret(&key).expect("key");
+    }
     path
 }
 

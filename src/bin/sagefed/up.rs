@@ -227,10 +227,7 @@ impl Federation {
         let mut workers = Vec::new();
         let mut clients = BTreeMap::new();
         for config in &mut configs {
-            config.nats.url = url.to_owned();
-            config.nats.creds = Some(fed.creds(config.platform()));
-            config.nats.ca = Some(fed.ca_cert());
-            config.federation.root_public_key_path = Some(fed.root_public_key());
+            join(config, url, fed);
             federation::endorse_key_file(&root, config.platform(), &config.keypair_path())?;
             grant(&treasury, config).await?;
             let worker = Worker::start(
@@ -267,6 +264,15 @@ impl Federation {
         self.ledger.stop().await;
         let _ = self.client.flush().await;
     }
+}
+
+/// Points `config` at this federation: the server at `url`, the platform's credentials, the
+/// CA, and the root every verifier of the platform pins.
+fn join(config: &mut Config, url: &str, fed: &FederationDir) {
+    config.nats.url = url.to_owned();
+    config.nats.creds = Some(fed.creds(config.platform()));
+    config.nats.ca = Some(fed.ca_cert());
+    config.federation.root_public_key_path = Some(fed.root_public_key());
 }
 
 /// Grants a platform the ATP its config gives each task type, once (idempotent by grant id).
@@ -380,9 +386,7 @@ async fn start_gateways(
     let mut gateways = Vec::new();
     for (index, (name, mut config)) in PLATFORM_CONFIGS.iter().zip(configs).enumerate() {
         // The gateway acts as the platform: its credentials, like the platform's worker.
-        config.nats.url = url.to_owned();
-        config.nats.creds = Some(fed.creds(config.platform()));
-        config.nats.ca = Some(fed.ca_cert());
+        join(&mut config, url, fed);
         let port = match args.gateway_port {
             0 => 0,
             base => u16::try_from(index)
