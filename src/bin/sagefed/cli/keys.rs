@@ -32,7 +32,7 @@ pub enum KeysCommand {
         #[command(flatten)]
         nats: NatsArgs,
         /// The federation root's public key file
-        #[arg(long, value_name = "FILE", default_value_os_t = default_root_public_key())]
+        #[arg(long, value_name = "FILE", default_value_os_t = crate::cli::default_root_public_key())]
         root: PathBuf,
     },
     /// Replace a platform's key: a new key endorsed by the current one, which keeps
@@ -70,10 +70,6 @@ pub enum KeysCommand {
 
 fn default_root_key() -> PathBuf {
     FederationDir::new(Path::new(FEDERATION_DIR_DEFAULT)).root_key()
-}
-
-fn default_root_public_key() -> PathBuf {
-    FederationDir::new(Path::new(FEDERATION_DIR_DEFAULT)).root_public_key()
 }
 
 fn read_root_public(path: &Path) -> anyhow::Result<ed25519_dalek::VerifyingKey> {

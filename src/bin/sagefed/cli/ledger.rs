@@ -41,7 +41,7 @@ pub struct ServeArgs {
     admin_keys: Vec<String>,
     /// The federation root's public key file (`root.pub` of the hub bundle): every key the
     /// ledger verifies must chain to it
-    #[arg(long = "root", value_name = "FILE")]
+    #[arg(long = "root", value_name = "FILE", default_value_os_t = crate::cli::default_root_public_key())]
     root: PathBuf,
     /// Do not sweep expired locks in this instance
     #[arg(long)]

@@ -93,6 +93,11 @@ pub struct NatsArgs {
     pub ca: Option<PathBuf>,
 }
 
+/// The root public key of the federation `sagefed up` made here: what commands pin by default.
+pub fn default_root_public_key() -> PathBuf {
+    FederationDir::new(std::path::Path::new(FEDERATION_DIR_DEFAULT)).root_public_key()
+}
+
 impl NatsArgs {
     /// The access this command uses: the given files, else those `sagefed up` made for
     /// `identity`, else none (a server without authorization).
