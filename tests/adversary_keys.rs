@@ -5,7 +5,9 @@
 //! endorsed, or that claim another platform (every verifier refuses them), deleting a
 //! revocation (the server refuses), and signing with a revoked key or with a successor it
 //! endorsed (refused). The ledger refuses every request signed with such a key before it
-//! looks at any account, and the ledger is exactly as it was afterwards.
+//! looks at any account, and the ledger is exactly as it was afterwards. And a platform the
+//! root did not grant `federation:delegate` claims it in its registry record: a worker reads
+//! the grant from the root-endorsed key record instead, and refuses its task.
 
 mod common;
 
@@ -21,7 +23,9 @@ use sage_federation::ledger::protocol::{Outcome, RejectCode};
 use sage_federation::nats::subjects as s;
 use sage_federation::protocol::clock::now_seconds;
 use sage_federation::protocol::envelope::{EnvelopeError, Signer};
-use sage_federation::protocol::task::TaskId;
+use sage_federation::protocol::task::{FederationTask, TaskId};
+use sage_federation::state::registry::{PlatformRecord, Registry};
+use sage_federation::state::task_board::TaskBoard;
 
 /// The keys bucket as `identity` may write it.
 async fn keys_bucket(p: &Processes, identity: &str) -> kv::Store {
@@ -273,5 +277,73 @@ async fn keys_that_do_not_chain_to_the_root_are_refused_whoever_writes_them() {
     assert_eq!(after.accounts, before.accounts, "no account changed");
     assert_eq!(after.locks.len(), before.locks.len(), "no lock was taken");
     assert_eq!(after.grants.len(), before.grants.len(), "nothing was granted");
+    p.assert_audit_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federation_delegate_is_granted_by_the_root_not_claimed_in_the_registry() {
+    let p = Processes::start().await;
+    let fed = p.nats.federation.clone().expect("secure");
+    let watcher = common::EXECUTOR_ONLY_PLATFORM;
+    let key = fed.signing_key(watcher);
+    let signer = Signer::new(watcher, keys::read_secret(&key).expect("key")).expect("signer");
+    let js = async_nats::jetstream::new(p.nats.client_as(watcher).await);
+    let directory = KeyDirectory::open(&js, &root_of(&p)).await.expect("keys");
+    let records = keys::read_records(&key).expect("records");
+    assert!(
+        records.iter().all(|r| !r.delegate),
+        "init granted an executor-only platform nothing"
+    );
+    for record in &records {
+        directory.publish(record).await.expect("its own endorsed key");
+    }
+    // It claims the permission in its own registry record (the server lets it write that).
+    Registry::open(&js)
+        .await
+        .expect("registry")
+        .register_platform(&PlatformRecord {
+            platform: watcher.to_owned(),
+            capabilities: vec!["consciousness".into()],
+            operations: vec!["execution".into()],
+            delegate: true,
+            key_id: keys::key_id(&signer.verifying_key()),
+            load: 0,
+            capacity: 10,
+            heartbeat_at: now_seconds(),
+        })
+        .await
+        .expect("its own registry record");
+    // The server refuses its tasks, so a platform that may delegate relays one it signed.
+    let task_id = TaskId::random().expect("id");
+    let task = FederationTask {
+        source_lct: lct(watcher, "consciousness"),
+        reply_to: s::proof(watcher, task_id.as_str()),
+        ..common::federation::hand_task(
+            &task_id,
+            serde_json::json!({"steps": [{"op": "add", "args": [1, 1]}]}),
+            30,
+            60.0,
+        )
+    };
+    let thor = async_nats::jetstream::new(p.nats.client_as("Thor").await);
+    common::federation::publish_to_legion(&thor, signer.sign(&task).expect("sign"), task_id.as_str()).await;
+
+    let board = TaskBoard::open(&p.nats.js().await).await.expect("board");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some((status, _)) = board.get(&task_id).await.expect("board")
+            && status.reason.contains("federation:delegate")
+        {
+            assert!(status.reason.contains("root did not grant"), "{status:?}");
+            assert!(status.atp_consumed.is_none_or(|c| c == 0.0), "{status:?}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Legion did not refuse the task for its permission: {:?}",
+            board.get(&task_id).await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     p.assert_audit_clean();
 }

@@ -241,6 +241,11 @@ impl KeyDirectory {
         Ok(())
     }
 
+    /// The admitted record of `platform`'s key `key_id`, if any (what the root granted it).
+    pub fn record(&self, platform: &str, key_id: &str) -> Option<KeyRecord> {
+        self.cache.read().ok()?.get(platform, key_id).cloned()
+    }
+
     /// A snapshot of the registry as cached now.
     pub fn snapshot(&self) -> KeyRegistry {
         self.cache.read().map(|r| r.clone()).unwrap_or_default()

@@ -241,26 +241,46 @@ fn make_certificates(fed: &FederationDir, hosts: &[String]) -> Result<(), InitEr
 }
 
 /// Reads the signing key at `key_path` (creating it when missing) and makes sure the records
-/// file beside it holds its record endorsed by `root` for `identity`. Returns that record.
+/// file beside it holds its record endorsed by `root` for `identity`, granting
+/// `federation:delegate` when `delegate`. Returns that record.
 pub fn endorse_key_file(
     root: &ed25519_dalek::SigningKey,
     identity: &str,
     key_path: &Path,
+    delegate: bool,
 ) -> Result<KeyRecord, InitError> {
     let key_err = |e: keys::KeyError| InitError::Key(e.to_string());
     let key = keys::read_or_create_secret(key_path).map_err(key_err)?;
     let id = keys::key_id(&key.verifying_key());
     let existing = keys::read_records(key_path).unwrap_or_default();
-    if let Some(record) = existing.iter().find(|r| r.key_id == id && r.platform == identity) {
+    if let Some(record) = existing
+        .iter()
+        .find(|r| r.key_id == id && r.platform == identity && r.delegate == delegate)
+    {
         return Ok(record.clone());
     }
-    let record = chain::endorse(
-        KeyRecord::new(identity, &key.verifying_key(), 0.0),
-        Endorser::Root,
-        root,
-    );
+    let mut record = KeyRecord::new(identity, &key.verifying_key(), 0.0);
+    record.delegate = delegate;
+    let record = chain::endorse(record, Endorser::Root, root);
     keys::write_records(key_path, std::slice::from_ref(&record)).map_err(key_err)?;
     Ok(record)
+}
+
+/// Endorses `identity`'s signing key at `key_path` with the root of `fed`, granting what the
+/// manifest gives its role (`federation:delegate` to a `platform`, not to an executor-only
+/// one or an admin).
+pub fn endorse_identity_key(fed: &FederationDir, identity: &str, key_path: &Path) -> Result<KeyRecord, InitError> {
+    let manifest = fed.load()?;
+    let role = manifest
+        .identities
+        .iter()
+        .find(|i| i.name == identity)
+        .map(|i| i.role)
+        .ok_or_else(|| InitError::Read {
+            path: fed.manifest(),
+            why: format!("no identity {identity}; add it with `sagefed init --add-platform {identity}`"),
+        })?;
+    endorse_key_file(&read_root(fed)?, identity, key_path, role == Role::Platform)
 }
 
 /// Reads the root key of the federation in `fed`.
@@ -301,7 +321,7 @@ pub fn init(options: &InitOptions) -> Result<Manifest, InitError> {
     let mut identities = vec![new_identity(&fed, LEDGER_IDENTITY, Role::Ledger)?];
     for admin in &options.admins {
         identities.push(new_identity(&fed, admin, Role::Admin)?);
-        endorse_key_file(&root, admin, &fed.signing_key(admin))?;
+        endorse_key_file(&root, admin, &fed.signing_key(admin), false)?;
     }
     for platform in &options.platforms {
         let role = if options.executors.contains(platform) {
@@ -310,7 +330,7 @@ pub fn init(options: &InitOptions) -> Result<Manifest, InitError> {
             Role::Platform
         };
         identities.push(new_identity(&fed, platform, role)?);
-        endorse_key_file(&root, platform, &fed.signing_key(platform))?;
+        endorse_key_file(&root, platform, &fed.signing_key(platform), role == Role::Platform)?;
     }
     let manifest = Manifest {
         root_public_key: keys::public_key_text(&root.verifying_key()),
@@ -336,7 +356,7 @@ pub fn add_platform(dir: &Path, platform: &str, role: Role) -> Result<Manifest, 
     }
     let root = read_root(&fed)?;
     manifest.identities.push(new_identity(&fed, platform, role)?);
-    endorse_key_file(&root, platform, &fed.signing_key(platform))?;
+    endorse_key_file(&root, platform, &fed.signing_key(platform), role == Role::Platform)?;
     write_outputs(&fed, &manifest)?;
     Ok(manifest)
 }

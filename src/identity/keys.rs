@@ -211,6 +211,11 @@ pub struct KeyRecord {
     /// Unix seconds after which the key may no longer sign; `None` = no end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_after: Option<f64>,
+    /// `federation:delegate`, granted by the endorser: the root at `sagefed init` (platforms
+    /// not made `--executor-only`), or a previous key that holds it. Never claimed: a worker
+    /// reads it from the record of the key that signed the task.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delegate: bool,
     /// For a rotated key: the key it replaces and that key's end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replaces: Option<Succession>,
@@ -228,6 +233,7 @@ impl KeyRecord {
             public_key: public_key_text(key),
             not_before,
             not_after: None,
+            delegate: false,
             replaces: None,
             endorsement: None,
         }
@@ -326,6 +332,11 @@ impl KeyRegistry {
                     .is_some_and(|other| other.key_id != record.key_id)
                 {
                     return Err(refuse("its endorsing key already endorsed another successor"));
+                }
+                if record.delegate && !endorser.delegate {
+                    return Err(refuse(
+                        "it claims federation:delegate, which the key that endorsed it does not hold",
+                    ));
                 }
                 endorser.verifying_key()?
             }
@@ -588,6 +599,18 @@ mod tests {
             registry.lookup("Thor", &old_id, 499.0, 501.0).is_err(),
             "a message dated inside the overlap but verified after it"
         );
+        // A successor cannot grant itself more than its endorser holds.
+        let mut greedy = KeyRecord::new("Thor", &generate().expect("random").verifying_key(), 0.0);
+        greedy.delegate = true;
+        greedy.replaces = Some(Succession {
+            key_id: new_id.clone(),
+            old_key_ends: 9e9,
+        });
+        let greedy = chain::endorse(greedy, Endorser::Key { key_id: new_id.clone() }, &next);
+        assert!(matches!(
+            registry.admit(greedy, &root.verifying_key()),
+            Err(KeyError::NotEndorsed { .. })
+        ));
         // One successor per key: a second one (a thief's) is refused.
         let thief = generate().expect("random");
         assert!(matches!(

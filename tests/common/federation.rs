@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use sage_federation::config::Config;
 use sage_federation::delegation::client::FederationClient;
 use sage_federation::identity::directory::KeyDirectory;
-use sage_federation::identity::federation::{FederationDir, endorse_key_file};
+use sage_federation::identity::federation::{FederationDir, endorse_identity_key};
 use sage_federation::identity::keys;
 use sage_federation::ledger::client::LedgerClient;
 use sage_federation::ledger::protocol::Outcome;
@@ -122,8 +122,7 @@ pub fn write_config_with(dir: &Path, platform: &str, url: &str, edit: &Edit) -> 
     // endorses the keys of the configs it runs itself).
     let fed = FederationDir::new(&dir.join("federation"));
     if fed.exists() {
-        let root = keys::read_secret(&fed.root_key()).expect("the test federation's root key");
-        endorse_key_file(&root, platform, &key).expect("key");
+        endorse_identity_key(&fed, platform, &key).expect("key");
     } else {
         keys::read_or_create_secret(&key).expect("key");
     }

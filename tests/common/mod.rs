@@ -261,14 +261,17 @@ impl LedgerFixture {
     }
 }
 
-/// `platform`'s key record for `key`, endorsed by `root`.
+/// `platform`'s key record for `key`, endorsed by `root` with `federation:delegate`.
 pub fn endorsed(
     root: &ed25519_dalek::SigningKey,
     platform: &str,
     key: &ed25519_dalek::VerifyingKey,
 ) -> sage_federation::identity::keys::KeyRecord {
     sage_federation::identity::chain::endorse(
-        sage_federation::identity::keys::KeyRecord::new(platform, key, 0.0),
+        sage_federation::identity::keys::KeyRecord {
+            delegate: true,
+            ..sage_federation::identity::keys::KeyRecord::new(platform, key, 0.0)
+        },
         sage_federation::identity::chain::Endorser::Root,
         root,
     )

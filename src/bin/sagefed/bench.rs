@@ -220,7 +220,10 @@ async fn ledger_setup(
     for signer in signers.iter().chain([&treasury, &executor]) {
         directory
             .publish(&chain::endorse(
-                KeyRecord::new(signer.platform(), &signer.verifying_key(), 0.0),
+                KeyRecord {
+                    delegate: true,
+                    ..KeyRecord::new(signer.platform(), &signer.verifying_key(), 0.0)
+                },
                 Endorser::Root,
                 &root,
             ))
@@ -577,7 +580,7 @@ fn bench_config(
     );
     std::fs::write(&path, text)?;
     let root = keys::read_secret(&dir.join(BENCH_ROOT_FILE))?;
-    endorse_key_file(&root, platform, &dir.join(format!("{platform}.key")))?;
+    endorse_key_file(&root, platform, &dir.join(format!("{platform}.key")), true)?;
     Ok(sage_federation::config::Config::load(&path)?)
 }
 

@@ -204,7 +204,7 @@ impl Federation {
         // `up` holds the root (it ran `init`): it endorses the keys it makes.
         let root = federation::read_root(fed)?;
         let treasury_key = data_dir.join("keys/treasury.key");
-        let treasury_record = federation::endorse_key_file(&root, TREASURY, &treasury_key)?;
+        let treasury_record = federation::endorse_identity_key(fed, TREASURY, &treasury_key)?;
         let treasury = Signer::new(TREASURY, keys::read_secret(&treasury_key)?)?;
         let client = connection::connect(&access(TREASURY), "sagefed-up").await?;
         let js = async_nats::jetstream::new(client.clone());
@@ -228,7 +228,7 @@ impl Federation {
         let mut clients = BTreeMap::new();
         for config in &mut configs {
             join(config, url, fed);
-            federation::endorse_key_file(&root, config.platform(), &config.keypair_path())?;
+            federation::endorse_identity_key(fed, config.platform(), &config.keypair_path())?;
             grant(&treasury, config).await?;
             let worker = Worker::start(
                 config.clone(),

@@ -161,6 +161,8 @@ async fn rotate(nats: &NatsArgs, config: &Path, overlap_seconds: u64) -> anyhow:
     let new = keys::generate()?;
     let now = now_seconds();
     let mut record = KeyRecord::new(config.platform(), &new.verifying_key(), now);
+    // The successor holds what its endorser holds, never more.
+    record.delegate = records.iter().any(|r| r.key_id == old_id && r.delegate);
     record.replaces = Some(Succession {
         key_id: old_id.clone(),
         old_key_ends: now + overlap_seconds as f64,
