@@ -25,7 +25,8 @@ pub struct PlatformRecord {
     pub capabilities: Vec<String>,
     /// Operations it executes for others.
     pub operations: Vec<String>,
-    /// Whether it holds `federation:delegate`.
+    /// Whether it says it holds `federation:delegate`: a claim, shown to people. Workers read
+    /// the grant from the root-endorsed record of the key that signed a task instead.
     pub delegate: bool,
     /// Its current signing key.
     pub key_id: String,

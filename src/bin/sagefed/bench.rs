@@ -184,7 +184,13 @@ fn print_table(figures: &[Figure]) {
         );
     }
     println!("ratios: over the floor named in the first row with the same in-flight count, measured in this run");
+    println!("{BENCH_SERVER_NOTE}");
 }
+
+/// Why the bench's server is open, printed under every table (see the README).
+const BENCH_SERVER_NOTE: &str = "server: open (no credentials, no TLS): the bench's synthetic \
+     platforms have no identities in a federation; the figures leave out TLS and permission checks, \
+     which `sagefed up` pays";
 
 /// Everything the ledger scenarios need: a service, signers, funded accounts.
 struct LedgerBench {
