@@ -172,7 +172,7 @@ impl KeyDirectory {
             records
                 .iter()
                 .any(|r| r.key_id == own && r.platform == config.platform()),
-            "{} holds no endorsed record of {}'s key {own}; run `sagefed init` or `sagefed keys rotate`",
+            "{} holds no root-endorsed record of {}'s key {own}: use the key from the platform's bundle (`sagefed init`), or let `sagefed up` endorse the keys its configs name",
             crate::identity::keys::records_path(&key_path).display(),
             config.platform()
         );
