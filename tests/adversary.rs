@@ -127,7 +127,7 @@ async fn init_signer(p: &Processes, client: &async_nats::Client, platform: &str)
     let fed = p.nats.federation.as_ref().expect("a secure federation");
     let key = fed.signing_key(platform);
     let signer = Signer::new(platform, keys::read_secret(&key).expect("key")).expect("signer");
-    let directory = KeyDirectory::open(&async_nats::jetstream::new(client.clone()), &root_of(p))
+    let directory = KeyDirectory::open(&async_nats::jetstream::new(client.clone()), &p.nats.root())
         .await
         .expect("keys");
     for record in keys::read_records(&key).expect("records") {
@@ -139,16 +139,10 @@ async fn init_signer(p: &Processes, client: &async_nats::Client, platform: &str)
     signer
 }
 
-/// The test federation's root public key.
-fn root_of(p: &Processes) -> ed25519_dalek::VerifyingKey {
-    let fed = p.nats.federation.as_ref().expect("a secure federation");
-    keys::parse_public_key(&std::fs::read_to_string(fed.root_public_key()).expect("root.pub")).expect("root")
-}
-
 /// Every key record in the directory, as `platform/key_id`, sorted.
 async fn key_records(p: &Processes) -> Vec<String> {
     let js = async_nats::jetstream::new(p.nats.client_as("Treasury").await);
-    let directory = KeyDirectory::open(&js, &root_of(p)).await.expect("keys");
+    let directory = KeyDirectory::open(&js, &p.nats.root()).await.expect("keys");
     let mut records: Vec<String> = directory
         .snapshot()
         .records()
@@ -236,9 +230,12 @@ async fn every_attack_is_refused_the_ledger_is_untouched_and_delegation_still_wo
 
     // Mallory registers under its own key (all the server lets it write) claiming to be
     // Legion, with room for everything: nobody reads it as Legion.
-    let registry = Registry::open(&async_nats::jetstream::new(p.nats.client_as("Mallory").await))
-        .await
-        .expect("registry");
+    let registry = Registry::open(
+        &async_nats::jetstream::new(p.nats.client_as("Mallory").await),
+        p.nats.key_directory().await,
+    )
+    .await
+    .expect("registry");
     let mut claim = registry
         .get("Legion")
         .await

@@ -44,16 +44,11 @@ async fn write_raw(p: &Processes, identity: &str, name: &str, record: &KeyRecord
         .unwrap_or_else(|e| panic!("{identity} may write {name}: {e}"));
 }
 
-fn root_of(p: &Processes) -> ed25519_dalek::VerifyingKey {
-    let fed = p.nats.federation.as_ref().expect("secure");
-    keys::parse_public_key(&std::fs::read_to_string(fed.root_public_key()).expect("root.pub")).expect("root")
-}
-
 /// A verifier started now, as Legion.
 async fn fresh_verifier(p: &Processes) -> KeyDirectory {
     KeyDirectory::open(
         &async_nats::jetstream::new(p.nats.client_as("Legion").await),
-        &root_of(p),
+        &p.nats.root(),
     )
     .await
     .expect("keys")
@@ -100,7 +95,7 @@ async fn keys_that_do_not_chain_to_the_root_are_refused_whoever_writes_them() {
     let mallory_id = keys::key_id(&mallory_key.verifying_key());
     let directory = KeyDirectory::open(
         &async_nats::jetstream::new(p.nats.client_as("Mallory").await),
-        &root_of(&p),
+        &p.nats.root(),
     )
     .await
     .expect("keys");
@@ -213,7 +208,7 @@ async fn keys_that_do_not_chain_to_the_root_are_refused_whoever_writes_them() {
     let revocation = Revocation::signed("Mallory", &mallory_id, now_seconds(), &root_key);
     KeyDirectory::open(
         &async_nats::jetstream::new(p.nats.client_as("Treasury").await),
-        &root_of(&p),
+        &p.nats.root(),
     )
     .await
     .expect("keys")
@@ -288,7 +283,7 @@ async fn federation_delegate_is_granted_by_the_root_not_claimed_in_the_registry(
     let key = fed.signing_key(watcher);
     let signer = Signer::new(watcher, keys::read_secret(&key).expect("key")).expect("signer");
     let js = async_nats::jetstream::new(p.nats.client_as(watcher).await);
-    let directory = KeyDirectory::open(&js, &root_of(&p)).await.expect("keys");
+    let directory = std::sync::Arc::new(KeyDirectory::open(&js, &p.nats.root()).await.expect("keys"));
     let records = keys::read_records(&key).expect("records");
     assert!(
         records.iter().all(|r| !r.delegate),
@@ -298,19 +293,22 @@ async fn federation_delegate_is_granted_by_the_root_not_claimed_in_the_registry(
         directory.publish(record).await.expect("its own endorsed key");
     }
     // It claims the permission in its own registry record (the server lets it write that).
-    Registry::open(&js)
+    Registry::open(&js, directory)
         .await
         .expect("registry")
-        .register_platform(&PlatformRecord {
-            platform: watcher.to_owned(),
-            capabilities: vec!["consciousness".into()],
-            operations: vec!["execution".into()],
-            delegate: true,
-            key_id: keys::key_id(&signer.verifying_key()),
-            load: 0,
-            capacity: 10,
-            heartbeat_at: now_seconds(),
-        })
+        .register_platform(
+            &signer,
+            &PlatformRecord {
+                platform: watcher.to_owned(),
+                capabilities: vec!["consciousness".into()],
+                operations: vec!["execution".into()],
+                delegate: true,
+                key_id: keys::key_id(&signer.verifying_key()),
+                load: 0,
+                capacity: 10,
+                heartbeat_at: now_seconds(),
+            },
+        )
         .await
         .expect("its own registry record");
     // The server refuses its tasks, so a platform that may delegate relays one it signed.

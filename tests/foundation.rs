@@ -304,7 +304,9 @@ async fn a_record_that_does_not_decode_is_an_error_naming_its_key_and_stays_as_i
     assert!(err.contains("t-Legion"), "{err}");
     unchanged(subjects::TASKS_BUCKET).await;
 
-    let registry = Registry::open(&js).await.expect("open");
+    let root = keys::generate().expect("random").verifying_key();
+    let directory = std::sync::Arc::new(KeyDirectory::open(&js, &root).await.expect("keys"));
+    let registry = Registry::open(&js, directory).await.expect("open");
     let err = registry.get("t-Legion").await.expect_err("corrupt").to_string();
     assert!(err.contains("t-Legion") && err.contains("does not decode"), "{err}");
     assert_eq!(

@@ -262,6 +262,16 @@ impl KeyDirectory {
         verify(bytes, &guard, now_seconds())
     }
 
+    /// Like [`KeyDirectory::verify`] with only the keys cached now (no bucket read): for
+    /// code that cannot wait, such as the dashboard's watch callbacks.
+    pub fn verify_cached<T: Signable>(&self, bytes: &Bytes) -> Result<Verified<T>, EnvelopeError> {
+        let guard = self
+            .cache
+            .read()
+            .map_err(|_| EnvelopeError::Malformed("key cache poisoned".to_owned()))?;
+        verify(bytes, &guard, now_seconds())
+    }
+
     /// Like [`KeyDirectory::verify`], without the expiry check (see
     /// [`crate::protocol::envelope::verify_ignoring_expiry`]).
     pub async fn verify_ignoring_expiry<T: Signable>(&self, bytes: &Bytes) -> Result<Verified<T>, EnvelopeError> {

@@ -134,7 +134,7 @@ impl Worker {
             ledger: LedgerClient::new(client.clone(), signer.clone()),
             reader: LedgerReader::open(&js).await?,
             board: TaskBoard::open(&js).await?,
-            registry: Registry::open(&js).await?,
+            registry: Registry::open(&js, Arc::clone(&keys)).await?,
             admissions: Admissions::default(),
             aborts: Mutex::new(HashMap::new()),
             worker_id: format!("{}-{}", config.platform(), std::process::id()),
@@ -143,7 +143,7 @@ impl Worker {
             js: js.clone(),
             config,
         });
-        ctx.registry.register_platform(&ctx.record()).await?;
+        ctx.registry.register_platform(&ctx.signer, &ctx.record()).await?;
         let consumer = ensure_consumer(&ctx).await?;
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut tasks = vec![
@@ -271,7 +271,7 @@ async fn heartbeat(ctx: Arc<WorkerContext>) {
     let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
     loop {
         tick.tick().await;
-        if let Err(e) = ctx.registry.register_platform(&ctx.record()).await {
+        if let Err(e) = ctx.registry.register_platform(&ctx.signer, &ctx.record()).await {
             tracing::warn!(error = %e, "heartbeat not recorded");
         }
     }

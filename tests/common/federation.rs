@@ -280,7 +280,9 @@ impl Processes {
 
     /// Waits until every platform in `platforms` heartbeats.
     pub async fn wait_healthy(&self, platforms: &[&str]) {
-        let registry = Registry::open(&self.nats.js().await).await.expect("registry");
+        let registry = Registry::open(&self.nats.js().await, self.nats.key_directory().await)
+            .await
+            .expect("registry");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let mut healthy = 0;

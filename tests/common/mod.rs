@@ -155,6 +155,22 @@ impl TestNats {
         self.server.url()
     }
 
+    /// The root public key of a secure server's federation.
+    pub fn root(&self) -> ed25519_dalek::VerifyingKey {
+        let fed = self.federation.as_ref().expect("a secure server has a federation");
+        let text = std::fs::read_to_string(fed.root_public_key()).expect("root.pub");
+        sage_federation::identity::keys::parse_public_key(&text).expect("root public key")
+    }
+
+    /// A key directory trusting this server's federation root, read as the admin.
+    pub async fn key_directory(&self) -> std::sync::Arc<sage_federation::identity::directory::KeyDirectory> {
+        std::sync::Arc::new(
+            sage_federation::identity::directory::KeyDirectory::open(&self.js().await, &self.root())
+                .await
+                .expect("keys"),
+        )
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }

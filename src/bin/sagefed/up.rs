@@ -334,7 +334,8 @@ async fn serve(
         Some(listener) => {
             // Read-only: `up` holds every platform's key, and a page should cancel as one
             // platform only (`sagefed dashboard --config F`).
-            let router = crate::cli::observe::router(federation.client.clone(), None).await?;
+            let root = federation::read_root(fed)?.verifying_key();
+            let router = crate::cli::observe::router(federation.client.clone(), None, &root).await?;
             println!("dashboard  http://{}/ (and /metrics)", listener.local_addr()?);
             Some(AbortOnDrop(tokio::spawn(observe_server::serve(
                 listener,

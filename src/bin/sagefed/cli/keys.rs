@@ -4,8 +4,6 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context as _;
-
 use crate::cli::{FEDERATION_DIR_DEFAULT, NatsArgs};
 use sage_federation::config::Config;
 use sage_federation::identity::chain::{self, Endorser, Revocation, Succession};
@@ -72,11 +70,6 @@ fn default_root_key() -> PathBuf {
     FederationDir::new(Path::new(FEDERATION_DIR_DEFAULT)).root_key()
 }
 
-fn read_root_public(path: &Path) -> anyhow::Result<ed25519_dalek::VerifyingKey> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("root public key {}", path.display()))?;
-    Ok(keys::parse_public_key(&text)?)
-}
-
 pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
     match command {
         KeysCommand::Publish { nats, config } => {
@@ -93,7 +86,11 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
         }
         KeysCommand::List { nats, root } => {
             let client = nats.connect(crate::up::TREASURY, "sagefed-keys").await?;
-            let directory = KeyDirectory::open(&async_nats::jetstream::new(client), &read_root_public(&root)?).await?;
+            let directory = KeyDirectory::open(
+                &async_nats::jetstream::new(client),
+                &crate::cli::read_root_public_key(&root)?,
+            )
+            .await?;
             print_registry(&directory.snapshot());
         }
         KeysCommand::Rotate {

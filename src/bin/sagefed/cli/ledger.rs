@@ -67,9 +67,7 @@ pub async fn run(command: LedgerCommand) -> anyhow::Result<()> {
                 .map(|text| keys::parse_public_key(text).map(|key| keys::key_id(&key)))
                 .collect::<Result<BTreeSet<String>, _>>()
                 .context("--admin-key")?;
-            let root =
-                std::fs::read_to_string(&args.root).with_context(|| format!("--root {}", args.root.display()))?;
-            let root = keys::parse_public_key(&root).with_context(|| format!("--root {}", args.root.display()))?;
+            let root = crate::cli::read_root_public_key(&args.root)?;
             eprintln!(
                 "sagefed ledger serving on {} (admins: {})",
                 args.nats.url,
