@@ -184,7 +184,7 @@ fn print_table(figures: &[Figure]) {
         );
     }
     println!("ratios: over the floor named in the first row with the same in-flight count, measured in this run");
-    println!("{BENCH_SERVER_NOTE}");
+    println!("{}", BENCH_SERVER_NOTE);
 }
 
 /// Why the bench's server is open, printed under every table (see the README).
@@ -580,9 +580,10 @@ fn bench_config(
     let path = dir.join(format!("{}.toml", platform.to_lowercase()));
     let text = format!(
         "[federation]\nplatform_name = \"{platform}\"\nlct_context = \"{platform}\"\nkeypair_path = \"{platform}.key\"\n\
-         root_public_key_path = \"{BENCH_ROOT_FILE}.pub\"\n\
+         root_public_key_path = \"{root}.pub\"\n\
          [nats]\nurl = \"{url}\"\n[resources.consciousness]\natp_budget = 1000000.0\nmax_concurrent = {capacity}\n\
-         [permissions]\nrequests_per_minute = 10000000\n"
+         [permissions]\nrequests_per_minute = 10000000\n",
+        root = BENCH_ROOT_FILE
     );
     std::fs::write(&path, text)?;
     let root = keys::read_secret(&dir.join(BENCH_ROOT_FILE))?;
