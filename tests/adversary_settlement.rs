@@ -44,7 +44,7 @@ async fn next_proof(p: &Processes, proofs: &mut async_nats::Subscriber) -> Verif
         .await
         .expect("a proof within 30 s")
         .expect("the subscription is open");
-    let keys = sage_federation::identity::directory::KeyDirectory::open(&p.nats.js().await)
+    let keys = sage_federation::identity::directory::KeyDirectory::open(&p.nats.js().await, &p.nats.root())
         .await
         .expect("keys");
     keys.verify(&message.payload).await.expect("Legion's signed proof")
