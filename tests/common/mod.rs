@@ -15,6 +15,8 @@ pub mod apt;
 pub mod browser;
 pub mod federation;
 pub mod http;
+pub mod link_proxy;
+pub mod topology;
 
 /// The repository root.
 pub fn repo_dir() -> PathBuf {

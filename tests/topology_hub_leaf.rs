@@ -1,0 +1,163 @@
+//! Hub and leaves for real: Legion's hub (JetStream, the ledger) and a leaf nats-server for
+//! Thor and for Sprout, each a separate process on its own ports, linked over TLS with the
+//! platform's nkey as `sagefed init --topology hub-leaf` configured them; each platform's
+//! worker and delegators connect to their own machine's server.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::lct;
+use common::topology::Deployment;
+use sage_federation::delegation::client::{DelegationOutcome, DelegationRequest};
+use sage_federation::delegation::scenarios::{self, Scenario};
+use sage_federation::ledger::model::LockState;
+use sage_federation::nats::topology::Topology;
+use sage_federation::protocol::task::TaskId;
+use serde_json::{Value, json};
+
+const C: &str = "consciousness";
+
+fn micros(atp: f64) -> i64 {
+    (atp * 1e6).round() as i64
+}
+
+fn outcome_of(output: &std::process::Output) -> DelegationOutcome {
+    serde_json::from_slice::<Value>(&output.stdout)
+        .ok()
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no outcome: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })
+}
+
+/// Runs `scenario` as a `sagefed delegate` process on the delegator's own machine, checks
+/// it settled as the seed says, and applies what was paid to `expected`.
+pub fn run_scenario(d: &Deployment, scenario: &Scenario, expected: &mut BTreeMap<String, i64>) -> DelegationOutcome {
+    let o = outcome_of(&d.delegate_cli(scenario.from, &scenario.cli_args()));
+    assert_eq!(
+        (o.settlement, o.rollback_reason),
+        scenario.expected,
+        "{}: {o:?}",
+        scenario.name
+    );
+    let consumed = micros(o.atp_consumed);
+    *expected
+        .entry(lct(&o.from, scenario.task_type).to_string())
+        .or_default() -= consumed;
+    *expected.entry(lct(&o.to, scenario.task_type).to_string()).or_default() += consumed;
+    o
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_scenarios_settle_across_hub_and_leaves_with_exact_balances() {
+    let d = Deployment::start(Topology::HubLeaf).await;
+    let mut expected = d.balances().await;
+    for scenario in scenarios::seed() {
+        run_scenario(&d, &scenario, &mut expected);
+        assert_eq!(d.balances().await, expected, "after {}", scenario.name);
+    }
+    for i in 0..scenarios::CONCURRENT_DELEGATIONS {
+        let o = run_scenario(&d, &scenarios::concurrent(i), &mut expected);
+        assert_ne!(o.from, o.to);
+    }
+    assert_eq!(d.balances().await, expected, "after the concurrent delegations");
+    d.assert_audit_clean().await;
+}
+
+/// Delegations in the link-cut test; each waits this long at most for its proof.
+const LINK_CUT_DELEGATIONS: usize = 500;
+const LINK_CUT_IN_FLIGHT: usize = 25;
+const LINK_CUT_TASK_TIMEOUT_SECONDS: u64 = 5;
+
+fn small_task(task_id: &TaskId) -> DelegationRequest {
+    DelegationRequest {
+        to: Some("Legion".into()),
+        task_type: C.into(),
+        operation: "perception".into(),
+        budget: 1.0,
+        timeout_seconds: LINK_CUT_TASK_TIMEOUT_SECONDS,
+        parameters: json!({"length": 100, "seed": 1}).as_object().cloned().expect("object"),
+        task_id: Some(task_id.clone()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaf_link_cut_during_500_delegations_loses_nothing_and_pays_nothing_twice() {
+    let d = Deployment::start(Topology::HubLeaf).await;
+    let supply_before = d.snapshot().await.supply.total_uatp;
+    let thor = std::sync::Arc::new(d.client("Thor").await);
+    let ids: Vec<TaskId> = (0..LINK_CUT_DELEGATIONS)
+        .map(|_| TaskId::random().expect("id"))
+        .collect();
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(LINK_CUT_IN_FLIGHT));
+    let started = Instant::now();
+    let runs: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let (thor, gate, id) = (thor.clone(), gate.clone(), id.clone());
+            tokio::spawn(async move {
+                let _slot = gate.acquire_owned().await.expect("gate");
+                let began = Instant::now();
+                (thor.delegate_task(small_task(&id)).await, began.elapsed())
+            })
+        })
+        .collect();
+    // Cut Thor's link once a fifth of the delegations are done, for a few seconds.
+    let link = &d.links["Thor"];
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    link.cut();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    link.heal();
+    let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+    let mut failed_fast = 0;
+    for (id, run) in ids.iter().zip(runs) {
+        let (result, took) = run.await.expect("delegation task");
+        let kind = match result {
+            Ok(o) => format!("{:?}", o.settlement),
+            Err(e) => {
+                // While the link is down a delegation fails with an error, promptly.
+                if took < Duration::from_secs(10) {
+                    failed_fast += 1;
+                }
+                format!("error: {}", format!("{e:?}").split('(').next().unwrap_or_default())
+            }
+        };
+        let _ = id;
+        *outcomes.entry(kind).or_default() += 1;
+    }
+    eprintln!(
+        "link cut: {outcomes:?}, {failed_fast} failed fast, {:?}",
+        started.elapsed()
+    );
+    assert!(
+        outcomes.keys().any(|k| k.starts_with("error")),
+        "the cut made no delegation fail: {outcomes:?}"
+    );
+    assert!(outcomes.get("Committed").is_some_and(|n| *n > 0), "{outcomes:?}");
+
+    // After the link returns, every lock settles exactly once (the executor's commit, the
+    // delegator's rollback, or the sweeper's refund after expiry), and nothing was minted.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let snapshot = d.snapshot().await;
+        let pending: Vec<_> = snapshot
+            .locks
+            .values()
+            .filter(|l| ids.contains(&l.task_id) && l.state == LockState::Pending)
+            .collect();
+        if pending.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{} locks never settled", pending.len());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let snapshot = d.snapshot().await;
+    assert_eq!(snapshot.supply.total_uatp, supply_before, "ATP minted or lost");
+    d.assert_audit_clean().await;
+}
