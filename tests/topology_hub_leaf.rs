@@ -70,10 +70,17 @@ async fn the_seed_scenarios_settle_across_hub_and_leaves_with_exact_balances() {
     d.assert_audit_clean().await;
 }
 
-/// Delegations in the link-cut test; each waits this long at most for its proof.
+/// Delegations in the link-cut test, started this far apart, at most this many at once.
 const LINK_CUT_DELEGATIONS: usize = 500;
+const LINK_CUT_SPACING: Duration = Duration::from_millis(8);
 const LINK_CUT_IN_FLIGHT: usize = 25;
 const LINK_CUT_TASK_TIMEOUT_SECONDS: u64 = 5;
+/// When the link is cut (after the first delegations started) and for how long.
+const LINK_CUT_AT: Duration = Duration::from_millis(1500);
+const LINK_CUT_FOR: Duration = Duration::from_secs(2);
+/// A delegation that starts while the link is down fails within this (the ledger client's
+/// retries), never waiting for the link.
+const FAIL_FAST_WITHIN: Duration = Duration::from_secs(5);
 
 fn small_task(task_id: &TaskId) -> DelegationRequest {
     DelegationRequest {
@@ -99,65 +106,85 @@ async fn a_leaf_link_cut_during_500_delegations_loses_nothing_and_pays_nothing_t
     let started = Instant::now();
     let runs: Vec<_> = ids
         .iter()
-        .map(|id| {
+        .enumerate()
+        .map(|(i, id)| {
             let (thor, gate, id) = (thor.clone(), gate.clone(), id.clone());
             tokio::spawn(async move {
+                tokio::time::sleep(LINK_CUT_SPACING * i as u32).await;
                 let _slot = gate.acquire_owned().await.expect("gate");
                 let began = Instant::now();
-                (thor.delegate_task(small_task(&id)).await, began.elapsed())
+                (thor.delegate_task(small_task(&id)).await, began, began.elapsed())
             })
         })
         .collect();
-    // Cut Thor's link once a fifth of the delegations are done, for a few seconds.
     let link = &d.links["Thor"];
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(LINK_CUT_AT).await;
     link.cut();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    let cut_at = Instant::now();
+    tokio::time::sleep(LINK_CUT_FOR).await;
     link.heal();
-    let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
-    let mut failed_fast = 0;
-    for (id, run) in ids.iter().zip(runs) {
-        let (result, took) = run.await.expect("delegation task");
-        let kind = match result {
-            Ok(o) => format!("{:?}", o.settlement),
-            Err(e) => {
-                // While the link is down a delegation fails with an error, promptly.
-                if took < Duration::from_secs(10) {
-                    failed_fast += 1;
-                }
-                format!("error: {}", format!("{e:?}").split('(').next().unwrap_or_default())
-            }
-        };
-        let _ = id;
-        *outcomes.entry(kind).or_default() += 1;
+    let healed_at = Instant::now();
+    let mut results = Vec::new();
+    for run in runs {
+        results.push(run.await.expect("delegation task"));
     }
-    eprintln!(
-        "link cut: {outcomes:?}, {failed_fast} failed fast, {:?}",
-        started.elapsed()
-    );
-    assert!(
-        outcomes.keys().any(|k| k.starts_with("error")),
-        "the cut made no delegation fail: {outcomes:?}"
-    );
-    assert!(outcomes.get("Committed").is_some_and(|n| *n > 0), "{outcomes:?}");
+    eprintln!("500 delegations with a link cut ran in {:?}", started.elapsed());
 
     // After the link returns, every lock settles exactly once (the executor's commit, the
     // delegator's rollback, or the sweeper's refund after expiry), and nothing was minted.
     let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
+    let snapshot = loop {
         let snapshot = d.snapshot().await;
-        let pending: Vec<_> = snapshot
+        let pending = snapshot
             .locks
             .values()
             .filter(|l| ids.contains(&l.task_id) && l.state == LockState::Pending)
-            .collect();
-        if pending.is_empty() {
-            break;
+            .count();
+        if pending == 0 {
+            break snapshot;
         }
-        assert!(Instant::now() < deadline, "{} locks never settled", pending.len());
+        assert!(Instant::now() < deadline, "{pending} locks never settled");
         tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let locks: BTreeMap<&TaskId, LockState> = snapshot.locks.values().map(|l| (&l.task_id, l.state)).collect();
+    let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+    let mut started_while_cut = 0;
+    for (id, (result, began, took)) in ids.iter().zip(&results) {
+        // Started in the first half of the cut (the leaf notices a cut at once: its socket
+        // closes), so it has a second of link down to fail in.
+        let while_cut = *began > cut_at && *began < healed_at - LINK_CUT_FOR / 2;
+        if while_cut {
+            started_while_cut += 1;
+        }
+        let kind = match (result, locks.get(id)) {
+            (Ok(o), Some(state)) => {
+                assert_eq!(o.settlement, *state, "{id}: the delegator saw {o:?}");
+                format!("settled: {:?} {:?}", o.settlement, o.rollback_reason)
+            }
+            (Ok(o), None) => panic!("{id} settled without a lock: {o:?}"),
+            (Err(e), lock) => {
+                if while_cut {
+                    assert!(*took < FAIL_FAST_WITHIN, "{id} took {took:?} to fail: {e}");
+                }
+                match lock {
+                    Some(state) => format!("failed, then settled by the ledger: {state:?}"),
+                    None => "failed before locking".to_owned(),
+                }
+            }
+        };
+        *outcomes.entry(kind).or_default() += 1;
     }
-    let snapshot = d.snapshot().await;
+    eprintln!("link cut outcomes ({started_while_cut} started while it was cut): {outcomes:#?}");
+    assert!(started_while_cut > 0, "no delegation started while the link was cut");
+    assert_eq!(outcomes.values().sum::<usize>(), LINK_CUT_DELEGATIONS);
+    assert!(
+        outcomes.contains_key("failed before locking"),
+        "the cut made no delegation fail fast: {outcomes:?}"
+    );
+    assert!(
+        outcomes.keys().filter(|k| k.starts_with("settled: Committed")).count() > 0,
+        "{outcomes:?}"
+    );
     assert_eq!(snapshot.supply.total_uatp, supply_before, "ATP minted or lost");
     d.assert_audit_clean().await;
 }
