@@ -237,10 +237,11 @@ impl Deployment {
             Topology::Cluster => PLATFORMS.iter().map(|p| (*p).to_owned()).collect(),
             Topology::HubLeaf | Topology::Single => vec![PLATFORMS[0].to_owned()],
         };
+        // The first instance creates the streams and buckets; the others find them.
         for machine in ledger_machines {
             deployment.spawn_ledger(&machine);
+            deployment.wait_ledger().await;
         }
-        deployment.wait_ledger().await;
         deployment.grant_and_start_workers().await;
         deployment
     }
@@ -352,6 +353,18 @@ impl Deployment {
             .collect()
     }
 
+    /// Every ledger instance's log.
+    pub fn ledger_logs(&self) -> String {
+        self.plan
+            .machines
+            .iter()
+            .map(|m| {
+                let log = std::fs::read_to_string(self.path().join(format!("ledger-{}.log", m.name)));
+                format!("--- ledger on {} ---\n{}\n", m.name, log.unwrap_or_default())
+            })
+            .collect()
+    }
+
     /// Starts a ledger instance on `machine`'s server.
     pub fn spawn_ledger(&mut self, machine: &str) {
         let log = std::fs::OpenOptions::new()
@@ -390,7 +403,12 @@ impl Deployment {
         let client = self.admin().await;
         let deadline = Instant::now() + START_TIMEOUT;
         while client.request("$SRV.PING.sagefed-ledger", "".into()).await.is_err() {
-            assert!(Instant::now() < deadline, "the ledger service did not come up");
+            assert!(
+                Instant::now() < deadline,
+                "the ledger service did not come up:\n{}\n{}",
+                self.ledger_logs(),
+                self.server_logs()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
