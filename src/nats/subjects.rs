@@ -159,8 +159,8 @@ pub const JS_API_OPERATOR_READS: [&str; 5] = [
 ];
 
 /// The JetStream domain of a hub-leaf federation's hub: leaves reach its JetStream through
-/// `$JS.hub.API` (a leaf link denies the plain `$JS.API.>` and `$KV.>`).
-pub const HUB_DOMAIN: &str = "hub";
+/// `$JS.sagehub.API` (a leaf link denies the plain `$JS.API.>` and `$KV.>`).
+pub const HUB_DOMAIN: &str = "sagehub";
 /// Every KV write subject.
 pub const KV_ALL: &str = "$KV.>";
 
