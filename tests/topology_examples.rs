@@ -94,3 +94,45 @@ fn the_nats_examples_are_what_init_generates() {
     }
     assert_eq!(checked, 6);
 }
+
+#[cfg(unix)]
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).expect("metadata").permissions().mode() & 0o777
+}
+
+#[cfg(unix)]
+#[test]
+fn init_with_a_topology_writes_each_machines_bundle_with_secrets_0600() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (topology, servers) in [
+        ("hub-leaf", ["hub", "Thor", "Sprout"]),
+        ("cluster", ["Legion", "Thor", "Sprout"]),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sagefed"))
+            .args(["init", "--out", topology, "--topology", topology])
+            .current_dir(dir.path())
+            .output()
+            .expect("run sagefed init");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let fed = FederationDir::new(&dir.path().join(topology));
+        for bundle in servers {
+            let b = fed.bundle(bundle);
+            let config = std::fs::read_to_string(b.join("nats-server.conf")).expect("server config");
+            assert!(config.contains("/etc/sagefed/server.pem"), "{topology} {bundle}");
+            assert!(!config.contains("\"SU"), "no seed in {topology} {bundle}'s config");
+            assert_eq!(mode(&b.join("server.key")), 0o600, "{topology} {bundle}");
+        }
+        if topology == "hub-leaf" {
+            for leaf in ["Thor", "Sprout"] {
+                let link = fed.bundle(leaf).join("leaf-link.conf");
+                assert_eq!(mode(&link), 0o600);
+                assert!(std::fs::read_to_string(link).expect("link").contains("nkey: \"SU"));
+            }
+            // Legion runs on the hub: no server of its own.
+            assert!(!fed.bundle("Legion").join("nats-server.conf").exists());
+        } else {
+            assert!(!fed.bundle("hub").join("nats-server.conf").exists());
+        }
+    }
+}

@@ -146,7 +146,7 @@ fn print_summary(args: &InitArgs, fed: &FederationDir, manifest: &Manifest) {
     println!("  bundles       {}", fed.dir.join("bundles").display());
     if args.topology != Topology::Single {
         println!(
-            "  topology      {} (each machine's bundle: {}; install it with `sagefed install`)",
+            "  topology      {} (install each machine's bundle in {}: docs/deployment.md)",
             args.topology.name(),
             args.install_dir.display()
         );
