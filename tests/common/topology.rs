@@ -311,7 +311,7 @@ impl Deployment {
             };
             let client = self.connect_to(identity, server).await;
             let deadline = Instant::now() + START_TIMEOUT;
-            let mut last = String::new();
+            let mut last;
             loop {
                 let ready = match client.request("$JS.API.INFO", "".into()).await {
                     Ok(reply) => {
