@@ -28,8 +28,7 @@ const STRIP: &str = "aarch64-linux-gnu-strip";
 const WORKER_UP_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn on_path(name: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|dir| dir.join(name).is_file()))
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|dir| dir.join(name).is_file()))
 }
 
 /// Installs the rustup target and the Debian packages when missing.

@@ -119,7 +119,11 @@ async fn inject(d: &mut Deployment, fault: Fault, rng: &mut Rng, running: &Runni
             }
         }
         Fault::KillLeafServer | Fault::KillHubServer => {
-            let machine = if fault == Fault::KillHubServer { PLATFORMS[0] } else { leaf };
+            let machine = if fault == Fault::KillHubServer {
+                PLATFORMS[0]
+            } else {
+                leaf
+            };
             d.servers.get_mut(machine).expect("server").kill();
             tokio::time::sleep(DOWN_FOR).await;
             d.servers.get_mut(machine).expect("server").start();
@@ -144,7 +148,7 @@ async fn delegate(
 ) -> String {
     let from = PLATFORMS[i % PLATFORMS.len()];
     let to = target(from, i / PLATFORMS.len());
-    if i % PROCESS_EVERY == 0 {
+    if i.is_multiple_of(PROCESS_EVERY) {
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sagefed"))
             .args(["delegate", "--json", "--config"])
             .arg(&configs[from])
@@ -182,10 +186,7 @@ async fn chaos_loses_no_atp_and_settles_nothing_twice() {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| now_seconds().to_bits() | 1);
     let mut d = Deployment::start(Topology::HubLeaf).await;
-    assert!(
-        d.plan.install_dir.is_none(),
-        "a deployment of its own"
-    );
+    assert!(d.plan.install_dir.is_none(), "a deployment of its own");
     let supply_before = d.snapshot().await.supply.total_uatp;
     let mut clients = BTreeMap::new();
     for platform in PLATFORMS {
@@ -245,7 +246,7 @@ async fn chaos_loses_no_atp_and_settles_nothing_twice() {
     let in_process: Vec<&TaskId> = ids
         .iter()
         .enumerate()
-        .filter(|(i, _)| i % PROCESS_EVERY != 0)
+        .filter(|(i, _)| !i.is_multiple_of(PROCESS_EVERY))
         .map(|(_, id)| id)
         .collect();
     for id in &in_process {
@@ -263,8 +264,16 @@ async fn chaos_loses_no_atp_and_settles_nothing_twice() {
         };
         *outcomes.entry(kind).or_default() += 1;
     }
-    let balances: u128 = snapshot.accounts.values().map(|a| u128::from(a.balance_uatp.micros())).sum();
-    let locked: u128 = snapshot.accounts.values().map(|a| u128::from(a.locked_uatp.micros())).sum();
+    let balances: u128 = snapshot
+        .accounts
+        .values()
+        .map(|a| u128::from(a.balance_uatp.micros()))
+        .sum();
+    let locked: u128 = snapshot
+        .accounts
+        .values()
+        .map(|a| u128::from(a.locked_uatp.micros()))
+        .sum();
     let supply = u128::from(snapshot.supply.total_uatp.micros());
     let minted = (balances + locked) as i128 - supply as i128;
     let supply_change = snapshot.supply.total_uatp.micros() as i128 - supply_before.micros() as i128;
