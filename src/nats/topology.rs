@@ -195,8 +195,9 @@ pub fn hub_config(hub: &Machine, users: &[NatsUser], files: &ServerFiles<'_>) ->
     out.push_str(&server_config::tls_block(files.cert, files.key));
     let _ = write!(
         out,
-        "# Leaf links: TLS; each leaf authenticates as its platform (authorization above).\n\
-         leafnodes {{\n  listen: {}\n  tls {{\n    cert_file: {}\n    key_file: {}\n    timeout: {}\n  }}\n}}\n",
+        "# Leaf links: TLS; each leaf authenticates as its platform (authorization above). Leaves\n\
+         # dial the address their config names, never one the hub advertises.\n\
+         leafnodes {{\n  listen: {}\n  no_advertise: true\n  tls {{\n    cert_file: {}\n    key_file: {}\n    timeout: {}\n  }}\n}}\n",
         quoted(&format!("{}:{}", hub.bind, hub.link_port)),
         path(files.cert),
         path(files.key),

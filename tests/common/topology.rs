@@ -23,7 +23,7 @@ use sage_federation::protocol::clock::now_seconds;
 use sage_federation::protocol::envelope::Signer;
 use sage_federation::state::registry::Registry;
 
-use super::federation::{PLATFORMS, write_config};
+use super::federation::{Edit, PLATFORMS, write_config_with};
 use super::link_proxy::LinkProxy;
 use super::{repo_dir, server_binary};
 
@@ -174,6 +174,11 @@ impl Deployment {
     /// ledger (one instance on the hub; one per node on a cluster), grants each platform its
     /// configured ATP and starts a worker per platform on its own machine's server.
     pub async fn start(topology: Topology) -> Self {
+        Self::start_with(topology, &|_, text| text).await
+    }
+
+    /// Like [`Deployment::start`], each platform's config text passed through `edit`.
+    pub async fn start_with(topology: Topology, edit: &Edit) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         let fed = FederationDir::new(&dir.path().join("federation"));
         let plan = TopologyPlan {
@@ -242,7 +247,7 @@ impl Deployment {
             deployment.spawn_ledger(&machine);
             deployment.wait_ledger().await;
         }
-        deployment.grant_and_start_workers().await;
+        deployment.grant_and_start_workers(edit).await;
         deployment
     }
 
@@ -413,7 +418,7 @@ impl Deployment {
         }
     }
 
-    async fn grant_and_start_workers(&mut self) {
+    async fn grant_and_start_workers(&mut self, edit: &Edit) {
         let admin = self.admin().await;
         let js = async_nats::jetstream::new(admin.clone());
         KeyDirectory::open(&js)
@@ -424,7 +429,7 @@ impl Deployment {
             .expect("publish the treasury's key");
         let ledger = LedgerClient::new(admin, self.treasury.clone());
         for platform in PLATFORMS {
-            let path = write_config(self.dir.path(), platform, &self.home(platform).url());
+            let path = write_config_with(self.dir.path(), platform, &self.home(platform).url(), edit);
             let config = Config::load(&path).expect("config loads");
             for (task_type, resource) in &config.resources {
                 let lct = config.lct(task_type.as_str()).expect("lct");
