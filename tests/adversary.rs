@@ -54,6 +54,7 @@ enum Kind {
     ConnectWithoutCredentials,
     DelegateWithoutGrant,
     GrantWithUnpinnedAdminKey,
+    ForgeAdvisories,
 }
 
 impl Attacker {
@@ -166,6 +167,14 @@ async fn forbidden_for_a_platform(a: &mut Attacker, victim: &str, victim_nkey: &
         .await;
     a.subscribe(&s::abort(victim)).await;
     a.subscribe(&s::max_deliveries_advisory(s::TASKS_STREAM, &worker)).await;
+    // Only the server sends advisories: a forged one would have a worker dead-letter a task.
+    for consumer in [worker.clone(), s::worker_consumer(&a.name)] {
+        a.publish(
+            &s::max_deliveries_advisory(s::TASKS_STREAM, &consumer),
+            r#"{"stream_seq":1,"deliveries":99}"#,
+        )
+        .await;
+    }
     for subject in [
         format!("$JS.API.STREAM.DELETE.{}", s::TASKS_STREAM),
         format!("$JS.API.STREAM.DELETE.{}", s::kv_stream(s::LEDGER_BUCKET)),
@@ -189,6 +198,7 @@ async fn forbidden_for_a_platform(a: &mut Attacker, victim: &str, victim_nkey: &
         Kind::PullForeignQueue,
         Kind::ManageStreams,
         Kind::ForgeDeadLetters,
+        Kind::ForgeAdvisories,
     ]
 }
 
@@ -403,6 +413,6 @@ async fn every_attack_is_refused_the_ledger_is_untouched_and_delegation_still_wo
         "adversary: {attempts} attempts of {} kinds, every one refused or ignored",
         kinds.len()
     );
-    assert_eq!(kinds.len(), 14, "{kinds:?}");
+    assert_eq!(kinds.len(), 15, "{kinds:?}");
     assert!(attempts >= 100, "{attempts} attempts");
 }

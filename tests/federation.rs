@@ -308,7 +308,7 @@ async fn forged_replayed_and_malformed_tasks_are_refused_and_the_ledger_is_untou
     let wire = thor.sign(&task(&genuine)).expect("sign");
     let ledger = LedgerClient::new(client.clone(), thor.clone());
     let now = now_seconds();
-    ledger
+    let reply = ledger
         .lock(&LockTerms {
             deadline: now + 60.0,
             expires_at: now + 120.0,
@@ -316,6 +316,7 @@ async fn forged_replayed_and_malformed_tasks_are_refused_and_the_ledger_is_untou
         })
         .await
         .expect("lock");
+    assert!(reply.is_ok(), "the lock must apply: {reply:?}");
     publish(wire.clone(), genuine.to_string()).await;
     wait_for_state(&p, &genuine, TaskState::Completed).await;
     let board = TaskBoard::open(&js).await.expect("board");

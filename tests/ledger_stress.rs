@@ -58,6 +58,16 @@ enum Settle {
     ExecutorGivesUp,
 }
 
+/// Least share of tasks the workload must lock and settle itself, per test: with no fault
+/// every task does; crashes and a restart cost the requests they interrupt, not most
+/// (observed: 90% under crashes, 92% across a restart).
+const RACE_SETTLED_MIN_PERCENT: usize = 100;
+const CRASH_SETTLED_MIN_PERCENT: usize = 75;
+const RESTART_SETTLED_MIN_PERCENT: usize = 75;
+/// Least share of tasks that must end committed by the workload: about half the plans settle
+/// by a rollback first (observed: 44% to 47% committed).
+const COMMITTED_MIN_PERCENT: usize = 30;
+
 fn plans(seed: u64, count: usize, prefix: &str) -> Vec<Plan> {
     let mut rng = Rng(seed);
     (0..count)
@@ -222,9 +232,32 @@ async fn run_all(
 }
 
 /// Settles whatever a crash left pending, then checks one outcome per task against what the
-/// clients saw, and the audit.
-async fn finish_and_check(f: &LedgerFixture, plans: &[Plan], seen: &[Seen]) {
+/// clients saw, and the audit; and that the workload itself locked and settled at least
+/// `settled_min_percent` of the tasks (a run in which every request failed proves nothing).
+async fn finish_and_check(f: &LedgerFixture, plans: &[Plan], seen: &[Seen], settled_min_percent: usize) {
     let errors: usize = seen.iter().map(|s| s.errors).sum();
+    let settled = seen
+        .iter()
+        .filter(|s| s.lock_applied == 1 && s.commits_applied + s.rollbacks_applied == 1)
+        .count();
+    let committed = seen
+        .iter()
+        .filter(|s| s.lock_applied == 1 && s.commits_applied == 1)
+        .count();
+    eprintln!(
+        "{settled} of {} tasks locked and settled by the workload, {committed} of them committed",
+        plans.len()
+    );
+    assert!(
+        settled * 100 >= plans.len() * settled_min_percent,
+        "only {settled} of {} tasks were locked and settled by the workload (at least {settled_min_percent}% must be)",
+        plans.len()
+    );
+    assert!(
+        committed * 100 >= plans.len() * COMMITTED_MIN_PERCENT,
+        "only {committed} of {} tasks committed (at least {COMMITTED_MIN_PERCENT}% must)",
+        plans.len()
+    );
     let pending_before = f
         .snapshot()
         .await
@@ -309,7 +342,7 @@ async fn thousands_of_racing_transitions_keep_conservation_and_one_outcome_per_t
             plan.task_id
         );
     }
-    finish_and_check(&f, &plans, &seen).await;
+    finish_and_check(&f, &plans, &seen, RACE_SETTLED_MIN_PERCENT).await;
     second.stop().await;
 }
 
@@ -392,7 +425,7 @@ async fn killing_ledger_processes_mid_workload_loses_and_mints_nothing() {
     eprintln!("{kills} ledger processes killed during the workload");
     assert!(kills >= 4, "the workload ended before the crashes: {kills} kills");
     wait_for_ledger(&f).await;
-    finish_and_check(&f, &plans, &seen).await;
+    finish_and_check(&f, &plans, &seen, CRASH_SETTLED_MIN_PERCENT).await;
     for process in &mut processes {
         let _ = process.kill();
         let _ = process.wait();
@@ -415,5 +448,5 @@ async fn restarting_nats_mid_workload_keeps_every_acknowledged_transition() {
     assert!(!workload.is_finished(), "the restart must land mid-workload");
     f.nats.server.restart().await.expect("restart nats-server");
     let seen = workload.await.expect("workload");
-    finish_and_check(&f, &plans, &seen).await;
+    finish_and_check(&f, &plans, &seen, RESTART_SETTLED_MIN_PERCENT).await;
 }

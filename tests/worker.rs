@@ -108,7 +108,7 @@ async fn a_task_whose_deliveries_run_out_is_dead_lettered_and_refunded() {
         300.0,
     );
     let now = now_seconds();
-    LedgerClient::new(client.clone(), thor.clone())
+    let reply = LedgerClient::new(client.clone(), thor.clone())
         .lock(&LockTerms {
             deadline: now + 300.0,
             expires_at: now + 360.0,
@@ -116,6 +116,7 @@ async fn a_task_whose_deliveries_run_out_is_dead_lettered_and_refunded() {
         })
         .await
         .expect("lock");
+    assert!(reply.is_ok(), "the lock must apply: {reply:?}");
     publish_to_legion(&js, thor.sign(&task).expect("sign"), task_id.as_str()).await;
 
     // The worker running it dies on every delivery.

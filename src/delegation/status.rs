@@ -33,6 +33,14 @@ use crate::state::task_board::{CancelResult, TaskBoard, TaskStatus};
 
 /// How long a status or cancel request waits for its answer.
 pub const STATUS_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Requests one status service verifies or reads for at once, over all endpoints; past it,
+/// a request is answered with [`status_busy_error`] at once instead of taking a task.
+pub const STATUS_REQUESTS_IN_FLIGHT_MAX: usize = 256;
+
+/// The error answered past [`STATUS_REQUESTS_IN_FLIGHT_MAX`].
+pub fn status_busy_error() -> String {
+    format!("busy: the status service has {STATUS_REQUESTS_IN_FLIGHT_MAX} requests in flight (its limit); retry")
+}
 
 /// The seed's LCT status.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -138,20 +146,29 @@ impl StatusService {
             .map_err(|e| anyhow::anyhow!("cannot start the {} service: {e}", subjects::STATUS_SERVICE))?;
         let group = service.group(subjects::STATUS_ENDPOINT_PREFIX);
         let mut tasks = Vec::new();
+        let slots = Arc::new(tokio::sync::Semaphore::new(STATUS_REQUESTS_IN_FLIGHT_MAX));
         for name in ["lct", "task", "cancel"] {
             let mut endpoint = group
                 .endpoint(name)
                 .await
                 .map_err(|e| anyhow::anyhow!("endpoint {name}: {e}"))?;
             let shared = Arc::clone(&shared);
+            let slots = Arc::clone(&slots);
             tasks.push(tokio::spawn(async move {
                 while let Some(request) = endpoint.next().await {
+                    let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                        let error = status_busy_error();
+                        let body = serde_json::to_vec(&ErrorReply { error }).unwrap_or_default();
+                        let _ = request.respond(Ok(Bytes::from(body))).await;
+                        continue;
+                    };
                     let shared = Arc::clone(&shared);
                     tokio::spawn(async move {
                         let body = match answer(name, &request.message.payload, &shared).await {
                             Ok(body) => body,
                             Err(error) => serde_json::to_vec(&ErrorReply { error }).unwrap_or_default(),
                         };
+                        drop(slot);
                         let _ = request.respond(Ok(Bytes::from(body))).await;
                     });
                 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_nats::Client;
 use bytes::Bytes;
+use serde_json::value::RawValue;
 
 use crate::ledger::model::RollbackReason;
 use crate::ledger::protocol::{LedgerReply, LedgerRequest, Operation, REQUEST_TTL_SECONDS, RejectCode};
@@ -143,7 +144,7 @@ impl LedgerClient {
 
     /// Commits `task_id` with the executor's signed proof envelope.
     pub async fn commit(&self, task_id: &TaskId, proof: &Bytes) -> Result<LedgerReply, LedgerClientError> {
-        let proof = String::from_utf8_lossy(proof).into_owned();
+        let proof = embedded_envelope(proof)?;
         self.request(Operation::Commit {
             task_id: task_id.clone(),
             proof,
@@ -158,7 +159,7 @@ impl LedgerClient {
         reason: RollbackReason,
         evidence: Option<&Bytes>,
     ) -> Result<LedgerReply, LedgerClientError> {
-        let evidence = evidence.map(|e| String::from_utf8_lossy(e).into_owned());
+        let evidence = evidence.map(embedded_envelope).transpose()?;
         self.request(Operation::Rollback {
             task_id: task_id.clone(),
             reason,
@@ -166,6 +167,15 @@ impl LedgerClient {
         })
         .await
     }
+}
+
+/// A signed envelope's wire bytes as a JSON value to embed in a request, verbatim (its
+/// signature covers these exact bytes).
+fn embedded_envelope(wire: &Bytes) -> Result<Box<RawValue>, LedgerClientError> {
+    let text = String::from_utf8(wire.to_vec())
+        .map_err(|e| LedgerClientError::Sign(format!("the proof to embed is not UTF-8: {e}")))?;
+    RawValue::from_string(text)
+        .map_err(|e| LedgerClientError::Sign(format!("the proof to embed is not a JSON envelope: {e}")))
 }
 
 /// Read-only access to ledger records, for platforms (only the ledger service writes).

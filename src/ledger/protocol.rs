@@ -6,6 +6,7 @@
 //! message.
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::ledger::model::{Account, Lock, RollbackReason};
 use crate::protocol::envelope::Signable;
@@ -51,8 +52,9 @@ pub enum Operation {
     /// Pays the executor what its signed proof says it consumed; refunds the rest.
     Commit {
         task_id: TaskId,
-        /// The executor's signed ExecutionProof envelope, verbatim.
-        proof: String,
+        /// The executor's signed ExecutionProof envelope, verbatim, as a JSON value: embedded
+        /// as a string it would be escaped a second time (a result of quotes doubles again).
+        proof: Box<RawValue>,
     },
     /// Refunds the whole lock to the delegator.
     Rollback {
@@ -61,7 +63,7 @@ pub enum Operation {
         /// The executor's signed proof backing the reason, when the delegator rolls back
         /// for low quality, failure or a refusal.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        evidence: Option<String>,
+        evidence: Option<Box<RawValue>>,
     },
 }
 
@@ -110,10 +112,10 @@ impl Signable for LedgerRequest {
         }
         match &self.operation {
             Operation::Grant { grant_id, .. } => check_grant_id(grant_id),
-            Operation::Commit { proof, .. } if proof.len() > ENVELOPE_BYTES_MAX => {
+            Operation::Commit { proof, .. } if proof.get().len() > ENVELOPE_BYTES_MAX => {
                 Err("the proof is larger than an envelope may be".to_owned())
             }
-            Operation::Rollback { evidence: Some(e), .. } if e.len() > ENVELOPE_BYTES_MAX => {
+            Operation::Rollback { evidence: Some(e), .. } if e.get().len() > ENVELOPE_BYTES_MAX => {
                 Err("the evidence is larger than an envelope may be".to_owned())
             }
             _ => Ok(()),

@@ -162,9 +162,15 @@ async fn attempt(
     let mut order: Vec<String> = Vec::new();
     let mut replies = Vec::with_capacity(commands.len());
     let mut stale: Vec<String> = Vec::new();
+    let no_guesses = HashSet::new();
     for command in commands {
+        // An earlier command of this group may have revealed keys this one needs (a commit
+        // of a lock created just before needs both accounts): read the ones never loaded,
+        // rather than take them for absent.
+        let keys = needed_keys(command, &store.book(&overlay));
+        let unread: Vec<String> = keys.iter().filter(|k| !overlay.contains_key(*k)).cloned().collect();
+        fresh.extend(store.load(&unread, &no_guesses).await.map_err(|e| (e, Vec::new()))?);
         let book = store.book(&overlay);
-        let keys = needed_keys(command, &book);
         match decide(command, &book, admins, now) {
             Decision::Apply { writes, reply } => {
                 for record in writes {

@@ -28,6 +28,10 @@ use crate::protocol::proof::ExecutionProof;
 /// The endpoints, by operation name.
 pub const ENDPOINTS: [&str; 4] = ["grant", "lock", "commit", "rollback"];
 
+/// Requests one service instance verifies or waits on at once, over all endpoints; past it,
+/// a request is answered "busy, retry" at once instead of taking a task and memory.
+pub const LEDGER_REQUESTS_IN_FLIGHT_MAX: usize = 256;
+
 /// How a ledger service instance runs.
 #[derive(Clone, Debug)]
 pub struct LedgerOptions {
@@ -77,6 +81,7 @@ impl LedgerService {
             .map_err(|e| ServiceError::Service(e.to_string()))?;
         let group = service.group(subjects::LEDGER_ENDPOINT_PREFIX);
         let admin_keys = Arc::new(options.admin_keys.clone());
+        let slots = Arc::new(tokio::sync::Semaphore::new(LEDGER_REQUESTS_IN_FLIGHT_MAX));
         let mut tasks = Vec::new();
         for name in ENDPOINTS {
             let mut endpoint = group
@@ -86,17 +91,21 @@ impl LedgerService {
             let keys = Arc::clone(&keys);
             let handle = handle.clone();
             let admin_keys = Arc::clone(&admin_keys);
+            let slots = Arc::clone(&slots);
             tasks.push(tokio::spawn(async move {
                 while let Some(request) = endpoint.next().await {
+                    let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                        metrics::refused(Refuser::Ledger, RefusalReason::Limits);
+                        respond(request, &busy_reply()).await;
+                        continue;
+                    };
                     let keys = Arc::clone(&keys);
                     let handle = handle.clone();
                     let admin_keys = Arc::clone(&admin_keys);
                     tokio::spawn(async move {
                         let reply = handle_request(name, &request.message.payload, &keys, &admin_keys, &handle).await;
-                        let body = serde_json::to_vec(&reply).unwrap_or_default();
-                        if let Err(e) = request.respond(Ok(Bytes::from(body))).await {
-                            tracing::debug!(error = %e, "could not send a ledger reply");
-                        }
+                        drop(slot);
+                        respond(request, &reply).await;
                     });
                 }
             }));
@@ -137,6 +146,21 @@ pub async fn serve(
     service.stop().await;
     let _ = client.flush().await;
     Ok(())
+}
+
+/// The answer to a request past [`LEDGER_REQUESTS_IN_FLIGHT_MAX`].
+pub fn busy_reply() -> LedgerReply {
+    LedgerReply::rejected(
+        RejectCode::Busy,
+        format!("the ledger service has {LEDGER_REQUESTS_IN_FLIGHT_MAX} requests in flight (its limit); retry"),
+    )
+}
+
+async fn respond(request: async_nats::service::Request, reply: &LedgerReply) {
+    let body = serde_json::to_vec(reply).unwrap_or_default();
+    if let Err(e) = request.respond(Ok(Bytes::from(body))).await {
+        tracing::debug!(error = %e, "could not send a ledger reply");
+    }
 }
 
 fn refuse(error: &EnvelopeError) -> LedgerReply {
@@ -224,7 +248,7 @@ async fn command_for(
             Command::Lock { requester, lock }
         }
         Operation::Commit { task_id, proof } => {
-            let proof = verify_proof(keys, &proof, "proof").await?;
+            let proof = verify_proof(keys, proof.get(), "proof").await?;
             Command::Commit {
                 requester,
                 task_id,
@@ -237,7 +261,7 @@ async fn command_for(
             evidence,
         } => {
             let evidence = match evidence {
-                Some(wire) => Some(verify_proof(keys, &wire, "evidence").await?),
+                Some(wire) => Some(verify_proof(keys, wire.get(), "evidence").await?),
                 None => None,
             };
             Command::Rollback {

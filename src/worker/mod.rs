@@ -8,11 +8,13 @@
 //! - `checks`: the executor's checks.
 //! - `admission`: rate limits, concurrency and budget caps.
 //! - `run`: one task from message to acknowledgement.
+//! - `exhausted`: max-deliveries advisories, checked against the stream, handled once.
 
 mod admission;
 mod checks;
 #[cfg(test)]
 mod checks_table;
+mod exhausted;
 pub mod ops;
 mod run;
 
@@ -179,7 +181,7 @@ impl Worker {
         let mut tasks = vec![
             tokio::spawn(heartbeat(Arc::clone(&ctx))),
             tokio::spawn(listen_for_aborts(Arc::clone(&ctx), client.clone())),
-            tokio::spawn(dead_letter_exhausted(Arc::clone(&ctx), client.clone())),
+            tokio::spawn(exhausted::dead_letter_exhausted(Arc::clone(&ctx), client.clone())),
         ];
         let settler = FederationClient::new(ctx.config.clone(), client.clone()).await?;
         tasks.push(tokio::spawn(async move { settler.settle_orphaned_proofs().await }));
@@ -331,51 +333,4 @@ async fn listen_for_aborts(ctx: Arc<WorkerContext>, client: Client) {
             let _ = handle.send(());
         }
     }
-}
-
-/// A task whose last delivery timed out (its worker died) stays in the work queue and the
-/// server publishes an advisory: copy it to the dead-letter stream, remove it, refund it.
-async fn dead_letter_exhausted(ctx: Arc<WorkerContext>, client: Client) {
-    let subject = subjects::max_deliveries_advisory(
-        subjects::TASKS_STREAM,
-        &subjects::worker_consumer(ctx.config.platform()),
-    );
-    let Ok(mut advisories) = client.subscribe(subject).await else {
-        tracing::error!("cannot subscribe to max-delivery advisories");
-        return;
-    };
-    while let Some(advisory) = advisories.next().await {
-        let Some(sequence) = serde_json::from_slice::<serde_json::Value>(&advisory.payload)
-            .ok()
-            .and_then(|v| v.get("stream_seq").and_then(serde_json::Value::as_u64))
-        else {
-            continue;
-        };
-        if let Err(e) = dead_letter_sequence(&ctx, sequence).await {
-            tracing::error!(sequence, error = %e, "could not dead-letter an exhausted task");
-        }
-    }
-}
-
-async fn dead_letter_sequence(ctx: &WorkerContext, sequence: u64) -> anyhow::Result<()> {
-    let stream = ctx.js.get_stream(subjects::TASKS_STREAM).await?;
-    let Ok(message) = stream.get_raw_message(sequence).await else {
-        return Ok(());
-    };
-    let mut headers = async_nats::HeaderMap::new();
-    let reason = format!(
-        "exhausted its {} deliveries without an answer (worker died or hung)",
-        ctx.config.worker.max_deliver
-    );
-    headers.insert(DEAD_REASON_HEADER, reason.as_str());
-    headers.insert(DEAD_SUBJECT_HEADER, message.subject.as_str());
-    let payload = message.payload.clone();
-    ctx.js
-        .publish_with_headers(subjects::dead_letter(ctx.config.platform()), headers, payload.clone())
-        .await?
-        .await?;
-    stream.delete_message(sequence).await?;
-    tracing::warn!(sequence, "{reason}; dead-lettered");
-    run::abandon(ctx, &payload, &reason).await;
-    Ok(())
 }

@@ -338,7 +338,7 @@ async fn execute(ctx: &WorkerContext, task: &FederationTask, message: &Arc<jetst
             proof.status = ProofStatus::Completed;
             proof.result = output.result;
             proof.quality_score = output.quality.clamp(0.0, 1.0);
-            proof.atp_consumed = output.atp_consumed.min(budget).as_f64();
+            proof.atp_consumed = output.atp_consumed.min(budget).as_f64_at_most();
         }
         Some(Err(OperationError::TimedOut { after })) => {
             proof.status = ProofStatus::TimedOut;

@@ -136,7 +136,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchTarget::Delegation => delegation(&server, &args, &dir, &progress).await,
     };
     progress.finish_and_clear();
-    server.stop(Duration::from_secs(5));
+    server.stop(Duration::from_secs(5)).await;
     let _ = std::fs::remove_dir_all(&dir);
     let figures = result?;
     if args.json {

@@ -116,7 +116,7 @@ pub async fn run(mut args: UpArgs, shutdown: impl Future<Output = ()>) -> anyhow
         server.log_file().display()
     );
     let result = serve(&server.url(), &fed, &args, configs, shutdown).await;
-    server.stop(SERVER_STOP_TIMEOUT);
+    server.stop(SERVER_STOP_TIMEOUT).await;
     println!("stopped");
     result
 }

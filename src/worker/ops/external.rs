@@ -11,6 +11,14 @@
 //! - memory: `RLIMIT_AS` of `memory_mb` MiB, set in the child before it executes. This limits
 //!   address space, not resident memory: runtimes that reserve large virtual ranges up front
 //!   (the JVM, Go, CUDA) need a limit well above what they use.
+//! - CPU: `RLIMIT_CPU` of the seconds the budget buys at `atp_per_second` (plus a grace
+//!   second); files: `RLIMIT_FSIZE` [`EXTERNAL_FILE_BYTES_MAX`] and `RLIMIT_NOFILE`
+//!   [`EXTERNAL_OPEN_FILES_MAX`]; processes: `RLIMIT_NPROC` [`EXTERNAL_USER_PROCESSES_MAX`]
+//!   (per user, and not applied to root).
+//! - the platform's secret key: the program inherits no open file of the worker (Rust opens
+//!   files close-on-exec) and no environment but `PATH` and `HOME`; but it runs as the
+//!   worker's user and so can read the key file itself. Run the worker as a user that cannot
+//!   read anything the programs must not, or keep programs you do not trust off the platform.
 //! - output: stdout beyond [`EXTERNAL_STDOUT_BYTES_MAX`] is refused; the last
 //!   [`EXTERNAL_STDERR_TAIL_BYTES_MAX`] of stderr are kept for error messages.
 //! - environment: only `PATH` and `HOME`, so the platform's secrets do not leak.
@@ -53,6 +61,54 @@ const KILLED_REAP_TIMEOUT: Duration = Duration::from_secs(5);
 const OUT_OF_MEMORY_MARKERS: [&str; 4] = ["MemoryError", "bad_alloc", "out of memory", "Cannot allocate memory"];
 
 const BYTES_PER_MIB: u64 = 1024 * 1024;
+
+/// Most files a program may hold open at once (`RLIMIT_NOFILE`).
+pub const EXTERNAL_OPEN_FILES_MAX: u64 = 256;
+/// Largest file a program may write (`RLIMIT_FSIZE`), in bytes.
+pub const EXTERNAL_FILE_BYTES_MAX: u64 = 64 * BYTES_PER_MIB;
+/// Most processes the program's user may have when the program forks (`RLIMIT_NPROC`): the
+/// kernel counts every process and thread of that user, and does not apply it to root.
+pub const EXTERNAL_USER_PROCESSES_MAX: u64 = 4096;
+/// CPU seconds a program gets beyond what its budget buys, before SIGXCPU; SIGKILL follows
+/// one second later.
+const EXTERNAL_CPU_GRACE_SECONDS: u64 = 1;
+
+/// The resource limits set in the child before it executes.
+#[derive(Clone, Copy, Debug)]
+struct ChildLimits {
+    memory_bytes: u64,
+    cpu_seconds: u64,
+}
+
+impl ChildLimits {
+    /// `memory_mb` of address space; the CPU seconds `budget` buys at `atp_per_second` (or,
+    /// for a free operation, the timeout's), plus a grace second.
+    fn new(memory_mb: u64, budget: Atp, atp_per_second: Atp, timeout: Duration) -> Self {
+        let bought = match atp_per_second.micros() {
+            0 => timeout.as_secs(),
+            rate => budget.micros().div_ceil(rate),
+        };
+        Self {
+            memory_bytes: memory_mb.saturating_mul(BYTES_PER_MIB),
+            cpu_seconds: bought.saturating_add(EXTERNAL_CPU_GRACE_SECONDS),
+        }
+    }
+
+    /// `(resource, soft, hard)` for setrlimit(2).
+    fn table(self) -> [(libc::__rlimit_resource_t, u64, u64); 5] {
+        [
+            (libc::RLIMIT_AS, self.memory_bytes, self.memory_bytes),
+            (libc::RLIMIT_CPU, self.cpu_seconds, self.cpu_seconds.saturating_add(1)),
+            (libc::RLIMIT_FSIZE, EXTERNAL_FILE_BYTES_MAX, EXTERNAL_FILE_BYTES_MAX),
+            (libc::RLIMIT_NOFILE, EXTERNAL_OPEN_FILES_MAX, EXTERNAL_OPEN_FILES_MAX),
+            (
+                libc::RLIMIT_NPROC,
+                EXTERNAL_USER_PROCESSES_MAX,
+                EXTERNAL_USER_PROCESSES_MAX,
+            ),
+        ]
+    }
+}
 
 /// An operation run by an external program.
 #[derive(Clone, Debug)]
@@ -106,7 +162,8 @@ impl ExternalOperation {
         let request = serde_json::to_vec(&request).map_err(|e| OperationError::Failed(format!("request: {e}")))?;
         let shown = program.display().to_string();
 
-        let mut running = self.spawn(&program, input.memory_mb)?;
+        let limits = ChildLimits::new(input.memory_mb, input.budget, self.atp_per_second, input.timeout);
+        let mut running = self.spawn(&program, limits)?;
         let talk = async {
             let (stdout, stderr) = converse(&mut running, request).await?;
             let exit = (&mut running.exit).await;
@@ -129,6 +186,14 @@ impl ExternalOperation {
 
         let stderr = String::from_utf8_lossy(&stderr).trim().to_owned();
         if !exit.status.success() {
+            let cpu_signal = exit.status.signal() == Some(libc::SIGXCPU)
+                || (exit.status.signal() == Some(libc::SIGKILL) && exit.cpu.as_secs() >= limits.cpu_seconds);
+            if cpu_signal {
+                return Err(OperationError::ResourceLimit(format!(
+                    "`{shown}` used the {} CPU seconds its budget buys: {stderr}",
+                    limits.cpu_seconds
+                )));
+            }
             if OUT_OF_MEMORY_MARKERS.iter().any(|m| stderr.contains(m)) {
                 return Err(OperationError::ResourceLimit(format!(
                     "`{shown}` ran out of memory under the limit of {} MiB (permissions.memory_mb): {stderr}",
@@ -154,7 +219,7 @@ impl ExternalOperation {
         })
     }
 
-    fn spawn(&self, program: &Path, memory_mb: u64) -> Result<Running, OperationError> {
+    fn spawn(&self, program: &Path, limits: ChildLimits) -> Result<Running, OperationError> {
         let mut command = Command::new(program);
         command
             .args(&self.command[1..])
@@ -172,18 +237,24 @@ impl ExternalOperation {
         if !self.base_dir.as_os_str().is_empty() {
             command.current_dir(&self.base_dir);
         }
-        let bytes = memory_mb.saturating_mul(BYTES_PER_MIB);
-        let limit = libc::rlimit {
-            rlim_cur: bytes as libc::rlim_t,
-            rlim_max: bytes as libc::rlim_t,
-        };
+        let table = limits.table().map(|(resource, soft, hard)| {
+            (
+                resource,
+                libc::rlimit {
+                    rlim_cur: soft as libc::rlim_t,
+                    rlim_max: hard as libc::rlim_t,
+                },
+            )
+        });
         // SAFETY: the closure runs in the forked child before exec, where only
-        // async-signal-safe calls are allowed: it calls setrlimit(2) on a value captured by
+        // async-signal-safe calls are allowed: it calls setrlimit(2) on values captured by
         // copy and allocates nothing (`last_os_error` only reads errno).
         unsafe {
             command.pre_exec(move || {
-                if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
-                    return Err(io::Error::last_os_error());
+                for (resource, limit) in &table {
+                    if libc::setrlimit(*resource, limit) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
@@ -546,6 +617,65 @@ mod tests {
         match out {
             Err(OperationError::ResourceLimit(why)) => assert!(why.contains("256 MiB"), "{why}"),
             other => panic!("expected ResourceLimit, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_program_cannot_open_more_than_its_files() {
+        let opener = op(&[
+            "python3",
+            "-c",
+            &format!(
+                "import sys; sys.stdin.read(); f = [open('/dev/null') for _ in range({})]; print('{{\"result\": {{}}, \"quality\": 1}}')",
+                EXTERNAL_OPEN_FILES_MAX + 10
+            ),
+        ]);
+        match run(&opener, input(json!({}), Duration::from_secs(30))).await {
+            Err(OperationError::Failed(why)) => assert!(why.contains("Too many open files"), "{why}"),
+            other => panic!("expected a failure to open files, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_program_cannot_write_a_file_beyond_its_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("big");
+        let writer = op(&[
+            "python3",
+            "-c",
+            &format!(
+                "import sys; sys.stdin.read()\nwith open({:?}, 'wb', buffering=0) as f:\n    for _ in range({}): f.write(b'x' * 1048576)\nprint('{{\"result\": {{}}, \"quality\": 1}}')",
+                path.display().to_string(),
+                EXTERNAL_FILE_BYTES_MAX / 1048576 + 2
+            ),
+        ]);
+        match run(&writer, input(json!({}), Duration::from_secs(30))).await {
+            Err(OperationError::Failed(why)) => assert!(why.contains("File too large"), "{why}"),
+            other => panic!("expected a failure to write, got {other:?}"),
+        }
+        let written = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        assert!(written <= EXTERNAL_FILE_BYTES_MAX, "{written} bytes written");
+    }
+
+    #[tokio::test]
+    async fn a_program_stops_at_the_cpu_seconds_its_budget_buys() {
+        let burn = op(&[
+            "python3",
+            "-c",
+            "import sys, time; sys.stdin.read(); end = time.process_time() + 8\nwhile time.process_time() < end: pass\nprint('{\"result\": {}, \"quality\": 1}')",
+        ]);
+        // 1 ATP at 1 ATP per CPU second buys 1 s (+1 s grace): far below the 8 s it burns.
+        let out = run(
+            &burn,
+            OperationInput {
+                budget: Atp::from_micros(MICROS_PER_ATP),
+                ..input(json!({}), Duration::from_secs(60))
+            },
+        )
+        .await;
+        match out {
+            Err(OperationError::ResourceLimit(why)) => assert!(why.contains("CPU"), "{why}"),
+            other => panic!("expected the CPU limit, got {other:?}"),
         }
     }
 
