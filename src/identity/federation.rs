@@ -57,6 +57,8 @@ pub enum InitError {
     Certificate(#[from] rcgen::Error),
     #[error("cannot make a key: {0}")]
     Key(String),
+    #[error("cannot lay out the machines: {0}")]
+    Topology(String),
 }
 
 /// The public manifest of a federation.
@@ -164,7 +166,7 @@ fn check_name(name: &str) -> Result<(), InitError> {
     Ok(())
 }
 
-fn write_file(path: &Path, text: &str, secret: bool) -> Result<(), InitError> {
+pub(crate) fn write_file(path: &Path, text: &str, secret: bool) -> Result<(), InitError> {
     let err = |source| InitError::Write {
         path: path.to_owned(),
         source,
@@ -189,7 +191,7 @@ fn write_file(path: &Path, text: &str, secret: bool) -> Result<(), InitError> {
     file.write_all(text.as_bytes()).map_err(err)
 }
 
-fn read_text(path: &Path) -> Result<String, InitError> {
+pub(crate) fn read_text(path: &Path) -> Result<String, InitError> {
     fs::read_to_string(path).map_err(|e| InitError::Read {
         path: path.to_owned(),
         why: e.to_string(),
@@ -209,11 +211,10 @@ fn new_identity(fed: &FederationDir, name: &str, role: Role) -> Result<NatsUser,
     })
 }
 
-/// Writes the CA, and the server certificate it signs for `hosts` plus loopback.
-fn make_certificates(fed: &FederationDir, hosts: &[String]) -> Result<(), InitError> {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
-    let now = time::OffsetDateTime::now_utc();
-    let validity = time::Duration::days(CERT_VALIDITY_DAYS);
+/// The CA's parameters: the same every time, so that the CA can sign again later from its
+/// key alone ([`issue_certificate`]).
+fn ca_params(now: time::OffsetDateTime) -> Result<rcgen::CertificateParams, InitError> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyUsagePurpose};
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params
@@ -221,22 +222,43 @@ fn make_certificates(fed: &FederationDir, hosts: &[String]) -> Result<(), InitEr
         .push(DnType::CommonName, "sagefed federation CA");
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     ca_params.not_before = now;
-    ca_params.not_after = now + validity;
-    let ca_key = KeyPair::generate()?;
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key)?;
-    let mut server_params = CertificateParams::new(hosts.to_vec())?;
-    server_params
+    ca_params.not_after = now + time::Duration::days(CERT_VALIDITY_DAYS);
+    Ok(ca_params)
+}
+
+/// A server certificate for `hosts` signed by `issuer`, as (certificate PEM, key PEM).
+/// `route`: it also authenticates its server to others (cluster routes, mutual TLS).
+fn server_certificate<S: rcgen::SigningKey>(
+    issuer: &rcgen::Issuer<'_, S>,
+    hosts: &[String],
+    route: bool,
+) -> Result<(String, String), InitError> {
+    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
+    let now = time::OffsetDateTime::now_utc();
+    let mut params = CertificateParams::new(hosts.to_vec())?;
+    params
         .distinguished_name
         .push(DnType::CommonName, "sagefed nats-server");
-    server_params.not_before = now;
-    server_params.not_after = now + validity;
-    server_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    let server_key = KeyPair::generate()?;
-    let server = server_params.signed_by(&server_key, &ca)?;
+    params.not_before = now;
+    params.not_after = now + time::Duration::days(CERT_VALIDITY_DAYS);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    if route {
+        params.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth);
+    }
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// Writes the CA, and the server certificate it signs for `hosts` plus loopback.
+fn make_certificates(fed: &FederationDir, hosts: &[String]) -> Result<(), InitError> {
+    let ca_key = rcgen::KeyPair::generate()?;
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params(time::OffsetDateTime::now_utc())?, ca_key)?;
+    let (server_pem, server_key) = server_certificate(&ca, hosts, false)?;
     write_file(&fed.ca_cert(), &ca.pem(), false)?;
     write_file(&fed.ca_key(), &ca.key().serialize_pem(), true)?;
-    write_file(&fed.server_cert(), &server.pem(), false)?;
-    write_file(&fed.server_key(), &server_key.serialize_pem(), true)?;
+    write_file(&fed.server_cert(), &server_pem, false)?;
+    write_file(&fed.server_key(), &server_key, true)?;
     Ok(())
 }
 
@@ -286,6 +308,16 @@ pub fn endorse_identity_key(fed: &FederationDir, identity: &str, key_path: &Path
 /// Reads the root key of the federation in `fed`.
 pub fn read_root(fed: &FederationDir) -> Result<ed25519_dalek::SigningKey, InitError> {
     keys::read_secret(&fed.root_key()).map_err(|e| InitError::Key(e.to_string()))
+}
+
+/// A certificate for one more server of the federation (a leaf, a cluster node), signed by
+/// the CA in `fed` for `hosts` plus loopback: (certificate PEM, key PEM).
+pub fn issue_certificate(fed: &FederationDir, hosts: &[String], route: bool) -> Result<(String, String), InitError> {
+    let ca_key = rcgen::KeyPair::from_pem(&read_text(&fed.ca_key())?)?;
+    let issuer = rcgen::Issuer::new(ca_params(time::OffsetDateTime::now_utc())?, ca_key);
+    let mut all: Vec<String> = LOOPBACK_HOSTS.iter().map(|h| (*h).to_owned()).collect();
+    all.extend(hosts.iter().filter(|h| !all.contains(h)).cloned().collect::<Vec<_>>());
+    server_certificate(&issuer, &all, route)
 }
 
 /// Host names the server certificate always covers.
@@ -369,6 +401,18 @@ fn copy_into(from: &Path, bundle: &Path, secret: bool) -> Result<PathBuf, InitEr
     Ok(to)
 }
 
+/// `bundles/<platform>/nats.toml`: the `[nats]` section of the platform's config.
+pub fn write_platform_nats_toml(fed: &FederationDir, platform: &str, url: &str) -> Result<(), InitError> {
+    write_file(
+        &fed.bundle(platform).join("nats.toml"),
+        &format!(
+            "# Paste into {platform}'s sagefed config; paths are relative to that file.\n# Under [federation]:\n#   keypair_path = \"{platform}.key\"\n#   root_public_key_path = \"root.pub\"\n[nats]\nurl = {url}\ncreds = \"{platform}.nk\"\nca = \"ca.pem\"\n",
+            url = serde_json::Value::String(url.to_owned()),
+        ),
+        false,
+    )
+}
+
 /// The manifest, the server config and every bundle, from the manifest.
 fn write_outputs(fed: &FederationDir, manifest: &Manifest) -> Result<(), InitError> {
     let manifest_text = serde_json::to_string_pretty(manifest).map_err(|e| InitError::Key(e.to_string()))?;
@@ -410,15 +454,7 @@ fn write_outputs(fed: &FederationDir, manifest: &Manifest) -> Result<(), InitErr
         if identity.role.is_platform() {
             copy_into(&fed.ca_cert(), &bundle, false)?;
             write_file(&bundle.join("root.pub"), &root_pub, false)?;
-            write_file(
-                &bundle.join("nats.toml"),
-                &format!(
-                    "# Paste into {name}'s sagefed config; paths are relative to that file.\n# Under [federation]:\n#   keypair_path = \"{name}.key\"\n#   root_public_key_path = \"root.pub\"\n[nats]\nurl = {url}\ncreds = \"{name}.nk\"\nca = \"ca.pem\"\n",
-                    name = identity.name,
-                    url = serde_json::Value::String(manifest.url.clone()),
-                ),
-                false,
-            )?;
+            write_platform_nats_toml(fed, &identity.name, &manifest.url)?;
         }
     }
     Ok(())

@@ -39,9 +39,15 @@ fn list(subjects: &[String]) -> String {
 
 /// `authorization { users: [...] }` for `users`.
 pub fn authorization_block(users: &[NatsUser]) -> String {
+    authorization_block_with(users, &|p| p)
+}
+
+/// `authorization { users: [...] }` for `users`, each user's permissions passed through
+/// `adapt` (a topology adds the subjects its links rewrite them to).
+pub fn authorization_block_with(users: &[NatsUser], adapt: &dyn Fn(Permissions) -> Permissions) -> String {
     let mut out = String::from("authorization {\n  users: [\n");
     for user in users {
-        let p = user.permissions();
+        let p = adapt(user.permissions());
         // `write!` to a String cannot fail.
         let _ = write!(
             out,

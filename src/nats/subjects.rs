@@ -180,6 +180,41 @@ pub const JS_API_OPERATOR_READS: [&str; 5] = [
     "$JS.API.CONSUMER.INFO.*.*",
 ];
 
+/// The JetStream domain of a hub-leaf federation's hub: leaves reach its JetStream through
+/// `$JS.sagehub.API` (a leaf link denies the plain `$JS.API.>` and `$KV.>`).
+pub const HUB_DOMAIN: &str = "sagehub";
+/// Every KV write subject.
+pub const KV_ALL: &str = "$KV.>";
+
+/// The prefix of `domain`'s JetStream API as a leaf reaches it.
+fn js_domain_api(domain: &str) -> String {
+    format!("$JS.{domain}.API")
+}
+
+/// What a leaf rewrites its clients' JetStream subjects to, so they cross the link to
+/// `domain`: (from, to) pairs for the leaf's `mappings`.
+pub fn js_domain_mappings(domain: &str) -> [(String, String); 2] {
+    [
+        (JS_API_ALL.to_owned(), all_under(&js_domain_api(domain))),
+        (KV_ALL.to_owned(), format!("{}.{KV_ALL}", js_domain_api(domain))),
+    ]
+}
+
+/// `subject` as a leaf's mapping sends it to `domain` (`$JS.API.INFO` ->
+/// `$JS.hub.API.INFO`, `$KV.b.k` -> `$JS.hub.API.$KV.b.k`), or `None` when no mapping
+/// applies to it.
+pub fn through_domain(subject: &str, domain: &str) -> Option<String> {
+    let api = JS_API_ALL.trim_end_matches('>');
+    let kv = KV_ALL.trim_end_matches('>');
+    if let Some(rest) = subject.strip_prefix(api) {
+        Some(format!("{}.{rest}", js_domain_api(domain)))
+    } else if subject.starts_with(kv) {
+        Some(format!("{}.{subject}", js_domain_api(domain)))
+    } else {
+        None
+    }
+}
+
 /// Every subject under `prefix` (a subject with `.>` appended).
 pub fn all_under(prefix: &str) -> String {
     format!("{prefix}.>")

@@ -16,6 +16,8 @@ pub mod attacker;
 pub mod browser;
 pub mod federation;
 pub mod http;
+pub mod link_proxy;
+pub mod topology;
 
 /// The repository root.
 pub fn repo_dir() -> PathBuf {

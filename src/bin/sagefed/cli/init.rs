@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 
 use sage_federation::identity::federation::{self, FederationDir, InitOptions, Manifest};
+use sage_federation::identity::topology::{TopologyPlan, init_topology};
 use sage_federation::nats::permissions::Role;
+use sage_federation::nats::topology::{self, Machine, Topology};
 
 use crate::cli::FEDERATION_DIR_DEFAULT;
 
@@ -34,6 +36,56 @@ pub struct InitArgs {
     /// Replace an existing federation (every key and certificate changes)
     #[arg(long)]
     force: bool,
+    /// How the machines connect: single (one server), hub-leaf (a JetStream hub, a leaf
+    /// server on each other platform's machine) or cluster (three nodes, R3)
+    #[arg(long, default_value = "single", value_parser = parse_topology)]
+    topology: Topology,
+    /// A machine: NAME=HOST[:CLIENT_PORT[:LINK_PORT]] (repeat; hub-leaf: the hub first, each
+    /// leaf named after its platform; cluster: three nodes). Default: Legion, Thor, Sprout
+    /// at <name>.local
+    #[arg(long = "node", value_name = "NAME=HOST")]
+    nodes: Vec<String>,
+    /// Where a machine's bundle is installed (the paths its server config names)
+    #[arg(long, default_value = INSTALL_DIR_DEFAULT)]
+    install_dir: PathBuf,
+    /// Each server's JetStream store is <STORE_ROOT>/<machine in lower case>
+    #[arg(long, default_value = STORE_ROOT_DEFAULT)]
+    store_root: PathBuf,
+}
+
+/// Where `sagefed install` puts a machine's bundle.
+pub const INSTALL_DIR_DEFAULT: &str = "/etc/sagefed";
+/// Where deployed servers keep JetStream.
+pub const STORE_ROOT_DEFAULT: &str = "/var/lib/sagefed/nats";
+
+fn parse_topology(text: &str) -> Result<Topology, String> {
+    text.parse()
+}
+
+/// The machines of `args`: `--node`s, or the seed's three at `<name>.local`.
+fn plan(args: &InitArgs) -> anyhow::Result<TopologyPlan> {
+    let link_port = match args.topology {
+        Topology::Cluster => topology::ROUTE_PORT_DEFAULT,
+        Topology::HubLeaf | Topology::Single => topology::LEAF_PORT_DEFAULT,
+    };
+    let specs: Vec<String> = if args.nodes.is_empty() && args.topology != Topology::Single {
+        DEFAULT_PLATFORMS
+            .iter()
+            .map(|p| format!("{p}={}.local", p.to_lowercase()))
+            .collect()
+    } else {
+        args.nodes.clone()
+    };
+    let machines = specs
+        .iter()
+        .map(|spec| Machine::parse(spec, link_port).map_err(|e| anyhow::anyhow!("--node {e}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(TopologyPlan {
+        topology: args.topology,
+        machines,
+        install_dir: Some(args.install_dir.clone()),
+        store_root: args.store_root.clone(),
+    })
 }
 
 /// Platforms `sagefed init` creates when none is named: the seed's three.
@@ -55,22 +107,28 @@ pub fn run(args: &InitArgs) -> anyhow::Result<()> {
         } else {
             args.platforms.clone()
         };
-        federation::init(&InitOptions {
-            dir: args.out.clone(),
-            platforms,
-            executors: args.executors.clone(),
-            admins: args.admins.clone(),
-            hosts: args.hosts.clone(),
-            url: args.url.clone(),
-            server_base: crate::up::DEV_CONF.to_owned(),
-            force: args.force,
-        })?
+        let plan = plan(args)?;
+        let mut hosts = args.hosts.clone();
+        hosts.extend(plan.machines.iter().map(|m| m.host.clone()));
+        init_topology(
+            &InitOptions {
+                dir: args.out.clone(),
+                platforms,
+                executors: args.executors.clone(),
+                admins: args.admins.clone(),
+                hosts,
+                url: args.url.clone(),
+                server_base: crate::up::DEV_CONF.to_owned(),
+                force: args.force,
+            },
+            &plan,
+        )?
     };
-    print_summary(&FederationDir::new(&args.out), &manifest);
+    print_summary(args, &FederationDir::new(&args.out), &manifest);
     Ok(())
 }
 
-fn print_summary(fed: &FederationDir, manifest: &Manifest) {
+fn print_summary(args: &InitArgs, fed: &FederationDir, manifest: &Manifest) {
     println!("federation in {}", fed.dir.display());
     println!("  root key      {} (keep it offline)", fed.root_key().display());
     println!("  root public   {}", manifest.root_public_key);
@@ -86,4 +144,11 @@ fn print_summary(fed: &FederationDir, manifest: &Manifest) {
         );
     }
     println!("  bundles       {}", fed.dir.join("bundles").display());
+    if args.topology != Topology::Single {
+        println!(
+            "  topology      {} (install each machine's bundle in {}: docs/deployment.md)",
+            args.topology.name(),
+            args.install_dir.display()
+        );
+    }
 }

@@ -53,12 +53,33 @@ pub struct ServeArgs {
     metrics: crate::cli::observe::MetricsArgs,
 }
 
+/// Attempts to create the streams and buckets before giving up: on a cluster that is still
+/// electing leaders (every node starting at once) a JetStream request times out.
+const INFRA_ATTEMPTS_MAX: u32 = 10;
+/// Pause between those attempts.
+const INFRA_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
+async fn ensure_infra(js: &async_nats::jetstream::Context, replicas: usize) -> anyhow::Result<()> {
+    let mut attempt = 1;
+    loop {
+        match infra::ensure(js, replicas).await {
+            Ok(_) => return Ok(()),
+            Err(e) if attempt < INFRA_ATTEMPTS_MAX => {
+                eprintln!("sagefed: {e}; trying again ({attempt}/{INFRA_ATTEMPTS_MAX})");
+                attempt += 1;
+                tokio::time::sleep(INFRA_RETRY_PAUSE).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 pub async fn run(command: LedgerCommand) -> anyhow::Result<()> {
     match command {
         LedgerCommand::Serve(args) => {
             let client = args.nats.connect(LEDGER_IDENTITY, subjects::LEDGER_SERVICE).await?;
             let js = async_nats::jetstream::new(client.clone());
-            infra::ensure(&js, args.replicas).await?;
+            ensure_infra(&js, args.replicas).await?;
             args.metrics.spawn().await?;
             let admins: BTreeSet<String> = args.admins.into_iter().collect();
             let admin_keys = args

@@ -119,6 +119,10 @@ pub struct DelegateArgs {
 }
 
 pub async fn delegate(args: &DelegateArgs) -> anyhow::Result<ExitCode> {
+    delegate_once(args).await.map_err(unreachable_hint)
+}
+
+async fn delegate_once(args: &DelegateArgs) -> anyhow::Result<ExitCode> {
     // Refuse a bad budget before connecting to anything.
     sage_federation::protocol::atp::Atp::positive_from_f64(args.budget, "--budget")?;
     let parameters: serde_json::Value =
@@ -151,6 +155,25 @@ pub async fn delegate(args: &DelegateArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(EXIT_NOT_COMMITTED)
     })
+}
+
+/// What the errors say when nothing serves JetStream or the ledger: the server's "no
+/// responders", and what async-nats makes of it when opening a bucket.
+const UNANSWERED: [&str; 2] = ["no responders", "JetStream resource does not exist"];
+
+/// `e`, with what to check when it says JetStream or the ledger does not answer: on a
+/// Jetson, its leaf link to the hub (the delegation failed before locking anything).
+fn unreachable_hint(e: anyhow::Error) -> anyhow::Error {
+    let text = format!("{e:#}");
+    if UNANSWERED.iter().any(|u| text.contains(u)) {
+        e.context(
+            "the federation's JetStream or ledger does not answer; on a machine with a leaf \
+             server, its link to the hub is down; elsewhere, is the ledger (which creates the \
+             streams) running? (docs/troubleshooting.md)",
+        )
+    } else {
+        e
+    }
 }
 
 /// One line about a delegation.
