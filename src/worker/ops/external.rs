@@ -6,8 +6,11 @@
 //! stderr. `examples/ops/echo_quality.py` is a complete example.
 //!
 //! Limits, so that one task cannot hurt the platform:
-//! - time: at the timeout, or when the future is dropped, the program's whole process group
-//!   gets SIGKILL; every run ends with that group killed, so nothing it started outlives it.
+//! - time: at the timeout, or when the future is dropped, every descendant of the program gets
+//!   SIGKILL, including one that called `setsid` (the program is a child subreaper, so orphans
+//!   stay below it; see `sweep`), then its process group and the program. A run that ends
+//!   with the program's own exit kills its process group; a descendant that left the group
+//!   and outlives the program's exit is re-parented to init and not killed.
 //! - memory: `RLIMIT_AS` of `memory_mb` MiB, set in the child before it executes. This limits
 //!   address space, not resident memory: runtimes that reserve large virtual ranges up front
 //!   (the JVM, Go, CUDA) need a limit well above what they use.
@@ -44,7 +47,7 @@ use serde_json::{Map, Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
-use super::{Operation, OperationError, OperationInput, OperationOutput, check_result_size};
+use super::{Operation, OperationError, OperationInput, OperationOutput, check_result_size, sweep};
 use crate::protocol::atp::{Atp, MICROS_PER_ATP};
 
 /// Most bytes a program may print on stdout: a reply, not a data stream.
@@ -248,7 +251,7 @@ impl ExternalOperation {
         });
         // SAFETY: the closure runs in the forked child before exec, where only
         // async-signal-safe calls are allowed: it calls setrlimit(2) on values captured by
-        // copy and allocates nothing (`last_os_error` only reads errno).
+        // copy and prctl(2), and allocates nothing (`last_os_error` only reads errno).
         unsafe {
             command.pre_exec(move || {
                 for (resource, limit) in &table {
@@ -256,7 +259,7 @@ impl ExternalOperation {
                         return Err(io::Error::last_os_error());
                     }
                 }
-                Ok(())
+                sweep::become_subreaper()
             });
         }
         let mut child = command.spawn().map_err(|e| {
@@ -326,10 +329,12 @@ struct Process {
 }
 
 impl Process {
-    /// SIGKILL to the child's process group and to the child itself, unless it is reaped.
+    /// SIGKILL to every descendant of the child (those that left its group or session too),
+    /// to its process group and to the child itself, unless it is reaped.
     fn kill(&self) {
         let reaped = self.reaped.lock().unwrap_or_else(PoisonError::into_inner);
         if !*reaped {
+            sweep::kill_tree(self.pid);
             signal_group(self.pid);
         }
     }
@@ -755,6 +760,31 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(5);
         while pids.iter().any(|&p| alive(p)) {
             assert!(Instant::now() < deadline, "{pids:?} outlived the dropped run");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_descendant_that_left_the_session_is_killed_at_the_timeout() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pid_file = dir.path().join("pid");
+        // A subshell starts `sleep` in a session of its own (out of reach of the process-group
+        // kill), writes its pid and exits, so that the sleeper is an orphan as well.
+        let script = format!(
+            "cat >/dev/null; (setsid sleep 60 </dev/null >/dev/null 2>&1 & echo $! > {0}.tmp; mv {0}.tmp {0}); sleep 60",
+            pid_file.display()
+        );
+        let out = run(&op(&["sh", "-c", &script]), input(json!({}), Duration::from_secs(3))).await;
+        assert!(matches!(out, Err(OperationError::TimedOut { .. })), "{out:?}");
+        let text = std::fs::read_to_string(&pid_file).expect("the program wrote the sleeper's pid");
+        let pid: u32 = text.trim().parse().expect("a pid");
+        let session = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while alive(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "the sleeper {pid} outlived the timeout: {session}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

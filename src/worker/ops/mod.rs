@@ -14,6 +14,7 @@ pub mod execution;
 pub mod external;
 pub mod perception;
 pub mod planning;
+mod sweep;
 
 use std::collections::BTreeMap;
 use std::fmt;
