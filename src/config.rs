@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use ed25519_dalek::VerifyingKey;
 
-use crate::identity::keys::{KeyRecord, parse_public_key};
+use crate::identity::keys::parse_public_key;
 use crate::protocol::atp::Atp;
 use crate::protocol::lct::{Lct, check_platform, check_task_type, token_problem};
 use crate::protocol::limits::{LCT_NAME_CHARS_MAX, OPERATION_CHARS_MAX};
@@ -173,8 +173,13 @@ pub struct Federation {
     /// The owner part of this platform's LCTs (`dp` in the seed).
     #[serde(default = "default_owner")]
     pub owner: Name,
-    /// The Ed25519 secret key file; relative paths are relative to the config file.
+    /// The Ed25519 secret key file; relative paths are relative to the config file. Its
+    /// endorsed key records are beside it (`<keypair_path>.records.json`).
     pub keypair_path: PathBuf,
+    /// The federation root's public key file (`root.pub` in the bundle): the one key this
+    /// platform trusts to vouch for every other. Pinned here, never read from the bus.
+    #[serde(default)]
+    pub root_public_key_path: Option<PathBuf>,
 }
 
 fn default_owner() -> Name {
@@ -364,20 +369,6 @@ impl Default for WorkerSettings {
     }
 }
 
-/// A public key of this platform besides the one in `keypair_path`, with its window.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConfiguredKey {
-    /// Base64 of the 32-byte public key (the `.pub` file `sagefed keygen` writes).
-    pub public_key: String,
-    #[serde(default)]
-    pub not_before: f64,
-    #[serde(default)]
-    pub not_after: Option<f64>,
-    #[serde(default)]
-    pub revoked_at: Option<f64>,
-}
-
 /// A platform's whole configuration.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -400,9 +391,6 @@ pub struct Config {
     /// How this platform's workers pull tasks.
     #[serde(default)]
     pub worker: WorkerSettings,
-    /// Other public keys of this platform: a previous key during rotation, or a revoked one.
-    #[serde(default)]
-    pub keys: Vec<ConfiguredKey>,
     /// Directory the config file was read from; relative paths are resolved against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -421,6 +409,12 @@ pub enum ConfigError {
         source_name: String,
         why: String,
     },
+    #[error(
+        "{platform}'s config pins no federation root: set federation.root_public_key_path to the root.pub of its bundle (made by `sagefed init`)"
+    )]
+    NoRoot { platform: String },
+    #[error("the federation root's public key {path}: {why}")]
+    Root { path: PathBuf, why: String },
 }
 
 /// The layered configuration for the file at `path`.
@@ -505,11 +499,6 @@ impl Config {
                 ));
             }
         }
-        for (i, key) in self.keys.iter().enumerate() {
-            if let Err(e) = parse_public_key(&key.public_key) {
-                return Err(invalid(&format!("keys[{i}].public_key"), e.to_string()));
-            }
-        }
         if let Some(known) = self.platforms.iter().find(|p| p.name == self.federation.platform_name) {
             return Err(invalid(
                 "platforms",
@@ -543,21 +532,24 @@ impl Config {
         }
     }
 
-    /// Every public key record of this platform: the signing key's (valid from the epoch, no
-    /// end) and the configured others.
-    pub fn key_records(&self, signing: &VerifyingKey) -> Vec<KeyRecord> {
-        let mut records = vec![KeyRecord::new(self.platform(), signing, 0.0)];
-        for configured in &self.keys {
-            // Checked in `load`; a key that no longer parses is skipped, never trusted.
-            let Ok(key) = parse_public_key(&configured.public_key) else {
-                continue;
-            };
-            let mut record = KeyRecord::new(self.platform(), &key, configured.not_before);
-            record.not_after = configured.not_after;
-            record.revoked_at = configured.revoked_at;
-            records.push(record);
-        }
-        records
+    /// The federation root's public key this platform trusts ([`Federation::root_public_key_path`]).
+    pub fn root_public_key(&self) -> Result<VerifyingKey, ConfigError> {
+        let path = self
+            .federation
+            .root_public_key_path
+            .as_ref()
+            .map(|p| self.resolve(p))
+            .ok_or_else(|| ConfigError::NoRoot {
+                platform: self.platform().to_owned(),
+            })?;
+        let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::Root {
+            path: path.clone(),
+            why: e.to_string(),
+        })?;
+        parse_public_key(&text).map_err(|e| ConfigError::Root {
+            path,
+            why: e.to_string(),
+        })
     }
 
     /// The secret key file of this platform.

@@ -111,7 +111,13 @@ async fn a_flood_of_signed_requests_meets_the_ledgers_limit_and_honest_requests_
 async fn a_flood_of_status_requests_meets_the_status_services_limit() {
     let nats = common::TestNats::with_infra().await;
     let client = nats.client().await;
-    let service = StatusService::start(client.clone()).await.expect("status service");
+    // Task status needs no key: a root nobody's key chains to will do.
+    let root = sage_federation::identity::keys::generate()
+        .expect("random")
+        .verifying_key();
+    let service = StatusService::start(client.clone(), &root)
+        .await
+        .expect("status service");
     let ids: Vec<TaskId> = (0..12 * STATUS_REQUESTS_IN_FLIGHT_MAX)
         .map(|_| TaskId::random().expect("id"))
         .collect();

@@ -6,8 +6,9 @@ mod common;
 use std::process::Command;
 
 use common::TestNats;
+use sage_federation::identity::chain::Revocation;
 use sage_federation::identity::directory::KeyDirectory;
-use sage_federation::identity::keys::{self, KeyError, KeyRecord};
+use sage_federation::identity::keys::{self, KeyError};
 use sage_federation::nats::infra;
 use sage_federation::nats::subjects;
 use sage_federation::protocol::envelope::{EnvelopeError, Signer};
@@ -67,8 +68,11 @@ impl sage_federation::protocol::envelope::Signable for Hello {
 async fn keys_published_to_kv_verify_elsewhere_until_revoked() {
     let nats = TestNats::with_infra().await;
     let js = nats.js().await;
-    let thor_side = KeyDirectory::open(&js).await.expect("open");
-    let legion_side = KeyDirectory::open(&nats.js().await).await.expect("open");
+    let root = keys::generate().expect("random");
+    let thor_side = KeyDirectory::open(&js, &root.verifying_key()).await.expect("open");
+    let legion_side = KeyDirectory::open(&nats.js().await, &root.verifying_key())
+        .await
+        .expect("open");
 
     let signer = Signer::new("Thor", keys::generate().expect("random")).expect("signer");
     let hello = Hello {
@@ -82,7 +86,7 @@ async fn keys_published_to_kv_verify_elsewhere_until_revoked() {
         "{unknown}"
     );
 
-    let record = KeyRecord::new("Thor", &signer.verifying_key(), 0.0);
+    let record = common::endorsed(&root, "Thor", &signer.verifying_key());
     thor_side.publish(&record).await.expect("publish");
     legion_side
         .verify::<Hello>(&wire)
@@ -94,10 +98,9 @@ async fn keys_published_to_kv_verify_elsewhere_until_revoked() {
     forged.public_key = keys::public_key_text(&keys::generate().expect("random").verifying_key());
     assert!(thor_side.publish(&forged).await.is_err());
 
-    // Revocation reaches the other side through the watch, and sticks.
-    let mut revoked = record.clone();
-    revoked.revoked_at = Some(1.0);
-    thor_side.publish(&revoked).await.expect("revoke");
+    // The root's revocation reaches the other side through the watch.
+    let revocation = Revocation::signed("Thor", &record.key_id, 1.0, &root);
+    thor_side.publish_revocation(&revocation).await.expect("revoke");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         match legion_side.verify::<Hello>(&wire).await {
@@ -110,13 +113,12 @@ async fn keys_published_to_kv_verify_elsewhere_until_revoked() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    // Republishing the record changes nothing: the revocation is its own entry.
     thor_side.publish(&record).await.expect("republish");
-    let still = thor_side
-        .snapshot()
-        .get("Thor", &record.key_id)
-        .cloned()
-        .expect("record");
-    assert!(still.revoked_at.is_some(), "a republished record does not un-revoke");
+    assert!(matches!(
+        thor_side.verify::<Hello>(&wire).await,
+        Err(EnvelopeError::Key(KeyError::Revoked { .. }))
+    ));
 }
 
 #[tokio::test]
@@ -302,7 +304,9 @@ async fn a_record_that_does_not_decode_is_an_error_naming_its_key_and_stays_as_i
     assert!(err.contains("t-Legion"), "{err}");
     unchanged(subjects::TASKS_BUCKET).await;
 
-    let registry = Registry::open(&js).await.expect("open");
+    let root = keys::generate().expect("random").verifying_key();
+    let directory = std::sync::Arc::new(KeyDirectory::open(&js, &root).await.expect("keys"));
+    let registry = Registry::open(&js, directory).await.expect("open");
     let err = registry.get("t-Legion").await.expect_err("corrupt").to_string();
     assert!(err.contains("t-Legion") && err.contains("does not decode"), "{err}");
     assert_eq!(

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{LedgerFixture, lct, signed_proof};
+use sage_federation::identity::keys;
 use sage_federation::ledger::client::{LedgerClient, LockTerms};
 use sage_federation::ledger::model::{LockState, RollbackReason};
 use sage_federation::ledger::protocol::{LedgerReply, Outcome, RejectCode};
@@ -346,14 +347,16 @@ async fn thousands_of_racing_transitions_keep_conservation_and_one_outcome_per_t
     second.stop().await;
 }
 
-fn spawn_ledger(url: &str, log: &std::path::Path) -> Child {
+/// `sagefed ledger serve` on `url`, trusting the root whose public key file is `root`.
+fn spawn_ledger(url: &str, log: &std::path::Path, root: &std::path::Path) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .expect("log");
     Command::new(env!("CARGO_BIN_EXE_sagefed"))
-        .args(["ledger", "serve", "--nats", url, "--admin", "Treasury"])
+        .args(["ledger", "serve", "--nats", url, "--admin", "Treasury", "--root"])
+        .arg(root)
         // An open test server: away from any `.sagefed/federation` a local `sagefed up` made.
         .current_dir(std::env::temp_dir())
         .env("SAGE_LOG", "warn")
@@ -379,7 +382,9 @@ async fn killing_ledger_processes_mid_workload_loses_and_mints_nothing() {
     let f = LedgerFixture::without_service().await;
     let url = f.nats.url();
     let log = f.nats.path().join("ledger.log");
-    let mut processes = vec![spawn_ledger(&url, &log), spawn_ledger(&url, &log)];
+    let root = f.nats.path().join("root.pub");
+    std::fs::write(&root, keys::public_key_text(&f.root.verifying_key())).expect("root.pub");
+    let mut processes = vec![spawn_ledger(&url, &log, &root), spawn_ledger(&url, &log, &root)];
     wait_for_ledger(&f).await;
     fund_all(&f, 2000.0).await;
 
@@ -404,9 +409,9 @@ async fn killing_ledger_processes_mid_workload_loses_and_mints_nothing() {
                     let _ = processes[1 - victim].wait();
                     kills += 1;
                     std::thread::sleep(Duration::from_millis(100));
-                    processes[1 - victim] = spawn_ledger(&url, &log);
+                    processes[1 - victim] = spawn_ledger(&url, &log, &root);
                 }
-                processes[victim] = spawn_ledger(&url, &log);
+                processes[victim] = spawn_ledger(&url, &log, &root);
                 round += 1;
             }
             (processes, kills)

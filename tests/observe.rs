@@ -59,6 +59,8 @@ fn spawn_dashboard<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> DashboardProcess {
 fn read_only_dashboard(federation: &Processes) -> DashboardProcess {
     let mut args: Vec<std::ffi::OsString> = vec!["--nats".into(), federation.url().into()];
     args.extend(federation.nats.cli_access("Treasury"));
+    let fed = federation.nats.federation.as_ref().expect("secure");
+    args.extend(["--root".into(), fed.root_public_key().into_os_string()]);
     spawn_dashboard(&args)
 }
 

@@ -71,6 +71,8 @@ fn init_makes_bundles_nats_server_accepts_and_never_overwrites_silently() {
             "ca.pem".into(),
             "nats.toml".into(),
             "root.pub".into(),
+            format!("{platform}.key"),
+            format!("{platform}.key.records.json"),
         ] {
             assert!(bundle.join(&file).is_file(), "{platform}'s bundle lacks {file}");
         }

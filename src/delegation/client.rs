@@ -217,20 +217,23 @@ impl FederationClient {
         let js = jetstream::new(client.clone());
         let (signer, keys) = KeyDirectory::open_as(&config, &js).await?;
         let keys = Arc::new(keys);
-        let registry = Registry::open(&js).await?;
+        let registry = Registry::open(&js, Arc::clone(&keys)).await?;
         if registry.get(config.platform()).await?.is_none() {
             // Known as a delegator; not healthy as an executor until a worker heartbeats.
             registry
-                .register_platform(&PlatformRecord {
-                    platform: config.platform().to_owned(),
-                    capabilities: Vec::new(),
-                    operations: Vec::new(),
-                    delegate: config.permissions.delegate,
-                    key_id: signer.key_id().to_owned(),
-                    load: 0,
-                    capacity: 0,
-                    heartbeat_at: 0.0,
-                })
+                .register_platform(
+                    &signer,
+                    &PlatformRecord {
+                        platform: config.platform().to_owned(),
+                        capabilities: Vec::new(),
+                        operations: Vec::new(),
+                        delegate: config.permissions.delegate,
+                        key_id: signer.key_id().to_owned(),
+                        load: 0,
+                        capacity: 0,
+                        heartbeat_at: 0.0,
+                    },
+                )
                 .await?;
         }
         let waiters: Waiters = Arc::default();
@@ -277,13 +280,18 @@ impl FederationClient {
         self.config.platform()
     }
 
+    /// The platform registry, read through this platform's key directory.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     pub fn signer(&self) -> &Signer {
         &self.signer
     }
 
     /// Records a platform in the registry (the seed's `register_platform`).
     pub async fn register_platform(&self, record: &PlatformRecord) -> anyhow::Result<()> {
-        Ok(self.registry.register_platform(record).await?)
+        Ok(self.registry.register_platform(&self.signer, record).await?)
     }
 
     /// Chooses where `request` goes by the rule in `placement`: the named platform when

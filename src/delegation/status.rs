@@ -121,20 +121,22 @@ pub struct StatusService {
 
 struct Shared {
     client: Client,
-    keys: KeyDirectory,
+    keys: Arc<KeyDirectory>,
     reader: LedgerReader,
     board: TaskBoard,
     registry: Registry,
 }
 
 impl StatusService {
-    pub async fn start(client: Client) -> anyhow::Result<Self> {
+    /// Starts answering on `client`, trusting the keys that chain to `root`.
+    pub async fn start(client: Client, root: &ed25519_dalek::VerifyingKey) -> anyhow::Result<Self> {
         let js = jetstream::new(client.clone());
+        let keys = Arc::new(KeyDirectory::open(&js, root).await?);
         let shared = Arc::new(Shared {
-            keys: KeyDirectory::open(&js).await?,
+            keys: Arc::clone(&keys),
             reader: LedgerReader::open(&js).await?,
             board: TaskBoard::open(&js).await?,
-            registry: Registry::open(&js).await?,
+            registry: Registry::open(&js, keys).await?,
             client: client.clone(),
         });
         let service = client

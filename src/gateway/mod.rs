@@ -25,7 +25,6 @@ use serde::{Deserialize, Serialize};
 use crate::config::Config;
 use crate::delegation::client::FederationClient;
 use crate::protocol::limits::ENVELOPE_BYTES_MAX;
-use crate::state::registry::Registry;
 
 /// Port `sagefed up` gives the first platform's gateway; the others get the next ones.
 pub const GATEWAY_PORT_BASE_DEFAULT: u16 = 8780;
@@ -99,11 +98,10 @@ impl Gateway {
             platform: platform.clone(),
             source,
         };
-        let js = async_nats::jetstream::new(client.clone());
-        let registry = Registry::open(&js).await.map_err(|e| federation_error(e.into()))?;
         let federation = FederationClient::new(config.clone(), client.clone())
             .await
             .map_err(|e| federation_error(e.into()))?;
+        let registry = federation.registry().clone();
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|source| GatewayError::Bind { addr: listen, source })?;

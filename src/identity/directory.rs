@@ -1,20 +1,25 @@
-//! The key registry shared through the `sage_keys` KV bucket.
+//! The key registry shared through the `sage_keys` KV bucket, trusted only as far as it chains
+//! to the federation's pinned root.
 //!
-//! Each platform publishes its own public keys (from its config) under
-//! `<platform>.<key_id>`; verifiers read them on first use and follow later changes
-//! (rotation windows, revocations) with a KV watch. Revocation is sticky: a record that says a
-//! key is revoked is never replaced by one that does not.
+//! Each platform publishes its own key records (endorsed by the root at `sagefed init`, or by
+//! its previous key at `sagefed keys rotate`) under `<platform>.<key_id>`; an admin publishes
+//! the root's revocations under `<platform>.<key_id>.revoked`. Verifiers read everything on
+//! open and follow later changes with a KV watch. Whatever the bucket holds, a record that
+//! does not chain to the root this directory was given is refused with a warning naming it
+//! ([`KeyRegistry::admit`]); a revocation seen is kept even if the entry is later deleted.
 
 use std::sync::{Arc, RwLock};
 
+use anyhow::Context as _;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
+use ed25519_dalek::VerifyingKey;
 use futures::StreamExt;
 
-use crate::protocol::clock::now_seconds;
-use anyhow::Context as _;
-
+use crate::identity::chain::{Endorser, ROTATION_CHAIN_MAX, Revocation};
 use crate::identity::keys::{KeyError, KeyRecord, KeyRegistry};
+use crate::nats::subjects;
+use crate::protocol::clock::now_seconds;
 use crate::protocol::envelope::{
     EnvelopeError, Signable, Signer, Verified, peek_signer, verify, verify_ignoring_expiry,
 };
@@ -25,24 +30,76 @@ const WATCH_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(
 
 /// Longest key id worth looking up (ours are 16 hex digits).
 const KEY_ID_CHARS_MAX: usize = 64;
-use crate::nats::cas::{self, CasError, Step};
-use crate::nats::subjects;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DirectoryError {
     #[error("key bucket sage_keys: {0}")]
     Kv(String),
-    #[error("key record {platform}/{key_id} in the bucket holds another public key; refusing to replace it")]
-    Conflict { platform: String, key_id: String },
     #[error(transparent)]
     Key(#[from] KeyError),
-    #[error(transparent)]
-    Cas(#[from] CasError),
 }
 
-/// A KV-backed, locally cached [`KeyRegistry`].
+/// One entry of the bucket: a key record or a revocation.
+enum Entry {
+    Record(KeyRecord),
+    Revocation(Revocation),
+}
+
+fn decode(key: &str, value: &[u8]) -> Option<Entry> {
+    if subjects::is_key_revocation_entry(key) {
+        serde_json::from_slice(value).ok().map(Entry::Revocation)
+    } else {
+        serde_json::from_slice(value).ok().map(Entry::Record)
+    }
+}
+
+/// Admits `entries` into `registry`: revocations first, then records until no more chain
+/// (a successor may come before the key that endorsed it). Each refusal is logged once.
+fn admit_all(registry: &RwLock<KeyRegistry>, root: &VerifyingKey, entries: Vec<(String, Entry)>) {
+    let Ok(mut registry) = registry.write() else { return };
+    let mut pending = Vec::new();
+    for (name, entry) in entries {
+        // An entry counts only under its own name: a platform writing its own namespace
+        // cannot slip in a record (or revocation) about someone else.
+        let expected = match &entry {
+            Entry::Record(r) => subjects::key_entry(&r.platform, &r.key_id),
+            Entry::Revocation(r) => subjects::key_revocation_entry(&r.platform, &r.key_id),
+        };
+        if name != expected {
+            tracing::warn!(entry = %name, expected = %expected, "refused a sage_keys entry stored under another name");
+            continue;
+        }
+        match entry {
+            Entry::Revocation(revocation) => {
+                if let Err(e) = registry.revoke(&revocation, root) {
+                    tracing::warn!(entry = %name, error = %e, "refused a key revocation in sage_keys");
+                }
+            }
+            Entry::Record(record) => pending.push((name, record)),
+        }
+    }
+    loop {
+        let before = pending.len();
+        let mut refused = Vec::new();
+        for (name, record) in pending {
+            if let Err(e) = registry.admit(record.clone(), root) {
+                refused.push((name, record, e));
+            }
+        }
+        if refused.len() == before || refused.is_empty() {
+            for (name, _, e) in refused {
+                tracing::warn!(entry = %name, error = %e, "refused a key record in sage_keys");
+            }
+            return;
+        }
+        pending = refused.into_iter().map(|(name, record, _)| (name, record)).collect();
+    }
+}
+
+/// A KV-backed, locally cached [`KeyRegistry`] that admits only what chains to `root`.
 pub struct KeyDirectory {
     kv: kv::Store,
+    root: VerifyingKey,
     cache: Arc<RwLock<KeyRegistry>>,
     watcher: tokio::task::JoinHandle<()>,
 }
@@ -53,16 +110,9 @@ impl Drop for KeyDirectory {
     }
 }
 
-fn decode(value: &[u8]) -> Option<KeyRecord> {
-    let record: KeyRecord = serde_json::from_slice(value).ok()?;
-    // A record whose key id does not match its key is ignored, not trusted.
-    record.verifying_key().ok()?;
-    Some(record)
-}
-
 impl KeyDirectory {
-    /// Opens the bucket, loads every record and follows changes.
-    pub async fn open(js: &jetstream::Context) -> Result<Self, DirectoryError> {
+    /// Opens the bucket, loads every record that chains to `root` and follows changes.
+    pub async fn open(js: &jetstream::Context, root: &VerifyingKey) -> Result<Self, DirectoryError> {
         let kv = js
             .get_key_value(subjects::KEYS_BUCKET)
             .await
@@ -74,14 +124,17 @@ impl KeyDirectory {
         let mut watch = kv.watch_all().await.map_err(|e| DirectoryError::Kv(e.to_string()))?;
         let shared = Arc::clone(&cache);
         let store = kv.clone();
+        let root = *root;
         let watcher = tokio::spawn(async move {
             loop {
                 while let Some(entry) = watch.next().await {
                     let Ok(entry) = entry else { break };
-                    if let Some(record) = decode(&entry.value)
-                        && let Ok(mut registry) = shared.write()
+                    // A deletion changes nothing: what was admitted stays (a revocation
+                    // especially).
+                    if entry.operation == kv::Operation::Put
+                        && let Some(decoded) = decode(&entry.key, &entry.value)
                     {
-                        registry.insert(record);
+                        admit_all(&shared, &root, vec![(entry.key, decoded)]);
                     }
                 }
                 tokio::time::sleep(WATCH_RETRY_PAUSE).await;
@@ -91,84 +144,106 @@ impl KeyDirectory {
                 }
             }
         });
-        let directory = Self { kv, cache, watcher };
+        let directory = Self {
+            kv,
+            root,
+            cache,
+            watcher,
+        };
         directory.refresh().await?;
         Ok(directory)
     }
 
-    /// Opens the directory as the platform `config` describes: reads its secret key and
-    /// publishes its public keys, so others can verify what it signs.
+    /// Opens the directory as the platform `config` describes, trusting the root its config
+    /// pins: reads its secret key and publishes its endorsed key records (the file beside the
+    /// key), so others can verify what it signs.
     pub async fn open_as(config: &crate::config::Config, js: &jetstream::Context) -> anyhow::Result<(Signer, Self)> {
         let key_path = config.keypair_path();
         let secret = crate::identity::keys::read_secret(&key_path).with_context(|| {
             format!(
-                "create it with: sagefed keygen --platform {} --out {}",
-                config.platform(),
-                key_path.display()
+                "create it with: sagefed init (it is in the platform's bundle as {}.key)",
+                config.platform()
             )
         })?;
         let signer = Signer::new(config.platform(), secret)?;
-        let directory = Self::open(js).await?;
-        for record in config.key_records(&signer.verifying_key()) {
-            directory.publish(&record).await?;
+        let records = crate::identity::keys::read_records(&key_path)?;
+        let own = crate::identity::keys::key_id(&signer.verifying_key());
+        anyhow::ensure!(
+            records
+                .iter()
+                .any(|r| r.key_id == own && r.platform == config.platform()),
+            "{} holds no root-endorsed record of {}'s key {own}: use the key from the platform's bundle (`sagefed init`), or let `sagefed up` endorse the keys its configs name",
+            crate::identity::keys::records_path(&key_path).display(),
+            config.platform()
+        );
+        let directory = Self::open(js, &config.root_public_key()?).await?;
+        for record in &records {
+            directory.publish(record).await?;
         }
         Ok((signer, directory))
     }
 
-    /// Reloads every record from the bucket.
+    /// Reloads every record and revocation from the bucket.
     pub async fn refresh(&self) -> Result<(), DirectoryError> {
         let mut keys = self.kv.keys().await.map_err(|e| DirectoryError::Kv(e.to_string()))?;
-        let mut records = Vec::new();
+        let mut entries = Vec::new();
         while let Some(key) = keys.next().await {
             let key = key.map_err(|e| DirectoryError::Kv(e.to_string()))?;
-            if let Some(value) = self.kv.get(&key).await.map_err(|e| DirectoryError::Kv(e.to_string()))? {
-                records.extend(decode(&value));
+            if let Some(value) = self.kv.get(&key).await.map_err(|e| DirectoryError::Kv(e.to_string()))?
+                && let Some(entry) = decode(&key, &value)
+            {
+                entries.push((key, entry));
             }
         }
-        self.insert_all(records);
+        admit_all(&self.cache, &self.root, entries);
         Ok(())
     }
 
-    fn insert_all(&self, records: impl IntoIterator<Item = KeyRecord>) {
-        if let Ok(mut registry) = self.cache.write() {
-            for record in records {
-                registry.insert(record);
-            }
-        }
-    }
-
-    /// Publishes `record`. Refuses to replace a record that holds another public key and
-    /// never un-revokes a revoked key.
+    /// Publishes `record`, which must chain to the root given what is known (its endorser
+    /// published first). Writes nothing when the bucket already holds the same.
     pub async fn publish(&self, record: &KeyRecord) -> Result<(), DirectoryError> {
-        record.verifying_key()?;
+        {
+            let mut registry = self
+                .cache
+                .write()
+                .map_err(|_| DirectoryError::Kv("key cache poisoned".to_owned()))?;
+            registry.admit(record.clone(), &self.root)?;
+        }
         let key = subjects::key_entry(&record.platform, &record.key_id);
-        // Several processes of one platform publish the same record at start: re-read on a
-        // lost compare-and-swap, and write nothing when the bucket already says the same.
-        let updated = cas::update(&self.kv, &key, |current: Option<KeyRecord>| {
-            let mut record = record.clone();
-            // A record whose key id does not match its key is not trusted: replaced.
-            let old = current.filter(|old| old.verifying_key().is_ok());
-            match &old {
-                Some(old) if old.public_key != record.public_key => {
-                    return Step::Done(Err(DirectoryError::Conflict {
-                        platform: record.platform,
-                        key_id: record.key_id,
-                    }));
-                }
-                Some(old) if old.revoked_at.is_some() && record.revoked_at.is_none() => {
-                    record.revoked_at = old.revoked_at;
-                }
-                _ => {}
-            }
-            if old.as_ref() == Some(&record) {
-                Step::Done(Ok(record))
-            } else {
-                Step::Write(record.clone(), Ok(record))
-            }
-        })
-        .await?;
-        self.insert_all([updated.answer?]);
+        let current = self.kv.get(&key).await.map_err(|e| DirectoryError::Kv(e.to_string()))?;
+        let same = current
+            .and_then(|v| serde_json::from_slice::<KeyRecord>(&v).ok())
+            .is_some_and(|old| &old == record);
+        if !same {
+            let value = serde_json::to_vec(record).map_err(|e| DirectoryError::Kv(e.to_string()))?;
+            self.kv
+                .put(&key, value.into())
+                .await
+                .map_err(|e| DirectoryError::Kv(e.to_string()))?;
+        }
         Ok(())
+    }
+
+    /// Publishes a revocation the root signed (only an admin's credentials may write it).
+    pub async fn publish_revocation(&self, revocation: &Revocation) -> Result<(), DirectoryError> {
+        revocation.check(&self.root)?;
+        let key = subjects::key_revocation_entry(&revocation.platform, &revocation.key_id);
+        let value = serde_json::to_vec(revocation).map_err(|e| DirectoryError::Kv(e.to_string()))?;
+        self.kv
+            .put(&key, value.into())
+            .await
+            .map_err(|e| DirectoryError::Kv(e.to_string()))?;
+        admit_all(
+            &self.cache,
+            &self.root,
+            vec![(key, Entry::Revocation(revocation.clone()))],
+        );
+        Ok(())
+    }
+
+    /// The admitted record of `platform`'s key `key_id`, if any (what the root granted it).
+    pub fn record(&self, platform: &str, key_id: &str) -> Option<KeyRecord> {
+        self.cache.read().ok()?.get(platform, key_id).cloned()
     }
 
     /// A snapshot of the registry as cached now.
@@ -187,6 +262,16 @@ impl KeyDirectory {
         verify(bytes, &guard, now_seconds())
     }
 
+    /// Like [`KeyDirectory::verify`] with only the keys cached now (no bucket read): for
+    /// code that cannot wait, such as the dashboard's watch callbacks.
+    pub fn verify_cached<T: Signable>(&self, bytes: &Bytes) -> Result<Verified<T>, EnvelopeError> {
+        let guard = self
+            .cache
+            .read()
+            .map_err(|_| EnvelopeError::Malformed("key cache poisoned".to_owned()))?;
+        verify(bytes, &guard, now_seconds())
+    }
+
     /// Like [`KeyDirectory::verify`], without the expiry check (see
     /// [`crate::protocol::envelope::verify_ignoring_expiry`]).
     pub async fn verify_ignoring_expiry<T: Signable>(&self, bytes: &Bytes) -> Result<Verified<T>, EnvelopeError> {
@@ -198,22 +283,48 @@ impl KeyDirectory {
         verify_ignoring_expiry(bytes, &guard, now_seconds())
     }
 
-    /// Makes sure the key that signed `bytes` is cached, when the bucket has it.
+    /// Makes sure the key that signed `bytes` is cached when the bucket has it: reads its
+    /// record and revocation, and those of the keys up its rotation chain not cached yet.
     async fn fetch_signer_key(&self, bytes: &Bytes) -> Result<(), EnvelopeError> {
-        let (platform, key_id) = peek_signer(bytes)?;
-        let cached = self
-            .cache
-            .read()
-            .map(|r| r.get(&platform, &key_id).is_some())
-            .unwrap_or(false);
+        let (platform, mut key_id) = peek_signer(bytes)?;
         // Only names that are safe KV key tokens are looked up; others cannot be known.
-        let lookable = check_platform(&platform).is_ok() && token_problem(&key_id, KEY_ID_CHARS_MAX).is_none();
-        if !cached
-            && lookable
-            && let Ok(Some(value)) = self.kv.get(subjects::key_entry(&platform, &key_id)).await
-        {
-            self.insert_all(decode(&value));
+        if check_platform(&platform).is_err() {
+            return Ok(());
         }
+        let mut entries = Vec::new();
+        for _ in 0..ROTATION_CHAIN_MAX {
+            let cached = self
+                .cache
+                .read()
+                .map(|r| r.get(&platform, &key_id).is_some())
+                .unwrap_or(false);
+            if cached || token_problem(&key_id, KEY_ID_CHARS_MAX).is_some() {
+                break;
+            }
+            let revocation = subjects::key_revocation_entry(&platform, &key_id);
+            if let Ok(Some(value)) = self.kv.get(&revocation).await
+                && let Some(entry) = decode(&revocation, &value)
+            {
+                entries.push((revocation, entry));
+            }
+            let name = subjects::key_entry(&platform, &key_id);
+            let Ok(Some(value)) = self.kv.get(&name).await else {
+                break;
+            };
+            let Some(Entry::Record(record)) = decode(&name, &value) else {
+                break;
+            };
+            let endorser = match record.endorsement.as_ref().map(|e| &e.endorser) {
+                Some(Endorser::Key { key_id }) => Some(key_id.clone()),
+                _ => None,
+            };
+            entries.push((name, Entry::Record(record)));
+            match endorser {
+                Some(next) => key_id = next,
+                None => break,
+            }
+        }
+        admit_all(&self.cache, &self.root, entries);
         Ok(())
     }
 }

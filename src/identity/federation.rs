@@ -3,21 +3,26 @@
 //! Layout of the directory it writes (secrets 0600, never overwritten without `force`):
 //! - `federation.json`: public manifest: root public key, server host names, every identity
 //!   with its role and NATS public key. `add_platform` reads it.
-//! - `root/root.key`: the root Ed25519 key. Keep it offline; only its public half is pinned.
+//! - `root/root.key`: the root Ed25519 key. Keep it offline; only its public half
+//!   (`root/root.key.pub`, `root.pub` in each bundle) is pinned.
+//! - `keys/<identity>.key`: each admin's and platform's Ed25519 signing key, with its public
+//!   half and `<identity>.key.records.json`, its key record endorsed by the root.
 //! - `ca/ca.pem`, `ca/ca.key`: the TLS CA; `server/server.pem`, `server/server.key`: the
 //!   server certificate it signed for `hosts`.
 //! - `creds/<identity>.nk`: each identity's nkey seed (NATS credentials).
 //! - `server/nats-server.conf`: the server config with one nkey user per identity and the
 //!   permissions of `subjects.md`.
 //! - `bundles/<machine>/`: what to copy to each machine: `hub` (server config and
-//!   certificate, the ledger's and admins' credentials) and one per platform (its
-//!   credentials, the CA certificate, `nats.toml` to paste into its config).
+//!   certificate, the ledger's and admins' credentials and signing keys) and one per platform
+//!   (its credentials, signing key and endorsed record, the CA certificate, `root.pub`, and
+//!   `nats.toml` to paste into its config).
 
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::identity::keys;
+use crate::identity::chain::{self, Endorser};
+use crate::identity::keys::{self, KeyRecord};
 use crate::nats::permissions::Role;
 use crate::nats::server_config::{self, NatsUser};
 use crate::protocol::lct::token_problem;
@@ -98,6 +103,14 @@ impl FederationDir {
     }
     pub fn root_key(&self) -> PathBuf {
         self.dir.join("root/root.key")
+    }
+    /// The root's public key, as every verifier pins it.
+    pub fn root_public_key(&self) -> PathBuf {
+        keys::public_path(&self.root_key())
+    }
+    /// The Ed25519 signing key of an admin or platform identity.
+    pub fn signing_key(&self, identity: &str) -> PathBuf {
+        self.dir.join("keys").join(format!("{identity}.key"))
     }
     pub fn ca_cert(&self) -> PathBuf {
         self.dir.join("ca/ca.pem")
@@ -227,6 +240,54 @@ fn make_certificates(fed: &FederationDir, hosts: &[String]) -> Result<(), InitEr
     Ok(())
 }
 
+/// Reads the signing key at `key_path` (creating it when missing) and makes sure the records
+/// file beside it holds its record endorsed by `root` for `identity`, granting
+/// `federation:delegate` when `delegate`. Returns that record.
+pub fn endorse_key_file(
+    root: &ed25519_dalek::SigningKey,
+    identity: &str,
+    key_path: &Path,
+    delegate: bool,
+) -> Result<KeyRecord, InitError> {
+    let key_err = |e: keys::KeyError| InitError::Key(e.to_string());
+    let key = keys::read_or_create_secret(key_path).map_err(key_err)?;
+    let id = keys::key_id(&key.verifying_key());
+    let existing = keys::read_records(key_path).unwrap_or_default();
+    if let Some(record) = existing
+        .iter()
+        .find(|r| r.key_id == id && r.platform == identity && r.delegate == delegate)
+    {
+        return Ok(record.clone());
+    }
+    let mut record = KeyRecord::new(identity, &key.verifying_key(), 0.0);
+    record.delegate = delegate;
+    let record = chain::endorse(record, Endorser::Root, root);
+    keys::write_records(key_path, std::slice::from_ref(&record)).map_err(key_err)?;
+    Ok(record)
+}
+
+/// Endorses `identity`'s signing key at `key_path` with the root of `fed`, granting what the
+/// manifest gives its role (`federation:delegate` to a `platform`, not to an executor-only
+/// one or an admin).
+pub fn endorse_identity_key(fed: &FederationDir, identity: &str, key_path: &Path) -> Result<KeyRecord, InitError> {
+    let manifest = fed.load()?;
+    let role = manifest
+        .identities
+        .iter()
+        .find(|i| i.name == identity)
+        .map(|i| i.role)
+        .ok_or_else(|| InitError::Read {
+            path: fed.manifest(),
+            why: format!("no identity {identity}; add it with `sagefed init --add-platform {identity}`"),
+        })?;
+    endorse_key_file(&read_root(fed)?, identity, key_path, role == Role::Platform)
+}
+
+/// Reads the root key of the federation in `fed`.
+pub fn read_root(fed: &FederationDir) -> Result<ed25519_dalek::SigningKey, InitError> {
+    keys::read_secret(&fed.root_key()).map_err(|e| InitError::Key(e.to_string()))
+}
+
 /// Host names the server certificate always covers.
 pub const LOOPBACK_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 
@@ -260,6 +321,7 @@ pub fn init(options: &InitOptions) -> Result<Manifest, InitError> {
     let mut identities = vec![new_identity(&fed, LEDGER_IDENTITY, Role::Ledger)?];
     for admin in &options.admins {
         identities.push(new_identity(&fed, admin, Role::Admin)?);
+        endorse_key_file(&root, admin, &fed.signing_key(admin), false)?;
     }
     for platform in &options.platforms {
         let role = if options.executors.contains(platform) {
@@ -268,6 +330,7 @@ pub fn init(options: &InitOptions) -> Result<Manifest, InitError> {
             Role::Platform
         };
         identities.push(new_identity(&fed, platform, role)?);
+        endorse_key_file(&root, platform, &fed.signing_key(platform), role == Role::Platform)?;
     }
     let manifest = Manifest {
         root_public_key: keys::public_key_text(&root.verifying_key()),
@@ -291,7 +354,9 @@ pub fn add_platform(dir: &Path, platform: &str, role: Role) -> Result<Manifest, 
     if manifest.identities.iter().any(|i| i.name == platform) {
         return Err(InitError::Duplicate(platform.to_owned()));
     }
+    let root = read_root(&fed)?;
     manifest.identities.push(new_identity(&fed, platform, role)?);
+    endorse_key_file(&root, platform, &fed.signing_key(platform), role == Role::Platform)?;
     write_outputs(&fed, &manifest)?;
     Ok(manifest)
 }
@@ -336,13 +401,19 @@ fn write_outputs(fed: &FederationDir, manifest: &Manifest) -> Result<(), InitErr
             hub.clone()
         };
         copy_into(&fed.creds(&identity.name), &bundle, true)?;
+        if identity.role != Role::Ledger {
+            let key = fed.signing_key(&identity.name);
+            copy_into(&key, &bundle, true)?;
+            copy_into(&keys::public_path(&key), &bundle, false)?;
+            copy_into(&keys::records_path(&key), &bundle, false)?;
+        }
         if identity.role.is_platform() {
             copy_into(&fed.ca_cert(), &bundle, false)?;
             write_file(&bundle.join("root.pub"), &root_pub, false)?;
             write_file(
                 &bundle.join("nats.toml"),
                 &format!(
-                    "# Paste into {name}'s sagefed config; paths are relative to that file.\n[nats]\nurl = {url}\ncreds = \"{name}.nk\"\nca = \"ca.pem\"\n",
+                    "# Paste into {name}'s sagefed config; paths are relative to that file.\n# Under [federation]:\n#   keypair_path = \"{name}.key\"\n#   root_public_key_path = \"root.pub\"\n[nats]\nurl = {url}\ncreds = \"{name}.nk\"\nca = \"ca.pem\"\n",
                     name = identity.name,
                     url = serde_json::Value::String(manifest.url.clone()),
                 ),

@@ -1,7 +1,8 @@
 //! Ed25519 keys: key files, key ids, and the registry of every platform's public keys.
 //!
 //! A platform signs with one secret key (its `keypair_path`). Its public keys are published to
-//! the `sage_keys` KV bucket with a validity window, so a key can be rotated with an overlap
+//! the `sage_keys` KV bucket with a validity window and an endorsement that chains them to the
+//! federation's root ([`crate::identity::chain`]), so a key can be rotated with an overlap
 //! (old and new both valid for a while) and revoked (refused from then on, whatever the
 //! message's age). Verifiers look keys up by `(platform, key_id)`.
 
@@ -16,6 +17,7 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::identity::chain::{self, Endorsement, Endorser, ROTATION_CHAIN_MAX, Revocation, Succession};
 use crate::protocol::lct::check_platform;
 
 /// Header line of a secret key file, so a wrong file is recognised as such.
@@ -49,6 +51,12 @@ pub enum KeyError {
         platform: String,
         key_id: String,
         revoked_at: f64,
+    },
+    #[error("key record {platform}/{key_id} does not chain to the federation root: {why}")]
+    NotEndorsed {
+        platform: String,
+        key_id: String,
+        why: String,
     },
     #[error("key record for {platform}/{key_id} does not match its public key (expected key id {expected})")]
     IdMismatch {
@@ -146,6 +154,37 @@ pub fn read_secret(path: &Path) -> Result<SigningKey, KeyError> {
     Ok(SigningKey::from_bytes(&seed))
 }
 
+/// Where the endorsed key records of the secret key file `secret` are kept: the records of
+/// its key and of the keys before it (a rotation's chain), as a JSON array.
+pub fn records_path(secret: &Path) -> PathBuf {
+    let mut name = secret.as_os_str().to_owned();
+    name.push(".records.json");
+    PathBuf::from(name)
+}
+
+/// Reads the endorsed key records kept beside the secret key file `secret`.
+pub fn read_records(secret: &Path) -> Result<Vec<KeyRecord>, KeyError> {
+    let path = records_path(secret);
+    let text = fs::read_to_string(&path).map_err(|source| KeyError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| KeyError::Malformed {
+        path,
+        why: e.to_string(),
+    })
+}
+
+/// Writes the endorsed key records beside the secret key file `secret` (public: no secret).
+pub fn write_records(secret: &Path, records: &[KeyRecord]) -> Result<(), KeyError> {
+    let path = records_path(secret);
+    let text = serde_json::to_string_pretty(records).map_err(|e| KeyError::Malformed {
+        path: path.clone(),
+        why: e.to_string(),
+    })?;
+    fs::write(&path, text + "\n").map_err(|source| KeyError::Write { path, source })
+}
+
 /// Reads the secret key at `path`, creating it first when it does not exist. Used by
 /// `sagefed up`, which must work on a fresh machine without a keygen step.
 pub fn read_or_create_secret(path: &Path) -> Result<SigningKey, KeyError> {
@@ -172,9 +211,17 @@ pub struct KeyRecord {
     /// Unix seconds after which the key may no longer sign; `None` = no end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_after: Option<f64>,
-    /// Unix seconds at which the key was revoked; a revoked key verifies nothing.
+    /// `federation:delegate`, granted by the endorser: the root at `sagefed init` (platforms
+    /// not made `--executor-only`), or a previous key that holds it. Never claimed: a worker
+    /// reads it from the record of the key that signed the task.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delegate: bool,
+    /// For a rotated key: the key it replaces and that key's end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub revoked_at: Option<f64>,
+    pub replaces: Option<Succession>,
+    /// Who vouches for this record; a record without one is refused by every verifier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endorsement: Option<Endorsement>,
 }
 
 impl KeyRecord {
@@ -186,7 +233,9 @@ impl KeyRecord {
             public_key: public_key_text(key),
             not_before,
             not_after: None,
-            revoked_at: None,
+            delegate: false,
+            replaces: None,
+            endorsement: None,
         }
     }
 
@@ -213,13 +262,6 @@ impl KeyRecord {
     /// The key, if it may sign a message created at `at`.
     pub fn key_valid_at(&self, at: f64) -> Result<VerifyingKey, KeyError> {
         let key = self.verifying_key()?;
-        if let Some(revoked_at) = self.revoked_at {
-            return Err(KeyError::Revoked {
-                platform: self.platform.clone(),
-                key_id: self.key_id.clone(),
-                revoked_at,
-            });
-        }
         let after_end = self.not_after.is_some_and(|end| at > end);
         if at < self.not_before || after_end || !at.is_finite() {
             return Err(KeyError::OutsideWindow {
@@ -236,10 +278,16 @@ impl KeyRecord {
     }
 }
 
-/// Every known public key, by platform and key id.
+/// Every known public key, by platform and key id, and every revocation seen.
 #[derive(Clone, Debug, Default)]
 pub struct KeyRegistry {
     records: HashMap<(String, String), KeyRecord>,
+    /// Revoked keys and when; never removed, so nothing un-revokes a key in a running verifier.
+    revoked: HashMap<(String, String), f64>,
+}
+
+fn id(platform: &str, key_id: &str) -> (String, String) {
+    (platform.to_owned(), key_id.to_owned())
 }
 
 impl KeyRegistry {
@@ -247,31 +295,135 @@ impl KeyRegistry {
         Self::default()
     }
 
-    /// Adds or replaces a record. Revocation is sticky: a revoked record is never replaced by
-    /// one that is not revoked, so a stale copy cannot un-revoke a key.
+    /// Adds or replaces a record without checking its endorsement: for unit tests of the
+    /// envelope, whose keys need no root. Verifiers use [`KeyRegistry::admit`].
     pub fn insert(&mut self, record: KeyRecord) {
-        let id = (record.platform.clone(), record.key_id.clone());
-        if let Some(existing) = self.records.get(&id)
-            && existing.revoked_at.is_some()
-            && record.revoked_at.is_none()
-        {
-            return;
+        self.records.insert(id(&record.platform, &record.key_id), record);
+    }
+
+    /// Adds or replaces `record` if it chains to `root`: endorsed by the root, or by a known,
+    /// unrevoked key of the same platform whose one successor it is (and which it names in
+    /// `replaces`). Anything else is refused, whoever wrote it.
+    pub fn admit(&mut self, record: KeyRecord, root: &VerifyingKey) -> Result<(), KeyError> {
+        record.verifying_key()?;
+        let refuse = |why: &str| KeyError::NotEndorsed {
+            platform: record.platform.clone(),
+            key_id: record.key_id.clone(),
+            why: why.to_owned(),
+        };
+        let endorsement = record
+            .endorsement
+            .as_ref()
+            .ok_or_else(|| refuse("it carries no endorsement"))?;
+        let endorser_key = match &endorsement.endorser {
+            Endorser::Root => *root,
+            Endorser::Key { key_id } => {
+                if record.replaces.as_ref().map(|s| &s.key_id) != Some(key_id) || *key_id == record.key_id {
+                    return Err(refuse(
+                        "a key endorses only its successor, which names it in `replaces`",
+                    ));
+                }
+                let endorser = self
+                    .get(&record.platform, key_id)
+                    .ok_or_else(|| refuse("its endorsing key is not known (yet)"))?;
+                self.check_not_revoked(&record.platform, key_id)?;
+                if self
+                    .successor(&record.platform, key_id)
+                    .is_some_and(|other| other.key_id != record.key_id)
+                {
+                    return Err(refuse("its endorsing key already endorsed another successor"));
+                }
+                if record.delegate && !endorser.delegate {
+                    return Err(refuse(
+                        "it claims federation:delegate, which the key that endorsed it does not hold",
+                    ));
+                }
+                endorser.verifying_key()?
+            }
+        };
+        if !chain::endorsement_signed_by(&record, endorsement, &endorser_key) {
+            return Err(refuse("the endorsement is not signed by the endorser it names"));
         }
-        self.records.insert(id, record);
+        self.insert(record);
+        Ok(())
+    }
+
+    /// Records a revocation the root signed. Revoking a key also refuses every key it
+    /// endorsed, down the rotation chain.
+    pub fn revoke(&mut self, revocation: &Revocation, root: &VerifyingKey) -> Result<(), KeyError> {
+        revocation.check(root)?;
+        self.revoked
+            .entry(id(&revocation.platform, &revocation.key_id))
+            .or_insert(revocation.revoked_at);
+        Ok(())
+    }
+
+    /// When `platform`'s key `key_id` was revoked, if it was (itself, not through its chain).
+    pub fn revoked_at(&self, platform: &str, key_id: &str) -> Option<f64> {
+        self.revoked.get(&id(platform, key_id)).copied()
+    }
+
+    /// The record that names `key_id` as the key it replaces.
+    pub fn successor(&self, platform: &str, key_id: &str) -> Option<&KeyRecord> {
+        self.records
+            .values()
+            .find(|r| r.platform == platform && r.replaces.as_ref().is_some_and(|s| s.key_id == key_id))
+    }
+
+    /// Refuses `key_id` when it, or a key up its rotation chain, is revoked.
+    fn check_not_revoked(&self, platform: &str, key_id: &str) -> Result<(), KeyError> {
+        let mut current = key_id.to_owned();
+        for _ in 0..ROTATION_CHAIN_MAX {
+            if let Some(revoked_at) = self.revoked_at(platform, &current) {
+                return Err(KeyError::Revoked {
+                    platform: platform.to_owned(),
+                    key_id: current,
+                    revoked_at,
+                });
+            }
+            match self
+                .get(platform, &current)
+                .and_then(|r| r.endorsement.as_ref())
+                .map(|e| &e.endorser)
+            {
+                Some(Endorser::Key { key_id }) => current = key_id.clone(),
+                _ => return Ok(()),
+            }
+        }
+        Err(KeyError::NotEndorsed {
+            platform: platform.to_owned(),
+            key_id: key_id.to_owned(),
+            why: format!("its rotation chain is longer than {ROTATION_CHAIN_MAX} keys"),
+        })
     }
 
     pub fn get(&self, platform: &str, key_id: &str) -> Option<&KeyRecord> {
-        self.records.get(&(platform.to_owned(), key_id.to_owned()))
+        self.records.get(&id(platform, key_id))
     }
 
-    /// The key `key_id` of `platform`, if it may sign a message created at `at`.
-    pub fn lookup(&self, platform: &str, key_id: &str, at: f64) -> Result<VerifyingKey, KeyError> {
-        self.get(platform, key_id)
-            .ok_or_else(|| KeyError::Unknown {
+    /// The key `key_id` of `platform`, if it may sign a message created at `at`, checked at
+    /// `now`: known, not revoked (nor any key up its chain), inside its window at `at`, and
+    /// not past the end its successor set at `now` (after a rotation's overlap the old key
+    /// verifies nothing, whatever date a message claims).
+    pub fn lookup(&self, platform: &str, key_id: &str, at: f64, now: f64) -> Result<VerifyingKey, KeyError> {
+        let record = self.get(platform, key_id).ok_or_else(|| KeyError::Unknown {
+            platform: platform.to_owned(),
+            key_id: key_id.to_owned(),
+        })?;
+        self.check_not_revoked(platform, key_id)?;
+        let key = record.key_valid_at(at)?;
+        if let Some(succession) = self.successor(platform, key_id).and_then(|s| s.replaces.as_ref())
+            && (at > succession.old_key_ends || now > succession.old_key_ends)
+        {
+            return Err(KeyError::OutsideWindow {
                 platform: platform.to_owned(),
                 key_id: key_id.to_owned(),
-            })?
-            .key_valid_at(at)
+                at: at.max(now),
+                not_before: record.not_before,
+                not_after: format!("{:.3} (rotated)", succession.old_key_ends),
+            });
+        }
+        Ok(key)
     }
 
     pub fn records(&self) -> impl Iterator<Item = &KeyRecord> {
@@ -328,37 +480,184 @@ mod tests {
     }
 
     #[test]
-    fn registry_enforces_windows_and_sticky_revocation() {
+    fn registry_enforces_windows() {
         let key = generate().expect("random").verifying_key();
         let mut record = KeyRecord::new("Thor", &key, 100.0);
         record.not_after = Some(200.0);
         let mut registry = KeyRegistry::new();
-        registry.insert(record.clone());
+        registry.insert(record);
         let id = key_id(&key);
-        assert_eq!(registry.lookup("Thor", &id, 150.0).expect("in window"), key);
+        assert_eq!(registry.lookup("Thor", &id, 150.0, 150.0).expect("in window"), key);
         assert!(matches!(
-            registry.lookup("Thor", &id, 99.0),
+            registry.lookup("Thor", &id, 99.0, 99.0),
             Err(KeyError::OutsideWindow { .. })
         ));
         assert!(matches!(
-            registry.lookup("Thor", &id, 201.0),
+            registry.lookup("Thor", &id, 201.0, 201.0),
             Err(KeyError::OutsideWindow { .. })
         ));
         assert!(matches!(
-            registry.lookup("Legion", &id, 150.0),
+            registry.lookup("Legion", &id, 150.0, 150.0),
             Err(KeyError::Unknown { .. })
         ));
+    }
 
-        let mut revoked = record.clone();
-        revoked.revoked_at = Some(160.0);
-        registry.insert(revoked);
+    /// A root, Thor's root-endorsed first key, and a registry that admitted it.
+    fn rooted() -> (SigningKey, SigningKey, KeyRegistry) {
+        let root = generate().expect("random");
+        let first = generate().expect("random");
+        let mut registry = KeyRegistry::new();
+        let record = chain::endorse(
+            KeyRecord::new("Thor", &first.verifying_key(), 0.0),
+            Endorser::Root,
+            &root,
+        );
+        registry.admit(record, &root.verifying_key()).expect("root-endorsed");
+        (root, first, registry)
+    }
+
+    /// `next` as the successor of `old`, endorsed by `old`, the old key ending at `ends`.
+    fn successor(old: &SigningKey, next: &SigningKey, ends: f64) -> KeyRecord {
+        let mut record = KeyRecord::new("Thor", &next.verifying_key(), 0.0);
+        record.replaces = Some(Succession {
+            key_id: key_id(&old.verifying_key()),
+            old_key_ends: ends,
+        });
+        chain::endorse(
+            record,
+            Endorser::Key {
+                key_id: key_id(&old.verifying_key()),
+            },
+            old,
+        )
+    }
+
+    #[test]
+    fn only_records_that_chain_to_the_root_are_admitted() {
+        let (root, first, mut registry) = rooted();
+        let root = root.verifying_key();
+        let stranger = generate().expect("random");
+        let unsigned = KeyRecord::new("Thor", &stranger.verifying_key(), 0.0);
         assert!(matches!(
-            registry.lookup("Thor", &id, 150.0),
-            Err(KeyError::Revoked { .. })
+            registry.admit(unsigned.clone(), &root),
+            Err(KeyError::NotEndorsed { .. })
         ));
-        registry.insert(record);
+        // Signed by a key that is not the root, claiming to be the root.
+        let forged = chain::endorse(unsigned.clone(), Endorser::Root, &stranger);
         assert!(matches!(
-            registry.lookup("Thor", &id, 150.0),
+            registry.admit(forged, &root),
+            Err(KeyError::NotEndorsed { .. })
+        ));
+        // Another platform's key endorsing a Thor key.
+        let legion = generate().expect("random");
+        registry
+            .admit(
+                chain::endorse(
+                    KeyRecord::new("Legion", &legion.verifying_key(), 0.0),
+                    Endorser::Root,
+                    &first,
+                ),
+                &root,
+            )
+            .expect_err("Thor's key is not the root");
+        let mut cross = successor(&legion, &stranger, 10.0);
+        cross.platform = "Thor".into();
+        assert!(registry.admit(cross, &root).is_err());
+        // A self-endorsement.
+        let mut own = KeyRecord::new("Thor", &stranger.verifying_key(), 0.0);
+        own.replaces = Some(Succession {
+            key_id: key_id(&stranger.verifying_key()),
+            old_key_ends: 0.0,
+        });
+        let own = chain::endorse(
+            own,
+            Endorser::Key {
+                key_id: key_id(&stranger.verifying_key()),
+            },
+            &stranger,
+        );
+        assert!(registry.admit(own, &root).is_err());
+        assert_eq!(registry.len(), 1, "only the root-endorsed key was admitted");
+    }
+
+    #[test]
+    fn a_rotation_overlaps_then_ends_the_old_key() {
+        let (root, first, mut registry) = rooted();
+        let next = generate().expect("random");
+        registry
+            .admit(successor(&first, &next, 500.0), &root.verifying_key())
+            .expect("a successor endorsed by the current key");
+        let (old_id, new_id) = (key_id(&first.verifying_key()), key_id(&next.verifying_key()));
+        assert!(registry.lookup("Thor", &old_id, 499.0, 499.0).is_ok(), "the overlap");
+        assert!(registry.lookup("Thor", &new_id, 499.0, 499.0).is_ok(), "the overlap");
+        assert!(matches!(
+            registry.lookup("Thor", &old_id, 501.0, 501.0),
+            Err(KeyError::OutsideWindow { .. })
+        ));
+        assert!(registry.lookup("Thor", &new_id, 501.0, 501.0).is_ok());
+        assert!(
+            registry.lookup("Thor", &old_id, 499.0, 501.0).is_err(),
+            "a message dated inside the overlap but verified after it"
+        );
+        // A successor cannot grant itself more than its endorser holds.
+        let mut greedy = KeyRecord::new("Thor", &generate().expect("random").verifying_key(), 0.0);
+        greedy.delegate = true;
+        greedy.replaces = Some(Succession {
+            key_id: new_id.clone(),
+            old_key_ends: 9e9,
+        });
+        let greedy = chain::endorse(greedy, Endorser::Key { key_id: new_id.clone() }, &next);
+        assert!(matches!(
+            registry.admit(greedy, &root.verifying_key()),
+            Err(KeyError::NotEndorsed { .. })
+        ));
+        // One successor per key: a second one (a thief's) is refused.
+        let thief = generate().expect("random");
+        assert!(matches!(
+            registry.admit(successor(&first, &thief, 9e9), &root.verifying_key()),
+            Err(KeyError::NotEndorsed { .. })
+        ));
+    }
+
+    #[test]
+    fn a_revocation_refuses_the_key_and_every_key_it_endorsed() {
+        let (root, first, mut registry) = rooted();
+        let next = generate().expect("random");
+        registry
+            .admit(successor(&first, &next, 9e9), &root.verifying_key())
+            .expect("successor");
+        let old_id = key_id(&first.verifying_key());
+        let forged = Revocation::signed("Thor", &old_id, 1.0, &first);
+        assert!(
+            registry.revoke(&forged, &root.verifying_key()).is_err(),
+            "only the root revokes"
+        );
+        assert!(registry.lookup("Thor", &old_id, 10.0, 10.0).is_ok());
+        registry
+            .revoke(&Revocation::signed("Thor", &old_id, 1.0, &root), &root.verifying_key())
+            .expect("root-signed");
+        for key in [&first, &next] {
+            assert!(matches!(
+                registry.lookup("Thor", &key_id(&key.verifying_key()), 10.0, 10.0),
+                Err(KeyError::Revoked { .. })
+            ));
+        }
+        // A revoked key endorses nothing more.
+        let thief = generate().expect("random");
+        let mut registry_without_successor = KeyRegistry::new();
+        let record = chain::endorse(
+            KeyRecord::new("Thor", &first.verifying_key(), 0.0),
+            Endorser::Root,
+            &root,
+        );
+        registry_without_successor
+            .admit(record, &root.verifying_key())
+            .expect("root");
+        registry_without_successor
+            .revoke(&Revocation::signed("Thor", &old_id, 1.0, &root), &root.verifying_key())
+            .expect("revoke");
+        assert!(matches!(
+            registry_without_successor.admit(successor(&first, &thief, 9e9), &root.verifying_key()),
             Err(KeyError::Revoked { .. })
         ));
     }

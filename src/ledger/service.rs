@@ -40,6 +40,8 @@ pub struct LedgerOptions {
     /// Key ids of the admin keys pinned in the ledger's config: when not empty, a grant
     /// counts only if signed by one of them, whatever keys the key bucket holds for an admin.
     pub admin_keys: BTreeSet<String>,
+    /// The federation root: every key the ledger verifies must chain to it.
+    pub root: ed25519_dalek::VerifyingKey,
     /// Whether this instance sweeps expired locks.
     pub sweep: bool,
 }
@@ -69,7 +71,7 @@ impl LedgerService {
             .get_key_value(subjects::LEDGER_BUCKET)
             .await
             .map_err(|e| ServiceError::Bucket(e.to_string()))?;
-        let keys = Arc::new(KeyDirectory::open(&js).await?);
+        let keys = Arc::new(KeyDirectory::open(&js, &options.root).await?);
         let (handle, sequencer) =
             sequencer::spawn(LedgerStore::new(client.clone(), kv.clone()), options.admins.clone());
         let service = client

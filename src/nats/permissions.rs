@@ -101,6 +101,9 @@ fn role_permissions(role: Role, name: &str) -> Permissions {
             p.publish.extend([
                 s::ledger_endpoint("grant"),
                 s::kv_pattern(s::KEYS_BUCKET, &format!("{name}.*")),
+                // The root's revocations (`sagefed keys revoke`): out of every platform's
+                // reach, so a thief holding a platform's credentials cannot delete one.
+                s::kv_pattern(s::KEYS_BUCKET, &s::key_revocations_pattern()),
                 // The operator reads the dead letters (`nats stream view SAGE_DEAD`).
                 s::js_msg_get(s::DEAD_STREAM),
             ]);

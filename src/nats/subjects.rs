@@ -87,6 +87,25 @@ pub fn key_entry(platform: &str, key_id: &str) -> String {
     format!("{platform}.{key_id}")
 }
 
+/// Last token of a revocation's key in [`KEYS_BUCKET`]: three tokens, where a platform may
+/// write only two (`<platform>.<key_id>`), so no platform can delete its revocation.
+const KEY_REVOCATION_TOKEN: &str = "revoked";
+
+/// Key of the root's revocation of `platform`'s key `key_id` in [`KEYS_BUCKET`].
+pub fn key_revocation_entry(platform: &str, key_id: &str) -> String {
+    format!("{platform}.{key_id}.{KEY_REVOCATION_TOKEN}")
+}
+
+/// Whether a key of [`KEYS_BUCKET`] holds a revocation (else a key record).
+pub fn is_key_revocation_entry(key: &str) -> bool {
+    key.split('.').count() == 3 && key.ends_with(&format!(".{KEY_REVOCATION_TOKEN}"))
+}
+
+/// Pattern of every revocation key in [`KEYS_BUCKET`] (an admin writes them).
+pub fn key_revocations_pattern() -> String {
+    format!("*.*.{KEY_REVOCATION_TOKEN}")
+}
+
 /// The subject a KV key is stored under, for writes that bypass the KV API (atomic batches).
 pub fn kv_subject(bucket: &str, key: &str) -> String {
     format!("$KV.{bucket}.{key}")

@@ -14,6 +14,7 @@ use serde::Serialize;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
+use crate::identity::directory::KeyDirectory;
 use crate::ledger::audit;
 use crate::ledger::snapshot::LedgerSnapshot;
 use crate::nats::subjects;
@@ -164,7 +165,9 @@ impl Drop for Feed {
 impl Feed {
     /// Opens the watches and starts pushing views. `cancel_as` is the platform whose tasks the
     /// page may offer to cancel.
-    pub async fn start(client: Client, cancel_as: Option<String>) -> Result<Self, FeedError> {
+    /// Starts following the buckets; platform records are shown only when they verify with
+    /// `keys` (signed by the platform they describe).
+    pub async fn start(client: Client, cancel_as: Option<String>, keys: Arc<KeyDirectory>) -> Result<Self, FeedError> {
         let js = jetstream::new(client.clone());
         let picture = Arc::new(Mutex::new(Picture::default()));
         let changed = Arc::new(Notify::new());
@@ -189,9 +192,14 @@ impl Feed {
                 // An atomic batch is stored whole before it is read: the rest of it is pending.
                 p.ledger_settled = entry.delta == 0;
             }),
-            spawn_watch(platforms, &picture, &changed, |p, entry| {
-                if let Ok(record) = serde_json::from_slice::<PlatformRecord>(&entry.value) {
-                    p.platforms.insert(entry.key.clone(), record);
+            spawn_watch(platforms, &picture, &changed, move |p, entry| {
+                match keys.verify_cached::<PlatformRecord>(&entry.value) {
+                    Ok(record) if record.platform == entry.key => {
+                        p.platforms.insert(entry.key.clone(), record.into_message());
+                    }
+                    _ => {
+                        tracing::debug!(key = %entry.key, "dashboard: a platform record that does not verify is not shown")
+                    }
                 }
             }),
             spawn_watch(reputations, &picture, &changed, |p, entry| {

@@ -245,6 +245,11 @@ pub fn verify_ignoring_expiry<T: Signable>(
         key_id: wire.key_id.to_owned(),
     })?;
     let key = record.verifying_key()?;
+    debug_assert_eq!(
+        key_id(&key),
+        wire.key_id,
+        "a registry holds records under their own key id"
+    );
     let sig = BASE64.decode(wire.sig).map_err(|_| EnvelopeError::SignatureEncoding)?;
     let sig: [u8; 64] = sig.try_into().map_err(|_| EnvelopeError::SignatureEncoding)?;
     let body = wire.body.get().as_bytes();
@@ -262,7 +267,8 @@ pub fn verify_ignoring_expiry<T: Signable>(
         });
     }
     let created_at = message.created_at();
-    record.key_valid_at(created_at)?;
+    // Window, rotation end and revocations (the key's own and its chain's).
+    keys.lookup(wire.signer, wire.key_id, created_at, now)?;
     if !created_at.is_finite() || created_at > now + CLOCK_SKEW_SECONDS_MAX {
         return Err(EnvelopeError::FromFuture { created_at, now });
     }
@@ -421,9 +427,10 @@ mod tests {
         assert!(signer.sign(&other).is_err());
 
         let wire = signer.sign(&note()).expect("sign");
-        let mut record = KeyRecord::new("Thor", &signer.verifying_key(), 0.0);
-        record.revoked_at = Some(1020.0);
-        keys.insert(record);
+        let root = crate::identity::keys::generate().expect("random");
+        let id = crate::identity::keys::key_id(&signer.verifying_key());
+        let revocation = crate::identity::chain::Revocation::signed("Thor", &id, 1020.0, &root);
+        keys.revoke(&revocation, &root.verifying_key()).expect("root-signed");
         let err = verify::<Note>(&wire, &keys, 1050.0).expect_err("revoked");
         assert!(matches!(err, EnvelopeError::Key(KeyError::Revoked { .. })), "{err}");
     }

@@ -1,16 +1,22 @@
 //! The platform registry in the `sage_platforms` bucket: what each platform executes, whether
-//! it may delegate, its key, its load, and a heartbeat that says it is alive. Each platform's
-//! workers write its own record; delegators read every record to choose a target.
+//! it says it may delegate, its key, its load, and a heartbeat that says it is alive. Each
+//! platform's workers write its own record, signed with the platform's key; delegators read
+//! every record to choose a target. A record that does not verify (no signature, a key that
+//! does not chain to the root, another platform's key) or that describes another platform is
+//! ignored with a warning: nobody can speak for a platform in the registry.
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
-use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
+use crate::identity::directory::KeyDirectory;
 use crate::nats::cas::{self, CasError};
 use crate::nats::subjects;
+use crate::protocol::envelope::{EnvelopeError, Signable, Signer};
 
 /// How often a worker refreshes its platform's record.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
@@ -25,7 +31,8 @@ pub struct PlatformRecord {
     pub capabilities: Vec<String>,
     /// Operations it executes for others.
     pub operations: Vec<String>,
-    /// Whether it holds `federation:delegate`.
+    /// Whether it says it holds `federation:delegate`: a claim, shown to people. Workers read
+    /// the grant from the root-endorsed record of the key that signed a task instead.
     pub delegate: bool,
     /// Its current signing key.
     pub key_id: String,
@@ -35,6 +42,27 @@ pub struct PlatformRecord {
     pub capacity: u32,
     /// Unix seconds of the last heartbeat.
     pub heartbeat_at: f64,
+}
+
+impl Signable for PlatformRecord {
+    const DOMAIN: &'static [u8] = b"sagefed/platform-record/v1\0";
+    const KIND: &'static str = "platform_record";
+
+    fn signer_platform(&self) -> &str {
+        &self.platform
+    }
+
+    fn created_at(&self) -> f64 {
+        self.heartbeat_at
+    }
+
+    fn expires_at(&self) -> Option<f64> {
+        None
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        crate::protocol::lct::check_platform(&self.platform).map_err(|e| e.to_string())
+    }
 }
 
 impl PlatformRecord {
@@ -61,39 +89,54 @@ fn nats(e: impl std::error::Error + Send + Sync + 'static) -> RegistryError {
     RegistryError::Nats(Box::new(e))
 }
 
-/// The `sage_platforms` bucket.
+/// The `sage_platforms` bucket, read through the key directory.
 #[derive(Clone)]
 pub struct Registry {
     kv: kv::Store,
+    keys: Arc<KeyDirectory>,
 }
 
 impl Registry {
-    pub async fn open(js: &jetstream::Context) -> Result<Self, RegistryError> {
+    /// Opens the bucket; records are verified with `keys`.
+    pub async fn open(js: &jetstream::Context, keys: Arc<KeyDirectory>) -> Result<Self, RegistryError> {
         let kv = js.get_key_value(subjects::PLATFORMS_BUCKET).await.map_err(nats)?;
-        Ok(Self { kv })
+        Ok(Self { kv, keys })
     }
 
-    /// Records (or refreshes) a platform, as the seed's `register_platform`.
-    pub async fn register_platform(&self, record: &PlatformRecord) -> Result<(), RegistryError> {
-        let value = serde_json::to_vec(record).map_err(nats)?;
-        self.kv.put(&record.platform, Bytes::from(value)).await.map_err(nats)?;
+    /// Records (or refreshes) a platform, as the seed's `register_platform`, signed by
+    /// `signer` (the platform itself).
+    pub async fn register_platform(&self, signer: &Signer, record: &PlatformRecord) -> Result<(), RegistryError> {
+        debug_assert_eq!(signer.platform(), record.platform, "a platform registers itself");
+        let value = signer.sign(record).map_err(nats)?;
+        self.kv.put(&record.platform, value).await.map_err(nats)?;
         Ok(())
     }
 
-    /// `platform`'s record; an error naming the key when it does not decode. A record under
-    /// its key that describes another platform (each identity may write only its own key, but
-    /// may claim anything in it) is ignored with a warning.
+    /// `platform`'s record; an error naming the key when it is not an envelope at all. A
+    /// record that does not verify as signed by `platform`, or that describes another
+    /// platform (each identity may write only its own key, but may claim anything in it), is
+    /// ignored with a warning.
     pub async fn get(&self, platform: &str) -> Result<Option<PlatformRecord>, RegistryError> {
-        let record = cas::read::<PlatformRecord>(&self.kv, platform)
-            .await?
-            .map(|(record, _)| record);
-        Ok(record.filter(|r| {
-            let own = r.platform == platform;
-            if !own {
-                tracing::warn!(key = platform, claims = %r.platform, "ignoring a registry record about another platform");
+        let Some(value) = self.kv.get(platform).await.map_err(nats)? else {
+            return Ok(None);
+        };
+        match self.keys.verify::<PlatformRecord>(&value).await {
+            Ok(record) if record.platform == platform => Ok(Some(record.into_message())),
+            Ok(record) => {
+                tracing::warn!(key = platform, claims = %record.platform, "ignoring a registry record about another platform");
+                Ok(None)
             }
-            own
-        }))
+            // Not even JSON: a broken value to repair, named as such.
+            Err(EnvelopeError::Malformed(_)) if serde_json::from_slice::<serde_json::Value>(&value).is_err() => {
+                cas::decode::<serde_json::Value>(&self.kv, platform, &value)?;
+                Ok(None)
+            }
+            // JSON without a valid signature (an unsigned claim, a forged or foreign key).
+            Err(e) => {
+                tracing::warn!(key = platform, error = %e, "ignoring a registry record that does not verify");
+                Ok(None)
+            }
+        }
     }
 
     /// Every registered platform. A record that does not decode is left out with a warning

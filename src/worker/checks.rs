@@ -8,9 +8,9 @@
 use std::time::Instant;
 
 use crate::config::Config;
+use crate::identity::keys::KeyRecord;
 use crate::ledger::model::{Lock, LockState, RollbackReason};
 use crate::protocol::task::FederationTask;
-use crate::state::registry::PlatformRecord;
 use crate::worker::admission::{Admissions, Admitted, RateLimiter};
 use crate::worker::ops::Operations;
 
@@ -39,28 +39,30 @@ pub fn check_expiry(task: &FederationTask, now: f64) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// (3) The delegator holds `federation:delegate` and may delegate here; this platform
-/// executes the operation.
+/// (3) The delegator holds `federation:delegate`, as the record of the key that signed the
+/// task says (granted by the root or the key's endorser, never by the delegator's own registry
+/// record), and may delegate here; this platform executes the operation.
 pub fn check_permissions(
     task: &FederationTask,
-    delegator: Option<&PlatformRecord>,
+    signing_key: Option<&KeyRecord>,
     config: &Config,
     operations: &Operations,
 ) -> Result<(), Refusal> {
     let from = task.source_lct.platform();
     let denied = |why: String| refuse(RollbackReason::PermissionDenied, why);
-    match delegator {
+    match signing_key {
         None => {
             return Err(denied(format!(
-                "the delegator {from} is not registered, so its federation:delegate permission is unknown"
+                "the key that signed {from}'s task is not in the key directory, so its federation:delegate grant is unknown"
             )));
         }
         Some(record) if !record.delegate => {
             return Err(denied(format!(
-                "the delegator {from} lacks the federation:delegate permission"
+                "the delegator {from} lacks the federation:delegate permission: the root did not grant it to key {}",
+                record.key_id
             )));
         }
-        Some(_) => {}
+        Some(record) => debug_assert_eq!(record.platform, from, "the task verified with its delegator's key"),
     }
     let allowed = &config.permissions.delegators;
     if !allowed.is_empty() && !allowed.iter().any(|p| p.as_str() == from) {

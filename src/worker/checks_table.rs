@@ -4,15 +4,16 @@
 
 use std::time::Instant;
 
+use ed25519_dalek::SigningKey;
 use figment::Figment;
 use figment::providers::{Format, Toml};
 
 use crate::config::Config;
+use crate::identity::keys::KeyRecord;
 use crate::ledger::model::{Lock, LockState, RollbackReason};
 use crate::protocol::atp::Atp;
 use crate::protocol::task::FederationTask;
 use crate::protocol::task::tests::sample_task;
-use crate::state::registry::PlatformRecord;
 use crate::worker::admission::{Admissions, RateLimiter};
 use crate::worker::checks::{Refusal, check_budget, check_expiry, check_limits, check_permissions, check_rate};
 use crate::worker::ops::Operations;
@@ -20,7 +21,8 @@ use crate::worker::ops::Operations;
 /// Everything the checks read, for one task arriving at Legion from Thor.
 struct Case {
     task: FederationTask,
-    delegator: Option<PlatformRecord>,
+    /// The record of the key that signed the task, as the key directory holds it.
+    signing_key: Option<KeyRecord>,
     lock: Option<Lock>,
     config: Config,
     /// Unix seconds when the worker checks the task.
@@ -65,15 +67,9 @@ fn case() -> Case {
     Case {
         now: task.created_at + 1.0,
         task,
-        delegator: Some(PlatformRecord {
-            platform: "Thor".into(),
-            capabilities: vec!["consciousness".into()],
-            operations: vec!["execution".into()],
+        signing_key: Some(KeyRecord {
             delegate: true,
-            key_id: "k".into(),
-            load: 0,
-            capacity: 10,
-            heartbeat_at: 1000.0,
+            ..KeyRecord::new("Thor", &SigningKey::from_bytes(&[7; 32]).verifying_key(), 0.0)
         }),
         lock: Some(lock),
         config: config(""),
@@ -108,7 +104,7 @@ fn check(case: &Case) -> Result<(), Refusal> {
     check_expiry(&case.task, case.now)?;
     check_permissions(
         &case.task,
-        case.delegator.as_ref(),
+        case.signing_key.as_ref(),
         &case.config,
         &Operations::builtin(),
     )?;
@@ -133,14 +129,14 @@ fn each_check_refuses_with_its_reason() {
             Some((Timeout, "expired")),
         ),
         (
-            "from an unregistered delegator",
-            |c| c.delegator = None,
-            Some((PermissionDenied, "not registered")),
+            "signed by a key the directory does not hold",
+            |c| c.signing_key = None,
+            Some((PermissionDenied, "not in the key directory")),
         ),
         (
-            "from a delegator without federation:delegate",
-            |c| c.delegator.as_mut().expect("record").delegate = false,
-            Some((PermissionDenied, "lacks the federation:delegate")),
+            "from a delegator whose key the root did not grant federation:delegate (whatever its registry record claims)",
+            |c| c.signing_key.as_mut().expect("record").delegate = false,
+            Some((PermissionDenied, "the root did not grant it")),
         ),
         (
             "from a delegator this platform does not accept",

@@ -48,8 +48,6 @@ pub use run::{DEAD_REASON_HEADER, DEAD_SUBJECT_HEADER, PROGRESS_REPORTS_PER_ACK_
 /// How long a stopping worker lets running tasks finish before it leaves them to be
 /// delivered again.
 const STOP_GRACE: Duration = Duration::from_secs(10);
-/// Delegator records cached before the cache is emptied.
-const DELEGATORS_CACHED_MAX: usize = 10_000;
 /// Pause before pulling again after the consumer's message stream failed.
 const PULL_RETRY_PAUSE: Duration = Duration::from_millis(500);
 
@@ -70,36 +68,9 @@ pub struct WorkerContext {
     pub aborts: Mutex<HashMap<TaskId, oneshot::Sender<()>>>,
     /// This process, as task status records name it.
     pub worker_id: String,
-    /// Delegators' registry records, read at most once per heartbeat interval.
-    delegators: Mutex<HashMap<String, (std::time::Instant, Option<PlatformRecord>)>>,
 }
 
 impl WorkerContext {
-    /// A delegator's registry record (for its `federation:delegate` permission), cached for a
-    /// heartbeat interval so a busy worker does not read it for every task.
-    pub async fn delegator_record(
-        &self,
-        platform: &str,
-    ) -> Result<Option<PlatformRecord>, crate::state::registry::RegistryError> {
-        let cached = self.delegators.lock().ok().and_then(|cache| {
-            cache
-                .get(platform)
-                .filter(|(at, _)| at.elapsed() < HEARTBEAT_INTERVAL)
-                .map(|(_, record)| record.clone())
-        });
-        if let Some(record) = cached {
-            return Ok(record);
-        }
-        let record = self.registry.get(platform).await?;
-        if let Ok(mut cache) = self.delegators.lock() {
-            if cache.len() >= DELEGATORS_CACHED_MAX {
-                cache.clear();
-            }
-            cache.insert(platform.to_owned(), (std::time::Instant::now(), record.clone()));
-        }
-        Ok(record)
-    }
-
     /// Tasks this platform executes at once: the sum of its per-type maximums.
     pub fn capacity(&self) -> u32 {
         self.config
@@ -166,17 +137,16 @@ impl Worker {
             ledger: LedgerClient::new(client.clone(), signer.clone()),
             reader: LedgerReader::open(&js).await?,
             board: TaskBoard::open(&js).await?,
-            registry: Registry::open(&js).await?,
+            registry: Registry::open(&js, Arc::clone(&keys)).await?,
             admissions: Admissions::default(),
             aborts: Mutex::new(HashMap::new()),
-            delegators: Mutex::new(HashMap::new()),
             worker_id: format!("{}-{}", config.platform(), std::process::id()),
             keys: Arc::clone(&keys),
             signer,
             js: js.clone(),
             config,
         });
-        ctx.registry.register_platform(&ctx.record()).await?;
+        ctx.registry.register_platform(&ctx.signer, &ctx.record()).await?;
         let consumer = ensure_consumer(&ctx).await?;
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut tasks = vec![
@@ -186,7 +156,8 @@ impl Worker {
         ];
         let settler = FederationClient::new(ctx.config.clone(), client.clone()).await?;
         tasks.push(tokio::spawn(async move { settler.settle_orphaned_proofs().await }));
-        let status = crate::delegation::status::StatusService::start(client.clone()).await?;
+        let status =
+            crate::delegation::status::StatusService::start(client.clone(), &ctx.config.root_public_key()?).await?;
         let puller = tokio::spawn(pull(Arc::clone(&ctx), consumer, stopped));
         tracing::info!(
             platform = ctx.config.platform(),
@@ -303,7 +274,7 @@ async fn heartbeat(ctx: Arc<WorkerContext>) {
     let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
     loop {
         tick.tick().await;
-        if let Err(e) = ctx.registry.register_platform(&ctx.record()).await {
+        if let Err(e) = ctx.registry.register_platform(&ctx.signer, &ctx.record()).await {
             tracing::warn!(error = %e, "heartbeat not recorded");
         }
     }

@@ -235,8 +235,8 @@ async fn process(ctx: &WorkerContext, message: &Arc<jetstream::Message>, sequenc
     };
     let claimed = Some((template, revision));
     // (3) Permissions, (4) budget and concurrency, (5) rate, (6) limits.
-    let delegator = ctx.delegator_record(task.source_lct.platform()).await?;
-    if let Err(refusal) = checks::check_permissions(&task, delegator.as_ref(), &ctx.config, &ctx.operations) {
+    let signing_key = ctx.keys.record(task.source_lct.platform(), task.key_id());
+    if let Err(refusal) = checks::check_permissions(&task, signing_key.as_ref(), &ctx.config, &ctx.operations) {
         return refuse(ctx, &task, refusal, RefusalReason::Permission, claimed).await;
     }
     let lock = ctx.reader.lock(&task.task_id).await?;

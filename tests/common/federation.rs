@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use sage_federation::config::Config;
 use sage_federation::delegation::client::FederationClient;
 use sage_federation::identity::directory::KeyDirectory;
-use sage_federation::identity::keys::{self, KeyRecord};
+use sage_federation::identity::federation::{FederationDir, endorse_identity_key};
+use sage_federation::identity::keys;
 use sage_federation::ledger::client::LedgerClient;
 use sage_federation::ledger::protocol::Outcome;
 use sage_federation::ledger::snapshot::LedgerSnapshot;
@@ -100,6 +101,10 @@ pub fn write_config_with(dir: &Path, platform: &str, url: &str, edit: &Edit) -> 
             ),
         )
         .replace(
+            "\"../.sagefed/federation/root/root.key.pub\"",
+            &format!("{:?}", dir.join("federation/root/root.key.pub").display().to_string()),
+        )
+        .replace(
             "\"../.sagefed/federation/ca/ca.pem\"",
             &format!("{:?}", dir.join("federation/ca/ca.pem").display().to_string()),
         )
@@ -113,7 +118,14 @@ pub fn write_config_with(dir: &Path, platform: &str, url: &str, edit: &Edit) -> 
     let text = edit(platform, text);
     let path = dir.join(name);
     std::fs::write(&path, text).expect("write config");
-    keys::read_or_create_secret(&key).expect("key");
+    // The key, endorsed by the test federation's root when `dir` holds one (`sagefed up`
+    // endorses the keys of the configs it runs itself).
+    let fed = FederationDir::new(&dir.join("federation"));
+    if fed.exists() {
+        endorse_identity_key(&fed, platform, &key).expect("key");
+    } else {
+        keys::read_or_create_secret(&key).expect("key");
+    }
     path
 }
 
@@ -133,11 +145,15 @@ impl Processes {
                 .open(nats.path().join(name))
                 .expect("log")
         };
-        // The treasury's signing key, pinned in the ledger's config.
-        let treasury = Signer::new("Treasury", keys::generate().expect("random")).expect("signer");
+        // The treasury's signing key `sagefed init` made, pinned in the ledger's config.
+        let fed = nats.federation.clone().expect("a secure server has a federation");
+        let treasury_key = fed.signing_key("Treasury");
+        let treasury = Signer::new("Treasury", keys::read_secret(&treasury_key).expect("key")).expect("signer");
         let ledger = sagefed()
             .args(["ledger", "serve", "--nats", &url, "--admin", "Treasury", "--admin-key"])
             .arg(keys::public_key_text(&treasury.verifying_key()))
+            .arg("--root")
+            .arg(fed.root_public_key())
             .args(["--metrics", "127.0.0.1:0"])
             .args(nats.cli_access(LEDGER_IDENTITY))
             .env("SAGE_LOG", "info")
@@ -161,12 +177,12 @@ impl Processes {
         };
         let treasury_client = processes.nats.client_as("Treasury").await;
         let js = async_nats::jetstream::new(treasury_client.clone());
-        KeyDirectory::open(&js)
-            .await
-            .expect("keys")
-            .publish(&KeyRecord::new("Treasury", &treasury.verifying_key(), 0.0))
-            .await
-            .expect("publish treasury key");
+        let root = keys::parse_public_key(&std::fs::read_to_string(fed.root_public_key()).expect("root.pub"))
+            .expect("root public key");
+        let directory = KeyDirectory::open(&js, &root).await.expect("keys");
+        for record in keys::read_records(&treasury_key).expect("treasury's endorsed record") {
+            directory.publish(&record).await.expect("publish treasury key");
+        }
         let treasury = LedgerClient::new(treasury_client, treasury);
         for platform in PLATFORMS {
             let path = write_config_with(processes.nats.path(), platform, &url, edit);
@@ -264,7 +280,9 @@ impl Processes {
 
     /// Waits until every platform in `platforms` heartbeats.
     pub async fn wait_healthy(&self, platforms: &[&str]) {
-        let registry = Registry::open(&self.nats.js().await).await.expect("registry");
+        let registry = Registry::open(&self.nats.js().await, self.nats.key_directory().await)
+            .await
+            .expect("registry");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let mut healthy = 0;

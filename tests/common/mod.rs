@@ -12,6 +12,7 @@ use sage_federation::nats::infra;
 use sage_federation::nats::server::{self as nats_server, NatsServer, ServerOptions};
 
 pub mod apt;
+pub mod attacker;
 pub mod browser;
 pub mod federation;
 pub mod http;
@@ -154,6 +155,22 @@ impl TestNats {
         self.server.url()
     }
 
+    /// The root public key of a secure server's federation.
+    pub fn root(&self) -> ed25519_dalek::VerifyingKey {
+        let fed = self.federation.as_ref().expect("a secure server has a federation");
+        let text = std::fs::read_to_string(fed.root_public_key()).expect("root.pub");
+        sage_federation::identity::keys::parse_public_key(&text).expect("root public key")
+    }
+
+    /// A key directory trusting this server's federation root, read as the admin.
+    pub async fn key_directory(&self) -> std::sync::Arc<sage_federation::identity::directory::KeyDirectory> {
+        std::sync::Arc::new(
+            sage_federation::identity::directory::KeyDirectory::open(&self.js().await, &self.root())
+                .await
+                .expect("keys"),
+        )
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
@@ -177,6 +194,8 @@ pub struct LedgerFixture {
     pub nats: TestNats,
     pub service: Option<sage_federation::ledger::service::LedgerService>,
     pub signers: std::collections::HashMap<String, sage_federation::protocol::envelope::Signer>,
+    /// The root every key of the fixture chains to.
+    pub root: ed25519_dalek::SigningKey,
 }
 
 impl LedgerFixture {
@@ -188,9 +207,11 @@ impl LedgerFixture {
     /// Server, infrastructure and published keys, but no ledger service.
     pub async fn without_service() -> Self {
         let nats = TestNats::with_infra().await;
-        let directory = sage_federation::identity::directory::KeyDirectory::open(&nats.js().await)
-            .await
-            .expect("keys");
+        let root = sage_federation::identity::keys::generate().expect("random");
+        let directory =
+            sage_federation::identity::directory::KeyDirectory::open(&nats.js().await, &root.verifying_key())
+                .await
+                .expect("keys");
         let mut signers = std::collections::HashMap::new();
         for platform in PLATFORMS {
             let signer = sage_federation::protocol::envelope::Signer::new(
@@ -199,11 +220,7 @@ impl LedgerFixture {
             )
             .expect("signer");
             directory
-                .publish(&sage_federation::identity::keys::KeyRecord::new(
-                    platform,
-                    &signer.verifying_key(),
-                    0.0,
-                ))
+                .publish(&endorsed(&root, platform, &signer.verifying_key()))
                 .await
                 .expect("publish key");
             signers.insert(platform.to_owned(), signer);
@@ -212,6 +229,7 @@ impl LedgerFixture {
             nats,
             service: None,
             signers,
+            root,
         }
     }
 
@@ -226,6 +244,7 @@ impl LedgerFixture {
             sage_federation::ledger::service::LedgerOptions {
                 admins: ["Treasury".to_owned()].into_iter().collect(),
                 admin_keys: Default::default(),
+                root: self.root.verifying_key(),
                 sweep,
             },
         )
@@ -256,6 +275,22 @@ impl LedgerFixture {
         assert!(report.is_clean(), "audit violations: {:#?}", report.violations);
         report
     }
+}
+
+/// `platform`'s key record for `key`, endorsed by `root` with `federation:delegate`.
+pub fn endorsed(
+    root: &ed25519_dalek::SigningKey,
+    platform: &str,
+    key: &ed25519_dalek::VerifyingKey,
+) -> sage_federation::identity::keys::KeyRecord {
+    sage_federation::identity::chain::endorse(
+        sage_federation::identity::keys::KeyRecord {
+            delegate: true,
+            ..sage_federation::identity::keys::KeyRecord::new(platform, key, 0.0)
+        },
+        sage_federation::identity::chain::Endorser::Root,
+        root,
+    )
 }
 
 /// `lct:web4:agent:dp@<platform>#<task_type>`.

@@ -15,7 +15,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
+use sage_federation::identity::chain::{self, Endorser};
 use sage_federation::identity::directory::KeyDirectory;
+use sage_federation::identity::federation::endorse_key_file;
 use sage_federation::identity::keys::{self, KeyRecord};
 use sage_federation::ledger::batch::{self, BatchMessage};
 use sage_federation::ledger::client::{LedgerClient, LockTerms};
@@ -182,7 +184,13 @@ fn print_table(figures: &[Figure]) {
         );
     }
     println!("ratios: over the floor named in the first row with the same in-flight count, measured in this run");
+    println!("{}", BENCH_SERVER_NOTE);
 }
+
+/// Why the bench's server is open, printed under every table (see the README).
+const BENCH_SERVER_NOTE: &str = "server: open (no credentials, no TLS): the bench's synthetic \
+     platforms have no identities in a federation; the figures leave out TLS and permission checks, \
+     which `sagefed up` pays";
 
 /// Everything the ledger scenarios need: a service, signers, funded accounts.
 struct LedgerBench {
@@ -206,7 +214,9 @@ async fn ledger_setup(
     let client = connection::connect(&connection::NatsAccess::open(&server.url()), "sagefed-bench").await?;
     let js = jetstream::new(client.clone());
     infra::ensure(&js, 1).await?;
-    let directory = KeyDirectory::open(&js).await?;
+    // The bench's own federation root, vouching for every key it makes.
+    let root = keys::generate()?;
+    let directory = KeyDirectory::open(&js, &root.verifying_key()).await?;
     let treasury = Signer::new("Treasury", keys::generate()?)?;
     let executor = Signer::new("Executor", keys::generate()?)?;
     let mut signers = Vec::new();
@@ -215,7 +225,14 @@ async fn ledger_setup(
     }
     for signer in signers.iter().chain([&treasury, &executor]) {
         directory
-            .publish(&KeyRecord::new(signer.platform(), &signer.verifying_key(), 0.0))
+            .publish(&chain::endorse(
+                KeyRecord {
+                    delegate: true,
+                    ..KeyRecord::new(signer.platform(), &signer.verifying_key(), 0.0)
+                },
+                Endorser::Root,
+                &root,
+            ))
             .await?;
     }
     let service = LedgerService::start(
@@ -223,6 +240,7 @@ async fn ledger_setup(
         LedgerOptions {
             admins: BTreeSet::from(["Treasury".to_owned()]),
             admin_keys: BTreeSet::new(),
+            root: root.verifying_key(),
             sweep: true,
         },
     )
@@ -549,6 +567,9 @@ async fn task_round_trip(client: &async_nats::Client, count: usize, in_flight: u
     ))
 }
 
+/// The delegation bench's root key file, in its directory.
+const BENCH_ROOT_FILE: &str = "root.key";
+
 /// A platform config for the delegation bench: generous limits, a key in `dir`.
 fn bench_config(
     dir: &std::path::Path,
@@ -559,11 +580,14 @@ fn bench_config(
     let path = dir.join(format!("{}.toml", platform.to_lowercase()));
     let text = format!(
         "[federation]\nplatform_name = \"{platform}\"\nlct_context = \"{platform}\"\nkeypair_path = \"{platform}.key\"\n\
+         root_public_key_path = \"{root}.pub\"\n\
          [nats]\nurl = \"{url}\"\n[resources.consciousness]\natp_budget = 1000000.0\nmax_concurrent = {capacity}\n\
-         [permissions]\nrequests_per_minute = 10000000\n"
+         [permissions]\nrequests_per_minute = 10000000\n",
+        root = BENCH_ROOT_FILE
     );
     std::fs::write(&path, text)?;
-    keys::read_or_create_secret(&dir.join(format!("{platform}.key")))?;
+    let root = keys::read_secret(&dir.join(BENCH_ROOT_FILE))?;
+    endorse_key_file(&root, platform, &dir.join(format!("{platform}.key")), true)?;
     Ok(sage_federation::config::Config::load(&path)?)
 }
 
@@ -582,16 +606,23 @@ async fn delegation(
     let mut figures = vec![task_round_trip(&client, sequential, 1).await?];
     figures.push(task_round_trip(&client, args.tasks, args.concurrency).await?);
 
+    let root = keys::generate()?;
+    keys::write_secret(&dir.join(BENCH_ROOT_FILE), &root, true)?;
     let treasury = Signer::new("Treasury", keys::generate()?)?;
-    KeyDirectory::open(&js)
+    KeyDirectory::open(&js, &root.verifying_key())
         .await?
-        .publish(&KeyRecord::new("Treasury", &treasury.verifying_key(), 0.0))
+        .publish(&chain::endorse(
+            KeyRecord::new("Treasury", &treasury.verifying_key(), 0.0),
+            Endorser::Root,
+            &root,
+        ))
         .await?;
     let service = LedgerService::start(
         connection::connect(&connection::NatsAccess::open(&url), "sagefed-bench-ledger").await?,
         LedgerOptions {
             admins: BTreeSet::from(["Treasury".to_owned()]),
             admin_keys: BTreeSet::new(),
+            root: root.verifying_key(),
             sweep: true,
         },
     )

@@ -18,7 +18,7 @@ use sage_federation::delegation::client::FederationClient;
 use sage_federation::gateway::{GATEWAY_PORT_BASE_DEFAULT, Gateway};
 use sage_federation::identity::directory::KeyDirectory;
 use sage_federation::identity::federation::{self, FederationDir, InitOptions, LEDGER_IDENTITY};
-use sage_federation::identity::keys::{self, KeyRecord};
+use sage_federation::identity::keys;
 use sage_federation::ledger::client::LedgerClient;
 use sage_federation::ledger::protocol::Outcome;
 use sage_federation::ledger::service::{LedgerOptions, LedgerService};
@@ -201,16 +201,15 @@ impl Federation {
         for resource in infra::ensure(&async_nats::jetstream::new(ledger_client.clone()), 1).await? {
             println!("{:<10} {:<16} {}", resource.kind, resource.name, resource.detail);
         }
-        let treasury = Signer::new(
-            TREASURY,
-            keys::read_or_create_secret(&data_dir.join("keys/treasury.key"))?,
-        )?;
+        // `up` holds the root (it ran `init`): it endorses the keys it makes.
+        let root = federation::read_root(fed)?;
+        let treasury_key = data_dir.join("keys/treasury.key");
+        let treasury_record = federation::endorse_identity_key(fed, TREASURY, &treasury_key)?;
+        let treasury = Signer::new(TREASURY, keys::read_secret(&treasury_key)?)?;
         let client = connection::connect(&access(TREASURY), "sagefed-up").await?;
         let js = async_nats::jetstream::new(client.clone());
-        let directory = KeyDirectory::open(&js).await?;
-        directory
-            .publish(&KeyRecord::new(TREASURY, &treasury.verifying_key(), 0.0))
-            .await?;
+        let directory = KeyDirectory::open(&js, &root.verifying_key()).await?;
+        directory.publish(&treasury_record).await?;
         let ledger = LedgerService::start(
             ledger_client,
             LedgerOptions {
@@ -218,6 +217,7 @@ impl Federation {
                 // The treasury key is pinned: a Treasury key record someone else wrote
                 // cannot grant.
                 admin_keys: [keys::key_id(&treasury.verifying_key())].into_iter().collect(),
+                root: root.verifying_key(),
                 sweep: true,
             },
         )
@@ -227,10 +227,8 @@ impl Federation {
         let mut workers = Vec::new();
         let mut clients = BTreeMap::new();
         for config in &mut configs {
-            config.nats.url = url.to_owned();
-            config.nats.creds = Some(fed.creds(config.platform()));
-            config.nats.ca = Some(fed.ca_cert());
-            keys::read_or_create_secret(&config.keypair_path())?;
+            join(config, url, fed);
+            federation::endorse_identity_key(fed, config.platform(), &config.keypair_path())?;
             grant(&treasury, config).await?;
             let worker = Worker::start(
                 config.clone(),
@@ -266,6 +264,15 @@ impl Federation {
         self.ledger.stop().await;
         let _ = self.client.flush().await;
     }
+}
+
+/// Points `config` at this federation: the server at `url`, the platform's credentials, the
+/// CA, and the root every verifier of the platform pins.
+fn join(config: &mut Config, url: &str, fed: &FederationDir) {
+    config.nats.url = url.to_owned();
+    config.nats.creds = Some(fed.creds(config.platform()));
+    config.nats.ca = Some(fed.ca_cert());
+    config.federation.root_public_key_path = Some(fed.root_public_key());
 }
 
 /// Grants a platform the ATP its config gives each task type, once (idempotent by grant id).
@@ -327,7 +334,8 @@ async fn serve(
         Some(listener) => {
             // Read-only: `up` holds every platform's key, and a page should cancel as one
             // platform only (`sagefed dashboard --config F`).
-            let router = crate::cli::observe::router(federation.client.clone(), None).await?;
+            let root = federation::read_root(fed)?.verifying_key();
+            let router = crate::cli::observe::router(federation.client.clone(), None, &root).await?;
             println!("dashboard  http://{}/ (and /metrics)", listener.local_addr()?);
             Some(AbortOnDrop(tokio::spawn(observe_server::serve(
                 listener,
@@ -379,9 +387,7 @@ async fn start_gateways(
     let mut gateways = Vec::new();
     for (index, (name, mut config)) in PLATFORM_CONFIGS.iter().zip(configs).enumerate() {
         // The gateway acts as the platform: its credentials, like the platform's worker.
-        config.nats.url = url.to_owned();
-        config.nats.creds = Some(fed.creds(config.platform()));
-        config.nats.ca = Some(fed.ca_cert());
+        join(&mut config, url, fed);
         let port = match args.gateway_port {
             0 => 0,
             base => u16::try_from(index)

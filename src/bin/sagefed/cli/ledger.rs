@@ -39,6 +39,10 @@ pub struct ServeArgs {
     /// only requests signed by a pinned key may grant (repeat for several)
     #[arg(long = "admin-key", value_name = "PUBLIC_KEY")]
     admin_keys: Vec<String>,
+    /// The federation root's public key file (`root.pub` of the hub bundle): every key the
+    /// ledger verifies must chain to it
+    #[arg(long = "root", value_name = "FILE", default_value_os_t = crate::cli::default_root_public_key())]
+    root: PathBuf,
     /// Do not sweep expired locks in this instance
     #[arg(long)]
     no_sweep: bool,
@@ -63,6 +67,7 @@ pub async fn run(command: LedgerCommand) -> anyhow::Result<()> {
                 .map(|text| keys::parse_public_key(text).map(|key| keys::key_id(&key)))
                 .collect::<Result<BTreeSet<String>, _>>()
                 .context("--admin-key")?;
+            let root = crate::cli::read_root_public_key(&args.root)?;
             eprintln!(
                 "sagefed ledger serving on {} (admins: {})",
                 args.nats.url,
@@ -73,6 +78,7 @@ pub async fn run(command: LedgerCommand) -> anyhow::Result<()> {
                 LedgerOptions {
                     admins,
                     admin_keys,
+                    root,
                     sweep: !args.no_sweep,
                 },
                 shutdown_signal(),

@@ -93,6 +93,19 @@ pub struct NatsArgs {
     pub ca: Option<PathBuf>,
 }
 
+/// The root public key of the federation `sagefed up` made here: what commands pin by default.
+pub fn default_root_public_key() -> PathBuf {
+    FederationDir::new(std::path::Path::new(FEDERATION_DIR_DEFAULT)).root_public_key()
+}
+
+/// Reads a root public key file (`root.pub`, `root/root.key.pub`).
+pub fn read_root_public_key(path: &std::path::Path) -> anyhow::Result<ed25519_dalek::VerifyingKey> {
+    use anyhow::Context as _;
+    let text = std::fs::read_to_string(path).with_context(|| format!("root public key {}", path.display()))?;
+    sage_federation::identity::keys::parse_public_key(&text)
+        .with_context(|| format!("root public key {}", path.display()))
+}
+
 impl NatsArgs {
     /// The access this command uses: the given files, else those `sagefed up` made for
     /// `identity`, else none (a server without authorization).

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use sage_federation::config::Config;
+use sage_federation::identity::directory::KeyDirectory;
 use sage_federation::identity::keys;
 use sage_federation::nats::connection;
 use sage_federation::observe::feed::Feed;
@@ -54,11 +55,14 @@ pub struct DashboardArgs {
     /// Address to serve the dashboard on (loopback by default)
     #[arg(long, value_name = "ADDR", default_value = DASHBOARD_ADDR_DEFAULT)]
     listen: String,
+    /// The federation root's public key file, when no --config pins one
+    #[arg(long, value_name = "FILE", default_value_os_t = crate::cli::default_root_public_key())]
+    root: PathBuf,
 }
 
 /// `sagefed dashboard`: serves until Ctrl-C.
 pub async fn dashboard(args: &DashboardArgs) -> anyhow::Result<()> {
-    let (client, canceller) = match &args.config {
+    let (client, canceller, root) = match &args.config {
         // As the platform, like `delegate` and `cancel`: its config's credentials, or
         // --creds/--ca.
         Some(path) => {
@@ -76,23 +80,35 @@ pub async fn dashboard(args: &DashboardArgs) -> anyhow::Result<()> {
                 client: client.clone(),
                 signer,
             };
-            (client, Some(canceller))
+            (client, Some(canceller), config.root_public_key()?)
         }
         // Read-only, as the ledger admin, like `balances` and `audit`.
-        None => (args.nats.connect(crate::up::TREASURY, "sagefed-dashboard").await?, None),
+        None => {
+            let root = crate::cli::read_root_public_key(&args.root)?;
+            (
+                args.nats.connect(crate::up::TREASURY, "sagefed-dashboard").await?,
+                None,
+                root,
+            )
+        }
     };
     let listener = server::bind(&args.listen).await?;
     let url = format!("http://{}/", listener.local_addr()?);
-    let router = router(client, canceller).await?;
+    let router = router(client, canceller, &root).await?;
     eprintln!("dashboard on {url} (Ctrl-C stops it)");
     server::serve(listener, router, shutdown_signal()).await?;
     Ok(())
 }
 
 /// The dashboard's routes over a connected client.
-pub async fn router(client: async_nats::Client, canceller: Option<Canceller>) -> anyhow::Result<axum::Router> {
+pub async fn router(
+    client: async_nats::Client,
+    canceller: Option<Canceller>,
+    root: &ed25519_dalek::VerifyingKey,
+) -> anyhow::Result<axum::Router> {
     let handle = metrics::install()?;
     let cancel_as = canceller.as_ref().map(|c| c.signer.platform().to_owned());
-    let feed = Feed::start(client, cancel_as).await?;
+    let keys = KeyDirectory::open(&async_nats::jetstream::new(client.clone()), root).await?;
+    let feed = Feed::start(client, cancel_as, std::sync::Arc::new(keys)).await?;
     Ok(server::dashboard_router(feed, canceller, handle))
 }
