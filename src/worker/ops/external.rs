@@ -270,22 +270,7 @@ impl ExternalOperation {
                 sweep::become_subreaper()
             });
         }
-        let mut child = command.spawn().map_err(|e| {
-            let user = if user::worker_is_root() {
-                format!(
-                    " (it runs as `{}`, operations.{}.run_as, who must be able to run it and enter that directory)",
-                    self.run_as, self.name
-                )
-            } else {
-                String::new()
-            };
-            OperationError::Failed(format!(
-                "cannot start `{}` in {}: {e}; check operations.{}.command in the platform config{user}",
-                program.display(),
-                self.base_dir.display(),
-                self.name
-            ))
-        })?;
+        let mut child = command.spawn().map_err(|e| self.start_error(program, &e))?;
         let Ok(pid) = libc::pid_t::try_from(child.id()) else {
             let _ = child.kill();
             let _ = child.wait();
@@ -317,6 +302,26 @@ impl ExternalOperation {
             exit,
             kill_on_drop,
         })
+    }
+}
+
+impl ExternalOperation {
+    /// Why `program` did not start, and which settings to check.
+    fn start_error(&self, program: &Path, e: &io::Error) -> OperationError {
+        let user = if user::worker_is_root() {
+            format!(
+                " (it runs as `{}`, operations.{}.run_as, who must be able to run it and enter that directory)",
+                self.run_as, self.name
+            )
+        } else {
+            String::new()
+        };
+        OperationError::Failed(format!(
+            "cannot start `{}` in {}: {e}; check operations.{}.command in the platform config{user}",
+            program.display(),
+            self.base_dir.display(),
+            self.name
+        ))
     }
 }
 
