@@ -294,6 +294,15 @@ pub struct Settlement {
     /// Proofs with a quality at or above this are paid; below, the lock is rolled back.
     #[serde(default = "default_quality_threshold")]
     pub quality_threshold: Fraction,
+    /// As an executor: the highest quality threshold this platform accepts in a delegator's
+    /// lock. A stricter lock would make it work for a payment it may never reach, so it is
+    /// refused before any work.
+    #[serde(default = "default_accepted_threshold_max")]
+    pub accepted_threshold_max: Fraction,
+}
+
+fn default_accepted_threshold_max() -> Fraction {
+    Fraction(0.9)
 }
 
 fn default_quality_threshold() -> Fraction {
@@ -304,6 +313,7 @@ impl Default for Settlement {
     fn default() -> Self {
         Self {
             quality_threshold: default_quality_threshold(),
+            accepted_threshold_max: default_accepted_threshold_max(),
         }
     }
 }

@@ -221,7 +221,8 @@ async fn cancel_aborts_a_running_task_and_a_queued_one_never_runs() {
     );
     assert!(p.worker_log("Legion").contains("aborting a cancelled task"));
 
-    // Queued: the executor's worker is down; cancel; it comes back and does not run it.
+    // Queued: the executor's worker is down; cancel; it comes back, does not run it, and
+    // acknowledges the cancel by refunding the lock itself.
     p.kill_worker("Legion");
     let queued = TaskId::random().expect("id");
     let thor_signer = thor.signer().clone();
@@ -235,9 +236,14 @@ async fn cancel_aborts_a_running_task_and_a_queued_one_never_runs() {
     let reply = status::cancel_task(&client, &thor_signer, &queued).await;
     p.spawn_worker("Legion");
     let outcome = delegation.await.expect("join");
-    // The status service runs in every worker: Thor's and Sprout's still answer.
+    // The status service runs in every worker: Thor's and Sprout's still answer. The
+    // executor is down, so nobody acknowledges the cancel: the ledger refuses the
+    // delegator's own rollback before the deadline, and the cancel stays recorded only.
     let reply = reply.expect("cancel");
-    assert!(reply.cancelled, "{reply:?}");
+    assert!(
+        !reply.cancelled && reply.atp_refunded == 0.0 && reply.message.contains("when the executor acknowledges it"),
+        "{reply:?}"
+    );
     let outcome = outcome.expect("delegation");
     assert_eq!(
         (outcome.settlement, outcome.proof_status),

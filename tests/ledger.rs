@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{LedgerFixture, lct, lock_terms, signed_proof};
+use sage_federation::ledger::COMMIT_WINDOW_SECONDS;
 use sage_federation::ledger::client::{LedgerClient, LockTerms};
 use sage_federation::ledger::model::{LockState, RollbackReason};
 use sage_federation::ledger::protocol::{LedgerReply, Operation, Outcome, RejectCode};
@@ -205,7 +206,8 @@ async fn rollbacks_refund_everything_and_need_a_reason_the_ledger_can_check() {
         RejectCode::AlreadySettled,
     );
 
-    // Timeout: not before the deadline, unless the executor's proof says it timed out.
+    // Timeout: not before the deadline and the executor's commit window after it, unless the
+    // executor's proof says it timed out.
     let now = now_seconds();
     let reply = thor
         .lock(&LockTerms {
@@ -224,6 +226,14 @@ async fn rollbacks_refund_everything_and_need_a_reason_the_ledger_can_check() {
         RejectCode::EvidenceRequired,
     );
     tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_rejected(
+        &thor
+            .rollback(&id("t-slow"), RollbackReason::Timeout, None)
+            .await
+            .expect("rb"),
+        RejectCode::EvidenceRequired,
+    );
+    tokio::time::sleep(Duration::from_secs_f64(COMMIT_WINDOW_SECONDS)).await;
     assert_applied(
         &thor
             .rollback(&id("t-slow"), RollbackReason::Timeout, None)
@@ -256,14 +266,32 @@ async fn rollbacks_refund_everything_and_need_a_reason_the_ledger_can_check() {
             .expect("rb"),
     );
 
-    // Cancel by the delegator; failure given up by the executor itself.
+    // Cancel by the delegator: not without the executor's acknowledgement (else it could
+    // cancel a running task, keep the result and the ATP); with it, refunded.
     assert_applied(&lock(&thor, "t-cancel", "Thor", "Legion", 10.0).await);
-    assert_applied(
+    assert_rejected(
         &thor
             .rollback(&id("t-cancel"), RollbackReason::Cancelled, None)
             .await
             .expect("rb"),
+        RejectCode::EvidenceRequired,
     );
+    let acknowledged = signed_proof(
+        f.signer("Legion"),
+        &id("t-cancel"),
+        &delegator,
+        &executor,
+        0.0,
+        0.0,
+        ProofStatus::Cancelled,
+    );
+    assert_applied(
+        &thor
+            .rollback(&id("t-cancel"), RollbackReason::Cancelled, Some(&acknowledged))
+            .await
+            .expect("rb"),
+    );
+    // Failure given up by the executor itself.
     assert_applied(&lock(&thor, "t-fail", "Thor", "Legion", 10.0).await);
     assert_applied(
         &legion
@@ -284,12 +312,13 @@ async fn invalid_calls_leave_the_ledger_unchanged_and_say_why() {
     let thor = f.client("Thor").await;
     let sprout = f.client("Sprout").await;
     let mallory = f.client("Mallory").await;
+    let legion = f.client("Legion").await;
     let (delegator, executor) = (lct("Thor", C), lct("Legion", CS));
     assert_applied(&lock(&thor, "t-open", "Thor", "Legion", 10.0).await);
     assert_applied(&lock(&thor, "t-done", "Thor", "Legion", 10.0).await);
     assert_applied(
-        &thor
-            .rollback(&id("t-done"), RollbackReason::Cancelled, None)
+        &legion
+            .rollback(&id("t-done"), RollbackReason::Rejected, None)
             .await
             .expect("rb"),
     );

@@ -141,9 +141,20 @@ async fn run_plan(
         0.9,
         ProofStatus::Completed,
     );
+    // A delegator's cancel carries the executor's acknowledgement: its signed cancelled proof.
+    let acknowledged = signed_proof(
+        &signers[&plan.executor],
+        &plan.task_id,
+        &delegator,
+        &executor,
+        0.0,
+        0.0,
+        ProofStatus::Cancelled,
+    );
     let settles = futures::future::join_all(plan.settles.iter().map(|settle| {
         let clients = Arc::clone(&clients);
         let proof = proof.clone();
+        let acknowledged = acknowledged.clone();
         let plan = plan.clone();
         async move {
             match settle {
@@ -152,7 +163,7 @@ async fn run_plan(
                 Settle::Cancel => (
                     false,
                     clients[&plan.delegator]
-                        .rollback(&plan.task_id, RollbackReason::Cancelled, None)
+                        .rollback(&plan.task_id, RollbackReason::Cancelled, Some(&acknowledged))
                         .await,
                 ),
                 Settle::ExecutorGivesUp => (
@@ -276,8 +287,8 @@ async fn finish_and_check(f: &LedgerFixture, plans: &[Plan], seen: &[Seen], sett
         if let Some(lock) = snapshot.locks.get(&format!("locks.{}", plan.task_id))
             && lock.state == LockState::Pending
         {
-            let reply = clients[&plan.delegator]
-                .rollback(&plan.task_id, RollbackReason::Cancelled, None)
+            let reply = clients[&plan.executor]
+                .rollback(&plan.task_id, RollbackReason::Failure, None)
                 .await
                 .expect("rollback");
             assert!(reply.is_ok(), "{reply:?}");

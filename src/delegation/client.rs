@@ -21,9 +21,10 @@ use tokio::sync::oneshot;
 use crate::config::Config;
 use crate::delegation::placement::{self, Wanted};
 use crate::identity::directory::KeyDirectory;
+use crate::ledger::COMMIT_WINDOW_SECONDS;
 use crate::ledger::client::{LedgerClient, LedgerReader, LockTerms};
 use crate::ledger::model::{Lock, LockState, RollbackReason};
-use crate::ledger::protocol::{LedgerReply, Outcome};
+use crate::ledger::protocol::{LedgerReply, Outcome, RejectCode};
 use crate::nats::subjects;
 use crate::observe::metrics;
 use crate::protocol::atp::Atp;
@@ -41,8 +42,12 @@ pub const QUEUE_WAIT_SECONDS: f64 = 30.0;
 /// Time after a task's deadline in which its lock may still be settled (an executor whose
 /// delegator vanished settles in this window), before the sweeper refunds it.
 pub const SETTLE_GRACE_SECONDS: f64 = 60.0;
-/// How long past the deadline the delegator waits for a proof in flight.
-const PROOF_WAIT_GRACE: Duration = Duration::from_secs(2);
+/// How long past the deadline and the executor's commit window the delegator waits for a
+/// proof in flight (clock skew between it and the ledger).
+const PROOF_WAIT_GRACE: Duration = Duration::from_secs(1);
+/// Attempts at the timeout rollback, a second apart, while the ledger still counts the
+/// executor's commit window open (its clock may lag the delegator's).
+const TIMEOUT_ROLLBACK_ATTEMPTS_MAX: u32 = 5;
 /// Deliveries of one proof to the settler before it gives up on it.
 const SETTLE_DELIVERIES_MAX: i64 = 20;
 /// How long a listing of the platform registry is reused when placing tasks.
@@ -91,8 +96,9 @@ pub struct DelegationOutcome {
     pub proof_envelope: Option<String>,
 }
 
-/// Why a delegation could not be made. The budget is never left locked: errors after the
-/// lock refund it first.
+/// Why a delegation could not be made. The budget is never left locked for good: an error
+/// after the lock refunds it (an unpublished task's after its deadline, when the ledger
+/// accepts the delegator's own rollback).
 #[derive(Debug, thiserror::Error)]
 pub enum DelegateError {
     #[error("{0} lacks the federation:delegate permission (permissions.delegate in its config)")]
@@ -101,7 +107,7 @@ pub enum DelegateError {
     NoPlatform(String),
     #[error("the ledger refused to lock the budget: {0}")]
     Lock(String),
-    #[error("the task could not be published ({0}); its budget was refunded")]
+    #[error("the task could not be published ({0}); its budget is refunded after the task's deadline")]
     Publish(String),
     #[error("invalid task: {0}")]
     Invalid(String),
@@ -442,13 +448,11 @@ impl FederationClient {
             settled: false,
         };
         if let Err(e) = self.publish(task, &status, wire).await {
-            let _ = self
-                .ledger
-                .rollback(&task.task_id, RollbackReason::Cancelled, None)
-                .await;
+            self.refund_unpublished(task).await;
             return Err(DelegateError::Publish(e.to_string()));
         }
-        let wait = Duration::from_secs_f64((task.expires_at - now_seconds()).max(0.0)) + PROOF_WAIT_GRACE;
+        let wait = Duration::from_secs_f64((task.expires_at + COMMIT_WINDOW_SECONDS - now_seconds()).max(0.0))
+            + PROOF_WAIT_GRACE;
         let proof = match tokio::time::timeout(wait, rx).await {
             Ok(Ok(proof)) => Some(proof),
             // The live message may have been missed (a reconnect): the stream keeps it.
@@ -460,11 +464,37 @@ impl FederationClient {
         }
     }
 
+    /// A task whose publish failed may still have been stored. Marking it cancelled keeps a
+    /// worker from running it (a worker that finds it acknowledges the cancel and refunds);
+    /// otherwise the delegator's own rollback is accepted after the deadline and the
+    /// executor's commit window, and a background task sends it then.
+    async fn refund_unpublished(&self, task: &FederationTask) {
+        if let Err(e) = self.board.cancel(&task.task_id, "its publish failed").await {
+            tracing::warn!(task = %task.task_id, error = %e, "could not mark an unpublished task cancelled");
+        }
+        let ledger = self.ledger.clone();
+        let task_id = task.task_id.clone();
+        let due = Duration::from_secs_f64((task.expires_at + COMMIT_WINDOW_SECONDS - now_seconds()).max(0.0))
+            + PROOF_WAIT_GRACE;
+        tokio::spawn(async move {
+            tokio::time::sleep(due).await;
+            match rollback_timed_out(&ledger, &task_id).await {
+                Ok(reply) if reply.outcome != Outcome::Rejected => {}
+                Ok(reply) => {
+                    tracing::warn!(task = %task_id, "the unpublished task was not refunded: {}; its lock expires", reply.message)
+                }
+                Err(e) => {
+                    tracing::warn!(task = %task_id, error = %e, "the unpublished task was not refunded; its lock expires")
+                }
+            }
+        });
+    }
+
     async fn publish(&self, task: &FederationTask, status: &TaskStatus, wire: Bytes) -> anyhow::Result<()> {
         self.board.queue(status).await?;
         let mut pause = PUBLISH_RETRY_PAUSE;
         let mut last = String::new();
-        for _ in 0..PUBLISH_ATTEMPTS_MAX {
+        for attempt in 0..PUBLISH_ATTEMPTS_MAX {
             let mut headers = HeaderMap::new();
             headers.insert(async_nats::header::NATS_MESSAGE_ID, task.task_id.as_str());
             let sent = self
@@ -473,6 +503,14 @@ impl FederationClient {
                 .await;
             match sent {
                 Ok(ack) => match ack.await {
+                    // A duplicate on the first attempt is someone else's message under this
+                    // task's id, stored first: the real task was not.
+                    Ok(ack) if ack.duplicate && attempt == 0 => {
+                        anyhow::bail!(
+                            "another message was stored under task id {} first; delegate again with a new id",
+                            task.task_id
+                        )
+                    }
                     Ok(_) => return Ok(()),
                     Err(e) => last = e.to_string(),
                 },
@@ -497,9 +535,7 @@ impl FederationClient {
 
     /// No proof by the deadline: refund, and report what the ledger says.
     async fn time_out(&self, task: &FederationTask) -> Result<DelegationOutcome, DelegateError> {
-        let reply = self
-            .ledger
-            .rollback(&task.task_id, RollbackReason::Timeout, None)
+        let reply = rollback_timed_out(&self.ledger, &task.task_id)
             .await
             .map_err(anyhow::Error::from)?;
         let _ = self
@@ -625,6 +661,23 @@ impl FederationClient {
     /// This platform's LCT of `task_type`.
     pub fn lct(&self, task_type: &str) -> anyhow::Result<Lct> {
         Ok(self.config.lct(task_type)?)
+    }
+}
+
+/// The delegator's timeout rollback, repeated (a second apart, a bounded number of times)
+/// while the ledger's clock still counts the executor's commit window open.
+async fn rollback_timed_out(
+    ledger: &LedgerClient,
+    task_id: &TaskId,
+) -> Result<LedgerReply, crate::ledger::client::LedgerClientError> {
+    let mut attempt = 1;
+    loop {
+        let reply = ledger.rollback(task_id, RollbackReason::Timeout, None).await?;
+        if reply.code != Some(RejectCode::EvidenceRequired) || attempt >= TIMEOUT_ROLLBACK_ATTEMPTS_MAX {
+            return Ok(reply);
+        }
+        attempt += 1;
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

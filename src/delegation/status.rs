@@ -4,9 +4,11 @@
 //! - `sage.status.lct` (an LCT) -> active, ATP consumed and earned, balance, tasks running.
 //! - `sage.status.task` (a task id) -> its status record and its lock.
 //! - `sage.status.cancel` (a signed [`CancelRequest`]) -> cancelled, ATP refunded. Only the
-//!   delegator may cancel: the request carries its signed ledger rollback, which the service
-//!   forwards after marking the task cancelled (so a queued task is never executed) and
-//!   telling the executor's workers to abort it.
+//!   delegator may cancel. The service marks the task cancelled (so a queued task is never
+//!   executed), tells the executor's workers to abort it, and waits for the executor's
+//!   acknowledgement: its own rollback with its signed `cancelled` proof. The request's
+//!   signed rollback is forwarded only when no acknowledgement came; the ledger accepts it
+//!   after the deadline and the executor's commit window.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::identity::directory::KeyDirectory;
 use crate::ledger::client::LedgerReader;
 use crate::ledger::model::{Lock, LockState, RollbackReason};
-use crate::ledger::protocol::{LedgerReply, LedgerRequest, Operation, Outcome, REQUEST_TTL_SECONDS};
+use crate::ledger::protocol::{LedgerReply, LedgerRequest, Operation, REQUEST_TTL_SECONDS, RejectCode};
 use crate::nats::subjects;
 use crate::protocol::clock::now_seconds;
 use crate::protocol::envelope::{Signable, Signer};
@@ -33,6 +35,13 @@ use crate::state::task_board::{CancelResult, TaskBoard, TaskStatus};
 
 /// How long a status or cancel request waits for its answer.
 pub const STATUS_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a cancel waits for the executor to acknowledge it (roll the lock back) before
+/// answering; shorter than [`STATUS_REQUEST_TIMEOUT`], so the answer arrives.
+const CANCEL_ACK_WAIT: Duration = Duration::from_secs(6);
+/// Pause between reads of the lock while waiting for the acknowledgement.
+const CANCEL_ACK_POLL: Duration = Duration::from_millis(100);
+/// Attempts to forward the delegator's rollback while the ledger answers busy.
+const FORWARD_ATTEMPTS_MAX: u32 = 4;
 /// Requests one status service verifies or reads for at once, over all endpoints; past it,
 /// a request is answered with [`status_busy_error`] at once instead of taking a task.
 pub const STATUS_REQUESTS_IN_FLIGHT_MAX: usize = 256;
@@ -246,12 +255,85 @@ async fn lct_status(lct: &Lct, shared: &Shared) -> Result<LctStatus, String> {
     })
 }
 
+/// Checks that the signed rollback a cancel carries is its requester's rollback, reason
+/// `cancelled`, of the very task being cancelled: the service forwards nothing else.
+async fn check_enclosed_rollback(request: &CancelRequest, shared: &Shared) -> Result<(), String> {
+    let rollback = shared
+        .keys
+        .verify::<LedgerRequest>(&Bytes::from(request.rollback.clone()))
+        .await
+        .map_err(|e| format!("cancel refused: its rollback does not verify: {e}"))?;
+    let for_this_task = matches!(
+        &rollback.operation,
+        Operation::Rollback { task_id, reason: RollbackReason::Cancelled, .. } if *task_id == request.task_id
+    );
+    if rollback.requester != request.requester || !for_this_task {
+        return Err(format!(
+            "cancel refused: its rollback is not {}'s cancel of task {}",
+            request.requester, request.task_id
+        ));
+    }
+    Ok(())
+}
+
+/// Waits (at most [`CANCEL_ACK_WAIT`]) for the task's lock to be settled, and returns it.
+async fn settled_lock(task_id: &TaskId, shared: &Shared) -> Result<Option<Lock>, String> {
+    let deadline = tokio::time::Instant::now() + CANCEL_ACK_WAIT;
+    loop {
+        let lock = shared.reader.lock(task_id).await.map_err(|e| e.to_string())?;
+        let pending = lock.as_ref().is_some_and(|l| l.state == LockState::Pending);
+        if !pending || tokio::time::Instant::now() >= deadline {
+            return Ok(lock);
+        }
+        tokio::time::sleep(CANCEL_ACK_POLL).await;
+    }
+}
+
+/// Forwards the delegator's own rollback, retrying while the ledger is busy. The ledger
+/// accepts it only once the deadline and the executor's commit window have passed.
+async fn forward_rollback(request: &CancelRequest, shared: &Shared) -> Result<LedgerReply, String> {
+    let mut pause = CANCEL_ACK_POLL;
+    for attempt in 1..=FORWARD_ATTEMPTS_MAX {
+        let answer = shared
+            .client
+            .request(
+                subjects::ledger_endpoint("rollback"),
+                Bytes::from(request.rollback.clone()),
+            )
+            .await;
+        match answer {
+            Ok(message) => {
+                let reply: LedgerReply = serde_json::from_slice(&message.payload).map_err(|e| e.to_string())?;
+                if reply.code != Some(RejectCode::Busy) || attempt == FORWARD_ATTEMPTS_MAX {
+                    return Ok(reply);
+                }
+            }
+            Err(e) if attempt == FORWARD_ATTEMPTS_MAX => {
+                return Err(format!(
+                    "the ledger did not answer the refund ({e}); the lock is refunded when the executor acknowledges the cancel, or when it expires"
+                ));
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(pause).await;
+        pause *= 2;
+    }
+    Err("the ledger stayed busy; the lock is refunded when the executor acknowledges the cancel".to_owned())
+}
+
+/// A cancel, as the protocol in ARCHITECTURE.md ("Cancel") has it: the service records the
+/// delegator's request on the task board (a queued task is then never run) and tells the
+/// executor's workers to stop it; the executor acknowledges by rolling the lock back itself
+/// with its signed `cancelled` proof. The delegator's own rollback settles nothing before the
+/// deadline and the executor's commit window: the ledger refuses it, so a delegator cannot
+/// cancel a running task, keep its result and the ATP.
 async fn cancel(payload: &Bytes, shared: &Shared) -> Result<CancelReply, String> {
     let request = shared
         .keys
         .verify::<CancelRequest>(payload)
         .await
         .map_err(|e| format!("cancel refused: {e}"))?;
+    check_enclosed_rollback(&request, shared).await?;
     let Some((status, _)) = shared.board.get(&request.task_id).await.map_err(|e| e.to_string())? else {
         return Err(format!("no task {} is known", request.task_id));
     };
@@ -261,6 +343,14 @@ async fn cancel(payload: &Bytes, shared: &Shared) -> Result<CancelReply, String>
             status.delegator.platform(),
             request.task_id
         ));
+    }
+    let lock = shared.reader.lock(&request.task_id).await.map_err(|e| e.to_string())?;
+    if let Some(lock) = lock.filter(|l| l.state.is_terminal()) {
+        return Ok(CancelReply {
+            cancelled: false,
+            atp_refunded: 0.0,
+            message: format!("task {} already ended: its lock is {:?}", request.task_id, lock.state),
+        });
     }
     let (result, _) = shared
         .board
@@ -274,7 +364,8 @@ async fn cancel(payload: &Bytes, shared: &Shared) -> Result<CancelReply, String>
             message: format!("task {} already ended: {state:?}", request.task_id),
         });
     }
-    // Stop it if it runs; a queued one is skipped when a worker claims it.
+    // Stop it if it runs; a queued one is skipped when a worker claims it. Either way the
+    // executor acknowledges by rolling the lock back.
     let _ = shared
         .client
         .publish(
@@ -282,31 +373,41 @@ async fn cancel(payload: &Bytes, shared: &Shared) -> Result<CancelReply, String>
             Bytes::from(request.task_id.to_string()),
         )
         .await;
-    let message = shared
-        .client
-        .request(
-            subjects::ledger_endpoint("rollback"),
-            Bytes::from(request.rollback.clone()),
-        )
-        .await
-        .map_err(|e| format!("the ledger did not answer the refund ({e}); the lock will expire and refund anyway"))?;
-    let reply: LedgerReply = serde_json::from_slice(&message.payload).map_err(|e| e.to_string())?;
-    let lock = match reply.lock {
-        Some(lock) => Some(*lock),
-        None => shared.reader.lock(&request.task_id).await.map_err(|e| e.to_string())?,
-    };
-    let refunded = lock
-        .as_ref()
-        .and_then(|l| l.settlement.as_ref())
-        .map_or(0.0, |s| s.refunded_uatp.as_f64());
-    let rolled_back = lock
-        .as_ref()
-        .is_some_and(|l| l.state == LockState::RolledBack || l.state == LockState::Expired);
-    Ok(CancelReply {
-        cancelled: rolled_back && reply.outcome != Outcome::Rejected,
-        atp_refunded: if rolled_back { refunded } else { 0.0 },
-        message: reply.message,
-    })
+    let mut lock = settled_lock(&request.task_id, shared).await?;
+    let mut message = String::new();
+    if lock.as_ref().is_some_and(|l| l.state == LockState::Pending) {
+        let reply = forward_rollback(&request, shared).await?;
+        message = reply.message;
+        lock = match reply.lock {
+            Some(lock) => Some(*lock),
+            None => shared.reader.lock(&request.task_id).await.map_err(|e| e.to_string())?,
+        };
+    }
+    Ok(cancel_reply(&request.task_id, lock.as_ref(), message))
+}
+
+/// What a cancel did, as the ledger has it.
+fn cancel_reply(task_id: &TaskId, lock: Option<&Lock>, message: String) -> CancelReply {
+    let refunded = lock.filter(|l| l.state == LockState::RolledBack || l.state == LockState::Expired);
+    match (lock, refunded) {
+        (_, Some(lock)) => CancelReply {
+            cancelled: true,
+            atp_refunded: lock.settlement.as_ref().map_or(0.0, |s| s.refunded_uatp.as_f64()),
+            message: format!("task {task_id} cancelled and refunded"),
+        },
+        (Some(lock), None) if lock.state == LockState::Committed => CancelReply {
+            cancelled: false,
+            atp_refunded: 0.0,
+            message: format!("task {task_id} finished before the cancel reached it, and was paid"),
+        },
+        _ => CancelReply {
+            cancelled: false,
+            atp_refunded: 0.0,
+            message: format!(
+                "the cancel of task {task_id} is recorded; its lock is refunded when the executor acknowledges it, or after the deadline ({message})"
+            ),
+        },
+    }
 }
 
 async fn request_json<T: serde::de::DeserializeOwned>(

@@ -23,6 +23,7 @@ pub mod client;
 pub mod model;
 pub mod protocol;
 mod rules;
+pub use rules::COMMIT_WINDOW_SECONDS;
 #[cfg(test)]
 mod rules_table;
 mod sequencer;

@@ -18,6 +18,11 @@ use crate::protocol::task::TaskId;
 /// Longest a lock may live (from now to its expiry).
 pub const LOCK_TTL_SECONDS_MAX: f64 = 2.0 * 3600.0;
 
+/// Seconds after a lock's deadline in which only the executor may settle it: work finished
+/// by the deadline is committed in this window, and the delegator may roll back for a timeout
+/// or an unacknowledged cancel only after it.
+pub const COMMIT_WINDOW_SECONDS: f64 = 5.0;
+
 /// Who settles expired locks, in journal entries.
 pub const SWEEPER: &str = "ledger";
 
@@ -489,10 +494,10 @@ fn rollback(
             RejectCode::EvidenceRequired,
             format!(
                 "a delegator's rollback for {reason} needs the executor's signed proof showing it{}",
-                if reason == RollbackReason::Timeout {
-                    ", or the deadline to pass"
+                if matches!(reason, RollbackReason::Timeout | RollbackReason::Cancelled) {
+                    format!(", or the deadline plus the executor's {COMMIT_WINDOW_SECONDS} s commit window to pass")
                 } else {
-                    ""
+                    String::new()
                 }
             ),
         );
@@ -510,11 +515,14 @@ fn rollback(
 }
 
 /// Whether a delegator's rollback for `reason` is shown: by the executor's signed `evidence`,
-/// or for a timeout by the deadline having passed. A cancel needs nothing.
+/// or for a timeout or a cancel by the deadline and the executor's commit window having
+/// passed. A cancel is shown by the executor's acknowledgement (its signed `cancelled` proof),
+/// so a delegator cannot cancel a task that runs, keep its result and the ATP.
 fn delegator_shows(reason: RollbackReason, evidence: Option<&Verified<ExecutionProof>>, lock: &Lock, now: f64) -> bool {
+    let window_passed = now >= lock.deadline + COMMIT_WINDOW_SECONDS;
     match reason {
-        RollbackReason::Cancelled => true,
-        RollbackReason::Timeout => now >= lock.deadline || evidence.is_some_and(|p| p.status == ProofStatus::TimedOut),
+        RollbackReason::Cancelled => window_passed || evidence.is_some_and(|p| p.status == ProofStatus::Cancelled),
+        RollbackReason::Timeout => window_passed || evidence.is_some_and(|p| p.status == ProofStatus::TimedOut),
         RollbackReason::LowQuality => {
             evidence.is_some_and(|p| p.status != ProofStatus::Completed || p.quality_score < lock.quality_threshold)
         }

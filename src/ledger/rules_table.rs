@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::identity::keys::{KeyRecord, KeyRegistry, generate};
 use crate::ledger::model::{Account, GrantRecord, JournalEntry, Lock, LockState, Record, RollbackReason, Supply};
 use crate::ledger::protocol::{Outcome, RejectCode};
-use crate::ledger::rules::{Book, Command, Decision, LOCK_TTL_SECONDS_MAX, conserves, decide};
+use crate::ledger::rules::{Book, COMMIT_WINDOW_SECONDS, Command, Decision, LOCK_TTL_SECONDS_MAX, conserves, decide};
 use crate::protocol::atp::Atp;
 use crate::protocol::envelope::{Signer, Verified, verify};
 use crate::protocol::lct::Lct;
@@ -273,7 +273,7 @@ fn row(name: &'static str, now: f64, command: Command, expect: Expect) -> Row {
 
 fn rows(p: &Proofs) -> Vec<Row> {
     use Expect::{Already, Applied, Rejected};
-    use ProofStatus::{Completed, Failed, TimedOut};
+    use ProofStatus::{Cancelled, Completed, Failed, TimedOut};
     use RejectCode::*;
     use RollbackReason as Why;
     let good = |id| p.by_legion(id, Completed, 0.9, 4.0);
@@ -507,9 +507,28 @@ fn rows(p: &Proofs) -> Vec<Row> {
         ),
         row("lock t4", T0, lock("t4", atp(10)), Applied),
         row(
-            "delegator's timeout rollback after the deadline",
-            DEADLINE + 1.0,
+            "delegator's timeout rollback in the executor's commit window",
+            DEADLINE + COMMIT_WINDOW_SECONDS - 0.5,
             rollback("Thor", "t4", Why::Timeout, None),
+            Rejected(EvidenceRequired),
+        ),
+        row(
+            "delegator's timeout rollback after the commit window",
+            DEADLINE + COMMIT_WINDOW_SECONDS,
+            rollback("Thor", "t4", Why::Timeout, None),
+            Applied,
+        ),
+        row("lock t4w", T0, lock("t4w", atp(10)), Applied),
+        row(
+            "delegator's timeout rollback past the deadline, in the commit window",
+            DEADLINE + 0.5,
+            rollback("Thor", "t4w", Why::Timeout, None),
+            Rejected(EvidenceRequired),
+        ),
+        row(
+            "executor commits work finished by the deadline, in its commit window",
+            DEADLINE + COMMIT_WINDOW_SECONDS - 0.5,
+            commit("Legion", "t4w", good("t4w")),
             Applied,
         ),
         row("lock t5", T0, lock("t5", atp(10)), Applied),
@@ -521,9 +540,32 @@ fn rows(p: &Proofs) -> Vec<Row> {
         ),
         row("lock t6", T0, lock("t6", atp(10)), Applied),
         row(
-            "delegator's cancel needs no evidence",
+            "delegator's cancel of a running task without the executor's acknowledgement",
             T0,
             rollback("Thor", "t6", Why::Cancelled, None),
+            Rejected(EvidenceRequired),
+        ),
+        row(
+            "delegator's cancel with a completed proof as its evidence",
+            T0,
+            rollback("Thor", "t6", Why::Cancelled, Some(good("t6"))),
+            Rejected(EvidenceRequired),
+        ),
+        row(
+            "delegator's cancel in the executor's commit window",
+            DEADLINE + 1.0,
+            rollback("Thor", "t6", Why::Cancelled, None),
+            Rejected(EvidenceRequired),
+        ),
+        row(
+            "delegator's cancel acknowledged by the executor's signed cancelled proof",
+            T0,
+            rollback(
+                "Thor",
+                "t6",
+                Why::Cancelled,
+                Some(p.by_legion("t6", Cancelled, 0.0, 0.0)),
+            ),
             Applied,
         ),
         // Expiry.
@@ -564,7 +606,7 @@ fn rows(p: &Proofs) -> Vec<Row> {
             Rejected(Overflow),
         ),
         // Everything locked: the last of Thor's balance, to the unit.
-        row("lock all that is left", T0, lock("t8", atp(96)), Applied),
+        row("lock all that is left", T0, lock("t8", atp(92)), Applied),
         row(
             "lock one unit more",
             T0,
@@ -625,14 +667,15 @@ fn every_transition_rejection_and_replay_conserves_atp() {
     for code in codes {
         assert!(seen.contains(code), "no row is rejected with {code}");
     }
-    // The final balances: Thor paid 4 for t1 and refunded everything else but t8's 96.
+    // The final balances: Thor paid 4 for t1 and 4 for t4w, and was refunded everything else
+    // but t8's 92.
     let thor = book.account(&lct("Thor")).expect("Thor");
     let legion = book.account(&lct("Legion")).expect("Legion");
     assert_eq!(
         (thor.balance_uatp, thor.locked_uatp, thor.spent_uatp),
-        (Atp::ZERO, atp(96), atp(4))
+        (Atp::ZERO, atp(92), atp(8))
     );
-    assert_eq!((legion.balance_uatp, legion.earned_uatp), (atp(14), atp(4)));
+    assert_eq!((legion.balance_uatp, legion.earned_uatp), (atp(18), atp(8)));
     assert_eq!(book.supply.total_uatp, atp(110));
     let settled: Vec<(&str, LockState)> = book.locks.iter().map(|(id, l)| (id.as_str(), l.state)).collect();
     assert_eq!(
@@ -642,6 +685,7 @@ fn every_transition_rejection_and_replay_conserves_atp() {
             ("t2", LockState::RolledBack),
             ("t3", LockState::RolledBack),
             ("t4", LockState::RolledBack),
+            ("t4w", LockState::Committed),
             ("t5", LockState::RolledBack),
             ("t6", LockState::RolledBack),
             ("t7", LockState::Expired),

@@ -194,8 +194,9 @@ impl TaskBoard {
         self.finish(&known.task_id, state, quality, atp_consumed, reason).await
     }
 
-    /// Moves a running task to a terminal `state`. A task already ended (cancelled while it
-    /// ran) keeps its first ending.
+    /// Moves a running task to a terminal `state`. A task already ended keeps its first
+    /// ending; a delegator's cancel is only a request until the executor ends the task, so
+    /// the executor's ending replaces it (the board then says what the ledger says).
     pub async fn finish(
         &self,
         task_id: &TaskId,
@@ -208,7 +209,7 @@ impl TaskBoard {
             &self.kv,
             task_id.as_str(),
             |current: Option<TaskStatus>| match current {
-                Some(mut status) if !status.state.is_terminal() => {
+                Some(mut status) if !status.state.is_terminal() || status.state == TaskState::Cancelled => {
                     status.state = state;
                     status.quality = quality;
                     status.atp_consumed = atp_consumed;

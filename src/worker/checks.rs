@@ -1,5 +1,5 @@
 //! The executor's checks, before any work, in the order the design fixes: (1) signature and
-//! key, (2) expiry and replay, (3) permissions, (4) budget and concurrency, (5) the
+//! key, (2) replay, then expiry, (3) permissions, (4) budget and concurrency, (5) the
 //! delegator's rate, (6) payload and resource limits. (1) and the replay half of (2) run in
 //! `run.rs` because a failure there must not touch the ledger; the rest are here. No check
 //! reads a clock: the caller passes the time in, so each is a pure function of its inputs
@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use crate::config::Config;
 use crate::identity::keys::KeyRecord;
+use crate::ledger::COMMIT_WINDOW_SECONDS;
 use crate::ledger::model::{Lock, LockState, RollbackReason};
 use crate::protocol::task::FederationTask;
 use crate::worker::admission::{Admissions, Admitted, RateLimiter};
@@ -86,6 +87,36 @@ pub fn check_permissions(
     Ok(())
 }
 
+/// Whether the lock's deadline, expiry and threshold fit the task: the lock may not fall due
+/// before the task's own expiry (which bounds the work), it must leave the executor its whole
+/// commit window after the deadline, and its threshold must be one this platform accepts.
+/// Otherwise the delegator could roll back for a timeout, or let the lock expire, while the
+/// work runs, and never pay for it.
+fn check_lock_times(task: &FederationTask, lock: &Lock, config: &Config) -> Result<(), String> {
+    if lock.deadline < task.expires_at {
+        return Err(format!(
+            "the lock of task {} falls due at {:.3}, before the task's expiry {:.3}",
+            task.task_id, lock.deadline, task.expires_at
+        ));
+    }
+    if lock.expires_at < lock.deadline + COMMIT_WINDOW_SECONDS {
+        return Err(format!(
+            "the lock of task {} expires at {:.3}, inside the executor's {COMMIT_WINDOW_SECONDS} s commit window after its deadline {:.3}",
+            task.task_id, lock.expires_at, lock.deadline
+        ));
+    }
+    let accepted = config.settlement.accepted_threshold_max.get();
+    if lock.quality_threshold > accepted {
+        return Err(format!(
+            "the lock of task {} asks quality {}, above the {accepted} {} accepts (settlement.accepted_threshold_max)",
+            task.task_id,
+            lock.quality_threshold,
+            config.platform()
+        ));
+    }
+    Ok(())
+}
+
 /// (4) ATP is locked for this task with this executor, and this platform's budget and
 /// concurrency for the task type admit it.
 pub fn check_budget(
@@ -117,7 +148,7 @@ pub fn check_budget(
                 task.task_id
             )));
         }
-        Some(_) => {}
+        Some(lock) => check_lock_times(task, lock, config).map_err(rejected)?,
     }
     let Some(resource) = config
         .resources

@@ -10,6 +10,7 @@ use figment::providers::{Format, Toml};
 
 use crate::config::Config;
 use crate::identity::keys::KeyRecord;
+use crate::ledger::COMMIT_WINDOW_SECONDS;
 use crate::ledger::model::{Lock, LockState, RollbackReason};
 use crate::protocol::atp::Atp;
 use crate::protocol::task::FederationTask;
@@ -180,6 +181,46 @@ fn each_check_refuses_with_its_reason() {
             "with less locked than its budget",
             |c| c.lock.as_mut().expect("lock").amount_uatp = Atp::from_micros(9_999_999),
             Some((Rejected, "does not match")),
+        ),
+        (
+            "with a lock falling due before the task expires",
+            |c| c.lock.as_mut().expect("lock").deadline = c.task.expires_at - 1.0,
+            Some((Rejected, "before the task's expiry")),
+        ),
+        (
+            "with a lock expiring 2 s after the task is created",
+            |c| {
+                let lock = c.lock.as_mut().expect("lock");
+                lock.deadline = c.task.expires_at;
+                lock.expires_at = c.task.created_at + 2.0;
+            },
+            Some((Rejected, "commit window")),
+        ),
+        (
+            "with a lock expiring inside the commit window",
+            |c| {
+                let lock = c.lock.as_mut().expect("lock");
+                lock.expires_at = lock.deadline + COMMIT_WINDOW_SECONDS - 0.001;
+            },
+            Some((Rejected, "commit window")),
+        ),
+        (
+            "with a lock leaving exactly the commit window",
+            |c| {
+                let lock = c.lock.as_mut().expect("lock");
+                lock.expires_at = lock.deadline + COMMIT_WINDOW_SECONDS;
+            },
+            None,
+        ),
+        (
+            "with a lock asking quality 1.0",
+            |c| c.lock.as_mut().expect("lock").quality_threshold = 1.0,
+            Some((Rejected, "above the 0.9 Legion accepts")),
+        ),
+        (
+            "with a lock asking the quality this platform accepts, to the unit",
+            |c| c.lock.as_mut().expect("lock").quality_threshold = 0.9,
+            None,
         ),
         (
             "of a task type this platform does not execute",

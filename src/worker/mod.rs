@@ -10,6 +10,7 @@
 //! - `run`: one task from message to acknowledgement.
 //! - `exhausted`: max-deliveries advisories, checked against the stream, handled once.
 
+mod aborts;
 mod admission;
 mod checks;
 #[cfg(test)]
@@ -18,16 +19,15 @@ mod exhausted;
 pub mod ops;
 mod run;
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer::pull};
 use async_nats::{Client, jetstream::consumer::AckPolicy};
 use futures::StreamExt;
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
@@ -64,8 +64,8 @@ pub struct WorkerContext {
     pub operations: Operations,
     pub limiter: RateLimiter,
     pub admissions: Admissions,
-    /// Abort handles of the tasks running now.
-    pub aborts: Mutex<HashMap<TaskId, oneshot::Sender<()>>>,
+    /// Abort handles of the runs in flight now.
+    pub aborts: aborts::Aborts,
     /// This process, as task status records name it.
     pub worker_id: String,
 }
@@ -139,7 +139,7 @@ impl Worker {
             board: TaskBoard::open(&js).await?,
             registry: Registry::open(&js, Arc::clone(&keys)).await?,
             admissions: Admissions::default(),
-            aborts: Mutex::new(HashMap::new()),
+            aborts: aborts::Aborts::default(),
             worker_id: format!("{}-{}", config.platform(), std::process::id()),
             keys: Arc::clone(&keys),
             signer,
@@ -299,10 +299,8 @@ async fn listen_for_aborts(ctx: Arc<WorkerContext>, client: Client) {
         if !cancelled {
             continue;
         }
-        let handle = ctx.aborts.lock().ok().and_then(|mut aborts| aborts.remove(&task_id));
-        if let Some(handle) = handle {
+        if ctx.aborts.abort(&task_id) > 0 {
             tracing::info!(task = %task_id, "aborting a cancelled task");
-            let _ = handle.send(());
         }
     }
 }

@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind};
 use serde_json::Map;
-use tokio::sync::oneshot;
 
-use crate::ledger::model::RollbackReason;
+use crate::ledger::model::{LockState, RollbackReason};
 use crate::ledger::protocol::{LedgerReply, Outcome, RejectCode};
 use crate::nats::subjects;
 use crate::observe::metrics::{self, RefusalReason, Refuser};
@@ -190,10 +189,9 @@ async fn process(ctx: &WorkerContext, message: &Arc<jetstream::Message>, sequenc
         dead_letter(ctx, message, &why).await;
         return Ok(Done::DeadLettered);
     }
-    // (2) Expiry, then replay.
-    if let Err(refusal) = checks::check_expiry(&task, now_seconds()) {
-        return refuse(ctx, &task, refusal, RefusalReason::Expired, None).await;
-    }
+    // (2) Replay, then expiry: a replay is dead-lettered unanswered whether or not it has
+    // expired, so a replayed expired task never makes this executor sign a refusal that
+    // could take the place of the task's real proof.
     let template = TaskStatus {
         task_id: task.task_id.clone(),
         delegator: task.source_lct.clone(),
@@ -234,6 +232,9 @@ async fn process(ctx: &WorkerContext, message: &Arc<jetstream::Message>, sequenc
         }
     };
     let claimed = Some((template, revision));
+    if let Err(refusal) = checks::check_expiry(&task, now_seconds()) {
+        return refuse(ctx, &task, refusal, RefusalReason::Expired, claimed).await;
+    }
     // (3) Permissions, (4) budget and concurrency, (5) rate, (6) limits.
     let signing_key = ctx.keys.record(task.source_lct.platform(), task.key_id());
     if let Err(refusal) = checks::check_permissions(&task, signing_key.as_ref(), &ctx.config, &ctx.operations) {
@@ -303,10 +304,7 @@ async fn execute(ctx: &WorkerContext, task: &FederationTask, message: &Arc<jetst
         timeout,
         memory_mb: ctx.config.permissions.memory_mb,
     };
-    let (abort_tx, abort_rx) = oneshot::channel();
-    if let Ok(mut aborts) = ctx.aborts.lock() {
-        aborts.insert(task.task_id.clone(), abort_tx);
-    }
+    let (run, abort) = ctx.aborts.register(&task.task_id);
     let progress = {
         let message = Arc::clone(message);
         let every = Duration::from_secs(ctx.config.worker.ack_wait_seconds) / PROGRESS_REPORTS_PER_ACK_WAIT;
@@ -322,12 +320,10 @@ async fn execute(ctx: &WorkerContext, task: &FederationTask, message: &Arc<jetst
     let started = Instant::now();
     let outcome = tokio::select! {
         outcome = operation.run(input) => Some(outcome),
-        _ = abort_rx => None,
+        () = abort.fired() => None,
     };
     progress.abort();
-    if let Ok(mut aborts) = ctx.aborts.lock() {
-        aborts.remove(&task.task_id);
-    }
+    drop(run);
     proof.execution_time = started.elapsed().as_secs_f64();
     match outcome {
         None => {
@@ -389,6 +385,19 @@ async fn conclude(
     if reply.code == Some(RejectCode::Busy) {
         return Err(Transient(reply.message));
     }
+    let paid = reply
+        .lock
+        .as_ref()
+        .is_some_and(|lock| lock.state == LockState::Committed);
+    let unpaid;
+    let (proof, wire) = if proof.status == ProofStatus::Completed && !paid {
+        // The result goes out only with its payment: a completed proof the ledger did not
+        // commit is published without it (its quality and the ledger's reason kept).
+        unpaid = unpaid_proof(proof, &reply);
+        (&unpaid, ctx.signer.sign(&unpaid)?)
+    } else {
+        (proof, wire)
+    };
     let mut headers = HeaderMap::new();
     headers.insert(
         async_nats::header::NATS_MESSAGE_ID,
@@ -418,6 +427,14 @@ async fn conclude(
         }
     }
     Ok(())
+}
+
+/// `proof` without its result, saying why the ledger did not pay for it.
+fn unpaid_proof(proof: &ExecutionProof, reply: &LedgerReply) -> ExecutionProof {
+    let mut unpaid = proof.clone();
+    unpaid.result = Map::new();
+    unpaid.reason = format!("not paid, so the result is withheld: {}", reply.message);
+    unpaid
 }
 
 fn log_settlement(task: &FederationTask, reply: &LedgerReply) {
