@@ -335,10 +335,18 @@ pub struct ExternalOperation {
     /// ATP charged per second of execution, capped by the task's budget.
     #[serde(default = "default_atp_per_second")]
     pub atp_per_second: AtpAmount,
+    /// The unprivileged user the program runs as when the worker runs as root, so that it
+    /// cannot read the platform's secret key. A worker that is not root runs it as itself.
+    #[serde(default = "default_run_as")]
+    pub run_as: String,
 }
 
 fn default_atp_per_second() -> AtpAmount {
     AtpAmount(1.0)
+}
+
+fn default_run_as() -> String {
+    "nobody".to_owned()
 }
 
 /// How this platform's workers pull tasks and retry.
@@ -492,6 +500,12 @@ impl Config {
                 return Err(invalid(
                     &format!("operations.{}.command", name.as_str()),
                     "is empty".to_owned(),
+                ));
+            }
+            if op.run_as.is_empty() {
+                return Err(invalid(
+                    &format!("operations.{}.run_as", name.as_str()),
+                    "is empty; name an unprivileged user such as nobody".to_owned(),
                 ));
             }
         }

@@ -3,15 +3,25 @@
 //! and tested against a real `sagefed up` that its `conftest.py` starts with this build's
 //! binary.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
 mod common;
 
-/// Creates a venv at `dir`, installing Debian's `python3-venv` first when python3 lacks the
-/// module (see [`common::apt`]).
+/// The system's interpreter, which every user can run: a root worker runs the Python
+/// operation as `nobody`, who cannot reach one installed under /root (pyenv).
+const SYSTEM_PYTHON: &str = "/usr/bin/python3";
+
+/// Creates a venv at `dir` from the system's python3 (or the one on `PATH` when there is none),
+/// installing Debian's `python3-venv` first when it lacks the module (see [`common::apt`]).
 fn fresh_venv(dir: &Path) {
-    let create = || Command::new("python3").args(["-m", "venv"]).arg(dir).status();
+    let python = if Path::new(SYSTEM_PYTHON).exists() {
+        SYSTEM_PYTHON
+    } else {
+        "python3"
+    };
+    let create = || Command::new(python).args(["-m", "venv"]).arg(dir).status();
     if create().is_ok_and(|s| s.success()) {
         return;
     }
@@ -32,6 +42,9 @@ fn fresh_venv(dir: &Path) {
 fn the_python_client_passes_its_pytest_suite_against_a_real_federation() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let scratch = tempfile::tempdir().expect("a scratch directory");
+    // The venv's python runs the Python operation, as `nobody` when the worker is root.
+    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod the scratch directory");
     let venv = scratch.path().join("venv");
     fresh_venv(&venv);
     let python = venv.join("bin/python");

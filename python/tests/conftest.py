@@ -9,9 +9,11 @@ The `sagefed` binary is $SAGEFED_BIN, or target/debug/sagefed of the repository 
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +66,11 @@ def write_configs(directory: Path) -> None:
 def federation(tmp_path_factory):
     """The running federation: its configs directory, NATS URL and `sagefed` binary."""
     root = tmp_path_factory.mktemp("federation")
-    configs = root / "configs"
+    # The operations run in the configs' directory, as `nobody` when the worker is root: it
+    # must be one that user can enter (pytest's own temporary directories are 0700).
+    configs_home = Path(tempfile.mkdtemp(prefix="sagefed-configs-"))
+    configs_home.chmod(0o755)
+    configs = configs_home / "configs"
     write_configs(configs)
     log = open(root / "up.log", "w")
     env = dict(os.environ, SAGE_TOOLS_DIR=os.environ.get("SAGE_TOOLS_DIR", str(REPO / ".tools")))
@@ -90,6 +96,7 @@ def federation(tmp_path_factory):
             process.kill()
             process.wait()
         log.close()
+        shutil.rmtree(configs_home, ignore_errors=True)
 
 
 @dataclass

@@ -110,6 +110,7 @@ pub fn operations_for(config: &Config) -> Operations {
             op.command.clone(),
             &config.base_dir,
             op.atp_per_second.atp(),
+            &op.run_as,
         )
     })
 }

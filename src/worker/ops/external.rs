@@ -6,8 +6,11 @@
 //! stderr. `examples/ops/echo_quality.py` is a complete example.
 //!
 //! Limits, so that one task cannot hurt the platform:
-//! - time: at the timeout, or when the future is dropped, the program's whole process group
-//!   gets SIGKILL; every run ends with that group killed, so nothing it started outlives it.
+//! - time: at the timeout, or when the future is dropped, every descendant of the program gets
+//!   SIGKILL, including one that called `setsid` (the program is a child subreaper, so orphans
+//!   stay below it; see `sweep`), then its process group and the program. A run that ends
+//!   with the program's own exit kills its process group; a descendant that left the group
+//!   and outlives the program's exit is re-parented to init and not killed.
 //! - memory: `RLIMIT_AS` of `memory_mb` MiB, set in the child before it executes. This limits
 //!   address space, not resident memory: runtimes that reserve large virtual ranges up front
 //!   (the JVM, Go, CUDA) need a limit well above what they use.
@@ -16,9 +19,10 @@
 //!   [`EXTERNAL_OPEN_FILES_MAX`]; processes: `RLIMIT_NPROC` [`EXTERNAL_USER_PROCESSES_MAX`]
 //!   (per user, and not applied to root).
 //! - the platform's secret key: the program inherits no open file of the worker (Rust opens
-//!   files close-on-exec) and no environment but `PATH` and `HOME`; but it runs as the
-//!   worker's user and so can read the key file itself. Run the worker as a user that cannot
-//!   read anything the programs must not, or keep programs you do not trust off the platform.
+//!   files close-on-exec) and no environment but `PATH` and `HOME`. A worker running as root
+//!   runs the program as `operations.NAME.run_as` (default `nobody`) with no supplementary
+//!   groups, so it cannot read the 0600 key file. A worker that is not root cannot change
+//!   user: the program can read what the worker reads; give the worker a user of its own.
 //! - output: stdout beyond [`EXTERNAL_STDOUT_BYTES_MAX`] is refused; the last
 //!   [`EXTERNAL_STDERR_TAIL_BYTES_MAX`] of stderr are kept for error messages.
 //! - environment: only `PATH` and `HOME`, so the platform's secrets do not leak.
@@ -44,7 +48,7 @@ use serde_json::{Map, Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
-use super::{Operation, OperationError, OperationInput, OperationOutput, check_result_size};
+use super::{Operation, OperationError, OperationInput, OperationOutput, check_result_size, sweep, user};
 use crate::protocol::atp::{Atp, MICROS_PER_ATP};
 
 /// Most bytes a program may print on stdout: a reply, not a data stream.
@@ -117,15 +121,17 @@ pub struct ExternalOperation {
     command: Vec<String>,
     base_dir: PathBuf,
     atp_per_second: Atp,
+    run_as: String,
 }
 
 impl ExternalOperation {
-    pub fn new(name: &str, command: Vec<String>, base_dir: &Path, atp_per_second: Atp) -> Self {
+    pub fn new(name: &str, command: Vec<String>, base_dir: &Path, atp_per_second: Atp, run_as: &str) -> Self {
         Self {
             name: name.to_owned(),
             command,
             base_dir: base_dir.to_owned(),
             atp_per_second,
+            run_as: run_as.to_owned(),
         }
     }
 
@@ -237,6 +243,11 @@ impl ExternalOperation {
         if !self.base_dir.as_os_str().is_empty() {
             command.current_dir(&self.base_dir);
         }
+        if user::worker_is_root() {
+            // std clears the supplementary groups (root's) when it sets the uid.
+            let account = user::lookup(&self.run_as, &self.name)?;
+            command.uid(account.uid).gid(account.gid);
+        }
         let table = limits.table().map(|(resource, soft, hard)| {
             (
                 resource,
@@ -248,7 +259,7 @@ impl ExternalOperation {
         });
         // SAFETY: the closure runs in the forked child before exec, where only
         // async-signal-safe calls are allowed: it calls setrlimit(2) on values captured by
-        // copy and allocates nothing (`last_os_error` only reads errno).
+        // copy and prctl(2), and allocates nothing (`last_os_error` only reads errno).
         unsafe {
             command.pre_exec(move || {
                 for (resource, limit) in &table {
@@ -256,17 +267,10 @@ impl ExternalOperation {
                         return Err(io::Error::last_os_error());
                     }
                 }
-                Ok(())
+                sweep::become_subreaper()
             });
         }
-        let mut child = command.spawn().map_err(|e| {
-            OperationError::Failed(format!(
-                "cannot start `{}` in {}: {e}; check operations.{}.command in the platform config",
-                program.display(),
-                self.base_dir.display(),
-                self.name
-            ))
-        })?;
+        let mut child = command.spawn().map_err(|e| self.start_error(program, &e))?;
         let Ok(pid) = libc::pid_t::try_from(child.id()) else {
             let _ = child.kill();
             let _ = child.wait();
@@ -301,6 +305,26 @@ impl ExternalOperation {
     }
 }
 
+impl ExternalOperation {
+    /// Why `program` did not start, and which settings to check.
+    fn start_error(&self, program: &Path, e: &io::Error) -> OperationError {
+        let user = if user::worker_is_root() {
+            format!(
+                " (it runs as `{}`, operations.{}.run_as, who must be able to run it and enter that directory)",
+                self.run_as, self.name
+            )
+        } else {
+            String::new()
+        };
+        OperationError::Failed(format!(
+            "cannot start `{}` in {}: {e}; check operations.{}.command in the platform config{user}",
+            program.display(),
+            self.base_dir.display(),
+            self.name
+        ))
+    }
+}
+
 impl Operation for ExternalOperation {
     fn name(&self) -> &str {
         &self.name
@@ -326,10 +350,12 @@ struct Process {
 }
 
 impl Process {
-    /// SIGKILL to the child's process group and to the child itself, unless it is reaped.
+    /// SIGKILL to every descendant of the child (those that left its group or session too),
+    /// to its process group and to the child itself, unless it is reaped.
     fn kill(&self) {
         let reaped = self.reaped.lock().unwrap_or_else(PoisonError::into_inner);
         if !*reaped {
+            sweep::kill_tree(self.pid);
             signal_group(self.pid);
         }
     }
@@ -519,7 +545,13 @@ mod tests {
 
     fn op(command: &[&str]) -> ExternalOperation {
         let command = command.iter().map(|s| (*s).to_owned()).collect();
-        ExternalOperation::new("test_op", command, &manifest_dir(), Atp::from_micros(MICROS_PER_ATP))
+        ExternalOperation::new(
+            "test_op",
+            command,
+            &manifest_dir(),
+            Atp::from_micros(MICROS_PER_ATP),
+            "nobody",
+        )
     }
 
     fn input(parameters: Value, timeout: Duration) -> OperationInput {
@@ -529,6 +561,14 @@ mod tests {
             timeout,
             memory_mb: 512,
         }
+    }
+
+    /// A temporary directory the program can write, though it may run as another user.
+    fn writable_tempdir() -> tempfile::TempDir {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        dir
     }
 
     /// A shell command that swallows its input, then prints `reply`.
@@ -638,7 +678,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_program_cannot_write_a_file_beyond_its_limit() {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = writable_tempdir();
         let path = dir.path().join("big");
         let writer = op(&[
             "python3",
@@ -736,7 +776,7 @@ mod tests {
 
     #[tokio::test]
     async fn dropping_the_run_kills_the_program_and_its_children() {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = writable_tempdir();
         let pids = dir.path().join("pids");
         let script = format!("sleep 60 & echo $$ $! > {}.tmp; mv {0}.tmp {0}; wait", pids.display());
         let sleeper = op(&["sh", "-c", &script]);
@@ -760,8 +800,73 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_descendant_that_left_the_session_is_killed_at_the_timeout() {
+        let dir = writable_tempdir();
+        let pid_file = dir.path().join("pid");
+        // A subshell starts `sleep` in a session of its own (out of reach of the process-group
+        // kill), writes its pid and exits, so that the sleeper is an orphan as well.
+        let script = format!(
+            "cat >/dev/null; (setsid sleep 60 </dev/null >/dev/null 2>&1 & echo $! > {0}.tmp; mv {0}.tmp {0}); sleep 60",
+            pid_file.display()
+        );
+        let out = run(&op(&["sh", "-c", &script]), input(json!({}), Duration::from_secs(3))).await;
+        assert!(matches!(out, Err(OperationError::TimedOut { .. })), "{out:?}");
+        let text = std::fs::read_to_string(&pid_file).expect("the program wrote the sleeper's pid");
+        let pid: u32 = text.trim().parse().expect("a pid");
+        let session = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while alive(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "the sleeper {pid} outlived the timeout: {session}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_program_cannot_read_the_platform_key() {
+        use std::os::unix::fs::PermissionsExt;
+        // The key sits in a directory anyone may enter: only its owner and mode protect it.
+        let dir = writable_tempdir();
+        let key_path = dir.path().join("platform_ed25519.key");
+        let key = crate::identity::keys::generate().expect("a key");
+        crate::identity::keys::write_secret(&key_path, &key, false).expect("key written");
+        assert!(
+            std::fs::read(&key_path).is_ok_and(|k| !k.is_empty()),
+            "the worker reads its key"
+        );
+        let mode = std::fs::metadata(&key_path).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let reader = op(&[
+            "sh",
+            "-c",
+            &format!(
+                "cat >/dev/null; id -u >&2; id -G >&2; cat {} >&2 && echo READ >&2; exit 3",
+                key_path.display()
+            ),
+        ]);
+        let why = match run(&reader, input(json!({}), Duration::from_secs(30))).await {
+            Err(OperationError::Failed(why)) => why,
+            other => panic!("expected the program's failure, got {other:?}"),
+        };
+        if user::worker_is_root() {
+            let nobody = user::lookup("nobody", "test_op").expect("nobody");
+            assert!(why.contains("Permission denied") && !why.contains("READ"), "{why}");
+            // stderr: `id -u`, then `id -G`, then cat's complaint.
+            let stderr = why.split_once("exit status: 3: ").map(|(_, e)| e).unwrap_or_default();
+            let mut lines = stderr.lines();
+            assert_eq!(lines.next(), Some(nobody.uid.to_string().as_str()), "{why}");
+            assert_eq!(lines.next(), Some(nobody.gid.to_string().as_str()), "groups: {why}");
+        } else {
+            // The documented limit: not root, the program runs as the worker and reads the key.
+            assert!(why.contains("READ"), "{why}");
+        }
+    }
+
+    #[tokio::test]
     async fn the_environment_holds_only_path_and_home() {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = writable_tempdir();
         let file = dir.path().join("env");
         let script = format!(
             "cat >/dev/null; /usr/bin/env > {}; printf '%s' '{{\"result\": {{}}, \"quality\": 1}}'",

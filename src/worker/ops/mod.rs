@@ -14,6 +14,8 @@ pub mod execution;
 pub mod external;
 pub mod perception;
 pub mod planning;
+mod sweep;
+mod user;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -92,9 +94,17 @@ impl Operations {
     }
 
     /// Adds (or replaces) `name` with an operation run by an external program. A relative
-    /// program path (one with a `/`) is resolved against `base_dir`, and the program runs there.
-    pub fn with_external(mut self, name: &str, command: Vec<String>, base_dir: &Path, atp_per_second: Atp) -> Self {
-        let op = external::ExternalOperation::new(name, command, base_dir, atp_per_second);
+    /// program path (one with a `/`) is resolved against `base_dir`, and the program runs there,
+    /// as the user `run_as` when the worker is root.
+    pub fn with_external(
+        mut self,
+        name: &str,
+        command: Vec<String>,
+        base_dir: &Path,
+        atp_per_second: Atp,
+        run_as: &str,
+    ) -> Self {
+        let op = external::ExternalOperation::new(name, command, base_dir, atp_per_second, run_as);
         self.by_name.insert(name.to_owned(), Arc::new(op));
         self
     }
@@ -347,8 +357,15 @@ mod tests {
                 vec!["true".to_owned()],
                 Path::new("/"),
                 Atp::from_micros(1),
+                "nobody",
             )
-            .with_external("vision", vec!["true".to_owned()], Path::new("/"), Atp::from_micros(1));
+            .with_external(
+                "vision",
+                vec!["true".to_owned()],
+                Path::new("/"),
+                Atp::from_micros(1),
+                "nobody",
+            );
         assert_eq!(ops.names(), ["execution", "perception", "planning", "vision"]);
         assert_eq!(
             format!("{ops:?}"),
