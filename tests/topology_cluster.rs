@@ -156,7 +156,13 @@ async fn a_node_killed_under_load_loses_nothing_acknowledged_and_rejoins_and_a_f
             Ok(o) => {
                 settled.insert(id.clone(), o.settlement);
             }
-            Err(_) => failed += 1,
+            Err(e) => {
+                // The first few causes, so a failing run says why.
+                if failed < 3 {
+                    eprintln!("delegation {id} failed: {e:#}");
+                }
+                failed += 1;
+            }
         }
     }
     eprintln!("node loss: {} settled, {failed} failed", settled.len());
