@@ -52,10 +52,14 @@ const TIMEOUT_ROLLBACK_ATTEMPTS_MAX: u32 = 5;
 const SETTLE_DELIVERIES_MAX: i64 = 20;
 /// How long a listing of the platform registry is reused when placing tasks.
 pub const REGISTRY_CACHE_TTL: Duration = Duration::from_secs(1);
-/// Attempts to publish a task before giving up and refunding it.
-const PUBLISH_ATTEMPTS_MAX: u32 = 4;
-/// First pause between publish attempts; doubles each time.
+/// How long a delegation keeps retrying its board entry and its publish before giving up and
+/// refunding: long enough to ride out a JetStream leader election after a cluster node is
+/// lost (nats-server elects a new leader within its 4-9 s election timeout).
+const PUBLISH_RETRY_WINDOW: Duration = Duration::from_secs(10);
+/// First pause between publish attempts; doubles each time up to [`PUBLISH_RETRY_PAUSE_MAX`].
 const PUBLISH_RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// Longest pause between publish attempts.
+const PUBLISH_RETRY_PAUSE_MAX: Duration = Duration::from_secs(1);
 
 /// What to delegate.
 #[derive(Clone, Debug)]
@@ -491,10 +495,24 @@ impl FederationClient {
     }
 
     async fn publish(&self, task: &FederationTask, status: &TaskStatus, wire: Bytes) -> anyhow::Result<()> {
-        self.board.queue(status).await?;
+        let give_up = Instant::now() + PUBLISH_RETRY_WINDOW;
         let mut pause = PUBLISH_RETRY_PAUSE;
+        loop {
+            match self.board.queue(status).await {
+                Ok(()) => break,
+                // Someone else's entry under this id is final; anything else may be an election.
+                Err(e @ crate::state::task_board::StatusError::TaskIdInUse(_)) => return Err(e.into()),
+                Err(e) if Instant::now() >= give_up => return Err(e.into()),
+                Err(e) => tracing::debug!(task = %task.task_id, error = %e, "task board busy; retrying"),
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(PUBLISH_RETRY_PAUSE_MAX);
+        }
         let mut last = String::new();
-        for attempt in 0..PUBLISH_ATTEMPTS_MAX {
+        for attempt in 0.. {
+            if attempt > 0 && Instant::now() >= give_up {
+                break;
+            }
             let mut headers = HeaderMap::new();
             headers.insert(async_nats::header::NATS_MESSAGE_ID, task.task_id.as_str());
             let sent = self
@@ -517,7 +535,7 @@ impl FederationClient {
                 Err(e) => last = e.to_string(),
             }
             tokio::time::sleep(pause).await;
-            pause *= 2;
+            pause = (pause * 2).min(PUBLISH_RETRY_PAUSE_MAX);
         }
         anyhow::bail!("{last}")
     }
