@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::federation::{Processes, hand_task, publish_to_legion};
-use common::lct;
+use common::{lct, micros, outcome_of};
 use futures::StreamExt;
 use sage_federation::delegation::client::{DelegationOutcome, DelegationRequest};
 use sage_federation::delegation::scenarios::{self, Scenario};
@@ -25,24 +25,6 @@ use serde_json::{Value, json};
 const C: &str = "consciousness";
 const CS: &str = "consciousness.sage";
 const ATP: i64 = 1_000_000;
-
-fn micros(atp: f64) -> i64 {
-    (atp * 1e6).round() as i64
-}
-
-fn outcome_of(output: &std::process::Output) -> DelegationOutcome {
-    assert!(output.status.code().is_some(), "sagefed delegate crashed");
-    serde_json::from_slice::<Value>(&output.stdout)
-        .ok()
-        .and_then(|v| serde_json::from_value(v).ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "no outcome: {}{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            )
-        })
-}
 
 /// Every account's balance, in micro-ATP.
 async fn balances(p: &Processes) -> BTreeMap<String, i64> {

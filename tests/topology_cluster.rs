@@ -8,15 +8,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::lct;
 use common::topology::Deployment;
-use sage_federation::delegation::client::{DelegationOutcome, DelegationRequest};
+use common::{lct, micros, outcome_of};
+use sage_federation::delegation::client::DelegationRequest;
 use sage_federation::delegation::scenarios;
 use sage_federation::ledger::model::LockState;
 use sage_federation::nats::subjects;
 use sage_federation::nats::topology::{CLUSTER_REPLICAS, Topology};
 use sage_federation::protocol::task::TaskId;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const C: &str = "consciousness";
 /// Delegations during which a node is SIGKILLed.
@@ -28,23 +28,6 @@ const LOST_NODE: &str = "Sprout";
 /// One 3-node cluster at a time: two clusters loading 2 cores at once slow a leader election
 /// past the delegations' publish retries, and the node-loss test then measures the machine.
 static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn micros(atp: f64) -> i64 {
-    (atp * 1e6).round() as i64
-}
-
-fn outcome_of(output: &std::process::Output) -> DelegationOutcome {
-    serde_json::from_slice::<Value>(&output.stdout)
-        .ok()
-        .and_then(|v| serde_json::from_value(v).ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "no outcome: {}{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            )
-        })
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_scenarios_settle_across_the_cluster_with_exact_balances() {

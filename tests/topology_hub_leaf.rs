@@ -8,33 +8,16 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::lct;
 use common::topology::Deployment;
+use common::{lct, micros, outcome_of};
 use sage_federation::delegation::client::{DelegationOutcome, DelegationRequest};
 use sage_federation::delegation::scenarios::{self, Scenario};
 use sage_federation::ledger::model::LockState;
 use sage_federation::nats::topology::Topology;
 use sage_federation::protocol::task::TaskId;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const C: &str = "consciousness";
-
-fn micros(atp: f64) -> i64 {
-    (atp * 1e6).round() as i64
-}
-
-fn outcome_of(output: &std::process::Output) -> DelegationOutcome {
-    serde_json::from_slice::<Value>(&output.stdout)
-        .ok()
-        .and_then(|v| serde_json::from_value(v).ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "no outcome: {}{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            )
-        })
-}
 
 /// Runs `scenario` as a `sagefed delegate` process on the delegator's own machine, checks
 /// it settled as the seed says, and applies what was paid to `expected`.

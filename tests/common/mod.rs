@@ -348,3 +348,23 @@ pub fn lock_terms(
         expires_at: now + 120.0,
     }
 }
+
+/// The outcome `sagefed delegate --json` printed, or a panic showing what it printed instead.
+pub fn outcome_of(output: &std::process::Output) -> sage_federation::delegation::client::DelegationOutcome {
+    assert!(output.status.code().is_some(), "sagefed delegate crashed");
+    serde_json::from_slice::<serde_json::Value>(&output.stdout)
+        .ok()
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no outcome: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })
+}
+
+/// `atp` in micro-ATP.
+pub fn micros(atp: f64) -> i64 {
+    (atp * 1e6).round() as i64
+}
