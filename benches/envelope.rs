@@ -15,7 +15,7 @@ fn task() -> FederationTask {
     let task_id: TaskId = "t-bench".parse().expect("id");
     let source: Lct = "lct:web4:agent:dp@Thor#consciousness".parse().expect("lct");
     FederationTask {
-        reply_to: subjects::proof("Thor", task_id.as_str()),
+        reply_to: subjects::proof("Thor", "Legion", task_id.as_str()),
         task_id,
         source_lct: source,
         target_lct: "lct:web4:agent:dp@Legion#consciousness".parse().expect("lct"),

@@ -73,12 +73,14 @@ async fn forbidden_for_a_platform(a: &mut Attacker, victim: &str, victim_nkey: &
         a.subscribe(&subject).await;
     }
     a.subscribe(&s::proofs_for(victim)).await;
-    a.subscribe(&s::proof_any()).await;
+    a.subscribe(s::PROOFS_SUBJECTS).await;
     a.publish(
-        &s::js_direct_get_subject(s::PROOFS_STREAM, &s::proof(victim, "t-1")),
+        &s::js_direct_get_subject(s::PROOFS_STREAM, &s::proof(victim, &a.name.clone(), "t-1")),
         "",
     )
     .await;
+    // A task's proof slot names its executor: nobody else may publish there.
+    a.publish(&s::proof(&a.name.clone(), victim, "t-1"), "{}").await;
     a.publish(&s::js_msg_get(s::PROOFS_STREAM), "{}").await;
     let worker = s::worker_consumer(victim);
     a.publish(&s::js_consumer_next(s::TASKS_STREAM, &worker), "{}").await;

@@ -315,7 +315,7 @@ async fn federation_delegate_is_granted_by_the_root_not_claimed_in_the_registry(
     let task_id = TaskId::random().expect("id");
     let task = FederationTask {
         source_lct: lct(watcher, "consciousness"),
-        reply_to: s::proof(watcher, task_id.as_str()),
+        reply_to: s::proof(watcher, "Legion", task_id.as_str()),
         ..common::federation::hand_task(
             &task_id,
             serde_json::json!({"steps": [{"op": "add", "args": [1, 1]}]}),

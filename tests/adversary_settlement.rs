@@ -34,7 +34,7 @@ async fn proofs_seen_by_thor(p: &Processes, task_id: &TaskId) -> async_nats::Sub
     p.nats
         .client_as("Thor")
         .await
-        .subscribe(subjects::proof("Thor", task_id.as_str()))
+        .subscribe(subjects::proof("Thor", "Legion", task_id.as_str()))
         .await
         .expect("subscribe to Thor's proof")
 }

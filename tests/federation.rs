@@ -334,7 +334,7 @@ async fn forged_replayed_and_malformed_tasks_are_refused_and_the_ledger_is_untou
     // Genuine signature, but no ATP locked: refused with a signed proof, nothing to refund.
     let unpaid = TaskId::random().expect("id");
     let mut proofs = client
-        .subscribe(subjects::proof("Thor", unpaid.as_str()))
+        .subscribe(subjects::proof("Thor", "Legion", unpaid.as_str()))
         .await
         .expect("subscribe");
     publish(thor.sign(&task(&unpaid)).expect("sign"), unpaid.to_string()).await;

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::{Map, Value};
-use tokio::sync::oneshot;
+use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::delegation::placement::{self, Wanted};
@@ -149,7 +149,11 @@ fn settlement_label(state: LockState) -> &'static str {
     }
 }
 
-type Waiters = Arc<Mutex<HashMap<TaskId, oneshot::Sender<Bytes>>>>;
+/// Proofs a waiting delegation may hold unread before the listener drops more: a flood of
+/// forged proofs under one task id must not grow memory.
+const PROOFS_QUEUED_PER_TASK_MAX: usize = 16;
+
+type Waiters = Arc<Mutex<HashMap<TaskId, mpsc::Sender<Bytes>>>>;
 
 /// A platform's delegation client.
 pub struct FederationClient {
@@ -252,17 +256,18 @@ impl FederationClient {
             let waiters = Arc::clone(&waiters);
             tokio::spawn(async move {
                 while let Some(message) = proofs.next().await {
-                    let Some(task_id) = message
-                        .subject
-                        .rsplit('.')
-                        .next()
-                        .and_then(|t| t.parse::<TaskId>().ok())
+                    let Some(task_id) = subjects::proof_subject_parts(&message.subject)
+                        .and_then(|(_, task_id)| task_id.parse::<TaskId>().ok())
                     else {
                         continue;
                     };
-                    let waiter = waiters.lock().ok().and_then(|mut w| w.remove(&task_id));
-                    if let Some(waiter) = waiter {
-                        let _ = waiter.send(message.payload);
+                    // Every proof under the task goes to its waiter, which believes only the
+                    // assigned executor's: another platform may publish under its own name.
+                    let waiter = waiters.lock().ok().and_then(|w| w.get(&task_id).cloned());
+                    if let Some(waiter) = waiter
+                        && waiter.try_send(message.payload).is_err()
+                    {
+                        tracing::warn!(subject = %message.subject, "dropping a proof: the task's waiter is full");
                     }
                 }
             })
@@ -369,7 +374,7 @@ impl FederationClient {
         let created_at = now_seconds();
         let expires_at = created_at + QUEUE_WAIT_SECONDS + request.timeout_seconds as f64;
         let task = FederationTask {
-            reply_to: subjects::proof(self.platform(), task_id.as_str()),
+            reply_to: subjects::proof(self.platform(), target_lct.platform(), task_id.as_str()),
             task_id: task_id.clone(),
             source_lct: source_lct.clone(),
             target_lct: target_lct.clone(),
@@ -404,7 +409,7 @@ impl FederationClient {
         if reply.outcome == Outcome::Rejected {
             return Err(DelegateError::Lock(reply.message));
         }
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = mpsc::channel(PROOFS_QUEUED_PER_TASK_MAX);
         if let Ok(mut waiters) = self.waiters.lock() {
             waiters.insert(task_id.clone(), tx);
         }
@@ -435,7 +440,7 @@ impl FederationClient {
         &self,
         task: &FederationTask,
         wire: Bytes,
-        rx: oneshot::Receiver<Bytes>,
+        mut rx: mpsc::Receiver<Bytes>,
     ) -> Result<DelegationOutcome, DelegateError> {
         let status = TaskStatus {
             task_id: task.task_id.clone(),
@@ -457,10 +462,20 @@ impl FederationClient {
         }
         let wait = Duration::from_secs_f64((task.expires_at + COMMIT_WINDOW_SECONDS - now_seconds()).max(0.0))
             + PROOF_WAIT_GRACE;
-        let proof = match tokio::time::timeout(wait, rx).await {
-            Ok(Ok(proof)) => Some(proof),
-            // The live message may have been missed (a reconnect): the stream keeps it.
-            _ => self.stored_proof(&task.task_id).await,
+        let deadline = tokio::time::Instant::now() + wait;
+        let proof = loop {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(wire)) => match self.check_proof(task, &wire).await {
+                    Ok(()) => break Some(wire),
+                    Err(why) => tracing::warn!(
+                        task = %task.task_id,
+                        "ignoring a proof: {why}; still waiting for {}'s",
+                        task.target_lct.platform()
+                    ),
+                },
+                // The live message may have been missed (a reconnect): the stream keeps it.
+                _ => break self.stored_proof(task).await,
+            }
         };
         match proof {
             Some(proof) => self.settle(&proof).await,
@@ -540,15 +555,38 @@ impl FederationClient {
         anyhow::bail!("{last}")
     }
 
-    async fn stored_proof(&self, task_id: &TaskId) -> Option<Bytes> {
+    /// The task's proof from its executor's slot in the stream, if it holds one that checks.
+    async fn stored_proof(&self, task: &FederationTask) -> Option<Bytes> {
         let stream = self.js.get_stream(subjects::PROOFS_STREAM).await.ok()?;
         // A direct get names the subject in the API subject, so the server's permissions can
         // confine each platform to its own proofs (a `STREAM.MSG.GET` body could name any).
-        let message = stream
-            .direct_get_last_for_subject(subjects::proof(self.platform(), task_id.as_str()))
-            .await
-            .ok()?;
-        Some(message.payload)
+        let slot = subjects::proof(self.platform(), task.target_lct.platform(), task.task_id.as_str());
+        let message = stream.direct_get_last_for_subject(slot).await.ok()?;
+        match self.check_proof(task, &message.payload).await {
+            Ok(()) => Some(message.payload),
+            Err(why) => {
+                tracing::warn!(task = %task.task_id, "ignoring the stored proof: {why}");
+                None
+            }
+        }
+    }
+
+    /// Whether `wire` is a proof of `task` signed by its assigned executor, for this platform.
+    async fn check_proof(&self, task: &FederationTask, wire: &Bytes) -> Result<(), String> {
+        let proof: Verified<ExecutionProof> = self.keys.verify(wire).await.map_err(|e| e.to_string())?;
+        if proof.task_id != task.task_id {
+            return Err(format!("it is about task {}", proof.task_id));
+        }
+        if proof.executor_lct.platform() != task.target_lct.platform() {
+            return Err(format!(
+                "it comes from {}, not the assigned executor",
+                proof.executor_lct
+            ));
+        }
+        if proof.delegator_lct.platform() != self.platform() {
+            return Err(format!("it is addressed to {}", proof.delegator_lct));
+        }
+        Ok(())
     }
 
     /// No proof by the deadline: refund, and report what the ledger says.
@@ -586,6 +624,15 @@ impl FederationClient {
             )));
         }
         let lock = self.reader.lock(&proof.task_id).await.map_err(anyhow::Error::from)?;
+        if let Some(lock) = &lock
+            && lock.executor.platform() != proof.executor_lct.platform()
+        {
+            // Any platform may sign a proof about any task id; only the lock's executor counts.
+            return Err(DelegateError::Invalid(format!(
+                "proof of task {} comes from {}, not its executor {}",
+                proof.task_id, proof.executor_lct, lock.executor
+            )));
+        }
         // The executor settles before it publishes, so the lock is usually settled already:
         // then there is nothing to ask the ledger.
         let lock = match lock {

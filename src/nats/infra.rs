@@ -151,7 +151,18 @@ pub async fn ensure(js: &jetstream::Context, replicas: usize) -> Result<Vec<Reso
             name: name.clone(),
             why,
         };
-        let stream = js.get_or_create_stream(config).await.map_err(|e| err(e.to_string()))?;
+        let wanted = config.subjects.clone();
+        let mut stream = js.get_or_create_stream(config).await.map_err(|e| err(e.to_string()))?;
+        if stream.cached_info().config.subjects != wanted {
+            // A stream from an earlier release captures the old subjects (proofs gained the
+            // executor's name): capture the current ones, or publishes would find no stream.
+            let mut updated = stream.cached_info().config.clone();
+            updated.subjects = wanted;
+            js.update_stream(updated)
+                .await
+                .map_err(|e| err(format!("updating its subjects: {e}")))?;
+            stream = js.get_stream(&name).await.map_err(|e| err(e.to_string()))?;
+        }
         let info = stream.cached_info();
         made.push(Resource {
             kind: "stream",

@@ -119,7 +119,8 @@ fn role_permissions(role: Role, name: &str) -> Permissions {
             let worker = s::worker_consumer(name);
             let settle = s::settle_consumer(name);
             p.publish.extend([
-                s::proof_any(),
+                // Proofs only under its own name: a task's slot belongs to its executor.
+                s::proofs_by(name),
                 s::dead_letter(name),
                 s::abort_any(),
                 s::ledger_endpoint("commit"),

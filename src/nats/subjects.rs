@@ -11,10 +11,11 @@ pub const TASKS_STREAM: &str = "SAGE_TASKS";
 /// Subjects captured by [`TASKS_STREAM`].
 pub const TASKS_SUBJECTS: &str = "sage.delegate.*";
 
-/// Stream holding signed execution proofs, addressed to the delegator platform.
+/// Stream holding signed execution proofs, addressed to the delegator platform and named by
+/// the executor platform that published them (each may publish only under its own name).
 pub const PROOFS_STREAM: &str = "SAGE_PROOFS";
-/// Subjects captured by [`PROOFS_STREAM`].
-pub const PROOFS_SUBJECTS: &str = "sage.proof.*.*";
+/// Subjects captured by [`PROOFS_STREAM`]: `sage.proof.<delegator>.<executor>.<task_id>`.
+pub const PROOFS_SUBJECTS: &str = "sage.proof.*.*.*";
 
 /// Stream holding tasks that exhausted their deliveries or could not be parsed.
 pub const DEAD_STREAM: &str = "SAGE_DEAD";
@@ -52,14 +53,37 @@ pub fn delegate(platform: &str) -> String {
     format!("sage.delegate.{platform}")
 }
 
-/// Subject an executor publishes the proof of `task_id` on, for `delegator_platform`.
-pub fn proof(delegator_platform: &str, task_id: &str) -> String {
-    format!("sage.proof.{delegator_platform}.{task_id}")
+/// Subject `executor_platform` publishes the proof of `task_id` on, for `delegator_platform`:
+/// the task's proof slot. Only the executor may publish under its own name, so no other
+/// platform can occupy or overwrite the slot.
+pub fn proof(delegator_platform: &str, executor_platform: &str, task_id: &str) -> String {
+    format!("sage.proof.{delegator_platform}.{executor_platform}.{task_id}")
 }
 
-/// Filter matching every proof addressed to `delegator_platform`.
+/// Filter matching every proof addressed to `delegator_platform`, from any executor.
 pub fn proofs_for(delegator_platform: &str) -> String {
-    format!("sage.proof.{delegator_platform}.*")
+    format!("sage.proof.{delegator_platform}.*.*")
+}
+
+/// Every proof subject `executor_platform` may publish on (for any delegator).
+pub fn proofs_by(executor_platform: &str) -> String {
+    format!("sage.proof.*.{executor_platform}.*")
+}
+
+/// The (executor platform, task id) tokens of a proof subject, or `None` for another subject.
+pub fn proof_subject_parts(subject: &str) -> Option<(&str, &str)> {
+    let mut tokens = subject.split('.');
+    match (
+        tokens.next(),
+        tokens.next(),
+        tokens.next(),
+        tokens.next(),
+        tokens.next(),
+        tokens.next(),
+    ) {
+        (Some("sage"), Some("proof"), Some(_), Some(executor), Some(task_id), None) => Some((executor, task_id)),
+        _ => None,
+    }
 }
 
 /// Subject a dead-lettered task of `platform` is copied to.
@@ -225,11 +249,6 @@ pub fn delegate_any() -> String {
     TASKS_SUBJECTS.to_owned()
 }
 
-/// Any proof subject (an executor answers whichever platform delegated to it).
-pub fn proof_any() -> String {
-    PROOFS_SUBJECTS.to_owned()
-}
-
 /// Any platform's abort subject (the status service tells the executor to abort).
 pub fn abort_any() -> String {
     abort("*")
@@ -383,7 +402,9 @@ mod tests {
     #[test]
     fn subjects_match_their_stream_filters() {
         assert_eq!(delegate("Thor"), "sage.delegate.Thor");
-        assert_eq!(proof("Legion", "t-1"), "sage.proof.Legion.t-1");
+        assert_eq!(proof("Legion", "Thor", "t-1"), "sage.proof.Legion.Thor.t-1");
+        assert_eq!(proof_subject_parts("sage.proof.Legion.Thor.t-1"), Some(("Thor", "t-1")));
+        assert_eq!(proof_subject_parts("sage.proof.Legion.t-1"), None);
         assert_eq!(kv_subject(LEDGER_BUCKET, "locks.t-1"), "$KV.sage_ledger.locks.t-1");
         assert_eq!(kv_stream(LEDGER_BUCKET), "KV_sage_ledger");
         assert_eq!(ledger_endpoint("lock"), "sage.ledger.lock");

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
 use crate::protocol::atp::Atp;
 use crate::protocol::envelope::Signable;
@@ -52,6 +53,15 @@ impl ExecutionProof {
     pub fn consumed(&self) -> Result<Atp, String> {
         Atp::from_f64(self.atp_consumed, "atp_consumed").map_err(|e| e.to_string())
     }
+}
+
+/// The dedupe id (`Nats-Msg-Id`) of the signed proof `wire`: a digest of its bytes. The
+/// proofs stream dedupes by id across all subjects, so an id another platform could guess
+/// (`proof-<task>`) would let it store a message first and have the real proof dropped as
+/// a duplicate; nobody can name the digest of a signature before it is published. A retry
+/// of the same bytes still dedupes.
+pub fn message_id(wire: &[u8]) -> String {
+    format!("proof-{}", hex::encode(Sha256::digest(wire)))
 }
 
 impl Signable for ExecutionProof {
@@ -116,6 +126,13 @@ pub(crate) mod tests {
             result: Map::new(),
             created_at: 1010.0,
         }
+    }
+
+    #[test]
+    fn message_ids_follow_the_signed_bytes() {
+        assert_eq!(message_id(b"a"), message_id(b"a"), "a retry dedupes");
+        assert_ne!(message_id(b"a"), message_id(b"b"));
+        assert!(!message_id(b"a").contains("t-0001"));
     }
 
     #[test]

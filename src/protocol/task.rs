@@ -144,7 +144,11 @@ impl Signable for FederationTask {
                 "parameters are {parameters_bytes} bytes, more than the {TASK_PARAMETERS_BYTES_MAX} byte limit"
             ));
         }
-        let expected = subjects::proof(self.source_lct.platform(), self.task_id.as_str());
+        let expected = subjects::proof(
+            self.source_lct.platform(),
+            self.target_lct.platform(),
+            self.task_id.as_str(),
+        );
         if self.reply_to != expected {
             return Err(format!("reply_to {:?} must be {expected:?}", self.reply_to));
         }
@@ -162,7 +166,7 @@ pub(crate) mod tests {
             .parse()
             .expect("lct");
         FederationTask {
-            reply_to: subjects::proof(source_lct.platform(), task_id.as_str()),
+            reply_to: subjects::proof(source_lct.platform(), target, task_id.as_str()),
             task_id,
             source_lct,
             target_lct: format!("lct:web4:agent:dp@{target}#consciousness.sage")

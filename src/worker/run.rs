@@ -18,7 +18,7 @@ use crate::observe::metrics::{self, RefusalReason, Refuser};
 use crate::protocol::atp::Atp;
 use crate::protocol::clock::now_seconds;
 use crate::protocol::envelope::{EnvelopeError, Verified};
-use crate::protocol::proof::{ExecutionProof, ProofStatus};
+use crate::protocol::proof::{ExecutionProof, ProofStatus, message_id};
 use crate::protocol::task::FederationTask;
 use crate::state::task_board::{Claim, TaskState, TaskStatus};
 use crate::worker::WorkerContext;
@@ -399,11 +399,12 @@ async fn conclude(
         (proof, wire)
     };
     let mut headers = HeaderMap::new();
-    headers.insert(
-        async_nats::header::NATS_MESSAGE_ID,
-        format!("proof-{}", proof.task_id).as_str(),
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, message_id(&wire).as_str());
+    let subject = subjects::proof(
+        proof.delegator_lct.platform(),
+        proof.executor_lct.platform(),
+        proof.task_id.as_str(),
     );
-    let subject = subjects::proof(proof.delegator_lct.platform(), proof.task_id.as_str());
     ctx.js.publish_with_headers(subject, headers, wire).await?.await?;
     let state = match proof.status {
         ProofStatus::Completed => TaskState::Completed,

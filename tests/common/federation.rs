@@ -362,7 +362,7 @@ pub fn hand_task(
 ) -> sage_federation::protocol::task::FederationTask {
     let now = now_seconds();
     sage_federation::protocol::task::FederationTask {
-        reply_to: sage_federation::nats::subjects::proof("Thor", task_id.as_str()),
+        reply_to: sage_federation::nats::subjects::proof("Thor", "Legion", task_id.as_str()),
         task_id: task_id.clone(),
         source_lct: super::lct("Thor", "consciousness"),
         target_lct: super::lct("Legion", "consciousness"),
