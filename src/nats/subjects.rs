@@ -72,19 +72,15 @@ pub fn proofs_by(executor_platform: &str) -> String {
 
 /// The (executor platform, task id) tokens of a proof subject, or `None` for another subject.
 pub fn proof_subject_parts(subject: &str) -> Option<(&str, &str)> {
-    let mut tokens = subject.split('.');
-    match (
-        tokens.next(),
-        tokens.next(),
-        tokens.next(),
-        tokens.next(),
-        tokens.next(),
-        tokens.next(),
-    ) {
-        (Some("sage"), Some("proof"), Some(_), Some(executor), Some(task_id), None) => Some((executor, task_id)),
+    let mut tokens = subject.strip_prefix(PROOF_SUBJECT_PREFIX)?.split('.');
+    match (tokens.next(), tokens.next(), tokens.next(), tokens.next()) {
+        (Some(_), Some(executor), Some(task_id), None) => Some((executor, task_id)),
         _ => None,
     }
 }
+
+/// What every proof subject starts with.
+const PROOF_SUBJECT_PREFIX: &str = "sage.proof.";
 
 /// Subject a dead-lettered task of `platform` is copied to.
 pub fn dead_letter(platform: &str) -> String {
