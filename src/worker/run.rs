@@ -429,8 +429,8 @@ async fn conclude(
     publish_and_finish(ctx, task, proof, wire, claimed).await
 }
 
-/// Publishes `proof` (signed as `wire`) to the delegator's proofs subject, deduplicated by
-/// task, then finishes the task's status.
+/// Publishes `proof` (signed as `wire`) in the task's proof slot (the delegator's, under this
+/// executor's name), deduplicated by the digest of `wire`, then finishes the task's status.
 async fn publish_and_finish(
     ctx: &WorkerContext,
     task: &FederationTask,
