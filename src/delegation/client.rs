@@ -60,6 +60,8 @@ pub const REGISTRY_CACHE_TTL: Duration = Duration::from_secs(1);
 const PUBLISH_RETRY_WINDOW: Duration = Duration::from_secs(10);
 /// How long the check "does this platform's server reach JetStream at all" waits.
 const JETSTREAM_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often a slow placement read re-checks that the server still reaches JetStream.
+const JETSTREAM_PROBE_INTERVAL: Duration = Duration::from_millis(500);
 /// First pause between publish attempts; doubles each time up to [`PUBLISH_RETRY_PAUSE_MAX`].
 const PUBLISH_RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// Longest pause between publish attempts.
@@ -365,7 +367,7 @@ impl FederationClient {
         if !self.config.permissions.delegate {
             return Err(DelegateError::NotPermitted(self.platform().to_owned()));
         }
-        let target = self.choose_target(&request).await?;
+        let target = self.unless_link_down(self.choose_target(&request)).await?;
         let source_lct = self
             .config
             .lct(&request.task_type)
@@ -563,6 +565,30 @@ impl FederationClient {
         }
         tracing::debug!(task = %task.task_id, error = failed, "task board or stream busy; retrying");
         Ok(())
+    }
+
+    /// Runs `read` (one that may be abandoned: it changes nothing) unless this platform's
+    /// server stops reaching JetStream first; then, or when `read` fails because of it, fails
+    /// with [`DelegateError::LinkDown`] at once instead of waiting for `read`'s timeouts.
+    async fn unless_link_down<T>(
+        &self,
+        read: impl Future<Output = Result<T, DelegateError>>,
+    ) -> Result<T, DelegateError> {
+        let link_lost = async {
+            loop {
+                tokio::time::sleep(JETSTREAM_PROBE_INTERVAL).await;
+                if self.jetstream_unreachable().await {
+                    break;
+                }
+            }
+        };
+        tokio::select! {
+            result = read => match result {
+                Err(e) if self.jetstream_unreachable().await => Err(DelegateError::LinkDown(e.to_string())),
+                other => other,
+            },
+            () = link_lost => Err(DelegateError::LinkDown("the platform registry read stalled and the JetStream API has no responder".into())),
+        }
     }
 
     /// Whether this platform's server reaches no JetStream at all: its JetStream API has no
