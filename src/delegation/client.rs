@@ -367,7 +367,7 @@ impl FederationClient {
         if !self.config.permissions.delegate {
             return Err(DelegateError::NotPermitted(self.platform().to_owned()));
         }
-        let target = self.unless_link_down(self.choose_target(&request)).await?;
+        let target = self.choose_target_unless_link_down(&request).await?;
         let source_lct = self
             .config
             .lct(&request.task_type)
@@ -567,27 +567,42 @@ impl FederationClient {
         Ok(())
     }
 
-    /// Runs `read` (one that may be abandoned: it changes nothing) unless this platform's
-    /// server stops reaching JetStream first; then, or when `read` fails because of it, fails
-    /// with [`DelegateError::LinkDown`] at once instead of waiting for `read`'s timeouts.
-    async fn unless_link_down<T>(
+    /// Chooses the target like [`FederationClient::choose_target`], riding out a leader
+    /// election of the registry's bucket (a failed read is retried within
+    /// [`PUBLISH_RETRY_WINDOW`]; it changes nothing, so it may be repeated or abandoned),
+    /// but failing at once with [`DelegateError::LinkDown`] when this platform's server
+    /// reaches no JetStream, instead of waiting out the read's timeouts.
+    async fn choose_target_unless_link_down(
         &self,
-        read: impl Future<Output = Result<T, DelegateError>>,
-    ) -> Result<T, DelegateError> {
-        let link_lost = async {
-            loop {
-                tokio::time::sleep(JETSTREAM_PROBE_INTERVAL).await;
-                if self.jetstream_unreachable().await {
-                    break;
+        request: &DelegationRequest,
+    ) -> Result<PlatformRecord, DelegateError> {
+        let give_up = Instant::now() + PUBLISH_RETRY_WINDOW;
+        let mut pause = PUBLISH_RETRY_PAUSE;
+        loop {
+            let link_lost = async {
+                loop {
+                    tokio::time::sleep(JETSTREAM_PROBE_INTERVAL).await;
+                    if self.jetstream_unreachable().await {
+                        break;
+                    }
                 }
+            };
+            let failed = tokio::select! {
+                result = self.choose_target(request) => match result {
+                    Err(DelegateError::Other(e)) => e,
+                    decided => return decided,
+                },
+                () = link_lost => anyhow::anyhow!("the platform registry read stalled"),
+            };
+            if self.jetstream_unreachable().await {
+                return Err(DelegateError::LinkDown(format!("{failed:#}")));
             }
-        };
-        tokio::select! {
-            result = read => match result {
-                Err(e) if self.jetstream_unreachable().await => Err(DelegateError::LinkDown(e.to_string())),
-                other => other,
-            },
-            () = link_lost => Err(DelegateError::LinkDown("the platform registry read stalled and the JetStream API has no responder".into())),
+            if Instant::now() >= give_up {
+                return Err(DelegateError::Other(failed));
+            }
+            tracing::debug!(error = %failed, "platform registry busy; retrying");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(PUBLISH_RETRY_PAUSE_MAX);
         }
     }
 
