@@ -8,7 +8,9 @@
 //! does not chain to the root this directory was given is refused with a warning naming it
 //! ([`KeyRegistry::admit`]); a revocation seen is kept even if the entry is later deleted.
 
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, kv};
@@ -18,6 +20,7 @@ use futures::StreamExt;
 
 use crate::identity::chain::{Endorser, ROTATION_CHAIN_MAX, Revocation};
 use crate::identity::keys::{KeyError, KeyRecord, KeyRegistry};
+use crate::identity::unknown_keys::UnknownKeys;
 use crate::nats::subjects;
 use crate::protocol::clock::now_seconds;
 use crate::protocol::envelope::{
@@ -101,6 +104,10 @@ pub struct KeyDirectory {
     kv: kv::Store,
     root: VerifyingKey,
     cache: Arc<RwLock<KeyRegistry>>,
+    /// Key ids recently found absent: a flood of made-up ids is not a flood of bucket reads.
+    unknown: Mutex<UnknownKeys>,
+    /// Bucket reads made to look up signers' keys, for the flood tests.
+    lookups: AtomicU64,
     watcher: tokio::task::JoinHandle<()>,
 }
 
@@ -148,6 +155,8 @@ impl KeyDirectory {
             kv,
             root,
             cache,
+            unknown: Mutex::new(UnknownKeys::default()),
+            lookups: AtomicU64::new(0),
             watcher,
         };
         directory.refresh().await?;
@@ -246,6 +255,11 @@ impl KeyDirectory {
         self.cache.read().ok()?.get(platform, key_id).cloned()
     }
 
+    /// Bucket reads made so far to look up the keys of signers not cached.
+    pub fn key_lookups(&self) -> u64 {
+        self.lookups.load(Ordering::Relaxed)
+    }
+
     /// A snapshot of the registry as cached now.
     pub fn snapshot(&self) -> KeyRegistry {
         self.cache.read().map(|r| r.clone()).unwrap_or_default()
@@ -286,11 +300,13 @@ impl KeyDirectory {
     /// Makes sure the key that signed `bytes` is cached when the bucket has it: reads its
     /// record and revocation, and those of the keys up its rotation chain not cached yet.
     async fn fetch_signer_key(&self, bytes: &Bytes) -> Result<(), EnvelopeError> {
-        let (platform, mut key_id) = peek_signer(bytes)?;
+        let (platform, signer_key_id) = peek_signer(bytes)?;
         // Only names that are safe KV key tokens are looked up; others cannot be known.
         if check_platform(&platform).is_err() {
             return Ok(());
         }
+        let mut key_id = signer_key_id.clone();
+        let mut read = false;
         let mut entries = Vec::new();
         for _ in 0..ROTATION_CHAIN_MAX {
             let cached = self
@@ -301,16 +317,29 @@ impl KeyDirectory {
             if cached || token_problem(&key_id, KEY_ID_CHARS_MAX).is_some() {
                 break;
             }
+            let may_read = self
+                .unknown
+                .lock()
+                .map(|mut unknown| unknown.may_read(&platform, &key_id, Instant::now()))
+                .unwrap_or(false);
+            if !may_read {
+                break;
+            }
+            // The record first: an id with no record costs this one read, then none for the
+            // negative cache's interval.
+            let name = subjects::key_entry(&platform, &key_id);
+            self.lookups.fetch_add(1, Ordering::Relaxed);
+            read = true;
+            let Ok(Some(value)) = self.kv.get(&name).await else {
+                break;
+            };
             let revocation = subjects::key_revocation_entry(&platform, &key_id);
+            self.lookups.fetch_add(1, Ordering::Relaxed);
             if let Ok(Some(value)) = self.kv.get(&revocation).await
                 && let Some(entry) = decode(&revocation, &value)
             {
                 entries.push((revocation, entry));
             }
-            let name = subjects::key_entry(&platform, &key_id);
-            let Ok(Some(value)) = self.kv.get(&name).await else {
-                break;
-            };
             let Some(Entry::Record(record)) = decode(&name, &value) else {
                 break;
             };
@@ -325,6 +354,19 @@ impl KeyDirectory {
             }
         }
         admit_all(&self.cache, &self.root, entries);
+        // Read and still unknown (no record, or one that does not chain to the root): not
+        // read again for the negative cache's interval.
+        let known = self
+            .cache
+            .read()
+            .map(|r| r.get(&platform, &signer_key_id).is_some())
+            .unwrap_or(false);
+        if read
+            && !known
+            && let Ok(mut unknown) = self.unknown.lock()
+        {
+            unknown.absent(&platform, &signer_key_id, Instant::now());
+        }
         Ok(())
     }
 }

@@ -58,6 +58,14 @@ pub enum KeyError {
         key_id: String,
         why: String,
     },
+    #[error(
+        "key record {platform}/{key_id} refused: the key registry is full ({why}); an operator revokes or removes stale keys"
+    )]
+    RegistryFull {
+        platform: String,
+        key_id: String,
+        why: String,
+    },
     #[error("key record for {platform}/{key_id} does not match its public key (expected key id {expected})")]
     IdMismatch {
         platform: String,
@@ -278,7 +286,20 @@ impl KeyRecord {
     }
 }
 
+/// Key records one platform may have in a registry: as many as one rotation chain a lookup
+/// follows. A platform rotating without end is refused past it (an operator revokes its old
+/// keys' records or re-initialises it).
+pub const KEY_RECORDS_PER_PLATFORM_MAX: usize = ROTATION_CHAIN_MAX;
+/// Key records a registry holds over all platforms. A record is a few hundred bytes (names
+/// and ids are length-checked tokens, keys and signatures fixed size), so this bounds the
+/// registry's memory to a few MiB.
+pub const KEY_RECORDS_MAX: usize = 16 * 1024;
+
 /// Every known public key, by platform and key id, and every revocation seen.
+///
+/// Bounded: past [`KEY_RECORDS_PER_PLATFORM_MAX`] records of one platform, or
+/// [`KEY_RECORDS_MAX`] in all, a new record is refused ([`KeyError::RegistryFull`]); known
+/// records are never evicted, so a flood cannot push out a genuine key.
 #[derive(Clone, Debug, Default)]
 pub struct KeyRegistry {
     records: HashMap<(String, String), KeyRecord>,
@@ -306,6 +327,7 @@ impl KeyRegistry {
     /// `replaces`). Anything else is refused, whoever wrote it.
     pub fn admit(&mut self, record: KeyRecord, root: &VerifyingKey) -> Result<(), KeyError> {
         record.verifying_key()?;
+        self.check_room(&record)?;
         let refuse = |why: &str| KeyError::NotEndorsed {
             platform: record.platform.clone(),
             key_id: record.key_id.clone(),
@@ -345,6 +367,29 @@ impl KeyRegistry {
             return Err(refuse("the endorsement is not signed by the endorser it names"));
         }
         self.insert(record);
+        Ok(())
+    }
+
+    /// Refuses a record new to the registry when it is at one of its bounds.
+    fn check_room(&self, record: &KeyRecord) -> Result<(), KeyError> {
+        if self.get(&record.platform, &record.key_id).is_some() {
+            return Ok(());
+        }
+        let full = |why: String| KeyError::RegistryFull {
+            platform: record.platform.clone(),
+            key_id: record.key_id.clone(),
+            why,
+        };
+        if self.records.len() >= KEY_RECORDS_MAX {
+            return Err(full(format!("{KEY_RECORDS_MAX} records in all")));
+        }
+        let of_platform = self.records.keys().filter(|(p, _)| *p == record.platform).count();
+        if of_platform >= KEY_RECORDS_PER_PLATFORM_MAX {
+            return Err(full(format!(
+                "{KEY_RECORDS_PER_PLATFORM_MAX} records of {}",
+                record.platform
+            )));
+        }
         Ok(())
     }
 

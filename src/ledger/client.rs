@@ -8,7 +8,7 @@ use async_nats::Client;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
-use crate::ledger::model::RollbackReason;
+use crate::ledger::model::{JournalEntry, RollbackReason, SignedProof, Transition};
 use crate::ledger::protocol::{LedgerReply, LedgerRequest, Operation, REQUEST_TTL_SECONDS, RejectCode};
 use crate::nats::subjects;
 use crate::protocol::atp::Atp;
@@ -207,6 +207,15 @@ impl LedgerReader {
     /// The lock of `task_id`, if any.
     pub async fn lock(&self, task_id: &TaskId) -> Result<Option<crate::ledger::model::Lock>, LedgerClientError> {
         self.read(&subjects::ledger_lock(task_id.as_str())).await
+    }
+
+    /// The signed proof the commit of `task_id` paid for, kept in its settle journal entry
+    /// (`None` when the task was not committed, or was committed before proofs were kept).
+    pub async fn paid_proof(&self, task_id: &TaskId) -> Result<Option<SignedProof>, LedgerClientError> {
+        let entry: Option<JournalEntry> = self.read(&subjects::ledger_journal_settle(task_id.as_str())).await?;
+        Ok(entry
+            .filter(|entry| entry.transition == Transition::Commit)
+            .and_then(|entry| entry.proof))
     }
 
     /// The account of `lct`, if any.

@@ -190,6 +190,37 @@ pub struct JournalEntry {
     pub reason: Option<RollbackReason>,
     pub at: f64,
     pub by: String,
+    /// The executor's signed proof a commit paid for, verbatim: a task delivered again after
+    /// its commit landed republishes exactly this proof, so the delegator gets what it paid for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<SignedProof>,
+}
+
+/// A signed proof envelope kept verbatim (its signature covers the exact bytes).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SignedProof(Box<serde_json::value::RawValue>);
+
+impl SignedProof {
+    /// Keeps `wire`, an envelope as it arrived; `None` if it is not JSON text (a verified
+    /// envelope always is).
+    pub fn from_wire(wire: &[u8]) -> Option<Self> {
+        let text = std::str::from_utf8(wire).ok()?;
+        serde_json::value::RawValue::from_string(text.to_owned())
+            .ok()
+            .map(SignedProof)
+    }
+
+    /// The envelope's bytes, to publish or verify again.
+    pub fn wire(&self) -> bytes::Bytes {
+        bytes::Bytes::copy_from_slice(self.0.get().as_bytes())
+    }
+}
+
+impl PartialEq for SignedProof {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.get() == other.0.get()
+    }
 }
 
 /// An immutable record of a grant (`grants.<grant_id>`).

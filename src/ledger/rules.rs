@@ -5,7 +5,8 @@
 use std::collections::BTreeSet;
 
 use crate::ledger::model::{
-    Account, GrantRecord, JournalEntry, Lock, LockState, Record, RollbackReason, Settlement, Supply, Transition,
+    Account, GrantRecord, JournalEntry, Lock, LockState, Record, RollbackReason, Settlement, SignedProof, Supply,
+    Transition,
 };
 use crate::ledger::protocol::{LedgerReply, Outcome, RejectCode};
 use crate::nats::subjects;
@@ -349,6 +350,7 @@ fn lock(requester: &str, new: &Lock, book: &impl Book, now: f64) -> Decision {
         reason: None,
         at: now,
         by: requester.to_owned(),
+        proof: None,
     };
     applied(
         vec![
@@ -437,11 +439,18 @@ fn commit(requester: &str, task_id: &TaskId, proof: &Verified<ExecutionProof>, b
         );
     }
     let refund = lock.amount_uatp.checked_sub(consumed).unwrap_or(Atp::ZERO);
+    let Some(kept) = SignedProof::from_wire(proof.wire()) else {
+        return reject(
+            RejectCode::InvalidRequest,
+            "the proof is not a JSON envelope".to_owned(),
+        );
+    };
     let closing = Closing {
         state: LockState::Committed,
         paid: consumed,
         quality: Some(proof.quality_score),
         reason: None,
+        proof: Some(kept),
         by: requester,
         message: format!("committed task {task_id}: paid {consumed} ATP, refunded {refund} ATP"),
     };
@@ -508,6 +517,7 @@ fn rollback(
         paid: Atp::ZERO,
         quality,
         reason: Some(reason),
+        proof: None,
         by: requester,
         message: format!("rolled back task {task_id} ({reason})"),
     };
@@ -551,6 +561,7 @@ fn expire(task_id: &TaskId, book: &impl Book, now: f64) -> Decision {
         paid: Atp::ZERO,
         quality: None,
         reason: Some(RollbackReason::Expired),
+        proof: None,
         by: SWEEPER,
         message: format!("expired task {task_id}"),
     };
@@ -567,6 +578,8 @@ struct Closing<'a> {
     quality: Option<f64>,
     /// Why it was rolled back or expired.
     reason: Option<RollbackReason>,
+    /// The signed proof a commit paid for, kept in the settle journal entry.
+    proof: Option<SignedProof>,
     /// The platform whose request settles it (`ledger` for the sweeper).
     by: &'a str,
     /// The reply's message.
@@ -580,6 +593,7 @@ fn settle(mut lock: Lock, closing: Closing<'_>, book: &impl Book, now: f64) -> D
         paid,
         quality,
         reason,
+        proof,
         by,
         message,
     } = closing;
@@ -648,6 +662,7 @@ fn settle(mut lock: Lock, closing: Closing<'_>, book: &impl Book, now: f64) -> D
         reason,
         at: now,
         by: by.to_owned(),
+        proof,
     }));
     writes.push(Record::Lock(lock.clone()));
     applied(writes, message, Some(lock), None)

@@ -12,8 +12,13 @@ use crate::protocol::limits::ENVELOPE_BYTES_MAX;
 
 /// Bytes of headers we allow on top of an envelope in a stream message.
 const HEADERS_BYTES_MAX: usize = 4 * 1024;
-/// Largest value in a KV bucket: one account, lock, journal entry or registry record.
+/// Largest value in a KV bucket: one account, lock or registry record.
 pub const KV_VALUE_BYTES_MAX: i32 = 64 * 1024;
+/// Bytes of a settle journal entry around the signed proof it keeps.
+const JOURNAL_BYTES_BESIDE_PROOF: usize = 8 * 1024;
+/// Largest value in the ledger bucket: a commit's journal entry keeps the executor's whole
+/// signed proof (at most an envelope), so a redelivered task can republish it.
+pub const LEDGER_VALUE_BYTES_MAX: i32 = (ENVELOPE_BYTES_MAX + JOURNAL_BYTES_BESIDE_PROOF) as i32;
 /// Tasks waiting in the work queue, over all platforms, before publishers are refused.
 pub const TASKS_QUEUED_MAX: i64 = 1_000_000;
 /// Bytes of tasks waiting in the work queue.
@@ -103,12 +108,15 @@ fn bucket_configs(replicas: usize) -> Vec<(kv::Config, bool)> {
     vec![
         // The ledger's bucket is the only one written with atomic batches.
         (
-            bucket(
-                subjects::LEDGER_BUCKET,
-                "ATP ledger: accounts, locks, journal, grants, supply",
-                1,
-                Duration::ZERO,
-            ),
+            kv::Config {
+                max_value_size: LEDGER_VALUE_BYTES_MAX,
+                ..bucket(
+                    subjects::LEDGER_BUCKET,
+                    "ATP ledger: accounts, locks, journal, grants, supply",
+                    1,
+                    Duration::ZERO,
+                )
+            },
             true,
         ),
         (
@@ -166,6 +174,7 @@ pub async fn ensure(js: &jetstream::Context, replicas: usize) -> Result<Vec<Reso
     }
     for (config, atomic) in bucket_configs(replicas) {
         let name = config.bucket.clone();
+        let value_bytes_max = config.max_value_size;
         let err = |why: String| InfraError {
             kind: "kv bucket",
             name: name.clone(),
@@ -177,12 +186,16 @@ pub async fn ensure(js: &jetstream::Context, replicas: usize) -> Result<Vec<Reso
         let stream_name = subjects::kv_stream(&name);
         let mut stream = js.get_stream(&stream_name).await.map_err(|e| err(e.to_string()))?;
         let info = stream.info().await.map_err(|e| err(e.to_string()))?.clone();
-        if atomic && !info.config.allow_atomic_publish {
+        // A bucket made by an older version gets the settings this one needs.
+        let enable_atomic = atomic && !info.config.allow_atomic_publish;
+        let raise_value_size = info.config.max_message_size < value_bytes_max;
+        if enable_atomic || raise_value_size {
             let mut config = info.config.clone();
-            config.allow_atomic_publish = true;
+            config.allow_atomic_publish |= atomic;
+            config.max_message_size = config.max_message_size.max(value_bytes_max);
             js.update_stream(config)
                 .await
-                .map_err(|e| err(format!("enabling atomic batches: {e}")))?;
+                .map_err(|e| err(format!("enabling atomic batches or raising the value size: {e}")))?;
         }
         made.push(Resource {
             kind: "kv bucket",

@@ -9,6 +9,7 @@
 //! - `admission`: rate limits, concurrency and budget caps.
 //! - `run`: one task from message to acknowledgement.
 //! - `exhausted`: max-deliveries advisories, checked against the stream, handled once.
+//! - [`fault`]: faults the crash tests inject (off unless asked for).
 
 mod aborts;
 mod admission;
@@ -16,6 +17,7 @@ mod checks;
 #[cfg(test)]
 mod checks_table;
 mod exhausted;
+pub mod fault;
 pub mod ops;
 mod run;
 

@@ -23,6 +23,7 @@ use crate::protocol::task::FederationTask;
 use crate::state::task_board::{Claim, TaskState, TaskStatus};
 use crate::worker::WorkerContext;
 use crate::worker::checks::{self, Refusal};
+use crate::worker::fault;
 use crate::worker::ops::{OperationError, OperationInput};
 
 /// Progress reports per ack wait: a running task tells the server it is alive this many
@@ -232,6 +233,17 @@ async fn process(ctx: &WorkerContext, message: &Arc<jetstream::Message>, sequenc
         }
     };
     let claimed = Some((template, revision));
+    let lock = ctx.reader.lock(&task.task_id).await?;
+    if let Some(lock) = &lock
+        && lock.state == LockState::Committed
+        && lock.executor == task.target_lct
+    {
+        // Delivered again after its commit landed (the worker died, or the proof's publish
+        // failed, in between): the delegator paid, so it gets the proof it paid for.
+        if let Some(paid) = ctx.reader.paid_proof(&task.task_id).await? {
+            return republish(ctx, &task, paid.wire(), claimed).await;
+        }
+    }
     if let Err(refusal) = checks::check_expiry(&task, now_seconds()) {
         return refuse(ctx, &task, refusal, RefusalReason::Expired, claimed).await;
     }
@@ -240,7 +252,6 @@ async fn process(ctx: &WorkerContext, message: &Arc<jetstream::Message>, sequenc
     if let Err(refusal) = checks::check_permissions(&task, signing_key.as_ref(), &ctx.config, &ctx.operations) {
         return refuse(ctx, &task, refusal, RefusalReason::Permission, claimed).await;
     }
-    let lock = ctx.reader.lock(&task.task_id).await?;
     let admitted = match checks::check_budget(&task, lock.as_ref(), &ctx.config, &ctx.admissions) {
         Ok(admitted) => admitted,
         Err(refusal) => return refuse(ctx, &task, refusal, RefusalReason::Budget, claimed).await,
@@ -254,6 +265,20 @@ async fn process(ctx: &WorkerContext, message: &Arc<jetstream::Message>, sequenc
     let proof = execute(ctx, &task, message).await;
     drop(admitted);
     conclude(ctx, &task, &proof, None, claimed).await?;
+    Ok(Done::Finished)
+}
+
+/// Publishes the signed proof a commit of `task` paid for, exactly as the ledger kept it, and
+/// finishes the task's status.
+async fn republish(
+    ctx: &WorkerContext,
+    task: &FederationTask,
+    wire: bytes::Bytes,
+    claimed: Option<(TaskStatus, u64)>,
+) -> Result<Done, Transient> {
+    let proof = ctx.keys.verify_ignoring_expiry::<ExecutionProof>(&wire).await?;
+    tracing::info!(task = %task.task_id, "task delivered again after its commit; republishing the proof it was paid for");
+    publish_and_finish(ctx, task, &proof, wire, claimed).await?;
     Ok(Done::Finished)
 }
 
@@ -357,8 +382,8 @@ async fn execute(ctx: &WorkerContext, task: &FederationTask, message: &Arc<jetst
 /// publishes it to the delegator's proofs subject (deduplicated by task), finishes the status.
 ///
 /// Settling before publishing means a delegator usually finds the lock already settled when
-/// the proof reaches it. A crash in between is safe: the task is delivered again, runs again,
-/// finds the ledger settled ("already applied") and publishes the proof.
+/// the proof reaches it. A crash in between is safe: the task is delivered again, finds its
+/// lock committed and republishes the signed proof the ledger kept with the commit.
 async fn conclude(
     ctx: &WorkerContext,
     task: &FederationTask,
@@ -389,6 +414,9 @@ async fn conclude(
         .lock
         .as_ref()
         .is_some_and(|lock| lock.state == LockState::Committed);
+    if paid {
+        fault::die_at(fault::DIE_AFTER_COMMIT);
+    }
     let unpaid;
     let (proof, wire) = if proof.status == ProofStatus::Completed && !paid {
         // The result goes out only with its payment: a completed proof the ledger did not
@@ -398,6 +426,18 @@ async fn conclude(
     } else {
         (proof, wire)
     };
+    publish_and_finish(ctx, task, proof, wire, claimed).await
+}
+
+/// Publishes `proof` (signed as `wire`) to the delegator's proofs subject, deduplicated by
+/// task, then finishes the task's status.
+async fn publish_and_finish(
+    ctx: &WorkerContext,
+    task: &FederationTask,
+    proof: &ExecutionProof,
+    wire: bytes::Bytes,
+    claimed: Option<(TaskStatus, u64)>,
+) -> Result<(), Transient> {
     let mut headers = HeaderMap::new();
     headers.insert(
         async_nats::header::NATS_MESSAGE_ID,

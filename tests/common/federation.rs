@@ -216,6 +216,11 @@ impl Processes {
 
     pub fn spawn_worker(&mut self, platform: &str) -> u32 {
         let child = self.worker_process(platform);
+        self.replace_worker(platform, child)
+    }
+
+    /// Makes `child` `platform`'s worker, killing the one it had.
+    fn replace_worker(&mut self, platform: &str, child: Child) -> u32 {
         let pid = child.id();
         if let Some(mut old) = self.workers.insert(platform.to_owned(), child) {
             let _ = old.kill();
@@ -232,20 +237,42 @@ impl Processes {
         pid
     }
 
+    /// Starts `platform`'s worker with the fault `fault` injected (`sagefed::worker::fault`),
+    /// in place of the one it has.
+    pub fn spawn_worker_with_fault(&mut self, platform: &str, fault: &str) -> u32 {
+        let mut command = self.worker_command(platform);
+        let child = command
+            .env(sage_federation::worker::fault::FAULT_ENV, fault)
+            .spawn()
+            .expect("spawn a worker");
+        self.replace_worker(platform, child)
+    }
+
+    /// Whether `platform`'s worker process has exited.
+    pub fn worker_exited(&mut self, platform: &str) -> bool {
+        self.workers
+            .get_mut(platform)
+            .is_none_or(|child| child.try_wait().ok().flatten().is_some())
+    }
+
     fn worker_process(&self, platform: &str) -> Child {
+        self.worker_command(platform).spawn().expect("spawn a worker")
+    }
+
+    fn worker_command(&self, platform: &str) -> Command {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.nats.path().join(format!("worker-{platform}.log")))
             .expect("log");
-        sagefed()
+        let mut command = sagefed();
+        command
             .args(["worker", "--metrics", "127.0.0.1:0", "--config"])
             .arg(&self.configs[platform])
             .env("SAGE_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn a worker")
+            .stderr(log);
+        command
     }
 
     /// SIGKILLs `platform`'s worker.
