@@ -258,12 +258,10 @@ impl ExternalOperation {
             )
         });
         // SAFETY: the closure runs in the forked child before exec, where only
-        // async-signal-safe calls are allowed: the keeper's (see `keeper`), then setrlimit(2)
-        // on values captured by copy; it allocates nothing (`last_os_error` only reads errno).
+        // async-signal-safe calls are allowed: the keeper's split (the limits are then the
+        // program's alone), setrlimit(2) on values captured by copy; it allocates nothing.
         unsafe {
             command.pre_exec(move || {
-                // The child started here becomes the keeper; the program is its child, and
-                // the limits are the program's alone.
                 keeper::split()?;
                 for (resource, limit) in &table {
                     if libc::setrlimit(*resource, limit) != 0 {
