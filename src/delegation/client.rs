@@ -54,8 +54,14 @@ const SETTLE_DELIVERIES_MAX: i64 = 20;
 pub const REGISTRY_CACHE_TTL: Duration = Duration::from_secs(1);
 /// How long a delegation keeps retrying its board entry and its publish before giving up and
 /// refunding: long enough to ride out a JetStream leader election after a cluster node is
-/// lost (nats-server elects a new leader within its 4-9 s election timeout).
+/// lost (nats-server elects a new leader within its 4-9 s election timeout). Retried only
+/// while the server still reaches JetStream ([`FederationClient::jetstream_unreachable`]):
+/// a leaf whose link to the hub is down fails at once.
 const PUBLISH_RETRY_WINDOW: Duration = Duration::from_secs(10);
+/// How long the check "does this platform's server reach JetStream at all" waits.
+const JETSTREAM_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often a slow placement read re-checks that the server still reaches JetStream.
+const JETSTREAM_PROBE_INTERVAL: Duration = Duration::from_millis(500);
 /// First pause between publish attempts; doubles each time up to [`PUBLISH_RETRY_PAUSE_MAX`].
 const PUBLISH_RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// Longest pause between publish attempts.
@@ -113,6 +119,10 @@ pub enum DelegateError {
     Lock(String),
     #[error("the task could not be published ({0}); its budget is refunded after the task's deadline")]
     Publish(String),
+    #[error(
+        "JetStream does not answer on this platform's server ({0}): on a machine with a leaf server, its link to the hub is down (docs/troubleshooting.md); the budget is refunded after the task's deadline"
+    )]
+    LinkDown(String),
     #[error("invalid task: {0}")]
     Invalid(String),
     #[error("the proof does not verify: {0}")]
@@ -128,6 +138,7 @@ fn error_label(error: &DelegateError) -> &'static str {
         DelegateError::NoPlatform(_) => "no_platform",
         DelegateError::Lock(_) => "lock_refused",
         DelegateError::Publish(_) => "publish_failed",
+        DelegateError::LinkDown(_) => "link_down",
         DelegateError::Invalid(_) => "invalid",
         DelegateError::BadProof(_) => "bad_proof",
         DelegateError::Other(_) => "other",
@@ -154,6 +165,7 @@ type Waiters = Arc<Mutex<HashMap<TaskId, oneshot::Sender<Bytes>>>>;
 /// A platform's delegation client.
 pub struct FederationClient {
     config: Config,
+    client: Client,
     js: jetstream::Context,
     signer: Signer,
     keys: Arc<KeyDirectory>,
@@ -280,6 +292,7 @@ impl FederationClient {
             signer,
             keys,
             js,
+            client,
             config,
             waiters,
             listener,
@@ -354,7 +367,7 @@ impl FederationClient {
         if !self.config.permissions.delegate {
             return Err(DelegateError::NotPermitted(self.platform().to_owned()));
         }
-        let target = self.choose_target(&request).await?;
+        let target = self.choose_target_unless_link_down(&request).await?;
         let source_lct = self
             .config
             .lct(&request.task_type)
@@ -453,7 +466,7 @@ impl FederationClient {
         };
         if let Err(e) = self.publish(task, &status, wire).await {
             self.refund_unpublished(task).await;
-            return Err(DelegateError::Publish(e.to_string()));
+            return Err(e);
         }
         let wait = Duration::from_secs_f64((task.expires_at + COMMIT_WINDOW_SECONDS - now_seconds()).max(0.0))
             + PROOF_WAIT_GRACE;
@@ -494,50 +507,116 @@ impl FederationClient {
         });
     }
 
-    async fn publish(&self, task: &FederationTask, status: &TaskStatus, wire: Bytes) -> anyhow::Result<()> {
+    /// Enters the task on the board and publishes it, retrying while an election may be
+    /// under way; a server that no longer reaches JetStream at all fails at once.
+    async fn publish(&self, task: &FederationTask, status: &TaskStatus, wire: Bytes) -> Result<(), DelegateError> {
         let give_up = Instant::now() + PUBLISH_RETRY_WINDOW;
         let mut pause = PUBLISH_RETRY_PAUSE;
         loop {
             match self.board.queue(status).await {
                 Ok(()) => break,
                 // Someone else's entry under this id is final; anything else may be an election.
-                Err(e @ crate::state::task_board::StatusError::TaskIdInUse(_)) => return Err(e.into()),
-                Err(e) if Instant::now() >= give_up => return Err(e.into()),
-                Err(e) => tracing::debug!(task = %task.task_id, error = %e, "task board busy; retrying"),
+                Err(e @ crate::state::task_board::StatusError::TaskIdInUse(_)) => {
+                    return Err(DelegateError::Publish(e.to_string()));
+                }
+                Err(e) => self.retry_or_fail(task, give_up, &e.to_string()).await?,
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(PUBLISH_RETRY_PAUSE_MAX);
         }
-        let mut last = String::new();
-        for attempt in 0.. {
-            if attempt > 0 && Instant::now() >= give_up {
-                break;
-            }
+        let mut first = true;
+        loop {
             let mut headers = HeaderMap::new();
             headers.insert(async_nats::header::NATS_MESSAGE_ID, task.task_id.as_str());
             let sent = self
                 .js
                 .publish_with_headers(subjects::delegate(task.target_lct.platform()), headers, wire.clone())
                 .await;
-            match sent {
+            let failed = match sent {
                 Ok(ack) => match ack.await {
                     // A duplicate on the first attempt is someone else's message under this
                     // task's id, stored first: the real task was not.
-                    Ok(ack) if ack.duplicate && attempt == 0 => {
-                        anyhow::bail!(
+                    Ok(ack) if ack.duplicate && first => {
+                        return Err(DelegateError::Publish(format!(
                             "another message was stored under task id {} first; delegate again with a new id",
                             task.task_id
-                        )
+                        )));
                     }
                     Ok(_) => return Ok(()),
-                    Err(e) => last = e.to_string(),
+                    Err(e) => e.to_string(),
                 },
-                Err(e) => last = e.to_string(),
-            }
+                Err(e) => e.to_string(),
+            };
+            self.retry_or_fail(task, give_up, &failed).await?;
+            first = false;
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(PUBLISH_RETRY_PAUSE_MAX);
         }
-        anyhow::bail!("{last}")
+    }
+
+    /// After a failed board entry or publish: `Ok` to retry (a leader election may be under
+    /// way and the window is open), else why the delegation fails.
+    async fn retry_or_fail(&self, task: &FederationTask, give_up: Instant, failed: &str) -> Result<(), DelegateError> {
+        if self.jetstream_unreachable().await {
+            return Err(DelegateError::LinkDown(failed.to_owned()));
+        }
+        if Instant::now() >= give_up {
+            return Err(DelegateError::Publish(failed.to_owned()));
+        }
+        tracing::debug!(task = %task.task_id, error = failed, "task board or stream busy; retrying");
+        Ok(())
+    }
+
+    /// Chooses the target like [`FederationClient::choose_target`], riding out a leader
+    /// election of the registry's bucket (a failed read is retried within
+    /// [`PUBLISH_RETRY_WINDOW`]; it changes nothing, so it may be repeated or abandoned),
+    /// but failing at once with [`DelegateError::LinkDown`] when this platform's server
+    /// reaches no JetStream, instead of waiting out the read's timeouts.
+    async fn choose_target_unless_link_down(
+        &self,
+        request: &DelegationRequest,
+    ) -> Result<PlatformRecord, DelegateError> {
+        let give_up = Instant::now() + PUBLISH_RETRY_WINDOW;
+        let mut pause = PUBLISH_RETRY_PAUSE;
+        loop {
+            let link_lost = async {
+                loop {
+                    tokio::time::sleep(JETSTREAM_PROBE_INTERVAL).await;
+                    if self.jetstream_unreachable().await {
+                        break;
+                    }
+                }
+            };
+            let failed = tokio::select! {
+                result = self.choose_target(request) => match result {
+                    Err(DelegateError::Other(e)) => e,
+                    decided => return decided,
+                },
+                () = link_lost => anyhow::anyhow!("the platform registry read stalled"),
+            };
+            if self.jetstream_unreachable().await {
+                return Err(DelegateError::LinkDown(format!("{failed:#}")));
+            }
+            if Instant::now() >= give_up {
+                return Err(DelegateError::Other(failed));
+            }
+            tracing::debug!(error = %failed, "platform registry busy; retrying");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(PUBLISH_RETRY_PAUSE_MAX);
+        }
+    }
+
+    /// Whether this platform's server reaches no JetStream at all: its JetStream API has no
+    /// responder. Every JetStream server subscribes to the API, so on a single server or a
+    /// cluster (even while a stream elects a leader) someone answers; on a leaf server, which
+    /// runs no JetStream, nobody does while its link to the hub is down.
+    async fn jetstream_unreachable(&self) -> bool {
+        let probe = tokio::time::timeout(
+            JETSTREAM_PROBE_TIMEOUT,
+            self.client.request(subjects::JS_API_INFO, Bytes::new()),
+        )
+        .await;
+        matches!(probe, Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders)
     }
 
     async fn stored_proof(&self, task_id: &TaskId) -> Option<Bytes> {

@@ -201,6 +201,7 @@ impl From<DelegateError> for ApiError {
             DelegateError::NoPlatform(_) => (StatusCode::CONFLICT, "no_platform"),
             DelegateError::Lock(_) => (StatusCode::PAYMENT_REQUIRED, "lock_refused"),
             DelegateError::Publish(_) => (StatusCode::SERVICE_UNAVAILABLE, "publish_failed"),
+            DelegateError::LinkDown(_) => (StatusCode::SERVICE_UNAVAILABLE, "link_down"),
             DelegateError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_task"),
             DelegateError::BadProof(_) => (StatusCode::BAD_GATEWAY, "bad_proof"),
             DelegateError::Other(_) => (StatusCode::BAD_GATEWAY, "federation_error"),

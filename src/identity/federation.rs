@@ -37,6 +37,8 @@ pub const IDENTITY_CHARS_MAX: usize = 64;
 pub const CERT_VALIDITY_DAYS: i64 = 3 * 365;
 /// The hub bundle's name (server, ledger, admins).
 pub const HUB_BUNDLE: &str = "hub";
+/// The root public key file in every bundle.
+pub const ROOT_PUBLIC_KEY_FILE: &str = "root.pub";
 
 /// Everything that can go wrong making a federation.
 #[derive(Debug, thiserror::Error)]
@@ -437,7 +439,7 @@ fn write_outputs(fed: &FederationDir, manifest: &Manifest) -> Result<(), InitErr
         &server_config::render(&base, &manifest.identities, &absolute(cert), &absolute(key)),
         false,
     )?;
-    write_file(&hub.join("root.pub"), &root_pub, false)?;
+    write_file(&hub.join(ROOT_PUBLIC_KEY_FILE), &root_pub, false)?;
     for identity in &manifest.identities {
         let bundle = if identity.role.is_platform() {
             fed.bundle(&identity.name)
@@ -453,7 +455,7 @@ fn write_outputs(fed: &FederationDir, manifest: &Manifest) -> Result<(), InitErr
         }
         if identity.role.is_platform() {
             copy_into(&fed.ca_cert(), &bundle, false)?;
-            write_file(&bundle.join("root.pub"), &root_pub, false)?;
+            write_file(&bundle.join(ROOT_PUBLIC_KEY_FILE), &root_pub, false)?;
             write_platform_nats_toml(fed, &identity.name, &manifest.url)?;
         }
     }

@@ -179,6 +179,15 @@ impl Deployment {
 
     /// Like [`Deployment::start`], each platform's config text passed through `edit`.
     pub async fn start_with(topology: Topology, edit: &Edit) -> Self {
+        let mut deployment = Self::start_servers_and_ledger(topology).await;
+        deployment.grant_and_start_workers(edit).await;
+        deployment
+    }
+
+    /// The servers and the ledger of `topology`, as a deployment has them before its admin
+    /// grants anything: no platform has ATP, no key record but the ledger's own is published,
+    /// no worker runs.
+    pub async fn start_servers_and_ledger(topology: Topology) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         let fed = FederationDir::new(&dir.path().join("federation"));
         let plan = TopologyPlan {
@@ -249,7 +258,6 @@ impl Deployment {
             deployment.spawn_ledger(&machine);
             deployment.wait_ledger().await;
         }
-        deployment.grant_and_start_workers(edit).await;
         deployment
     }
 
@@ -428,7 +436,9 @@ impl Deployment {
         }
     }
 
-    async fn grant_and_start_workers(&mut self, edit: &Edit) {
+    /// Publishes the treasury's key, grants each platform its configured ATP and starts a
+    /// worker per platform on its own machine's server.
+    pub async fn grant_and_start_workers(&mut self, edit: &Edit) {
         let admin = self.admin().await;
         let js = async_nats::jetstream::new(admin.clone());
         let directory = KeyDirectory::open(&js, &self.root()).await.expect("keys");

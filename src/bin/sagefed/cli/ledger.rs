@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use crate::cli::{NatsArgs, shutdown_signal};
-use sage_federation::identity::federation::LEDGER_IDENTITY;
+use sage_federation::identity::directory::KeyDirectory;
+use sage_federation::identity::federation::{LEDGER_IDENTITY, ROOT_PUBLIC_KEY_FILE};
 use sage_federation::identity::keys;
 use sage_federation::ledger::audit::audit;
 use sage_federation::ledger::client::LedgerClient;
@@ -220,6 +221,53 @@ pub struct GrantArgs {
     /// Idempotency key: granting twice with the same id grants once [default: random]
     #[arg(long)]
     grant_id: Option<String>,
+    /// The federation root's public key file, which the admin's key records (beside the key,
+    /// `<key>.records.json`) chain to [default: `root.pub` beside the key, else
+    /// .sagefed/federation/root/root.key.pub]
+    #[arg(long, value_name = "FILE")]
+    root: Option<PathBuf>,
+}
+
+/// The root public key `grant` checks the admin's records against: `--root`, else the
+/// bundle's `root.pub` beside the key, else the one `sagefed up` made here.
+fn grant_root(args: &GrantArgs) -> PathBuf {
+    if let Some(root) = &args.root {
+        return root.clone();
+    }
+    let beside = args.key.with_file_name(ROOT_PUBLIC_KEY_FILE);
+    if beside.is_file() {
+        beside
+    } else {
+        crate::cli::default_root_public_key()
+    }
+}
+
+/// Publishes the admin's root-endorsed key records (`<key>.records.json`, from the bundle) to
+/// the key directory, so that the ledger can verify the grant's signature. A key without
+/// records (one `sagefed up` endorses and publishes itself) is left as it is.
+async fn publish_admin_records(args: &GrantArgs, client: &async_nats::Client) -> anyhow::Result<()> {
+    if !keys::records_path(&args.key).is_file() {
+        return Ok(());
+    }
+    let records = keys::read_records(&args.key)?;
+    let root = grant_root(args);
+    let directory = KeyDirectory::open(
+        &async_nats::jetstream::new(client.clone()),
+        &crate::cli::read_root_public_key(&root)?,
+    )
+    .await
+    .context("open the key directory to publish the admin's key record")?;
+    for record in records.iter().filter(|r| r.platform == args.admin) {
+        directory.publish(record).await.with_context(|| {
+            format!(
+                "publish {}'s key record {} (does it chain to {}?)",
+                record.platform,
+                record.key_id,
+                root.display()
+            )
+        })?;
+    }
+    Ok(())
 }
 
 pub async fn grant_command(args: &GrantArgs) -> anyhow::Result<ExitCode> {
@@ -237,6 +285,7 @@ pub async fn grant_command(args: &GrantArgs) -> anyhow::Result<ExitCode> {
         ),
     };
     let client = args.nats.connect(crate::up::TREASURY, "sagefed-grant").await?;
+    publish_admin_records(args, &client).await?;
     let reply = LedgerClient::new(client, signer)
         .grant(&grant_id, &lct, args.amount)
         .await?;

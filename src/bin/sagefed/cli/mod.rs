@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod init;
+mod install;
 mod keygen;
 mod keys;
 mod ledger;
@@ -41,6 +42,8 @@ enum Command {
     Up(crate::up::UpArgs),
     /// Create a federation: root key, NATS credentials per identity, TLS CA, server config, bundles
     Init(init::InitArgs),
+    /// Install a machine's bundle where the systemd units expect it (/etc/sagefed, modes, owner)
+    Install(install::InstallArgs),
     /// Write a new Ed25519 keypair for a platform and print its public key
     Keygen(keygen::KeygenArgs),
     /// Check configuration files
@@ -185,6 +188,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Up(args) => crate::up::run(args, shutdown_signal()).await?,
         Command::Init(args) => init::run(&args)?,
+        Command::Install(args) => install::run(&args)?,
         Command::Keygen(args) => keygen::run(&args)?,
         Command::Config(ConfigCommand::Check { file }) => config_check(&file)?,
         Command::Keys(command) => keys::run(command).await?,
