@@ -6,11 +6,11 @@
 //! stderr. `examples/ops/echo_quality.py` is a complete example.
 //!
 //! Limits, so that one task cannot hurt the platform:
-//! - time: at the timeout, or when the future is dropped, every descendant of the program gets
-//!   SIGKILL, including one that called `setsid` (the program is a child subreaper, so orphans
-//!   stay below it; see `sweep`), then its process group and the program. A run that ends
-//!   with the program's own exit kills its process group; a descendant that left the group
-//!   and outlives the program's exit is re-parented to init and not killed.
+//! - descendants: the program's parent is a per-run keeper (see `keeper`), a child subreaper
+//!   below which every descendant stays, even one that called `setsid`. When the program
+//!   exits the keeper kills and reaps what is left, then exits as the program did; at the
+//!   timeout, or when the future is dropped, the worker kills the keeper's whole tree (see
+//!   `sweep`). No descendant outlives its run, and other runs' processes are not touched.
 //! - memory: `RLIMIT_AS` of `memory_mb` MiB, set in the child before it executes. This limits
 //!   address space, not resident memory: runtimes that reserve large virtual ranges up front
 //!   (the JVM, Go, CUDA) need a limit well above what they use.
@@ -30,8 +30,8 @@
 //! The program name (`command[0]`) is looked up on `PATH` when it has no `/`; a relative path
 //! is resolved against the config file's directory, which is also where the program runs.
 //!
-//! ATP: the program's CPU time (user + system, its own and that of the children it waited
-//! for, from `wait4`) times `atp_per_second`, capped at the budget. A self-reported
+//! ATP: the run's CPU time (user + system of the program and of every descendant, all reaped
+//! by the keeper, from `wait4` on the keeper) times `atp_per_second`, capped at the budget. A self-reported
 //! `atp_consumed` may lower that charge, never raise it: the platform does not bill for work
 //! it did not see. Time spent on a GPU is not CPU time; price it into `atp_per_second`.
 
@@ -48,7 +48,7 @@ use serde_json::{Map, Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
-use super::{Operation, OperationError, OperationInput, OperationOutput, check_result_size, sweep, user};
+use super::{Operation, OperationError, OperationInput, OperationOutput, check_result_size, keeper, sweep, user};
 use crate::protocol::atp::{Atp, MICROS_PER_ATP};
 
 /// Most bytes a program may print on stdout: a reply, not a data stream.
@@ -258,16 +258,17 @@ impl ExternalOperation {
             )
         });
         // SAFETY: the closure runs in the forked child before exec, where only
-        // async-signal-safe calls are allowed: it calls setrlimit(2) on values captured by
-        // copy and prctl(2), and allocates nothing (`last_os_error` only reads errno).
+        // async-signal-safe calls are allowed: the keeper's split (the limits are then the
+        // program's alone), setrlimit(2) on values captured by copy; it allocates nothing.
         unsafe {
             command.pre_exec(move || {
+                keeper::split()?;
                 for (resource, limit) in &table {
                     if libc::setrlimit(*resource, limit) != 0 {
                         return Err(io::Error::last_os_error());
                     }
                 }
-                sweep::become_subreaper()
+                Ok(())
             });
         }
         let mut child = command.spawn().map_err(|e| self.start_error(program, &e))?;
@@ -820,6 +821,74 @@ mod tests {
                 Instant::now() < deadline,
                 "the sleeper {pid} outlived the timeout: {session}"
             );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_descendant_that_left_the_session_dies_when_the_program_exits() {
+        let dir = writable_tempdir();
+        let pid_file = dir.path().join("pid");
+        let late = dir.path().join("late");
+        // A child in a session of its own (out of reach of the process-group kill) that would
+        // write a file 3 s later; the program answers and exits 0 at once.
+        let script = format!(
+            "cat >/dev/null; setsid sh -c 'sleep 3; echo late > {late}' </dev/null >/dev/null 2>&1 & echo $! > {0}.tmp; mv {0}.tmp {0}; printf '%s' '{{\"result\": {{}}, \"quality\": 1}}'",
+            pid_file.display(),
+            late = late.display()
+        );
+        run(&op(&["sh", "-c", &script]), input(json!({}), Duration::from_secs(30)))
+            .await
+            .expect("runs");
+        let ended = Instant::now();
+        let text = std::fs::read_to_string(&pid_file).expect("the program wrote the child's pid");
+        let pid: u32 = text.trim().parse().expect("a pid");
+        // Gone from /proc: neither running nor a zombie left unreaped.
+        let deadline = ended + Duration::from_secs(2);
+        while Path::new(&format!("/proc/{pid}")).exists() {
+            assert!(
+                Instant::now() < deadline,
+                "the child {pid} outlived the run that started it"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Past the time it would have slept: it never wrote.
+        tokio::time::sleep_until((ended + Duration::from_secs(4)).into()).await;
+        assert!(!late.exists(), "the child wrote after its run ended");
+    }
+
+    #[tokio::test]
+    async fn a_run_that_ends_leaves_the_descendants_of_other_runs_alone() {
+        let dir = writable_tempdir();
+        let (pid_file, go) = (dir.path().join("pid"), dir.path().join("go"));
+        // Run B keeps a sleeper in a session of its own while it waits for `go`.
+        let waiting = format!(
+            "cat >/dev/null; setsid sleep 60 </dev/null >/dev/null 2>&1 & echo $! > {0}.tmp; mv {0}.tmp {0}; while [ ! -e {go} ]; do sleep 0.05; done; printf '%s' '{{\"result\": {{}}, \"quality\": 1}}'",
+            pid_file.display(),
+            go = go.display()
+        );
+        let b = tokio::spawn(op(&["sh", "-c", &waiting]).run(input(json!({}), Duration::from_secs(30))));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !pid_file.exists() {
+            assert!(Instant::now() < deadline, "run B never started its sleeper");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let pid: u32 = std::fs::read_to_string(&pid_file)
+            .expect("pid")
+            .trim()
+            .parse()
+            .expect("a pid");
+        // Run A starts and leaves an orphan of its own, and ends.
+        let leaving = "cat >/dev/null; setsid sleep 60 </dev/null >/dev/null 2>&1 & printf '%s' '{\"result\": {}, \"quality\": 1}'";
+        run(&op(&["sh", "-c", leaving]), input(json!({}), Duration::from_secs(30)))
+            .await
+            .expect("run A");
+        assert!(alive(pid), "run A's end killed run B's sleeper {pid}");
+        std::fs::write(&go, b"").expect("go");
+        b.await.expect("joined").expect("run B");
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Path::new(&format!("/proc/{pid}")).exists() {
+            assert!(Instant::now() < deadline, "run B's sleeper {pid} outlived run B");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

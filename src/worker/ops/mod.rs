@@ -12,6 +12,7 @@
 
 pub mod execution;
 pub mod external;
+mod keeper;
 pub mod perception;
 pub mod planning;
 mod sweep;

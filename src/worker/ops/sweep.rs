@@ -1,29 +1,17 @@
-//! Kills every descendant of an external program, including one that left the program's
-//! process group or session (`setsid`), which a process-group kill misses.
+//! Kills every descendant of an external program's keeper, including one that left the
+//! program's process group or session (`setsid`), which a process-group kill misses.
 //!
-//! The program is made a child subreaper before it executes ([`become_subreaper`]), so that a
-//! descendant orphaned while the program lives is re-parented to the program rather than to
-//! init and stays findable in `/proc` by parent pid. [`kill_tree`] stops the program (so that
-//! it neither forks nor reaps), then kills every live descendant, round after round, until none
-//! is left. A descendant still running when the program itself exits is re-parented to init
-//! and is out of reach: only the kill at a timeout or an abort covers the whole tree.
+//! The keeper (see `keeper`) is a child subreaper and the program's parent, so every
+//! descendant of the run, orphaned or not, stays findable in `/proc` by parent pid below it.
+//! [`kill_tree`] serves the timeout and the abort: it stops the keeper (so that it neither
+//! forks nor reaps), then kills every live descendant, round after round, until none is left.
+//! A run that ends with the program's exit is cleared by the keeper itself.
 
 use std::collections::HashMap;
-use std::io;
 
 /// Rounds of listing and killing descendants before giving up on a tree that keeps forking;
 /// each round kills every process the previous one found, so a real tree ends in a few.
 const SWEEP_ROUNDS_MAX: usize = 1_000;
-
-/// Makes the calling process a child subreaper. Called in the forked child before exec, so it
-/// must stay async-signal-safe: one prctl(2), errno read on failure.
-pub(super) fn become_subreaper() -> io::Result<()> {
-    // SAFETY: prctl(2) with PR_SET_CHILD_SUBREAPER takes plain integers and touches no memory.
-    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
 
 /// SIGSTOP to `root`, then SIGKILL to each of its live descendants until none is left.
 /// Returns how many rounds found descendants to kill.
