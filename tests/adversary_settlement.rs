@@ -254,10 +254,11 @@ async fn cancel_bookkeeping_forwards_only_the_cancelled_tasks_rollback_and_the_b
 async fn a_message_published_first_under_a_task_id_does_not_swallow_the_real_task() {
     let p = Processes::start().await;
     let task_id = TaskId::random().expect("id");
-    // The attacker sees the id (or guesses it) and publishes junk under it first.
+    // The attacker sees the id (or guesses it) and publishes junk under it first, as the
+    // message id the delegator used to publish under.
     publish_to_legion(&p.nats.js().await, bytes::Bytes::from_static(b"junk"), task_id.as_str()).await;
     let thor = p.client("Thor").await;
-    let error = thor
+    let outcome = thor
         .delegate_task(DelegationRequest {
             to: Some("Legion".into()),
             task_type: C.into(),
@@ -271,16 +272,22 @@ async fn a_message_published_first_under_a_task_id_does_not_swallow_the_real_tas
             task_id: Some(task_id.clone()),
         })
         .await
-        .expect_err("the real task was never stored: the delegation must fail, not wait");
-    assert!(
-        error.to_string().contains("another message was stored under task id"),
-        "{error}"
-    );
-    // No worker will run it, and the delegator's refund is on its way after the deadline.
-    let board = TaskBoard::open(&p.nats.js().await).await.expect("board");
+        .expect("the real task is stored under the digest of its own bytes, not under its id");
+    // Before, the junk took the id and the real task was dropped as a duplicate.
+    assert_eq!(outcome.settlement, LockState::Committed, "{outcome:?}");
+    assert_eq!(outcome.proof_status, Some(ProofStatus::Completed), "{outcome:?}");
     assert_eq!(
-        board.get(&task_id).await.expect("read").map(|(s, _)| s.state),
-        Some(TaskState::Cancelled)
+        outcome.result.get("results"),
+        Some(&json!([{"value": 3.0}])),
+        "{outcome:?}"
+    );
+    // The junk could not be read and went to the dead letters, with no ledger call.
+    let operator = async_nats::jetstream::new(p.nats.client_as("Treasury").await);
+    let mut dead = operator.get_stream(subjects::DEAD_STREAM).await.expect("dead letters");
+    assert_eq!(
+        dead.info().await.expect("info").state.messages,
+        1,
+        "the junk is dead-lettered once"
     );
     p.assert_audit_clean();
 }

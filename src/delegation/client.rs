@@ -32,7 +32,7 @@ use crate::protocol::clock::now_seconds;
 use crate::protocol::envelope::{Signer, Verified};
 use crate::protocol::lct::Lct;
 use crate::protocol::proof::{ExecutionProof, ProofStatus};
-use crate::protocol::task::{FederationTask, TaskId};
+use crate::protocol::task::{FederationTask, TaskId, message_id as task_message_id};
 use crate::state::registry::{PlatformRecord, Registry};
 use crate::state::reputation::Reputations;
 use crate::state::task_board::{TaskBoard, TaskState, TaskStatus};
@@ -539,31 +539,24 @@ impl FederationClient {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(PUBLISH_RETRY_PAUSE_MAX);
         }
-        let mut first = true;
+        let message_id = task_message_id(&wire);
         loop {
             let mut headers = HeaderMap::new();
-            headers.insert(async_nats::header::NATS_MESSAGE_ID, task.task_id.as_str());
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, message_id.as_str());
             let sent = self
                 .js
                 .publish_with_headers(subjects::delegate(task.target_lct.platform()), headers, wire.clone())
                 .await;
             let failed = match sent {
                 Ok(ack) => match ack.await {
-                    // A duplicate on the first attempt is someone else's message under this
-                    // task's id, stored first: the real task was not.
-                    Ok(ack) if ack.duplicate && first => {
-                        return Err(DelegateError::Publish(format!(
-                            "another message was stored under task id {} first; delegate again with a new id",
-                            task.task_id
-                        )));
-                    }
+                    // The id is the digest of these bytes: a `duplicate` ack means they are
+                    // stored (an earlier attempt whose ack was lost), whoever sent them.
                     Ok(_) => return Ok(()),
                     Err(e) => e.to_string(),
                 },
                 Err(e) => e.to_string(),
             };
             self.retry_or_fail(task, give_up, &failed).await?;
-            first = false;
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(PUBLISH_RETRY_PAUSE_MAX);
         }

@@ -19,6 +19,7 @@ use ed25519_dalek::{Signature, Signer as _, SigningKey};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
 
 use crate::identity::keys::{KeyError, KeyRegistry, key_id};
 use crate::protocol::lct::check_platform;
@@ -278,6 +279,14 @@ pub fn verify_ignoring_expiry<T: Signable>(
         key_id: wire.key_id.to_owned(),
         wire: bytes.clone(),
     })
+}
+
+/// A stream dedupe id (`Nats-Msg-Id`) for the signed message `wire`: `prefix` and the SHA-256
+/// of its bytes. A retry of the same bytes dedupes; nobody can name the digest of a signed
+/// message before it is published, so nobody can store a message first under its id and
+/// have the real one dropped as a duplicate (ids derived from a task id can be guessed).
+pub fn dedupe_id(prefix: &str, wire: &[u8]) -> String {
+    format!("{prefix}-{}", hex::encode(Sha256::digest(wire)))
 }
 
 #[cfg(test)]

@@ -2,10 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 
 use crate::protocol::atp::Atp;
-use crate::protocol::envelope::Signable;
+use crate::protocol::envelope::{Signable, dedupe_id};
 use crate::protocol::lct::Lct;
 use crate::protocol::limits::PROOF_RESULT_BYTES_MAX;
 use crate::protocol::task::TaskId;
@@ -61,7 +60,7 @@ impl ExecutionProof {
 /// a duplicate; nobody can name the digest of a signature before it is published. A retry
 /// of the same bytes still dedupes.
 pub fn message_id(wire: &[u8]) -> String {
-    format!("proof-{}", hex::encode(Sha256::digest(wire)))
+    dedupe_id("proof", wire)
 }
 
 impl Signable for ExecutionProof {

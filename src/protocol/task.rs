@@ -8,11 +8,19 @@ use serde_json::{Map, Value};
 
 use crate::nats::subjects;
 use crate::protocol::atp::Atp;
-use crate::protocol::envelope::Signable;
+use crate::protocol::envelope::{Signable, dedupe_id};
 use crate::protocol::lct::{Lct, check_task_type, token_problem};
 use crate::protocol::limits::{
     OPERATION_CHARS_MAX, TASK_ID_CHARS_MAX, TASK_PARAMETERS_BYTES_MAX, TASK_TIMEOUT_SECONDS_MAX,
 };
+
+/// The dedupe id (`Nats-Msg-Id`) a delegator publishes the signed task `wire` under: a digest
+/// of its bytes, not the task id. The task id is on the task board before the publish, so an
+/// id derived from it lets another platform store junk first; with the digest, a `duplicate`
+/// ack can only mean these very bytes are stored, which is the delegator's own task.
+pub fn message_id(wire: &[u8]) -> String {
+    dedupe_id("task", wire)
+}
 
 /// A task id: a safe NATS subject token and KV key token, unique per task.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
