@@ -25,12 +25,14 @@
 //! - [`state`]: the platform registry, reputation and task board buckets.
 //! - [`observe`]: Prometheus metrics, the dashboard's live feed and its HTTP server.
 //! - [`config`]: per-platform configuration (defaults < file < `SAGE_*` environment).
+//! - [`fault`]: faults the tests inject into real processes (off unless `SAGEFED_FAULT` asks).
 //!
 //! The binary (`src/bin/sagefed/`) holds the command line, `sagefed up`, the seed's scenarios
 //! and `sagefed bench`.
 
 pub mod config;
 pub mod delegation;
+pub mod fault;
 pub mod gateway;
 pub mod identity;
 pub mod ledger;

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use common::federation::Processes;
 use common::{lct, micros};
 use sage_federation::delegation::client::DelegationRequest;
+use sage_federation::fault::DIE_AFTER_COMMIT;
 use sage_federation::ledger::client::LedgerReader;
 use sage_federation::ledger::model::LockState;
 use sage_federation::protocol::proof::{ExecutionProof, ProofStatus};
 use sage_federation::protocol::task::TaskId;
-use sage_federation::worker::fault::DIE_AFTER_COMMIT;
 use serde_json::{Value, json};
 
 const C: &str = "consciousness";

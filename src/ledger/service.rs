@@ -12,6 +12,7 @@ use async_nats::service::ServiceExt;
 use bytes::Bytes;
 use futures::StreamExt;
 
+use crate::fault;
 use crate::identity::directory::KeyDirectory;
 use crate::ledger::model::{Lock, LockState};
 use crate::ledger::protocol::{LedgerReply, LedgerRequest, Operation, Outcome, RejectCode};
@@ -96,7 +97,9 @@ impl LedgerService {
             let slots = Arc::clone(&slots);
             tasks.push(tokio::spawn(async move {
                 while let Some(request) = endpoint.next().await {
-                    let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                    // A test may ask for a busy answer to a rollback (`fault`), as past the limit.
+                    let faulted = name == "rollback" && fault::busy_rollback();
+                    let (Ok(slot), false) = (Arc::clone(&slots).try_acquire_owned(), faulted) else {
                         metrics::refused(Refuser::Ledger, RefusalReason::Limits);
                         respond(request, &busy_reply()).await;
                         continue;

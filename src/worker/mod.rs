@@ -9,7 +9,6 @@
 //! - `admission`: rate limits, concurrency and budget caps.
 //! - `run`: one task from message to acknowledgement.
 //! - `exhausted`: max-deliveries advisories, checked against the stream, handled once.
-//! - [`fault`]: faults the crash tests inject (off unless asked for).
 
 mod aborts;
 mod admission;
@@ -17,7 +16,6 @@ mod checks;
 #[cfg(test)]
 mod checks_table;
 mod exhausted;
-pub mod fault;
 pub mod ops;
 mod run;
 

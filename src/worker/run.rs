@@ -11,6 +11,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind};
 use serde_json::Map;
 
+use crate::fault;
 use crate::ledger::model::{LockState, RollbackReason};
 use crate::ledger::protocol::{LedgerReply, Outcome, RejectCode};
 use crate::nats::subjects;
@@ -23,7 +24,6 @@ use crate::protocol::task::FederationTask;
 use crate::state::task_board::{Claim, TaskState, TaskStatus};
 use crate::worker::WorkerContext;
 use crate::worker::checks::{self, Refusal};
-use crate::worker::fault;
 use crate::worker::ops::{OperationError, OperationInput};
 
 /// Progress reports per ack wait: a running task tells the server it is alive this many

@@ -136,6 +136,12 @@ impl Processes {
 
     /// Starts the federation with each platform's config text passed through `edit`.
     pub async fn start_with(edit: &Edit) -> Self {
+        Self::start_with_ledger_fault(edit, None).await
+    }
+
+    /// Starts the federation like [`Processes::start_with`], its ledger service with the
+    /// fault `ledger_fault` injected (`sage_federation::fault`).
+    pub async fn start_with_ledger_fault(edit: &Edit, ledger_fault: Option<&str>) -> Self {
         let nats = TestNats::start_secure().await;
         let url = nats.url();
         let log = |name: &str| {
@@ -157,6 +163,7 @@ impl Processes {
             .args(["--metrics", "127.0.0.1:0"])
             .args(nats.cli_access(LEDGER_IDENTITY))
             .env("SAGE_LOG", "info")
+            .envs(ledger_fault.map(|fault| (sage_federation::fault::FAULT_ENV, fault)))
             .stdout(Stdio::null())
             .stderr(log("ledger.log"))
             .spawn()
@@ -237,12 +244,12 @@ impl Processes {
         pid
     }
 
-    /// Starts `platform`'s worker with the fault `fault` injected (`sagefed::worker::fault`),
+    /// Starts `platform`'s worker with the fault `fault` injected (`sage_federation::fault`),
     /// in place of the one it has.
     pub fn spawn_worker_with_fault(&mut self, platform: &str, fault: &str) -> u32 {
         let mut command = self.worker_command(platform);
         let child = command
-            .env(sage_federation::worker::fault::FAULT_ENV, fault)
+            .env(sage_federation::fault::FAULT_ENV, fault)
             .spawn()
             .expect("spawn a worker");
         self.replace_worker(platform, child)
