@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::federation::{Processes, publish_to_legion};
+use common::federation::Processes;
 use common::lct;
 use sage_federation::delegation::client::DelegationRequest;
 use sage_federation::delegation::status;
@@ -15,6 +15,7 @@ use sage_federation::ledger::COMMIT_WINDOW_SECONDS;
 use sage_federation::ledger::client::{LedgerClient, LockTerms};
 use sage_federation::ledger::model::{Lock, LockState, RollbackReason};
 use sage_federation::ledger::protocol::Outcome;
+use sage_federation::nats::subjects;
 use sage_federation::protocol::clock::now_seconds;
 use sage_federation::protocol::task::TaskId;
 use sage_federation::state::task_board::{TaskBoard, TaskState, TaskStatus};
@@ -40,8 +41,20 @@ async fn after_a_failed_publish_the_delegator_is_refunded_after_the_deadline_not
     let p = Processes::start().await;
     let before = p.balance("Thor", C).await;
     let task_id = TaskId::random().expect("id");
-    // A real cause for the publish to fail: a message stored first under the task's id.
-    publish_to_legion(&p.nats.js().await, bytes::Bytes::from_static(b"junk"), task_id.as_str()).await;
+    // A real cause for the publish to fail: the work queue is full (`max_msgs` reached,
+    // discard new). An operator caps it at what it holds once a message nobody consumes is in.
+    let js = p.nats.js().await;
+    js.publish(subjects::delegate("Ghost"), bytes::Bytes::from_static(b"unconsumed"))
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    let operator = async_nats::jetstream::new(p.nats.client_as("ledger").await);
+    let mut tasks = operator.get_stream(subjects::TASKS_STREAM).await.expect("tasks stream");
+    let info = tasks.info().await.expect("info").clone();
+    let mut config = info.config.clone();
+    config.max_messages = i64::try_from(info.state.messages).expect("count");
+    operator.update_stream(config).await.expect("cap the work queue");
     let thor = p.client("Thor").await;
     let error = thor
         .delegate_task(DelegationRequest {
@@ -58,10 +71,7 @@ async fn after_a_failed_publish_the_delegator_is_refunded_after_the_deadline_not
         })
         .await
         .expect_err("the task was never stored: the delegation fails");
-    assert!(
-        error.to_string().contains("another message was stored under task id"),
-        "{error}"
-    );
+    assert!(error.to_string().contains("maximum messages exceeded"), "{error}");
 
     // The budget is locked, and the lock's own expiry is far beyond the task's deadline.
     let lock = lock_of(&p, &task_id).await;
