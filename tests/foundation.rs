@@ -88,10 +88,16 @@ async fn keys_published_to_kv_verify_elsewhere_until_revoked() {
 
     let record = common::endorsed(&root, "Thor", &signer.verifying_key());
     thor_side.publish(&record).await.expect("publish");
-    legion_side
-        .verify::<Hello>(&wire)
-        .await
-        .expect("found in KV on a cache miss");
+    // Legion's directory remembers the id as unknown (the negative cache, rechecked after
+    // 5 s), so the record must reach it through the watch, well within that interval.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while let Err(e) = legion_side.verify::<Hello>(&wire).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the published key did not reach the other side through the watch: {e}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 
     // A record claiming Thor's key id with another key is refused.
     let mut forged = record.clone();
