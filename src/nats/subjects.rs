@@ -70,6 +70,15 @@ pub fn proofs_by(executor_platform: &str) -> String {
     format!("sage.proof.*.{executor_platform}.*")
 }
 
+/// Whether `subject` is one executor's proof permission, as [`proofs_by`] spells it.
+pub fn is_proofs_by(subject: &str) -> bool {
+    let Some(rest) = subject.strip_prefix(PROOF_SUBJECT_PREFIX) else {
+        return false;
+    };
+    let tokens: Vec<&str> = rest.split('.').collect();
+    matches!(tokens.as_slice(), ["*", executor, "*"] if *executor != "*")
+}
+
 /// The (executor platform, task id) tokens of a proof subject, or `None` for another subject.
 pub fn proof_subject_parts(subject: &str) -> Option<(&str, &str)> {
     let mut tokens = subject.strip_prefix(PROOF_SUBJECT_PREFIX)?.split('.');

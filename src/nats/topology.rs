@@ -180,6 +180,15 @@ pub fn through_hub_domain(mut p: Permissions) -> Permissions {
         .filter_map(|s| subjects::through_domain(s, subjects::HUB_DOMAIN))
         .collect();
     p.publish.extend(mapped);
+    // The hub forwards a leaf's message only for interest it propagates over the link, and
+    // it propagates the proofs stream's `sage.proof.*.*.*` only to a user that may publish on
+    // all of it: `sage.proof.*.<me>.*` alone leaves a leaf's proofs with no responders. So on
+    // the hub a proof publisher may publish on every proof subject. Known gap: in hub-leaf
+    // the server does not confine a proof slot to its executor (the delegator still believes
+    // only the executor's signed proof, and the dedupe id is the proof's digest).
+    if p.publish.iter().any(|s| subjects::is_proofs_by(s)) {
+        p.publish.push(subjects::PROOFS_SUBJECTS.to_owned());
+    }
     p
 }
 
