@@ -549,9 +549,19 @@ impl Deployment {
     }
 
     pub async fn snapshot(&self) -> LedgerSnapshot {
-        LedgerSnapshot::read(&async_nats::jetstream::new(self.admin().await))
-            .await
-            .expect("snapshot")
+        // A read right after a node loss or a restart can land in a leader election.
+        let js = async_nats::jetstream::new(self.admin().await);
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            match LedgerSnapshot::read(&js).await {
+                Ok(snapshot) => return snapshot,
+                Err(e) if std::time::Instant::now() < give_up => {
+                    eprintln!("ledger snapshot not readable yet ({e}); retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("ledger snapshot: {e}"),
+            }
+        }
     }
 
     /// Every account's balance, in micro-ATP.
