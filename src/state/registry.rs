@@ -20,8 +20,13 @@ use crate::protocol::envelope::{EnvelopeError, Signable, Signer};
 
 /// How often a worker refreshes its platform's record.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
-/// A platform whose heartbeat is older than this is not healthy.
-pub const HEARTBEAT_STALE_SECONDS: f64 = 6.0;
+/// A platform whose heartbeat is older than this is not healthy. It outlasts a leader
+/// election of the replicated registry bucket, during which no heartbeat can be written: a
+/// follower waits 4-9 s for a lost leader before it campaigns (`minElectionTimeoutDefault`..
+/// `maxElectionTimeoutDefault` in nats-server's `server/raft.go`), then a put that was waiting
+/// (5 s request timeout) fails and the next tick writes. With 6 s, a cluster node's loss made
+/// every platform look dead to placement for a few seconds.
+pub const HEARTBEAT_STALE_SECONDS: f64 = 20.0;
 
 /// One platform's record.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
