@@ -12,8 +12,12 @@ use common::topology::Deployment;
 use common::{lct, micros, outcome_of};
 use sage_federation::delegation::client::{DelegationOutcome, DelegationRequest};
 use sage_federation::delegation::scenarios::{self, Scenario};
+use sage_federation::identity::directory::KeyDirectory;
 use sage_federation::ledger::model::LockState;
+use sage_federation::nats::subjects;
 use sage_federation::nats::topology::Topology;
+use sage_federation::protocol::envelope::{Signer, Verified};
+use sage_federation::protocol::proof::{ExecutionProof, ProofStatus};
 use sage_federation::protocol::task::TaskId;
 use serde_json::json;
 
@@ -183,5 +187,89 @@ async fn a_leaf_link_cut_during_500_delegations_loses_nothing_and_pays_nothing_t
     assert!(stderr.contains("link to the hub is down"), "{stderr}");
     assert!(began.elapsed() < FAIL_FAST_WITHIN * 2, "took {:?}", began.elapsed());
     assert_eq!(d.snapshot().await.supply.total_uatp, supply_before);
+    d.assert_audit_clean().await;
+}
+
+/// Sprout's signed "completed" proof of Thor's `task_id`, with a result of its own.
+fn forged_proof(d: &Deployment, task_id: &TaskId) -> bytes::Bytes {
+    let key = sage_federation::identity::keys::read_secret(&d.config("Sprout").keypair_path()).expect("key");
+    let sprout = Signer::new("Sprout", key).expect("signer");
+    common::signed_proof(
+        &sprout,
+        task_id,
+        &lct("Thor", C),
+        &lct("Sprout", C),
+        1.0,
+        1.0,
+        ProofStatus::Completed,
+    )
+}
+
+/// Publishes `wire` on `subject` through `client` as a JetStream message; whether the proofs
+/// stream stored it.
+async fn stored(client: &async_nats::Client, subject: String, wire: bytes::Bytes) -> bool {
+    let js = async_nats::jetstream::new(client.clone());
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, "a-fresh-message-id");
+    match js.publish_with_headers(subject, headers, wire).await {
+        Ok(ack) => matches!(tokio::time::timeout(Duration::from_secs(5), ack).await, Ok(Ok(ack)) if !ack.duplicate),
+        Err(_) => false,
+    }
+}
+
+/// Issue #9 item 5 across a leaf link: a platform on a leaf publishes only in its own proof
+/// slots. The hub must propagate the proofs stream's interest over each link (or no leaf
+/// executor's proof is stored) without letting a leaf write another executor's slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaf_platform_cannot_write_another_executors_proof_slot() {
+    let d = Deployment::start(Topology::HubLeaf).await;
+    // Thor (a leaf) delegates to Legion (the hub's platform), and to Sprout (the other leaf):
+    // both executors' proofs reach the stream.
+    let thor = d.client("Thor").await;
+    let mut tasks = BTreeMap::new();
+    for executor in ["Legion", "Sprout"] {
+        let task_id = TaskId::random().expect("id");
+        let request = DelegationRequest {
+            to: Some(executor.into()),
+            ..small_task(&task_id)
+        };
+        let outcome = thor.delegate_task(request).await.expect("settles");
+        assert_eq!(outcome.settlement, LockState::Committed, "{outcome:?}");
+        tasks.insert(executor, task_id);
+    }
+
+    // Sprout, from its own leaf, tries to overwrite Legion's proof of Thor's task.
+    let sprout = d.connect("Sprout").await;
+    let legion_task = &tasks["Legion"];
+    let legion_slot = subjects::proof("Thor", "Legion", legion_task.as_str());
+    assert!(
+        !stored(&sprout, legion_slot.clone(), forged_proof(&d, legion_task)).await,
+        "the hub stored Sprout's proof in Legion's slot"
+    );
+    // Its own slot works through the same link (the refusal above is not a dead link).
+    let own_slot = subjects::proof("Thor", "Sprout", legion_task.as_str());
+    assert!(
+        stored(&sprout, own_slot, forged_proof(&d, legion_task)).await,
+        "Sprout's own slot is writable"
+    );
+    // Legion, on the hub, cannot write Sprout's slot either.
+    let legion = d.connect("Legion").await;
+    let sprout_task = &tasks["Sprout"];
+    let sprout_slot = subjects::proof("Thor", "Sprout", sprout_task.as_str());
+    assert!(
+        !stored(&legion, sprout_slot, bytes::Bytes::from_static(b"junk")).await,
+        "the hub stored Legion's message in Sprout's slot"
+    );
+
+    // The slot still holds Legion's signed proof.
+    let js = async_nats::jetstream::new(d.connect("Thor").await);
+    let stream = js.get_stream(subjects::PROOFS_STREAM).await.expect("proofs stream");
+    let kept = stream
+        .direct_get_last_for_subject(legion_slot)
+        .await
+        .expect("the task's proof is stored");
+    let keys = KeyDirectory::open(&js, &d.root()).await.expect("keys");
+    let proof: Verified<ExecutionProof> = keys.verify(&kept.payload).await.expect("signed");
+    assert_eq!(proof.executor_lct.platform(), "Legion", "{proof:?}");
     d.assert_audit_clean().await;
 }

@@ -34,6 +34,9 @@ impl Role {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Permissions {
     pub publish: Vec<String>,
+    /// Subjects it may not publish although `publish` matches them: the hub's proof rule
+    /// ([`crate::nats::topology::hub_permissions`]) needs a wide allow with holes.
+    pub publish_deny: Vec<String>,
     pub subscribe: Vec<String>,
     /// May answer requests it received (to their reply subject, once): services do.
     pub allow_responses: bool,
@@ -66,6 +69,7 @@ fn reader(inbox_token: &str) -> Permissions {
     }
     Permissions {
         publish,
+        publish_deny: Vec::new(),
         subscribe: vec![s::all_under(&s::inbox_prefix(inbox_token))],
         allow_responses: false,
     }
@@ -86,6 +90,7 @@ pub fn permissions(role: Role, name: &str, inbox_token: &str) -> Permissions {
 fn role_permissions(role: Role, name: &str) -> Permissions {
     let mut p = Permissions {
         publish: Vec::new(),
+        publish_deny: Vec::new(),
         subscribe: Vec::new(),
         allow_responses: false,
     };

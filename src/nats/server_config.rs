@@ -39,23 +39,28 @@ fn list(subjects: &[String]) -> String {
 
 /// `authorization { users: [...] }` for `users`.
 pub fn authorization_block(users: &[NatsUser]) -> String {
-    authorization_block_with(users, &|p| p)
+    authorization_block_with(users, &|_, p| p)
 }
 
 /// `authorization { users: [...] }` for `users`, each user's permissions passed through
 /// `adapt` (a topology adds the subjects its links rewrite them to).
-pub fn authorization_block_with(users: &[NatsUser], adapt: &dyn Fn(Permissions) -> Permissions) -> String {
+pub fn authorization_block_with(users: &[NatsUser], adapt: &dyn Fn(&NatsUser, Permissions) -> Permissions) -> String {
     let mut out = String::from("authorization {\n  users: [\n");
     for user in users {
-        let p = adapt(user.permissions());
+        let p = adapt(user, user.permissions());
         // `write!` to a String cannot fail.
         let _ = write!(
             out,
-            "    # {} ({:?})\n    {{\n      nkey: {}\n      permissions: {{\n        publish: {{ allow: [{}] }}\n        subscribe: {{ allow: [{}] }}\n{}      }}\n    }}\n",
+            "    # {} ({:?})\n    {{\n      nkey: {}\n      permissions: {{\n        publish: {{ allow: [{}]{} }}\n        subscribe: {{ allow: [{}] }}\n{}      }}\n    }}\n",
             user.name,
             user.role,
             quoted(&user.nkey),
             list(&p.publish),
+            if p.publish_deny.is_empty() {
+                String::new()
+            } else {
+                format!(", deny: [{}]", list(&p.publish_deny))
+            },
             list(&p.subscribe),
             if p.allow_responses {
                 "        allow_responses: true\n"

@@ -17,7 +17,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::nats::permissions::Permissions;
+use crate::nats::permissions::{Permissions, Role};
 use crate::nats::server_config::{self, NatsUser};
 use crate::nats::subjects;
 
@@ -180,14 +180,33 @@ pub fn through_hub_domain(mut p: Permissions) -> Permissions {
         .filter_map(|s| subjects::through_domain(s, subjects::HUB_DOMAIN))
         .collect();
     p.publish.extend(mapped);
-    // The hub forwards a leaf's message only for interest it propagates over the link, and
-    // it propagates the proofs stream's `sage.proof.*.*.*` only to a user that may publish on
-    // all of it: `sage.proof.*.<me>.*` alone leaves a leaf's proofs with no responders. So on
-    // the hub a proof publisher may publish on every proof subject. Known gap: in hub-leaf
-    // the server does not confine a proof slot to its executor (the delegator still believes
-    // only the executor's signed proof, and the dedupe id is the proof's digest).
+    p
+}
+
+/// `user`'s permissions on the hub: [`through_hub_domain`], and its proof slots spelled so
+/// that the hub sends the proofs stream's interest over the user's leaf link.
+///
+/// The hub propagates a subscription over a leaf link only if the link's user may publish
+/// on the subscription's whole subject (nats-server `canSubscribe`; a wildcard allow such as
+/// `sage.proof.*.<me>.*` does not count as matching the stream's `sage.proof.*.*.*`). So
+/// an executor may publish on every proof subject except those of each other platform in
+/// `platforms`: the allow makes the stream's interest cross the link, the deny confines the
+/// executor to its own slots (checked on every message from a leaf, `processInboundLeafMsg`).
+/// A platform added later is denied to the others when the hub's config is regenerated.
+pub fn hub_permissions(user: &NatsUser, p: Permissions, platforms: &[&str]) -> Permissions {
+    let mut p = through_hub_domain(p);
     if p.publish.iter().any(|s| subjects::is_proofs_by(s)) {
+        debug_assert!(
+            p.publish.contains(&subjects::proofs_by(&user.name)),
+            "proof slots of its own name"
+        );
         p.publish.push(subjects::PROOFS_SUBJECTS.to_owned());
+        p.publish_deny.extend(
+            platforms
+                .iter()
+                .filter(|other| **other != user.name)
+                .map(|other| subjects::proofs_by(other)),
+        );
     }
     p
 }
@@ -200,7 +219,14 @@ pub fn through_hub_domain(mut p: Permissions) -> Permissions {
 pub fn hub_config(hub: &Machine, users: &[NatsUser], files: &ServerFiles<'_>) -> String {
     let mut out = header("The hub", hub);
     out.push_str(&jetstream_block(files.store_dir, Some(subjects::HUB_DOMAIN)));
-    out.push_str(&server_config::authorization_block_with(users, &through_hub_domain));
+    let platforms: Vec<&str> = users
+        .iter()
+        .filter(|u| u.role == Role::Platform)
+        .map(|u| u.name.as_str())
+        .collect();
+    out.push_str(&server_config::authorization_block_with(users, &|user, p| {
+        hub_permissions(user, p, &platforms)
+    }));
     out.push_str(&server_config::tls_block(files.cert, files.key));
     let _ = write!(
         out,
@@ -237,7 +263,7 @@ pub fn leaf_config(leaf: &Machine, user: &NatsUser, hub: &Machine, seed_file: &s
     out.push_str("}\n");
     out.push_str(&server_config::authorization_block_with(
         std::slice::from_ref(user),
-        &through_hub_domain,
+        &|_, p| through_hub_domain(p),
     ));
     out.push_str(&server_config::tls_block(files.cert, files.key));
     let _ = write!(
