@@ -233,7 +233,7 @@ async fn cancel_bookkeeping_forwards_only_the_cancelled_tasks_rollback_and_the_b
     lock_and_publish(&p, &thor, &c, |_| {}).await;
     wait_for_state(&p, &c, TaskState::Running).await;
     board
-        .cancel(&c, "a cancel the executor never saw")
+        .cancel(&c, "Thor", "a cancel the executor never saw")
         .await
         .expect("cancel");
     wait_for_state(&p, &c, TaskState::Cancelled).await;

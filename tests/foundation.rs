@@ -269,7 +269,7 @@ async fn a_record_that_does_not_decode_is_an_error_naming_its_key_and_stays_as_i
     use sage_federation::protocol::task::TaskId;
     use sage_federation::state::registry::Registry;
     use sage_federation::state::reputation::Reputations;
-    use sage_federation::state::task_board::TaskBoard;
+    use sage_federation::state::task_board::{TaskBoard, TaskParties};
 
     let nats = TestNats::with_infra().await;
     let js = nats.js().await;
@@ -304,11 +304,25 @@ async fn a_record_that_does_not_decode_is_an_error_naming_its_key_and_stays_as_i
 
     let board = TaskBoard::open(&js).await.expect("open");
     let task_id: TaskId = "t-Legion".parse().expect("id");
-    let err = board.get(&task_id).await.expect_err("corrupt").to_string();
-    assert!(err.contains("t-Legion") && err.contains("does not decode"), "{err}");
-    let err = board.mark_settled(&task_id).await.expect_err("corrupt").to_string();
-    assert!(err.contains("t-Legion"), "{err}");
+    let part = subjects::task_delegator_part("t-Legion", "Thor");
+    let tasks = js.get_key_value(subjects::TASKS_BUCKET).await.expect("bucket");
+    tasks.put(part.as_str(), garbage.clone()).await.expect("put garbage");
+    let parties = TaskParties {
+        task_id: task_id.clone(),
+        delegator: "Thor".into(),
+        executor: "Legion".into(),
+    };
+    let err = board.get_between(&parties).await.expect_err("corrupt").to_string();
+    assert!(err.contains(&part) && err.contains("does not decode"), "{err}");
+    let err = board
+        .mark_settled(&task_id, "Thor")
+        .await
+        .expect_err("corrupt")
+        .to_string();
+    assert!(err.contains(&part), "{err}");
     unchanged(subjects::TASKS_BUCKET).await;
+    let stored = tasks.get(part.as_str()).await.expect("get").expect("still there");
+    assert_eq!(stored, garbage, "the delegator's part was written over");
 
     let root = keys::generate().expect("random").verifying_key();
     let directory = std::sync::Arc::new(KeyDirectory::open(&js, &root).await.expect("keys"));

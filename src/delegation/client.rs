@@ -204,14 +204,14 @@ struct ReputationRecorder {
 const REPUTATION_QUEUE_MAX: usize = 10_000;
 
 impl ReputationRecorder {
-    fn start(board: TaskBoard, reputations: Reputations) -> Self {
+    fn start(board: TaskBoard, reputations: Reputations, delegator: String) -> Self {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<(TaskId, String, bool, f64)>(REPUTATION_QUEUE_MAX);
         tokio::spawn(async move {
             let mut batch = Vec::new();
             while rx.recv_many(&mut batch, REPUTATION_QUEUE_MAX).await > 0 {
                 let mut by_platform: HashMap<String, Vec<(bool, f64)>> = HashMap::new();
                 for (task_id, platform, paid, quality) in batch.drain(..) {
-                    if board.mark_settled(&task_id).await.unwrap_or(false) {
+                    if board.mark_settled(&task_id, &delegator).await.unwrap_or(false) {
                         by_platform.entry(platform).or_default().push((paid, quality));
                     }
                 }
@@ -289,7 +289,7 @@ impl FederationClient {
         Ok(Self {
             ledger: LedgerClient::new(client.clone(), signer.clone()),
             reader: LedgerReader::open(&js).await?,
-            reputation: ReputationRecorder::start(board.clone(), reputations.clone()),
+            reputation: ReputationRecorder::start(board.clone(), reputations.clone(), signer.platform().to_owned()),
             platforms: Mutex::new(None),
             reputations,
             board,
@@ -501,7 +501,11 @@ impl FederationClient {
     /// otherwise the delegator's own rollback is accepted after the deadline and the
     /// executor's commit window, and a background task sends it then.
     async fn refund_unpublished(&self, task: &FederationTask) {
-        if let Err(e) = self.board.cancel(&task.task_id, "its publish failed").await {
+        if let Err(e) = self
+            .board
+            .cancel(&task.task_id, task.source_lct.platform(), "its publish failed")
+            .await
+        {
             tracing::warn!(task = %task.task_id, error = %e, "could not mark an unpublished task cancelled");
         }
         let ledger = self.ledger.clone();
@@ -668,11 +672,10 @@ impl FederationClient {
             .map_err(anyhow::Error::from)?;
         let _ = self
             .board
-            .finish(
+            .end_delegation(
                 &task.task_id,
+                self.platform(),
                 TaskState::TimedOut,
-                None,
-                None,
                 "no proof by the deadline",
             )
             .await;

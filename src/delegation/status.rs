@@ -31,7 +31,7 @@ use crate::protocol::lct::{Lct, check_platform};
 use crate::protocol::limits::ENVELOPE_BYTES_MAX;
 use crate::protocol::task::TaskId;
 use crate::state::registry::Registry;
-use crate::state::task_board::{CancelResult, TaskBoard, TaskStatus};
+use crate::state::task_board::{CancelResult, TaskBoard, TaskState, TaskStatus};
 
 /// How long a status or cancel request waits for its answer.
 pub const STATUS_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -352,17 +352,23 @@ async fn cancel(payload: &Bytes, shared: &Shared) -> Result<CancelReply, String>
             message: format!("task {} already ended: its lock is {:?}", request.task_id, lock.state),
         });
     }
-    let (result, _) = shared
-        .board
-        .cancel(&request.task_id, "cancelled by the delegator")
-        .await
-        .map_err(|e| e.to_string())?;
-    if let CancelResult::AlreadyEnded(state) = result {
-        return Ok(CancelReply {
-            cancelled: false,
-            atp_refunded: 0.0,
-            message: format!("task {} already ended: {state:?}", request.task_id),
-        });
+    // The cancel mark is the delegator's own part of the task's status (only it may write
+    // it: `cancel_task` writes it before asking); the executor's workers believe nothing else.
+    match status.state {
+        TaskState::Cancelled => {}
+        state if state.is_terminal() => {
+            return Ok(CancelReply {
+                cancelled: false,
+                atp_refunded: 0.0,
+                message: format!("task {} already ended: {state:?}", request.task_id),
+            });
+        }
+        _ => {
+            return Err(format!(
+                "cancel refused: task {} is not marked cancelled in {}'s part of its status; `sagefed cancel` marks it first",
+                request.task_id, request.requester
+            ));
+        }
     }
     // Stop it if it runs; a queued one is skipped when a worker claims it. Either way the
     // executor acknowledges by rolling the lock back.
@@ -436,8 +442,17 @@ pub async fn task(client: &Client, task_id: &TaskId) -> anyhow::Result<TaskRepor
     request_json(client, "task", Bytes::from(task_id.to_string())).await
 }
 
-/// Cancels `task_id` as its delegator `signer`.
+/// Cancels `task_id` as its delegator `signer`: marks its own part of the task's status
+/// cancelled (a queued task is then never run; only the delegator may write that part), then
+/// asks the status service to stop it and settle the lock.
 pub async fn cancel_task(client: &Client, signer: &Signer, task_id: &TaskId) -> anyhow::Result<CancelReply> {
+    let board = TaskBoard::open(&jetstream::new(client.clone())).await?;
+    if let (CancelResult::Unknown, _) = board
+        .cancel(task_id, signer.platform(), "cancelled by the delegator")
+        .await?
+    {
+        anyhow::bail!("no task {task_id} delegated by {} is known", signer.platform());
+    }
     let now = now_seconds();
     let rollback = LedgerRequest {
         requester: signer.platform().to_owned(),

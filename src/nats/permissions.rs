@@ -133,7 +133,6 @@ fn role_permissions(role: Role, name: &str) -> Permissions {
                 s::kv_pattern(s::KEYS_BUCKET, &format!("{name}.*")),
                 s::kv_pattern(s::PLATFORMS_BUCKET, name),
                 s::kv_pattern(s::REPUTATION_BUCKET, "*"),
-                s::kv_pattern(s::TASKS_BUCKET, "*"),
                 s::js_consumer_create(s::TASKS_STREAM, &worker, &s::delegate(name)),
                 s::js_consumer_info(s::TASKS_STREAM, &worker),
                 s::js_consumer_next(s::TASKS_STREAM, &worker),
@@ -148,6 +147,12 @@ fn role_permissions(role: Role, name: &str) -> Permissions {
                 s::js_msg_get(s::TASKS_STREAM),
                 s::js_msg_delete(s::TASKS_STREAM),
             ]);
+            // Its own parts of task statuses only (as delegator and as executor).
+            p.publish.extend(
+                s::task_part_writer(name)
+                    .iter()
+                    .map(|key| s::kv_pattern(s::TASKS_BUCKET, key)),
+            );
             p.subscribe.extend([
                 s::proofs_for(name),
                 s::abort(name),

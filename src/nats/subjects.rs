@@ -167,6 +167,23 @@ pub fn ledger_lock(task_id: &str) -> String {
     format!("{LEDGER_LOCK_PREFIX}{task_id}")
 }
 
+/// `sage_tasks` key of the delegator's part of a task's status (`<task_id>.<delegator>`):
+/// only the delegator may write it ([`task_part_writer`]).
+pub fn task_delegator_part(task_id: &str, delegator: &str) -> String {
+    format!("{task_id}.{delegator}")
+}
+
+/// `sage_tasks` key of the executor's part of a task's status
+/// (`<task_id>.<delegator>.<executor>`): only the executor may write it.
+pub fn task_executor_part(task_id: &str, delegator: &str, executor: &str) -> String {
+    format!("{task_id}.{delegator}.{executor}")
+}
+
+/// The `sage_tasks` key patterns `platform` may write: parts whose last token is its name.
+pub fn task_part_writer(platform: &str) -> [String; 2] {
+    [format!("*.{platform}"), format!("*.*.{platform}")]
+}
+
 /// Ledger key of the journal entry of a task's lock.
 pub fn ledger_journal_lock(task_id: &str) -> String {
     format!("{LEDGER_JOURNAL_PREFIX}{task_id}.lock")

@@ -23,7 +23,7 @@ use crate::protocol::atp::Atp;
 use crate::protocol::clock::now_seconds;
 use crate::state::registry::PlatformRecord;
 use crate::state::reputation::Reputation;
-use crate::state::task_board::TaskStatus;
+use crate::state::task_board::{TaskParties, TaskStatus};
 use crate::worker::{DEAD_REASON_HEADER, DEAD_SUBJECT_HEADER};
 
 /// Most views pushed per second: changes in between are coalesced into the next one.
@@ -426,13 +426,19 @@ fn view(picture: &Picture, supply: SupplyView, cancel_as: Option<String>, now: f
             spent: atp(a.spent_uatp),
         })
         .collect();
-    let operation = |task_id: &str| {
-        picture
-            .tasks
-            .get(task_id)
-            .map(|t| t.operation.clone())
-            .unwrap_or_default()
+    // A task's status: the two parts its lock's parties wrote (see `state::task_board`).
+    let status = |lock: &crate::ledger::model::Lock| {
+        let parties = TaskParties {
+            task_id: lock.task_id.clone(),
+            delegator: lock.delegator.platform().to_owned(),
+            executor: lock.executor.platform().to_owned(),
+        };
+        parties.merge(
+            picture.tasks.get(&parties.delegator_key()),
+            picture.tasks.get(&parties.executor_key()),
+        )
     };
+    let operation = |lock: &crate::ledger::model::Lock| status(lock).map(|t| t.operation).unwrap_or_default();
     let mut in_flight = Vec::new();
     let mut recent = Vec::new();
     for lock in ledger.locks.values() {
@@ -442,10 +448,8 @@ fn view(picture: &Picture, supply: SupplyView, cancel_as: Option<String>, now: f
                 task_id: task_id.to_owned(),
                 delegator: lock.delegator.platform().to_owned(),
                 executor: lock.executor.platform().to_owned(),
-                operation: operation(task_id),
-                state: picture
-                    .tasks
-                    .get(task_id)
+                operation: operation(lock),
+                state: status(lock)
                     .and_then(|t| serde_json::to_value(t.state).ok())
                     .and_then(|v| v.as_str().map(str::to_owned))
                     .unwrap_or_else(|| "locked".to_owned()),
@@ -456,7 +460,7 @@ fn view(picture: &Picture, supply: SupplyView, cancel_as: Option<String>, now: f
                 task_id: task_id.to_owned(),
                 delegator: lock.delegator.platform().to_owned(),
                 executor: lock.executor.platform().to_owned(),
-                operation: operation(task_id),
+                operation: operation(lock),
                 outcome: serde_json::to_value(state)
                     .ok()
                     .and_then(|v| v.as_str().map(str::to_owned))

@@ -107,7 +107,7 @@ pub async fn abandon(ctx: &WorkerContext, payload: &bytes::Bytes, reason: &str) 
     }
     let _ = ctx
         .board
-        .finish(&task.task_id, TaskState::Failed, None, None, reason)
+        .finish(status_template(ctx, &task, None), TaskState::Failed, None, None, reason)
         .await;
     if let Err(e) = ctx.ledger.rollback(&task.task_id, RollbackReason::Failure, None).await {
         tracing::warn!(task = %task.task_id, error = %e, "could not refund a dead-lettered task; its lock will expire");
@@ -193,20 +193,7 @@ async fn process(ctx: &WorkerContext, message: &Arc<jetstream::Message>, sequenc
     // (2) Replay, then expiry: a replay is dead-lettered unanswered whether or not it has
     // expired, so a replayed expired task never makes this executor sign a refusal that
     // could take the place of the task's real proof.
-    let template = TaskStatus {
-        task_id: task.task_id.clone(),
-        delegator: task.source_lct.clone(),
-        executor: task.target_lct.clone(),
-        operation: task.operation.clone(),
-        state: TaskState::Running,
-        updated_at: now_seconds(),
-        stream_sequence: Some(sequence),
-        worker: Some(ctx.worker_id.clone()),
-        quality: None,
-        atp_consumed: None,
-        reason: String::new(),
-        settled: false,
-    };
+    let template = status_template(ctx, &task, Some(sequence));
     let revision = match ctx.board.claim(&template, sequence).await? {
         Claim::Claimed(revision) | Claim::Redelivered(revision) => revision,
         Claim::AlreadyFinished(state) => {
@@ -266,6 +253,24 @@ async fn process(ctx: &WorkerContext, message: &Arc<jetstream::Message>, sequenc
     drop(admitted);
     conclude(ctx, &task, &proof, None, claimed).await?;
     Ok(Done::Finished)
+}
+
+/// The executor's part of `task`'s status as this worker starts it (from the signed task).
+fn status_template(ctx: &WorkerContext, task: &FederationTask, sequence: Option<u64>) -> TaskStatus {
+    TaskStatus {
+        task_id: task.task_id.clone(),
+        delegator: task.source_lct.clone(),
+        executor: task.target_lct.clone(),
+        operation: task.operation.clone(),
+        state: TaskState::Running,
+        updated_at: now_seconds(),
+        stream_sequence: sequence,
+        worker: Some(ctx.worker_id.clone()),
+        quality: None,
+        atp_consumed: None,
+        reason: String::new(),
+        settled: false,
+    }
 }
 
 /// Publishes the signed proof a commit of `task` paid for, exactly as the ledger kept it, and
@@ -463,7 +468,13 @@ async fn publish_and_finish(
         }
         None => {
             ctx.board
-                .finish(&task.task_id, state, quality, consumed, &proof.reason)
+                .finish(
+                    status_template(ctx, task, None),
+                    state,
+                    quality,
+                    consumed,
+                    &proof.reason,
+                )
                 .await?
         }
     }
