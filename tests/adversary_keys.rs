@@ -25,7 +25,7 @@ use sage_federation::protocol::clock::now_seconds;
 use sage_federation::protocol::envelope::{EnvelopeError, Signer};
 use sage_federation::protocol::task::{FederationTask, TaskId};
 use sage_federation::state::registry::{PlatformRecord, Registry};
-use sage_federation::state::task_board::TaskBoard;
+use sage_federation::state::task_board::{TaskBoard, TaskParties};
 
 /// The keys bucket as `identity` may write it.
 async fn keys_bucket(p: &Processes, identity: &str) -> kv::Store {
@@ -327,9 +327,15 @@ async fn federation_delegate_is_granted_by_the_root_not_claimed_in_the_registry(
     common::federation::publish_to_legion(&thor, signer.sign(&task).expect("sign"), task_id.as_str()).await;
 
     let board = TaskBoard::open(&p.nats.js().await).await.expect("board");
+    // No lock names this task's parties (it was never locked): ask for them by name.
+    let parties = TaskParties {
+        task_id: task_id.clone(),
+        delegator: watcher.to_owned(),
+        executor: "Legion".into(),
+    };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        if let Some((status, _)) = board.get(&task_id).await.expect("board")
+        if let Some((status, _)) = board.get_between(&parties).await.expect("board")
             && status.reason.contains("federation:delegate")
         {
             assert!(status.reason.contains("root did not grant"), "{status:?}");
@@ -339,7 +345,7 @@ async fn federation_delegate_is_granted_by_the_root_not_claimed_in_the_registry(
         assert!(
             std::time::Instant::now() < deadline,
             "Legion did not refuse the task for its permission: {:?}",
-            board.get(&task_id).await
+            board.get_between(&parties).await
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }

@@ -4,8 +4,9 @@
 //! - `sage.status.lct` (an LCT) -> active, ATP consumed and earned, balance, tasks running.
 //! - `sage.status.task` (a task id) -> its status record and its lock.
 //! - `sage.status.cancel` (a signed [`CancelRequest`]) -> cancelled, ATP refunded. Only the
-//!   delegator may cancel. The service marks the task cancelled (so a queued task is never
-//!   executed), tells the executor's workers to abort it, and waits for the executor's
+//!   delegator may cancel. The delegator has marked its own part of the task's status
+//!   cancelled ([`cancel_task`]; a queued task is then never executed, and only the delegator
+//!   may write that part); the service checks the mark, tells the executor's workers to abort it, and waits for the executor's
 //!   acknowledgement: its own rollback with its signed `cancelled` proof. The request's
 //!   signed rollback is forwarded only when no acknowledgement came; the ledger accepts it
 //!   after the deadline and the executor's commit window.
@@ -321,8 +322,8 @@ async fn forward_rollback(request: &CancelRequest, shared: &Shared) -> Result<Le
     Err("the ledger stayed busy; the lock is refunded when the executor acknowledges the cancel".to_owned())
 }
 
-/// A cancel, as the protocol in ARCHITECTURE.md ("Cancel") has it: the service records the
-/// delegator's request on the task board (a queued task is then never run) and tells the
+/// A cancel, as the protocol in ARCHITECTURE.md ("Cancel") has it: the service finds the
+/// delegator's request on the task board (its own part; a queued task is then never run) and tells the
 /// executor's workers to stop it; the executor acknowledges by rolling the lock back itself
 /// with its signed `cancelled` proof. The delegator's own rollback settles nothing before the
 /// deadline and the executor's commit window: the ledger refuses it, so a delegator cannot

@@ -281,7 +281,8 @@ async fn heartbeat(ctx: Arc<WorkerContext>) {
 }
 
 /// Aborts a running task when the status service says it was cancelled. The message only
-/// names the task; the cancel itself is checked against the status bucket.
+/// names the task (any platform may publish one); the cancel itself is checked against the
+/// delegator's own part of the task's status, the delegator named by the ledger's lock.
 async fn listen_for_aborts(ctx: Arc<WorkerContext>, client: Client) {
     let Ok(mut subscription) = client.subscribe(subjects::abort(ctx.config.platform())).await else {
         tracing::error!("cannot subscribe to aborts; cancels will not stop running tasks");
