@@ -319,6 +319,12 @@ impl FederationClient {
         &self.signer
     }
 
+    /// The connection as this platform (a cancel writes the platform's own part of the
+    /// task's status through it).
+    pub fn nats(&self) -> &Client {
+        &self.client
+    }
+
     /// Records a platform in the registry (the seed's `register_platform`).
     pub async fn register_platform(&self, record: &PlatformRecord) -> anyhow::Result<()> {
         Ok(self.registry.register_platform(&self.signer, record).await?)

@@ -112,7 +112,7 @@ async fn cancel_scenario(federation: &Federation, scenario: &Scenario) -> Result
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        status::cancel_task(&federation.client, thor.signer(), &task_id)
+        status::cancel_task(thor.nats(), thor.signer(), &task_id)
             .await
             .map_err(|e| e.to_string())
     };
