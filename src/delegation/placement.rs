@@ -191,7 +191,9 @@ mod tests {
             (
                 "a stale heartbeat",
                 |r| r.heartbeat_at = NOW - HEARTBEAT_STALE_SECONDS - 1.0,
-                Some(Ineligible::NotLive { seconds_ago: 7.0 }),
+                Some(Ineligible::NotLive {
+                    seconds_ago: HEARTBEAT_STALE_SECONDS + 1.0,
+                }),
                 false,
             ),
             (
