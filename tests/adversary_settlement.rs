@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use common::federation::{Processes, hand_task, publish_to_legion};
 use common::lct;
 use futures::StreamExt;
-use sage_federation::delegation::client::DelegationRequest;
 use sage_federation::delegation::status;
 use sage_federation::ledger::client::{LedgerClient, LockTerms};
 use sage_federation::ledger::model::{LockState, RollbackReason};
@@ -259,18 +258,7 @@ async fn a_message_published_first_under_a_task_id_does_not_swallow_the_real_tas
     publish_to_legion(&p.nats.js().await, bytes::Bytes::from_static(b"junk"), task_id.as_str()).await;
     let thor = p.client("Thor").await;
     let outcome = thor
-        .delegate_task(DelegationRequest {
-            to: Some("Legion".into()),
-            task_type: C.into(),
-            operation: "execution".into(),
-            budget: 5.0,
-            timeout_seconds: 5,
-            parameters: json!({"steps": [{"op": "add", "args": [1, 2]}]})
-                .as_object()
-                .cloned()
-                .expect("object"),
-            task_id: Some(task_id.clone()),
-        })
+        .delegate_task(common::add_on_legion(&task_id, 5.0, 5))
         .await
         .expect("the real task is stored under the digest of its own bytes, not under its id");
     // Before, the junk took the id and the real task was dropped as a duplicate.

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use common::federation::Processes;
 use common::lct;
-use sage_federation::delegation::client::DelegationRequest;
 use sage_federation::delegation::status;
 use sage_federation::fault;
 use sage_federation::ledger::COMMIT_WINDOW_SECONDS;
@@ -19,7 +18,6 @@ use sage_federation::nats::subjects;
 use sage_federation::protocol::clock::now_seconds;
 use sage_federation::protocol::task::TaskId;
 use sage_federation::state::task_board::{TaskBoard, TaskState, TaskStatus};
-use serde_json::json;
 
 const C: &str = "consciousness";
 /// The delegated budget, in ATP and micro-ATP.
@@ -57,18 +55,7 @@ async fn after_a_failed_publish_the_delegator_is_refunded_after_the_deadline_not
     operator.update_stream(config).await.expect("cap the work queue");
     let thor = p.client("Thor").await;
     let error = thor
-        .delegate_task(DelegationRequest {
-            to: Some("Legion".into()),
-            task_type: C.into(),
-            operation: "execution".into(),
-            budget: BUDGET_ATP,
-            timeout_seconds: 1,
-            parameters: json!({"steps": [{"op": "add", "args": [1, 2]}]})
-                .as_object()
-                .cloned()
-                .expect("object"),
-            task_id: Some(task_id.clone()),
-        })
+        .delegate_task(common::add_on_legion(&task_id, BUDGET_ATP, 1))
         .await
         .expect_err("the task was never stored: the delegation fails");
     assert!(error.to_string().contains("maximum messages exceeded"), "{error}");

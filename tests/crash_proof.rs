@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::federation::Processes;
@@ -20,19 +19,10 @@ use serde_json::{Value, json};
 
 const C: &str = "consciousness";
 
-async fn balances(p: &Processes) -> BTreeMap<String, i64> {
-    p.snapshot()
-        .await
-        .accounts
-        .values()
-        .map(|a| (a.lct.to_string(), a.balance_uatp.micros() as i64))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_dead_between_commit_and_proof_still_delivers_the_paid_result() {
     let mut p = Processes::start().await;
-    let before = balances(&p).await;
+    let before = p.balances().await;
     p.spawn_worker_with_fault("Legion", DIE_AFTER_COMMIT);
     p.wait_healthy(&["Legion"]).await;
 
@@ -97,6 +87,6 @@ async fn a_worker_dead_between_commit_and_proof_still_delivers_the_paid_result()
     let mut expected = before;
     *expected.entry(lct("Thor", C).to_string()).or_default() -= 1_100;
     *expected.entry(lct("Legion", C).to_string()).or_default() += 1_100;
-    assert_eq!(balances(&p).await, expected, "paid exactly once");
+    assert_eq!(p.balances().await, expected, "paid exactly once");
     p.assert_audit_clean();
 }

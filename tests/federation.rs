@@ -27,15 +27,6 @@ const CS: &str = "consciousness.sage";
 const ATP: i64 = 1_000_000;
 
 /// Every account's balance, in micro-ATP.
-async fn balances(p: &Processes) -> BTreeMap<String, i64> {
-    p.snapshot()
-        .await
-        .accounts
-        .values()
-        .map(|a| (a.lct.to_string(), a.balance_uatp.micros() as i64))
-        .collect()
-}
-
 /// Applies a committed outcome to expected balances.
 fn pay(expected: &mut BTreeMap<String, i64>, o: &DelegationOutcome, task_type: &str) {
     let consumed = micros(o.atp_consumed);
@@ -60,7 +51,7 @@ fn cli(p: &Processes, scenario: &Scenario) -> DelegationOutcome {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_scenarios_settle_with_exact_balances() {
     let p = Processes::start().await;
-    let mut expected = balances(&p).await;
+    let mut expected = p.balances().await;
     assert_eq!(expected[&lct("Thor", CS).to_string()], 2000 * ATP);
 
     let seed = scenarios::seed();
@@ -79,19 +70,19 @@ async fn the_seed_scenarios_settle_with_exact_balances() {
     );
     assert_eq!(micros(o.atp_consumed + o.atp_refunded), 10 * ATP);
     pay(&mut expected, &o, CS);
-    assert_eq!(balances(&p).await, expected, "after Thor -> Legion");
+    assert_eq!(p.balances().await, expected, "after Thor -> Legion");
 
     // 2. Sprout -> Legion: perception of 4096 samples at 0.00001 ATP each.
     let o = cli(&p, &directions[1]);
     assert_eq!(micros(o.atp_consumed), 40_960, "{o:?}");
     pay(&mut expected, &o, C);
-    assert_eq!(balances(&p).await, expected, "after Sprout -> Legion");
+    assert_eq!(p.balances().await, expected, "after Sprout -> Legion");
 
     // 3. Legion -> Thor: the other direction.
     let o = cli(&p, &directions[2]);
     assert_eq!(micros(o.atp_consumed), 1_200, "{o:?}");
     pay(&mut expected, &o, C);
-    assert_eq!(balances(&p).await, expected, "after Legion -> Thor");
+    assert_eq!(p.balances().await, expected, "after Legion -> Thor");
 
     // 4. Ten concurrent delegations from two clients (separate processes), placed automatically.
     let runs: Vec<_> = (0..scenarios::CONCURRENT_DELEGATIONS)
@@ -118,7 +109,7 @@ async fn the_seed_scenarios_settle_with_exact_balances() {
         assert_ne!(o.from, o.to);
         pay(&mut expected, &o, C);
     }
-    assert_eq!(balances(&p).await, expected, "after 10 concurrent delegations");
+    assert_eq!(p.balances().await, expected, "after 10 concurrent delegations");
 
     // 5. Quality below the threshold: nothing paid, everything refunded.
     let o = cli(&p, low_quality);
@@ -130,7 +121,7 @@ async fn the_seed_scenarios_settle_with_exact_balances() {
     assert_eq!(o.proof_status, Some(ProofStatus::TimedOut), "{o:?}");
     let o = cli(&p, denied);
     assert!(o.reason.contains("planning:execute"), "{}", o.reason);
-    assert_eq!(balances(&p).await, expected, "failures changed no balance");
+    assert_eq!(p.balances().await, expected, "failures changed no balance");
 
     // A placement nobody can satisfy fails at once, before any ATP moves.
     let started = Instant::now();
@@ -138,7 +129,7 @@ async fn the_seed_scenarios_settle_with_exact_balances() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("no platform can take this task"));
     assert!(started.elapsed() < Duration::from_secs(20));
-    assert_eq!(balances(&p).await, expected);
+    assert_eq!(p.balances().await, expected);
     p.assert_audit_clean();
 }
 
@@ -174,7 +165,7 @@ fn waiting(ms: u64, timeout: u64, task_id: &TaskId) -> DelegationRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_aborts_a_running_task_and_a_queued_one_never_runs() {
     let mut p = Processes::start().await;
-    let before = balances(&p).await;
+    let before = p.balances().await;
     let thor = p.client("Thor").await;
 
     // Running: aborted, everything refunded.
@@ -242,14 +233,14 @@ async fn cancel_aborts_a_running_task_and_a_queued_one_never_runs() {
 
     let lct_status = status::lct(&client, &lct("Thor", C)).await.expect("status");
     assert_eq!((lct_status.tasks_running, lct_status.atp_consumed), (0, 0.0));
-    assert_eq!(balances(&p).await, before);
+    assert_eq!(p.balances().await, before);
     p.assert_audit_clean();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_task_is_redelivered_and_paid_once() {
     let mut p = Processes::start().await;
-    let before = balances(&p).await;
+    let before = p.balances().await;
     let thor = p.client("Thor").await;
     let task_id = TaskId::random().expect("id");
     let delegation = thor.delegate_task(waiting(2_000, 30, &task_id));
@@ -269,7 +260,7 @@ async fn a_worker_killed_mid_task_is_redelivered_and_paid_once() {
     assert!(p.worker_log("Legion").matches("worker ready").count() >= 2);
     let mut expected = before.clone();
     pay(&mut expected, &outcome, C);
-    assert_eq!(balances(&p).await, expected, "paid exactly once");
+    assert_eq!(p.balances().await, expected, "paid exactly once");
     let snapshot = p.snapshot().await;
     let legion = snapshot
         .accounts

@@ -42,6 +42,7 @@ async fn lock(client: &LedgerClient, task: &str, from: &str, to: &str, amount: f
             quality_threshold: 0.7,
             deadline: now + 30.0,
             expires_at: now + 60.0,
+            task_digest: None,
         })
         .await
         .expect("lock request")

@@ -51,6 +51,7 @@ fn lock_of(task_id: &TaskId, pair: usize) -> Operation {
         quality_threshold: 0.5,
         deadline: now + 60.0,
         expires_at: now + 120.0,
+        task_digest: None,
     }
 }
 
@@ -93,6 +94,7 @@ async fn a_lock_and_its_commit_in_one_group_do_not_fail_the_group() {
                 String::from_utf8(proof_of(&f, task_id, pair).to_vec()).expect("utf-8"),
             )
             .expect("an envelope is JSON"),
+            task: None,
         };
         async move { tokio::join!(once(client, thor, lock_of(task_id, pair)), once(client, legion, commit)) }
     });

@@ -7,8 +7,6 @@ mod common;
 use common::{LedgerFixture, lct, lock_terms};
 use sage_federation::ledger::model::LockState;
 use sage_federation::ledger::protocol::Outcome;
-use sage_federation::protocol::clock::now_seconds;
-use sage_federation::protocol::proof::{ExecutionProof, ProofStatus};
 use sage_federation::protocol::task::TaskId;
 use serde_json::{Map, Value};
 
@@ -43,18 +41,7 @@ async fn a_proof_with_the_largest_result_of_quotes_is_paid() {
         .expect("lock");
     assert_eq!(reply.outcome, Outcome::Applied, "{reply:?}");
 
-    let proof = ExecutionProof {
-        task_id: task_id.clone(),
-        executor_lct: lct("Legion", C),
-        delegator_lct: lct("Thor", C),
-        status: ProofStatus::Completed,
-        reason: String::new(),
-        atp_consumed: 4.0,
-        execution_time: 0.5,
-        quality_score: 0.9,
-        result: result_of_quotes(),
-        created_at: now_seconds(),
-    };
+    let proof = common::completed_proof(&task_id, C, 4.0, 0.9, result_of_quotes());
     let wire = f
         .signer("Legion")
         .sign(&proof)

@@ -117,10 +117,12 @@ pub enum DelegateError {
     NoPlatform(String),
     #[error("the ledger refused to lock the budget: {0}")]
     Lock(String),
-    #[error("the task could not be published ({0}); its budget is refunded after the task's deadline")]
+    #[error(
+        "the task could not be published ({0}); if the server stored it anyway (a lost acknowledgement) it runs and settles as usual, otherwise its budget is refunded after the task's deadline: `sagefed status <task-id>` tells which"
+    )]
     Publish(String),
     #[error(
-        "JetStream does not answer on this platform's server ({0}): on a machine with a leaf server, its link to the hub is down (docs/troubleshooting.md); the budget is refunded after the task's deadline"
+        "JetStream does not answer on this platform's server ({0}): on a machine with a leaf server, its link to the hub is down (docs/troubleshooting.md); if the task was stored before the link went down it runs and settles as usual, otherwise its budget is refunded after the task's deadline: `sagefed status <task-id>` tells which"
     )]
     LinkDown(String),
     #[error("invalid task: {0}")]
@@ -406,17 +408,19 @@ impl FederationClient {
             .map_err(|e| DelegateError::Invalid(e.to_string()))?;
         let budget = task.budget().map_err(DelegateError::Invalid)?;
         let threshold = self.config.settlement.quality_threshold.get();
+        // The lock names the signed task, so the ledger pays by its own check of the result.
+        let terms = LockTerms {
+            task_id: task_id.clone(),
+            delegator: source_lct.clone(),
+            executor: target_lct.clone(),
+            amount: budget,
+            quality_threshold: threshold,
+            deadline: expires_at,
+            expires_at: expires_at + SETTLE_GRACE_SECONDS,
+        };
         let reply = self
             .ledger
-            .lock(&LockTerms {
-                task_id: task_id.clone(),
-                delegator: source_lct.clone(),
-                executor: target_lct.clone(),
-                amount: budget,
-                quality_threshold: threshold,
-                deadline: expires_at,
-                expires_at: expires_at + SETTLE_GRACE_SECONDS,
-            })
+            .lock_for_task(&terms, &wire)
             .await
             .map_err(anyhow::Error::from)?;
         if reply.outcome == Outcome::Rejected {
@@ -469,6 +473,8 @@ impl FederationClient {
             reason: String::new(),
             settled: false,
         };
+        // Bytes clone by reference count: the task is kept for a commit this delegator makes.
+        let task_wire = wire.clone();
         if let Err(e) = self.publish(task, &status, wire).await {
             self.refund_unpublished(task).await;
             return Err(e);
@@ -491,7 +497,7 @@ impl FederationClient {
             }
         };
         match proof {
-            Some(proof) => self.settle(&proof).await,
+            Some(proof) => self.settle_with_task(&proof, Some(&task_wire)).await,
             None => self.time_out(task).await,
         }
     }
@@ -684,6 +690,13 @@ impl FederationClient {
     /// when the task completed at or above the threshold, otherwise roll back with the proof
     /// as evidence. Records the executor's reputation once per task.
     pub async fn settle(&self, wire: &Bytes) -> Result<DelegationOutcome, DelegateError> {
+        self.settle_with_task(wire, None).await
+    }
+
+    /// [`Self::settle`], with the signed task the proof answers when this delegator still
+    /// holds it: a commit of a lock that names its task must carry it (without it, only the
+    /// executor's own commit, which it makes before publishing, can pay).
+    async fn settle_with_task(&self, wire: &Bytes, task: Option<&Bytes>) -> Result<DelegationOutcome, DelegateError> {
         let proof: Verified<ExecutionProof> = self
             .keys
             .verify(wire)
@@ -714,7 +727,10 @@ impl FederationClient {
                     .as_ref()
                     .map_or(self.config.settlement.quality_threshold.get(), |l| l.quality_threshold);
                 let reply = if proof.status == ProofStatus::Completed && proof.quality_score >= threshold {
-                    self.ledger.commit(&proof.task_id, wire).await
+                    match task {
+                        Some(task) => self.ledger.commit_with_task(&proof.task_id, wire, task).await,
+                        None => self.ledger.commit(&proof.task_id, wire).await,
+                    }
                 } else {
                     self.ledger
                         .rollback(&proof.task_id, RollbackReason::for_proof(proof.status), Some(wire))

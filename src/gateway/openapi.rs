@@ -45,7 +45,7 @@ fn paths() -> Value {
         "409": error_response("no platform can take the task (no_platform), or a cancel was refused (cancel_refused)"),
         "429": error_response("too many delegations in flight on this gateway (too_many_delegations)"),
         "502": error_response("the federation failed (federation_error, bad_proof)"),
-        "503": error_response("the task could not be published (publish_failed); its budget is refunded after the task's deadline"),
+        "503": error_response("the task could not be published (publish_failed); if the server stored it anyway it settles as usual, otherwise its budget is refunded after the task's deadline (GET the task's status to tell)"),
     });
     json!({
         PATHS[0]: {"post": {

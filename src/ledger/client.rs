@@ -130,6 +130,22 @@ impl LedgerClient {
 
     /// Locks `terms.amount` of the delegator's ATP for the task.
     pub async fn lock(&self, terms: &LockTerms) -> Result<LedgerReply, LedgerClientError> {
+        self.lock_with_digest(terms, None).await
+    }
+
+    /// Locks `terms` for the signed task `task` (its wire bytes): the lock names the task's
+    /// digest, so the commit must carry the task and a built-in operation's result is paid by
+    /// the ledger's check of it.
+    pub async fn lock_for_task(&self, terms: &LockTerms, task: &Bytes) -> Result<LedgerReply, LedgerClientError> {
+        self.lock_with_digest(terms, Some(crate::protocol::envelope::digest(task)))
+            .await
+    }
+
+    async fn lock_with_digest(
+        &self,
+        terms: &LockTerms,
+        task_digest: Option<String>,
+    ) -> Result<LedgerReply, LedgerClientError> {
         self.request(Operation::Lock {
             task_id: terms.task_id.clone(),
             delegator: terms.delegator.clone(),
@@ -138,16 +154,40 @@ impl LedgerClient {
             quality_threshold: terms.quality_threshold,
             deadline: terms.deadline,
             expires_at: terms.expires_at,
+            task_digest,
         })
         .await
     }
 
-    /// Commits `task_id` with the executor's signed proof envelope.
+    /// Commits `task_id` with the executor's signed proof envelope (for a lock that names no
+    /// task; see [`Self::commit_with_task`]).
     pub async fn commit(&self, task_id: &TaskId, proof: &Bytes) -> Result<LedgerReply, LedgerClientError> {
+        self.commit_carrying(task_id, proof, None).await
+    }
+
+    /// Commits `task_id` with the executor's signed proof envelope and the delegator's signed
+    /// task it answers, which the ledger checks the result against.
+    pub async fn commit_with_task(
+        &self,
+        task_id: &TaskId,
+        proof: &Bytes,
+        task: &Bytes,
+    ) -> Result<LedgerReply, LedgerClientError> {
+        self.commit_carrying(task_id, proof, Some(task)).await
+    }
+
+    async fn commit_carrying(
+        &self,
+        task_id: &TaskId,
+        proof: &Bytes,
+        task: Option<&Bytes>,
+    ) -> Result<LedgerReply, LedgerClientError> {
         let proof = embedded_envelope(proof)?;
+        let task = task.map(embedded_envelope).transpose()?;
         self.request(Operation::Commit {
             task_id: task_id.clone(),
             proof,
+            task,
         })
         .await
     }

@@ -84,6 +84,8 @@ pub enum RollbackReason {
     Cancelled,
     /// The lock passed its expiry; the sweeper refunded it.
     Expired,
+    /// The ledger's check of the result against the task refuted it (a commit refused).
+    Refuted,
 }
 
 impl RollbackReason {
@@ -145,6 +147,11 @@ pub struct Lock {
     pub state: LockState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settlement: Option<Settlement>,
+    /// The SHA-256 (hex) of the signed task this lock pays for, named by the delegator: a
+    /// commit must then carry that task, and a built-in operation's result is paid by the
+    /// ledger's own check of it against the task, not by the quality the executor claims.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_digest: Option<String>,
 }
 
 impl Lock {
@@ -159,6 +166,7 @@ impl Lock {
             && self.executor == other.executor
             && self.amount_uatp == other.amount_uatp
             && self.quality_threshold == other.quality_threshold
+            && self.task_digest == other.task_digest
     }
 }
 

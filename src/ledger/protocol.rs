@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 use crate::ledger::model::{Account, Lock, RollbackReason};
 use crate::protocol::envelope::Signable;
 use crate::protocol::lct::{Lct, check_platform, token_problem};
-use crate::protocol::limits::{ENVELOPE_BYTES_MAX, TASK_ID_CHARS_MAX};
+use crate::protocol::limits::{ENVELOPE_BYTES_MAX, LEDGER_REQUEST_BYTES_MAX, TASK_ID_CHARS_MAX};
 use crate::protocol::task::TaskId;
 
 /// How long a signed ledger request stays acceptable. Requests are idempotent, so a replay
@@ -48,6 +48,9 @@ pub enum Operation {
         quality_threshold: f64,
         deadline: f64,
         expires_at: f64,
+        /// The SHA-256 (hex) of the signed task the lock pays for: commits must carry it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        task_digest: Option<String>,
     },
     /// Pays the executor what its signed proof says it consumed; refunds the rest.
     Commit {
@@ -55,6 +58,10 @@ pub enum Operation {
         /// The executor's signed ExecutionProof envelope, verbatim, as a JSON value: embedded
         /// as a string it would be escaped a second time (a result of quotes doubles again).
         proof: Box<RawValue>,
+        /// The delegator's signed task, verbatim, when the lock names its digest: the ledger
+        /// checks the proof's result against it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        task: Option<Box<RawValue>>,
     },
     /// Refunds the whole lock to the delegator.
     Rollback {
@@ -103,6 +110,8 @@ impl Signable for LedgerRequest {
         Some(self.expires_at)
     }
 
+    const BYTES_MAX: usize = LEDGER_REQUEST_BYTES_MAX;
+
     fn validate(&self) -> Result<(), String> {
         check_platform(&self.requester).map_err(|e| e.to_string())?;
         if !(self.expires_at > self.created_at && self.expires_at - self.created_at <= REQUEST_TTL_SECONDS) {
@@ -114,6 +123,14 @@ impl Signable for LedgerRequest {
             Operation::Grant { grant_id, .. } => check_grant_id(grant_id),
             Operation::Commit { proof, .. } if proof.get().len() > ENVELOPE_BYTES_MAX => {
                 Err("the proof is larger than an envelope may be".to_owned())
+            }
+            Operation::Commit { task: Some(t), .. } if t.get().len() > ENVELOPE_BYTES_MAX => {
+                Err("the task is larger than an envelope may be".to_owned())
+            }
+            Operation::Lock {
+                task_digest: Some(d), ..
+            } if !crate::protocol::envelope::is_digest(d) => {
+                Err("task_digest is not a SHA-256 in lower-case hex".to_owned())
             }
             Operation::Rollback { evidence: Some(e), .. } if e.get().len() > ENVELOPE_BYTES_MAX => {
                 Err("the evidence is larger than an envelope may be".to_owned())

@@ -15,6 +15,7 @@ use crate::protocol::envelope::Verified;
 use crate::protocol::lct::Lct;
 use crate::protocol::proof::{ExecutionProof, ProofStatus};
 use crate::protocol::task::TaskId;
+use crate::protocol::verdict::Verdict;
 
 /// Longest a lock may live (from now to its expiry).
 pub const LOCK_TTL_SECONDS_MAX: f64 = 2.0 * 3600.0;
@@ -44,6 +45,8 @@ pub enum Command {
         requester: String,
         task_id: TaskId,
         proof: Verified<ExecutionProof>,
+        /// The task the commit carried, as the service checked it.
+        work: Option<CheckedWork>,
     },
     Rollback {
         requester: String,
@@ -55,6 +58,14 @@ pub enum Command {
     Expire {
         task_id: TaskId,
     },
+}
+
+/// A task a commit carried, checked before the rules run (the check is CPU work, not a rule):
+/// the digest of its signed bytes, and the verdict on the proof's result against it.
+#[derive(Clone, Debug)]
+pub struct CheckedWork {
+    pub task_digest: String,
+    pub verdict: Verdict,
 }
 
 impl Command {
@@ -167,7 +178,8 @@ pub fn decide(command: &Command, book: &impl Book, admins: &BTreeSet<String>, no
             requester,
             task_id,
             proof,
-        } => commit(requester, task_id, proof, book, now),
+            work,
+        } => commit(requester, task_id, proof, work.as_ref(), book, now),
         Command::Rollback {
             requester,
             task_id,
@@ -381,7 +393,14 @@ fn proof_matches(proof: &ExecutionProof, lock: &Lock) -> Result<(), Decision> {
     Ok(())
 }
 
-fn commit(requester: &str, task_id: &TaskId, proof: &Verified<ExecutionProof>, book: &impl Book, now: f64) -> Decision {
+fn commit(
+    requester: &str,
+    task_id: &TaskId,
+    proof: &Verified<ExecutionProof>,
+    work: Option<&CheckedWork>,
+    book: &impl Book,
+    now: f64,
+) -> Decision {
     let Some(lock) = book.lock(task_id) else {
         return reject(RejectCode::UnknownLock, format!("no lock exists for task {task_id}"));
     };
@@ -419,15 +438,13 @@ fn commit(requester: &str, task_id: &TaskId, proof: &Verified<ExecutionProof>, b
             ),
         );
     }
-    if proof.quality_score < lock.quality_threshold {
-        return reject(
-            RejectCode::QualityBelowThreshold,
-            format!(
-                "quality {} is below the threshold {}; roll it back instead",
-                proof.quality_score, lock.quality_threshold
-            ),
-        );
-    }
+    let quality = match paid_quality(&lock, proof, work) {
+        Ok(quality) => quality,
+        Err(Refused::Reply(decision)) => return decision,
+        Err(Refused::Unpaid { reason, quality, why }) => {
+            return refuse_payment(lock, reason, quality, requester, why, book, now);
+        }
+    };
     let consumed = match proof.consumed() {
         Ok(consumed) => consumed,
         Err(why) => return reject(RejectCode::InvalidAmount, why),
@@ -448,11 +465,106 @@ fn commit(requester: &str, task_id: &TaskId, proof: &Verified<ExecutionProof>, b
     let closing = Closing {
         state: LockState::Committed,
         paid: consumed,
-        quality: Some(proof.quality_score),
+        quality: Some(quality),
         reason: None,
         proof: Some(kept),
         by: requester,
         message: format!("committed task {task_id}: paid {consumed} ATP, refunded {refund} ATP"),
+    };
+    settle(lock, closing, book, now)
+}
+
+/// Why a commit pays nothing: refused outright, or settled unpaid by the ledger's check.
+enum Refused {
+    Reply(Decision),
+    Unpaid {
+        reason: RollbackReason,
+        quality: Option<f64>,
+        why: String,
+    },
+}
+
+/// The quality a commit of `lock` is paid by. A lock that names its task is paid by the
+/// ledger's check of the result, not by the quality the executor claims; a lock that names
+/// none (an older client) as claimed.
+fn paid_quality(lock: &Lock, proof: &Verified<ExecutionProof>, work: Option<&CheckedWork>) -> Result<f64, Refused> {
+    let task_id = &lock.task_id;
+    let verdict = match (&lock.task_digest, work) {
+        (None, _) => Verdict::Unverifiable,
+        (Some(_), None) => {
+            return Err(Refused::Reply(reject(
+                RejectCode::InvalidRequest,
+                format!("the lock of task {task_id} pays for a named task: the commit must carry it"),
+            )));
+        }
+        (Some(digest), Some(work)) if *digest != work.task_digest => {
+            return Err(Refused::Reply(reject(
+                RejectCode::InvalidRequest,
+                format!("the task the commit carries is not the one the lock of task {task_id} pays for"),
+            )));
+        }
+        (Some(_), Some(work)) => work.verdict.clone(),
+    };
+    match verdict {
+        Verdict::Refuted { why } => Err(Refused::Unpaid {
+            reason: RollbackReason::Refuted,
+            quality: None,
+            why,
+        }),
+        Verdict::Verified { quality } if quality < lock.quality_threshold => Err(Refused::Unpaid {
+            reason: RollbackReason::LowQuality,
+            quality: Some(quality),
+            why: format!(
+                "the checked quality {quality} is below the threshold {} (the proof claims {})",
+                lock.quality_threshold, proof.quality_score
+            ),
+        }),
+        Verdict::Verified { quality } => Ok(quality),
+        Verdict::Unverifiable if proof.quality_score < lock.quality_threshold => Err(Refused::Reply(reject(
+            RejectCode::QualityBelowThreshold,
+            format!(
+                "quality {} is below the threshold {}; roll it back instead",
+                proof.quality_score, lock.quality_threshold
+            ),
+        ))),
+        Verdict::Unverifiable => Ok(proof.quality_score),
+    }
+}
+
+/// Refunds a lock whose commit the ledger's check refused (`reason`): nobody is paid for a
+/// result the check refutes or scores below the threshold, and the delegator, who could not
+/// show it with the executor's own proof, does not wait for the lock's expiry.
+fn refuse_payment(
+    lock: Lock,
+    reason: RollbackReason,
+    quality: Option<f64>,
+    requester: &str,
+    why: String,
+    book: &impl Book,
+    now: f64,
+) -> Decision {
+    let message = format!("refunded task {} unpaid ({reason}): {why}", lock.task_id);
+    refund(lock, reason, quality, requester, message, book, now)
+}
+
+/// Rolls `lock` back for `reason`: the whole amount returns to the delegator.
+fn refund(
+    lock: Lock,
+    reason: RollbackReason,
+    quality: Option<f64>,
+    by: &str,
+    message: String,
+    book: &impl Book,
+    now: f64,
+) -> Decision {
+    let closing = Closing {
+        state: LockState::RolledBack,
+        paid: Atp::ZERO,
+        quality,
+        reason: Some(reason),
+        proof: None,
+        by,
+        message,
     };
     settle(lock, closing, book, now)
 }
@@ -488,6 +600,12 @@ fn rollback(
     if reason == RollbackReason::Expired {
         return reject(RejectCode::InvalidRequest, "only the ledger's sweeper expires locks");
     }
+    if reason == RollbackReason::Refuted {
+        return reject(
+            RejectCode::InvalidRequest,
+            "only the ledger's check of a commit refutes a result",
+        );
+    }
     let by_executor = requester == lock.executor.platform();
     let by_delegator = requester == lock.delegator.platform();
     if !by_executor && !by_delegator {
@@ -512,16 +630,8 @@ fn rollback(
         );
     }
     let quality = evidence.map(|p| p.quality_score);
-    let closing = Closing {
-        state: LockState::RolledBack,
-        paid: Atp::ZERO,
-        quality,
-        reason: Some(reason),
-        proof: None,
-        by: requester,
-        message: format!("rolled back task {task_id} ({reason})"),
-    };
-    settle(lock, closing, book, now)
+    let message = format!("rolled back task {task_id} ({reason})");
+    refund(lock, reason, quality, requester, message, book, now)
 }
 
 /// Whether a delegator's rollback for `reason` is shown: by the executor's signed `evidence`,
@@ -539,7 +649,7 @@ fn delegator_shows(reason: RollbackReason, evidence: Option<&Verified<ExecutionP
         RollbackReason::Failure | RollbackReason::PermissionDenied | RollbackReason::Rejected => {
             evidence.is_some_and(|p| p.status != ProofStatus::Completed)
         }
-        RollbackReason::Expired => false,
+        RollbackReason::Expired | RollbackReason::Refuted => false,
     }
 }
 

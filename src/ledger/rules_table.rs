@@ -9,12 +9,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::identity::keys::{KeyRecord, KeyRegistry, generate};
 use crate::ledger::model::{Account, GrantRecord, JournalEntry, Lock, LockState, Record, RollbackReason, Supply};
 use crate::ledger::protocol::{Outcome, RejectCode};
-use crate::ledger::rules::{Book, COMMIT_WINDOW_SECONDS, Command, Decision, LOCK_TTL_SECONDS_MAX, conserves, decide};
+use crate::ledger::rules::{
+    Book, COMMIT_WINDOW_SECONDS, CheckedWork, Command, Decision, LOCK_TTL_SECONDS_MAX, conserves, decide,
+};
 use crate::protocol::atp::Atp;
 use crate::protocol::envelope::{Signer, Verified, verify};
 use crate::protocol::lct::Lct;
 use crate::protocol::proof::{ExecutionProof, ProofStatus};
 use crate::protocol::task::TaskId;
+use crate::protocol::verdict::Verdict;
 
 /// The ledger bucket, in memory: what the store would hold after each batch.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -225,6 +228,7 @@ fn lock_with(id: &str, amount: Atp, edit: impl FnOnce(&mut Lock)) -> Command {
         expires_at: EXPIRES,
         state: LockState::Pending,
         settlement: None,
+        task_digest: None,
     };
     edit(&mut lock);
     Command::Lock {
@@ -246,6 +250,30 @@ fn commit(by: &str, id: &str, proof: Verified<ExecutionProof>) -> Command {
         requester: by.to_owned(),
         task_id: task(id),
         proof,
+        work: None,
+    }
+}
+
+/// A task digest for the rows: `fill` repeated (64 hex digits).
+fn digest(fill: char) -> String {
+    std::iter::repeat_n(fill, 64).collect()
+}
+
+/// Thor locks 10 ATP for Legion on task `id`, naming the task by `digest(fill)`.
+fn lock_naming(id: &str, fill: char) -> Command {
+    lock_with(id, atp(10), |l| l.task_digest = Some(digest(fill)))
+}
+
+/// [`commit`], carrying the task `digest(fill)` that the service checked as `verdict`.
+fn commit_checked(by: &str, id: &str, proof: Verified<ExecutionProof>, fill: char, verdict: Verdict) -> Command {
+    Command::Commit {
+        requester: by.to_owned(),
+        task_id: task(id),
+        proof,
+        work: Some(CheckedWork {
+            task_digest: digest(fill),
+            verdict,
+        }),
     }
 }
 
@@ -568,6 +596,65 @@ fn rows(p: &Proofs) -> Vec<Row> {
             ),
             Applied,
         ),
+        // Checked results: a lock that names its task is paid by the ledger's verdict.
+        row("lock naming its task", T0, lock_naming("v1", 'a'), Applied),
+        row(
+            "commit of a named task without the task",
+            T0,
+            commit("Legion", "v1", good("v1")),
+            Rejected(InvalidRequest),
+        ),
+        row(
+            "commit carrying another task",
+            T0,
+            commit_checked("Legion", "v1", good("v1"), 'b', Verdict::verified(1.0)),
+            Rejected(InvalidRequest),
+        ),
+        row(
+            "commit whose result the check refutes (it claims 0.9): refunded",
+            T0,
+            commit_checked("Legion", "v1", good("v1"), 'a', Verdict::refuted("garbage")),
+            Applied,
+        ),
+        row(
+            "commit of a refuted task again",
+            T0,
+            commit_checked("Legion", "v1", good("v1"), 'a', Verdict::verified(1.0)),
+            Rejected(AlreadySettled),
+        ),
+        row("lock v2", T0, lock_naming("v2", 'c'), Applied),
+        row(
+            "commit the check scores below the threshold (it claims 0.9): refunded",
+            T0,
+            commit_checked("Legion", "v2", good("v2"), 'c', Verdict::verified(0.5)),
+            Applied,
+        ),
+        row("lock v3", T0, lock_naming("v3", 'd'), Applied),
+        row(
+            "commit claiming less than the check finds: paid by the check",
+            T0,
+            commit_checked(
+                "Legion",
+                "v3",
+                p.by_legion("v3", Completed, 0.5, 4.0),
+                'd',
+                Verdict::verified(1.0),
+            ),
+            Applied,
+        ),
+        row("lock v4", T0, lock_naming("v4", 'e'), Applied),
+        row(
+            "delegator's rollback claiming a refutation",
+            T0,
+            rollback("Thor", "v4", Why::Refuted, None),
+            Rejected(InvalidRequest),
+        ),
+        row(
+            "commit of an unverifiable operation: as claimed",
+            T0,
+            commit_checked("Legion", "v4", good("v4"), 'e', Verdict::Unverifiable),
+            Applied,
+        ),
         // Expiry.
         row("lock t7", T0, lock("t7", atp(10)), Applied),
         row(
@@ -605,8 +692,9 @@ fn rows(p: &Proofs) -> Vec<Row> {
             grant(ADMIN, "g3", "Sprout", Atp::from_micros(u64::MAX)),
             Rejected(Overflow),
         ),
-        // Everything locked: the last of Thor's balance, to the unit.
-        row("lock all that is left", T0, lock("t8", atp(92)), Applied),
+        // Everything locked: the last of Thor's balance, to the unit (100, less 4 paid for
+        // each of t1, t4w, v3 and v4).
+        row("lock all that is left", T0, lock("t8", atp(84)), Applied),
         row(
             "lock one unit more",
             T0,
@@ -667,15 +755,32 @@ fn every_transition_rejection_and_replay_conserves_atp() {
     for code in codes {
         assert!(seen.contains(code), "no row is rejected with {code}");
     }
-    // The final balances: Thor paid 4 for t1 and 4 for t4w, and was refunded everything else
-    // but t8's 92.
+    assert_the_final_book(&book);
+}
+
+/// The book after every row: balances, how each lock settled.
+fn assert_the_final_book(book: &MemoryBook) {
+    // The final balances: Thor paid 4 for each of t1, t4w, v3 and v4, and was refunded
+    // everything else but t8's 84 (v1 and v2 too: refuted, and checked below the threshold).
     let thor = book.account(&lct("Thor")).expect("Thor");
     let legion = book.account(&lct("Legion")).expect("Legion");
     assert_eq!(
         (thor.balance_uatp, thor.locked_uatp, thor.spent_uatp),
-        (Atp::ZERO, atp(92), atp(8))
+        (Atp::ZERO, atp(84), atp(16))
     );
-    assert_eq!((legion.balance_uatp, legion.earned_uatp), (atp(18), atp(8)));
+    assert_eq!((legion.balance_uatp, legion.earned_uatp), (atp(26), atp(16)));
+    // How the checked locks settled, and with which quality: the check's, not the claim.
+    let settlement = |id: &str| {
+        let s = book.locks[id].settlement.clone().expect("settled");
+        (s.reason, s.quality, s.paid_uatp)
+    };
+    assert_eq!(settlement("v1"), (Some(RollbackReason::Refuted), None, Atp::ZERO));
+    assert_eq!(
+        settlement("v2"),
+        (Some(RollbackReason::LowQuality), Some(0.5), Atp::ZERO)
+    );
+    assert_eq!(settlement("v3"), (None, Some(1.0), atp(4)));
+    assert_eq!(settlement("v4"), (None, Some(0.9), atp(4)));
     assert_eq!(book.supply.total_uatp, atp(110));
     let settled: Vec<(&str, LockState)> = book.locks.iter().map(|(id, l)| (id.as_str(), l.state)).collect();
     assert_eq!(
@@ -690,6 +795,10 @@ fn every_transition_rejection_and_replay_conserves_atp() {
             ("t6", LockState::RolledBack),
             ("t7", LockState::Expired),
             ("t8", LockState::Pending),
+            ("v1", LockState::RolledBack),
+            ("v2", LockState::RolledBack),
+            ("v3", LockState::Committed),
+            ("v4", LockState::Committed),
         ]
     );
 }

@@ -16,7 +16,7 @@ use crate::fault;
 use crate::identity::directory::KeyDirectory;
 use crate::ledger::model::{Lock, LockState};
 use crate::ledger::protocol::{LedgerReply, LedgerRequest, Operation, Outcome, RejectCode};
-use crate::ledger::rules::Command;
+use crate::ledger::rules::{CheckedWork, Command};
 use crate::ledger::sequencer::{self, SequencerHandle};
 use crate::ledger::store::LedgerStore;
 use crate::ledger::sweeper;
@@ -25,6 +25,8 @@ use crate::observe::metrics::{self, RefusalReason, Refuser};
 use crate::protocol::atp::Atp;
 use crate::protocol::envelope::{EnvelopeError, Verified};
 use crate::protocol::proof::ExecutionProof;
+use crate::protocol::task::FederationTask;
+use crate::worker::ops;
 
 /// The endpoints, by operation name.
 pub const ENDPOINTS: [&str; 4] = ["grant", "lock", "commit", "rollback"];
@@ -185,6 +187,42 @@ async fn verify_proof(keys: &KeyDirectory, wire: &str, what: &str) -> Result<Ver
         .map_err(|e| LedgerReply::rejected(RejectCode::BadSignature, format!("the {what} does not verify: {e}")))
 }
 
+/// Checks the proof's result against the task a commit carries: the task must be a genuine
+/// signed task of the same id (its digest is what the lock names; the rules compare them), and
+/// the verdict is the built-in operation's own check, run on a blocking thread.
+async fn check_work(
+    keys: &KeyDirectory,
+    task: &str,
+    proof: &Verified<ExecutionProof>,
+) -> Result<CheckedWork, LedgerReply> {
+    let wire = Bytes::copy_from_slice(task.as_bytes());
+    // The task may have expired since it ran: its signature and fields still count.
+    let task = keys
+        .verify_ignoring_expiry::<FederationTask>(&wire)
+        .await
+        .map_err(|e| LedgerReply::rejected(RejectCode::BadSignature, format!("the task does not verify: {e}")))?;
+    if task.task_id != proof.task_id {
+        return Err(LedgerReply::rejected(
+            RejectCode::InvalidRequest,
+            format!(
+                "the task carried is {}, the proof is about {}",
+                task.task_id, proof.task_id
+            ),
+        ));
+    }
+    let budget = task
+        .budget()
+        .map_err(|why| LedgerReply::rejected(RejectCode::InvalidAmount, why))?;
+    let (operation, parameters, result) = (task.operation.clone(), task.parameters.clone(), proof.result.clone());
+    let verdict = tokio::task::spawn_blocking(move || ops::verify(&operation, &parameters, budget, &result))
+        .await
+        .map_err(|e| LedgerReply::rejected(RejectCode::Busy, format!("the result check did not finish: {e}")))?;
+    Ok(CheckedWork {
+        task_digest: crate::protocol::envelope::digest(&wire),
+        verdict,
+    })
+}
+
 /// Verifies a request and turns it into a command; any refusal is a reply.
 async fn command_for(
     endpoint: &str,
@@ -237,6 +275,7 @@ async fn command_for(
             quality_threshold,
             deadline,
             expires_at,
+            task_digest,
         } => {
             let lock = Lock {
                 task_id,
@@ -249,15 +288,21 @@ async fn command_for(
                 expires_at,
                 state: LockState::Pending,
                 settlement: None,
+                task_digest,
             };
             Command::Lock { requester, lock }
         }
-        Operation::Commit { task_id, proof } => {
+        Operation::Commit { task_id, proof, task } => {
             let proof = verify_proof(keys, proof.get(), "proof").await?;
+            let work = match task {
+                Some(task) => Some(check_work(keys, task.get(), &proof).await?),
+                None => None,
+            };
             Command::Commit {
                 requester,
                 task_id,
                 proof,
+                work,
             }
         }
         Operation::Rollback {

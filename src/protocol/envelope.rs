@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 
 use crate::identity::keys::{KeyError, KeyRegistry, key_id};
 use crate::protocol::lct::check_platform;
-use crate::protocol::limits::{CLOCK_SKEW_SECONDS_MAX, ENVELOPE_BYTES_MAX};
+use crate::protocol::limits::{CLOCK_SKEW_SECONDS_MAX, ENVELOPE_BYTES_MAX, LEDGER_REQUEST_BYTES_MAX};
 
 /// A message kind that travels signed.
 pub trait Signable: Serialize + DeserializeOwned {
@@ -39,6 +39,8 @@ pub trait Signable: Serialize + DeserializeOwned {
     fn expires_at(&self) -> Option<f64>;
     /// Checks the message's own fields (amounts, sizes, names); says what is wrong.
     fn validate(&self) -> Result<(), String>;
+    /// The largest envelope of this kind, on the wire.
+    const BYTES_MAX: usize = ENVELOPE_BYTES_MAX;
 }
 
 /// Why an envelope was refused.
@@ -142,10 +144,10 @@ impl Signer {
             body: &raw,
         };
         let bytes = serde_json::to_vec(&wire).map_err(|e| EnvelopeError::Sign(e.to_string()))?;
-        if bytes.len() > ENVELOPE_BYTES_MAX {
+        if bytes.len() > T::BYTES_MAX {
             return Err(EnvelopeError::TooLarge {
                 size: bytes.len(),
-                max: ENVELOPE_BYTES_MAX,
+                max: T::BYTES_MAX,
             });
         }
         Ok(Bytes::from(bytes))
@@ -162,16 +164,13 @@ fn signed_bytes(domain: &[u8], body: &[u8]) -> Vec<u8> {
 /// Who signed an envelope, read without verifying anything: lets a caller fetch the key
 /// (for example from KV) before calling [`verify`].
 pub fn peek_signer(bytes: &[u8]) -> Result<(String, String), EnvelopeError> {
-    let wire = parse_wire(bytes)?;
+    let wire = parse_wire(bytes, LEDGER_REQUEST_BYTES_MAX)?;
     Ok((wire.signer.to_owned(), wire.key_id.to_owned()))
 }
 
-fn parse_wire(bytes: &[u8]) -> Result<Wire<'_>, EnvelopeError> {
-    if bytes.len() > ENVELOPE_BYTES_MAX {
-        return Err(EnvelopeError::TooLarge {
-            size: bytes.len(),
-            max: ENVELOPE_BYTES_MAX,
-        });
+fn parse_wire(bytes: &[u8], max: usize) -> Result<Wire<'_>, EnvelopeError> {
+    if bytes.len() > max {
+        return Err(EnvelopeError::TooLarge { size: bytes.len(), max });
     }
     serde_json::from_slice(bytes).map_err(|e| EnvelopeError::Malformed(e.to_string()))
 }
@@ -234,7 +233,7 @@ pub fn verify_ignoring_expiry<T: Signable>(
     keys: &KeyRegistry,
     now: f64,
 ) -> Result<Verified<T>, EnvelopeError> {
-    let wire = parse_wire(bytes)?;
+    let wire = parse_wire(bytes, T::BYTES_MAX)?;
     if wire.kind != T::KIND {
         return Err(EnvelopeError::WrongKind {
             expected: T::KIND,
@@ -286,7 +285,18 @@ pub fn verify_ignoring_expiry<T: Signable>(
 /// message before it is published, so nobody can store a message first under its id and
 /// have the real one dropped as a duplicate (ids derived from a task id can be guessed).
 pub fn dedupe_id(prefix: &str, wire: &[u8]) -> String {
-    format!("{prefix}-{}", hex::encode(Sha256::digest(wire)))
+    format!("{prefix}-{}", digest(wire))
+}
+
+/// The SHA-256 of a signed message's exact bytes, in lower-case hex: what a lock names the
+/// task it pays for by.
+pub fn digest(wire: &[u8]) -> String {
+    hex::encode(Sha256::digest(wire))
+}
+
+/// Whether `text` reads as a [`digest`] (64 lower-case hex digits).
+pub fn is_digest(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[cfg(test)]

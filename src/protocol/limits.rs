@@ -9,6 +9,11 @@ use std::time::Duration;
 /// `max_payload` is 1 MiB; we stay well below so a task always fits with its headers.
 pub const ENVELOPE_BYTES_MAX: usize = 256 * 1024;
 
+/// Largest signed ledger request: a commit carries the executor's proof and the delegator's
+/// task, each an envelope, with room for the request around them; still well under NATS'
+/// 1 MiB `max_payload`.
+pub const LEDGER_REQUEST_BYTES_MAX: usize = 2 * ENVELOPE_BYTES_MAX + 16 * 1024;
+
 /// Largest accepted `parameters` object inside a task, serialized.
 pub const TASK_PARAMETERS_BYTES_MAX: usize = 128 * 1024;
 

@@ -8,3 +8,4 @@ pub mod lct;
 pub(crate) mod limits;
 pub mod proof;
 pub mod task;
+pub mod verdict;

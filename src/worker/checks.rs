@@ -121,6 +121,7 @@ fn check_lock_times(task: &FederationTask, lock: &Lock, config: &Config) -> Resu
 /// concurrency for the task type admit it.
 pub fn check_budget(
     task: &FederationTask,
+    task_digest: &str,
     lock: Option<&Lock>,
     config: &Config,
     admissions: &Admissions,
@@ -141,7 +142,11 @@ pub fn check_budget(
             )));
         }
         Some(lock)
-            if lock.executor != task.target_lct || lock.delegator != task.source_lct || lock.amount_uatp < budget =>
+            if lock.executor != task.target_lct
+                || lock.delegator != task.source_lct
+                || lock.amount_uatp < budget
+                // A lock that names another task would refuse this one's commit: unpaid work.
+                || lock.task_digest.as_ref().is_some_and(|d| d != task_digest) =>
         {
             return Err(rejected(format!(
                 "the lock of task {} does not match the task",

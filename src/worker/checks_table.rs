@@ -51,6 +51,9 @@ fn config(extra: &str) -> Config {
         .expect("config")
 }
 
+/// The digest of the case's signed task, as the worker computes it from the wire bytes.
+const TASK_DIGEST: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+
 fn case() -> Case {
     let task = sample_task("Thor", "Legion");
     let lock = Lock {
@@ -64,6 +67,7 @@ fn case() -> Case {
         expires_at: task.expires_at + 60.0,
         state: LockState::Pending,
         settlement: None,
+        task_digest: Some(TASK_DIGEST.to_owned()),
     };
     Case {
         now: task.created_at + 1.0,
@@ -109,7 +113,7 @@ fn check(case: &Case) -> Result<(), Refusal> {
         &case.config,
         &Operations::builtin(),
     )?;
-    let _admitted = check_budget(&case.task, case.lock.as_ref(), &case.config, &admissions)?;
+    let _admitted = check_budget(&case.task, TASK_DIGEST, case.lock.as_ref(), &case.config, &admissions)?;
     check_rate(&case.task, &limiter, &case.config, at)?;
     check_limits(&case.task, &case.config)
 }
@@ -176,6 +180,16 @@ fn each_check_refuses_with_its_reason() {
             "with a lock for another executor",
             |c| c.lock.as_mut().expect("lock").executor = c.task.source_lct.clone(),
             Some((Rejected, "does not match")),
+        ),
+        (
+            "with a lock that names another task",
+            |c| c.lock.as_mut().expect("lock").task_digest = Some("2".repeat(64)),
+            Some((Rejected, "does not match")),
+        ),
+        (
+            "with a lock that names no task (an older delegator)",
+            |c| c.lock.as_mut().expect("lock").task_digest = None,
+            None,
         ),
         (
             "with less locked than its budget",

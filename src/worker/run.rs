@@ -252,7 +252,8 @@ async fn process(ctx: &WorkerContext, message: &Arc<jetstream::Message>, sequenc
     if let Err(refusal) = checks::check_permissions(&task, signing_key.as_ref(), &ctx.config, &ctx.operations) {
         return refuse(ctx, &task, refusal, RefusalReason::Permission, claimed).await;
     }
-    let admitted = match checks::check_budget(&task, lock.as_ref(), &ctx.config, &ctx.admissions) {
+    let task_digest = crate::protocol::envelope::digest(task.wire());
+    let admitted = match checks::check_budget(&task, &task_digest, lock.as_ref(), &ctx.config, &ctx.admissions) {
         Ok(admitted) => admitted,
         Err(refusal) => return refuse(ctx, &task, refusal, RefusalReason::Budget, claimed).await,
     };
@@ -386,14 +387,15 @@ async fn execute(ctx: &WorkerContext, task: &FederationTask, message: &Arc<jetst
 /// lock committed and republishes the signed proof the ledger kept with the commit.
 async fn conclude(
     ctx: &WorkerContext,
-    task: &FederationTask,
+    task: &Verified<FederationTask>,
     proof: &ExecutionProof,
     refusal: Option<RollbackReason>,
     claimed: Option<(TaskStatus, u64)>,
 ) -> Result<(), Transient> {
     let wire = ctx.signer.sign(proof)?;
     let reply = if proof.status == ProofStatus::Completed {
-        let reply = ctx.ledger.commit(&task.task_id, &wire).await?;
+        // The task goes with the commit: the ledger pays by its own check of the result.
+        let reply = ctx.ledger.commit_with_task(&task.task_id, &wire, task.wire()).await?;
         if reply.code == Some(RejectCode::QualityBelowThreshold) {
             ctx.ledger
                 .rollback(&task.task_id, RollbackReason::for_proof(proof.status), Some(&wire))

@@ -317,30 +317,7 @@ impl Processes {
         let registry = Registry::open(&self.nats.js().await, self.nats.key_directory().await)
             .await
             .expect("registry");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let mut healthy = 0;
-            for platform in platforms {
-                if registry
-                    .get(platform)
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_some_and(|r| r.is_healthy(now_seconds()) && r.capacity > 0)
-                {
-                    healthy += 1;
-                }
-            }
-            if healthy == platforms.len() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "workers did not come up; see {}",
-                self.nats.path().display()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        super::wait_registry_healthy(&registry, platforms, Duration::from_secs(60), self.nats.path()).await;
     }
 
     /// A delegation client for `platform` in this test process.
@@ -362,6 +339,11 @@ impl Processes {
 
     pub async fn snapshot(&self) -> LedgerSnapshot {
         LedgerSnapshot::read(&self.nats.js().await).await.expect("snapshot")
+    }
+
+    /// Every account's balance (available, not locked), in micro-ATP.
+    pub async fn balances(&self) -> std::collections::BTreeMap<String, i64> {
+        super::balances_of(&self.snapshot().await)
     }
 
     /// Balance (available, not locked) of `platform`'s account of `task_type`, in micro-ATP.
@@ -428,9 +410,14 @@ pub async fn publish_to_legion(
 impl Processes {
     /// Thor's signer, read from its key file.
     pub fn thor(&self) -> Signer {
+        self.signer("Thor")
+    }
+
+    /// `platform`'s signer, read from its key file.
+    pub fn signer(&self, platform: &str) -> Signer {
         Signer::new(
-            "Thor",
-            keys::read_secret(&self.config("Thor").keypair_path()).expect("key"),
+            platform,
+            keys::read_secret(&self.config(platform).keypair_path()).expect("key"),
         )
         .expect("signer")
     }

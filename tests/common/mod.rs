@@ -368,3 +368,92 @@ pub fn outcome_of(output: &std::process::Output) -> sage_federation::delegation:
 pub fn micros(atp: f64) -> i64 {
     (atp * 1e6).round() as i64
 }
+
+/// Every account's balance (available, not locked) in `snapshot`, in micro-ATP.
+pub fn balances_of(
+    snapshot: &sage_federation::ledger::snapshot::LedgerSnapshot,
+) -> std::collections::BTreeMap<String, i64> {
+    snapshot
+        .accounts
+        .values()
+        .map(|a| (a.lct.to_string(), a.balance_uatp.micros() as i64))
+        .collect()
+}
+
+/// A delegation from the caller to Legion of "add 1 and 2" (execution, `consciousness`) under
+/// `task_id`, with `budget` ATP and `timeout_seconds`.
+pub fn add_on_legion(
+    task_id: &sage_federation::protocol::task::TaskId,
+    budget: f64,
+    timeout_seconds: u64,
+) -> sage_federation::delegation::client::DelegationRequest {
+    sage_federation::delegation::client::DelegationRequest {
+        to: Some("Legion".into()),
+        task_type: "consciousness".into(),
+        operation: "execution".into(),
+        budget,
+        timeout_seconds,
+        parameters: serde_json::json!({"steps": [{"op": "add", "args": [1, 2]}]})
+            .as_object()
+            .cloned()
+            .expect("object"),
+        task_id: Some(task_id.clone()),
+    }
+}
+
+/// Waits, at most `timeout`, until every platform in `platforms` has a healthy record with
+/// capacity in `registry`; the failure names `logs`, where the processes' logs are.
+pub async fn wait_registry_healthy(
+    registry: &sage_federation::state::registry::Registry,
+    platforms: &[&str],
+    timeout: std::time::Duration,
+    logs: &Path,
+) {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let mut healthy = 0;
+        for platform in platforms {
+            if registry
+                .get(platform)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|r| r.is_healthy(sage_federation::protocol::clock::now_seconds()) && r.capacity > 0)
+            {
+                healthy += 1;
+            }
+        }
+        if healthy == platforms.len() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "workers did not come up; see {}",
+            logs.display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Legion's completed proof of Thor's `task_id` in `task_type`, with `result`, claiming
+/// `consumed` ATP and quality `quality` (unsigned: tests sign it as they need).
+pub fn completed_proof(
+    task_id: &sage_federation::protocol::task::TaskId,
+    task_type: &str,
+    consumed: f64,
+    quality: f64,
+    result: serde_json::Map<String, serde_json::Value>,
+) -> sage_federation::protocol::proof::ExecutionProof {
+    sage_federation::protocol::proof::ExecutionProof {
+        task_id: task_id.clone(),
+        executor_lct: lct("Legion", task_type),
+        delegator_lct: lct("Thor", task_type),
+        status: sage_federation::protocol::proof::ProofStatus::Completed,
+        reason: String::new(),
+        atp_consumed: consumed,
+        execution_time: 0.5,
+        quality_score: quality,
+        result,
+        created_at: sage_federation::protocol::clock::now_seconds(),
+    }
+}

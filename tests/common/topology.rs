@@ -19,7 +19,6 @@ use sage_federation::ledger::protocol::Outcome;
 use sage_federation::ledger::snapshot::LedgerSnapshot;
 use sage_federation::nats::connection::{self, NatsAccess};
 use sage_federation::nats::topology::{Machine, Topology};
-use sage_federation::protocol::clock::now_seconds;
 use sage_federation::protocol::envelope::Signer;
 use sage_federation::state::registry::Registry;
 
@@ -542,30 +541,7 @@ impl Deployment {
         let js = async_nats::jetstream::new(self.admin().await);
         let directory = std::sync::Arc::new(KeyDirectory::open(&js, &self.root()).await.expect("keys"));
         let registry = Registry::open(&js, directory).await.expect("registry");
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            let mut healthy = 0;
-            for platform in platforms {
-                if registry
-                    .get(platform)
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_some_and(|r| r.is_healthy(now_seconds()) && r.capacity > 0)
-                {
-                    healthy += 1;
-                }
-            }
-            if healthy == platforms.len() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "workers did not come up; see {}",
-                self.path().display()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        super::wait_registry_healthy(&registry, platforms, START_TIMEOUT, self.path()).await;
     }
 
     pub fn config(&self, platform: &str) -> Config {
@@ -607,12 +583,7 @@ impl Deployment {
 
     /// Every account's balance, in micro-ATP.
     pub async fn balances(&self) -> BTreeMap<String, i64> {
-        self.snapshot()
-            .await
-            .accounts
-            .values()
-            .map(|a| (a.lct.to_string(), a.balance_uatp.micros() as i64))
-            .collect()
+        super::balances_of(&self.snapshot().await)
     }
 
     /// `sagefed audit` as its own process, as the admin, against a server with JetStream.

@@ -22,6 +22,7 @@ use super::{
     run_blocking,
 };
 use crate::protocol::atp::Atp;
+use crate::protocol::verdict::Verdict;
 
 /// Most steps in one program.
 pub const STEPS_MAX: usize = 1_000;
@@ -218,7 +219,58 @@ fn operand(value: &Value, current: usize) -> Result<Operand, String> {
     }
 }
 
+/// Whether `wait` steps take their time (a run) or are skipped (a check of a result: a wait's
+/// value does not depend on how long it took).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Waits {
+    Sleep,
+    Skip,
+}
+
 fn execute(parameters: &Map<String, Value>, budget: Atp, cancel: &Cancel) -> Result<OperationOutput, OperationError> {
+    execute_with(parameters, budget, cancel, Waits::Sleep)
+}
+
+/// The verdict on a returned execution `result` for the task's `parameters` and `budget`:
+/// the program is run again here without its waits, and every step's outcome must match
+/// (values within [`EXPECT_TOLERANCE`], failures where it failed). The quality is the one the
+/// checker computed. Costs one pass over at most [`STEPS_MAX`] steps.
+pub fn verify_result(parameters: &Map<String, Value>, budget: Atp, result: &Map<String, Value>) -> Verdict {
+    let expected = match execute_with(parameters, budget, &Cancel::default(), Waits::Skip) {
+        Ok(expected) => expected,
+        Err(e) => return Verdict::refuted(format!("the task's program does not run: {e}")),
+    };
+    let steps = |r: &Map<String, Value>| r.get("results").and_then(Value::as_array).cloned().unwrap_or_default();
+    let (want, got) = (steps(&expected.result), steps(result));
+    if want.len() != got.len() {
+        return Verdict::refuted(format!(
+            "{} step results for a program of {} steps",
+            got.len(),
+            want.len()
+        ));
+    }
+    for (i, (want, got)) in want.iter().zip(&got).enumerate() {
+        let value = |v: &Value| v.get("value").and_then(Value::as_f64);
+        let agrees = match (value(want), value(got)) {
+            (Some(w), Some(g)) => {
+                (w - g).abs() <= EXPECT_TOLERANCE * w.abs().max(1.0) && want.get("passed") == got.get("passed")
+            }
+            (None, None) => got.get("error").is_some(),
+            _ => false,
+        };
+        if !agrees {
+            return Verdict::refuted(format!("step {i}: the result says {got}, the checker finds {want}"));
+        }
+    }
+    Verdict::verified(expected.quality)
+}
+
+fn execute_with(
+    parameters: &Map<String, Value>,
+    budget: Atp,
+    cancel: &Cancel,
+    waits: Waits,
+) -> Result<OperationOutput, OperationError> {
     let steps = parse_steps(parameters)?;
     cancel.check()?;
     let paid = affordable(EXECUTION_BASE_COST, COST_PER_STEP, budget);
@@ -228,7 +280,7 @@ fn execute(parameters: &Map<String, Value>, budget: Atp, cancel: &Cancel) -> Res
     for step in &steps {
         let outcome = if run < paid {
             run += 1;
-            evaluate(step, &values, cancel)?
+            evaluate(step, &values, cancel, waits)?
         } else {
             Err("not run: the ATP budget was used up".to_owned())
         };
@@ -261,7 +313,12 @@ fn execute(parameters: &Map<String, Value>, budget: Atp, cancel: &Cancel) -> Res
 
 /// Evaluates one step. The outer error aborts the whole program (cancelled); the inner one is
 /// the step's own failure.
-fn evaluate(step: &Step, values: &[Option<f64>], cancel: &Cancel) -> Result<Result<f64, String>, OperationError> {
+fn evaluate(
+    step: &Step,
+    values: &[Option<f64>],
+    cancel: &Cancel,
+    waits: Waits,
+) -> Result<Result<f64, String>, OperationError> {
     let args = match arguments(step, values) {
         Ok(args) => args,
         Err(why) => return Ok(Err(why)),
@@ -272,7 +329,7 @@ fn evaluate(step: &Step, values: &[Option<f64>], cancel: &Cancel) -> Result<Resu
             return Ok(Err(format!("wait takes 0 to {WAIT_MS_MAX} ms, not {ms}")));
         }
         let until = std::time::Instant::now() + std::time::Duration::from_secs_f64(ms / 1000.0);
-        while std::time::Instant::now() < until {
+        while waits == Waits::Sleep && std::time::Instant::now() < until {
             cancel.check()?;
             std::thread::sleep(WAIT_SLICE.min(until.saturating_duration_since(std::time::Instant::now())));
         }
@@ -426,5 +483,44 @@ mod tests {
         };
         let out = Execution.run(input).await.expect("runs");
         assert_eq!(out.result["results"][0]["value"], 2.0);
+    }
+
+    #[test]
+    fn the_check_reruns_the_program_without_its_waits_and_refutes_a_wrong_value() {
+        let program = json!({"steps": [
+            {"op": "wait", "args": [60_000]},
+            {"op": "add", "args": [1, 2]},
+            {"op": "div", "args": [1, 0]},
+            {"op": "mul", "args": ["$1", 7]},
+        ]});
+        let parameters = program.as_object().cloned().expect("an object");
+        // The honest result, computed without the minute's wait (the check must not wait).
+        let honest = execute_with(&parameters, PLENTY, &Cancel::default(), Waits::Skip).expect("runs");
+        let started = std::time::Instant::now();
+        assert_eq!(
+            verify_result(&parameters, PLENTY, &honest.result),
+            Verdict::verified(0.75)
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "the check waited"
+        );
+        let mut wrong = honest.result.clone();
+        wrong["results"][3] = json!({"value": 22.0});
+        assert!(
+            matches!(verify_result(&parameters, PLENTY, &wrong), Verdict::Refuted { why } if why.starts_with("step 3"))
+        );
+        let mut failed_hidden = honest.result.clone();
+        failed_hidden["results"][2] = json!({"value": 0.0});
+        assert!(matches!(
+            verify_result(&parameters, PLENTY, &failed_hidden),
+            Verdict::Refuted { .. }
+        ));
+        let mut missing = honest.result;
+        missing.insert("results".into(), json!([]));
+        assert!(matches!(
+            verify_result(&parameters, PLENTY, &missing),
+            Verdict::Refuted { .. }
+        ));
     }
 }

@@ -9,6 +9,9 @@
 //! - [`perception`]: statistics, features and z-score anomalies of a numeric frame.
 //! - [`execution`]: a small deterministic program of arithmetic steps.
 //! - [`external`]: a configured program, JSON on stdin and stdout, killed at its limits.
+//!
+//! [`verify`] checks a built-in operation's result for the ledger (issue #13): the party that
+//! pays by the verdict is never the executor.
 
 pub mod execution;
 pub mod external;
@@ -30,6 +33,7 @@ use serde_json::{Map, Value};
 
 use crate::protocol::atp::Atp;
 use crate::protocol::limits::PROOF_RESULT_BYTES_MAX;
+use crate::protocol::verdict::Verdict;
 
 /// What one execution of an operation gets.
 #[derive(Clone, Debug)]
@@ -79,6 +83,21 @@ pub trait Operation: Send + Sync {
 #[derive(Clone)]
 pub struct Operations {
     by_name: BTreeMap<String, Arc<dyn Operation>>,
+}
+
+/// The verdict of a party other than the executor on `result`, returned for a task of
+/// `operation` with `parameters` and `budget`. The three built-in operation names have a
+/// defined result and a check of it (a platform that runs one of them as an external program
+/// must return results that pass it); any other operation is [`Verdict::Unverifiable`].
+/// CPU-bound (at most one run of the operation's own work without its waits): call it from
+/// a blocking thread.
+pub fn verify(operation: &str, parameters: &Map<String, Value>, budget: Atp, result: &Map<String, Value>) -> Verdict {
+    match operation {
+        "planning" => planning::verify_result(parameters, result),
+        "execution" => execution::verify_result(parameters, budget, result),
+        "perception" => perception::verify_result(parameters, budget, result),
+        _ => Verdict::Unverifiable,
+    }
 }
 
 impl Operations {

@@ -31,6 +31,7 @@ use super::{
     invalid, metered, run_blocking,
 };
 use crate::protocol::atp::Atp;
+use crate::protocol::verdict::Verdict;
 
 /// Most samples in one frame, given or generated.
 pub const FRAME_SAMPLES_MAX: usize = 1_000_000;
@@ -362,6 +363,37 @@ fn perceive(parameters: &Map<String, Value>, budget: Atp, cancel: &Cancel) -> Re
     })
 }
 
+/// Relative difference allowed between a claimed statistic and the checker's (summation order
+/// differs between implementations).
+const STATISTIC_TOLERANCE: f64 = 1e-6;
+
+/// The verdict on a returned perception `result` for the task's `parameters` and `budget`:
+/// the frame is analysed again here (regenerated from its seed, or as given), and the counts
+/// and listed anomalies must match exactly, the statistics within [`STATISTIC_TOLERANCE`].
+/// The quality is the one the checker computed. Costs one analysis of the frame (at most
+/// [`FRAME_SAMPLES_MAX`] samples).
+pub fn verify_result(parameters: &Map<String, Value>, budget: Atp, result: &Map<String, Value>) -> Verdict {
+    let expected = match perceive(parameters, budget, &Cancel::default()) {
+        Ok(expected) => expected,
+        Err(e) => return Verdict::refuted(format!("the task's frame cannot be analysed: {e}")),
+    };
+    for (key, want) in &expected.result {
+        let got = result.get(key);
+        let agrees = match (want.as_f64(), got.and_then(Value::as_f64)) {
+            // Counts are integers in JSON; statistics are floats.
+            (Some(w), Some(g)) if !want.is_u64() => (w - g).abs() <= STATISTIC_TOLERANCE * w.abs().max(1.0),
+            _ => got == Some(want),
+        };
+        if !agrees {
+            return Verdict::refuted(format!(
+                "{key}: the result says {}, the checker finds {want}",
+                got.map_or_else(|| "nothing".to_owned(), Value::to_string)
+            ));
+        }
+    }
+    Verdict::verified(expected.quality)
+}
+
 /// The first [`ANOMALIES_LISTED_MAX`] indices, as `[row, col]` for a 2-D frame.
 fn listed(indices: &[usize], two_d: bool, cols: usize) -> Value {
     let shown = indices.iter().take(ANOMALIES_LISTED_MAX);
@@ -521,5 +553,36 @@ mod tests {
         assert_eq!(listed, Some(ANOMALIES_LISTED_MAX));
         assert_eq!(out.result["injected_anomaly_count"], 10_000);
         assert!(out.quality > 0.9);
+    }
+
+    #[test]
+    fn the_check_analyses_the_frame_again_and_refutes_made_up_anomalies() {
+        let task = json!({"length": 2_000, "seed": 3});
+        let parameters = task.as_object().cloned().expect("an object");
+        let honest = run(task, PLENTY).expect("runs");
+        assert_eq!(
+            verify_result(&parameters, PLENTY, &honest.result),
+            Verdict::verified(honest.quality)
+        );
+        // Statistics within the tolerance pass; a different anomaly list does not.
+        let mut rounded = honest.result.clone();
+        let mean = rounded["mean"].as_f64().expect("mean");
+        rounded.insert("mean".into(), json!(mean * (1.0 + 1e-9)));
+        assert_eq!(
+            verify_result(&parameters, PLENTY, &rounded),
+            Verdict::verified(honest.quality)
+        );
+        let mut made_up = honest.result.clone();
+        made_up.insert("anomalies".into(), json!([1, 2, 3]));
+        assert!(
+            matches!(verify_result(&parameters, PLENTY, &made_up), Verdict::Refuted { why } if why.starts_with("anomalies"))
+        );
+        let mut perfect = honest.result;
+        perfect.insert("f1".into(), json!(1.0));
+        perfect.insert("anomaly_count".into(), json!(0));
+        assert!(matches!(
+            verify_result(&parameters, PLENTY, &perfect),
+            Verdict::Refuted { .. }
+        ));
     }
 }

@@ -29,6 +29,7 @@ use super::{
     metered, missing, run_blocking,
 };
 use crate::protocol::atp::Atp;
+use crate::protocol::verdict::Verdict;
 
 /// Most cells in a grid (width * height): the search keeps a few bytes per cell.
 pub const GRID_CELLS_MAX: u64 = 1_000_000;
@@ -407,6 +408,59 @@ pub fn verify_path(parameters: &Map<String, Value>, path: &Value) -> Result<usiz
     }
 }
 
+/// The verdict on a returned planning `result` for the task's `parameters`, checked without
+/// trusting anything the executor computed: a listed path must be valid ([`verify_path`]) and
+/// is scored against the breadth-first optimum the checker finds itself; "unreachable" must
+/// be true; a found path too long to list is scored by its claimed length, which may not
+/// beat the optimum. Costs one breadth-first search over the grid.
+pub fn verify_result(parameters: &Map<String, Value>, result: &Map<String, Value>) -> Verdict {
+    let problem = match Problem::from_parameters(parameters) {
+        Ok(problem) => problem,
+        // A task the executor should have refused: it claims a completed run of it.
+        Err(e) => return Verdict::refuted(format!("the task's parameters do not describe a grid: {e}")),
+    };
+    let optimal = match shortest_length(&problem, &Cancel::default()) {
+        Ok(optimal) => optimal.map(|l| l as usize),
+        Err(e) => return Verdict::refuted(format!("the checker's search failed: {e}")),
+    };
+    match (result.get("outcome").and_then(Value::as_str), optimal) {
+        (Some("budget_exhausted"), _) => Verdict::verified(0.0),
+        (Some("unreachable"), None) => Verdict::verified(0.0),
+        (Some("unreachable"), Some(optimal)) => {
+            Verdict::refuted(format!("the goal is reachable in {optimal} moves, not unreachable"))
+        }
+        (Some("found"), None) => Verdict::refuted("the goal is unreachable, yet a path was claimed"),
+        (Some("found"), Some(optimal)) => {
+            let length = match result.get("path") {
+                Some(path) => match verify_path(parameters, path) {
+                    Ok(length) => length,
+                    Err(why) => return Verdict::refuted(format!("the path is invalid: {why}")),
+                },
+                None => match result.get("length").and_then(Value::as_u64) {
+                    Some(length) if length as usize >= optimal => length as usize,
+                    Some(length) => {
+                        return Verdict::refuted(format!(
+                            "a path of {length} moves is shorter than the optimum {optimal}"
+                        ));
+                    }
+                    None => return Verdict::refuted("a found path with neither cells nor a length"),
+                },
+            };
+            if let Some(claimed) = result.get("length").and_then(Value::as_u64)
+                && claimed as usize != length
+            {
+                return Verdict::refuted(format!("the path has {length} moves, the result claims {claimed}"));
+            }
+            Verdict::verified(if length == 0 {
+                1.0
+            } else {
+                optimal as f64 / length as f64
+            })
+        }
+        (other, _) => Verdict::refuted(format!("unknown outcome {other:?}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -692,5 +746,34 @@ mod tests {
             Planning.run(quick).await,
             Err(OperationError::TimedOut { .. })
         ));
+    }
+
+    #[test]
+    fn the_check_scores_a_path_itself_and_refutes_a_made_up_one() {
+        let p = params(walled());
+        let honest = run(walled(), PLENTY).expect("runs");
+        assert_eq!(verify_result(&p, &honest.result), Verdict::verified(1.0));
+        // A detour: valid, scored against the checker's own optimum (12), whatever it claims.
+        let mut detour = honest.result.clone();
+        let cells: Value = serde_json::from_str(
+            "[[0,0],[0,1],[0,2],[0,3],[0,4],[1,4],[1,3],[1,4],[2,4],[3,4],[4,4],[4,3],[4,2],[4,1],[4,0]]",
+        )
+        .expect("json");
+        detour.insert("path".into(), cells);
+        detour.insert("length".into(), json!(14));
+        assert_eq!(verify_result(&p, &detour), Verdict::verified(12.0 / 14.0));
+        // Garbage: through the wall, or a length that is not the path's.
+        let mut through_wall = honest.result.clone();
+        through_wall.insert("path".into(), json!([[0, 0], [1, 0], [2, 0], [3, 0], [4, 0]]));
+        through_wall.insert("length".into(), json!(4));
+        assert!(matches!(verify_result(&p, &through_wall), Verdict::Refuted { why } if why.contains("obstacle")));
+        let mut wrong_length = honest.result.clone();
+        wrong_length.insert("length".into(), json!(11));
+        assert!(matches!(verify_result(&p, &wrong_length), Verdict::Refuted { .. }));
+        // "Unreachable" when it is reachable; no outcome at all.
+        let mut lazy = Map::new();
+        lazy.insert("outcome".into(), json!("unreachable"));
+        assert!(matches!(verify_result(&p, &lazy), Verdict::Refuted { why } if why.contains("reachable in 12")));
+        assert!(matches!(verify_result(&p, &Map::new()), Verdict::Refuted { .. }));
     }
 }

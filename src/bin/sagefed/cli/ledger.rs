@@ -3,6 +3,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 
@@ -10,9 +11,10 @@ use crate::cli::{NatsArgs, shutdown_signal};
 use sage_federation::identity::directory::KeyDirectory;
 use sage_federation::identity::federation::{LEDGER_IDENTITY, ROOT_PUBLIC_KEY_FILE};
 use sage_federation::identity::keys;
+use sage_federation::identity::unknown_keys::UNKNOWN_KEY_RECHECK_INTERVAL;
 use sage_federation::ledger::audit::audit;
 use sage_federation::ledger::client::LedgerClient;
-use sage_federation::ledger::protocol::Outcome;
+use sage_federation::ledger::protocol::{Outcome, RejectCode};
 use sage_federation::ledger::service::{LedgerOptions, serve};
 use sage_federation::ledger::snapshot::LedgerSnapshot;
 use sage_federation::nats::{infra, subjects};
@@ -245,9 +247,9 @@ fn grant_root(args: &GrantArgs) -> PathBuf {
 /// Publishes the admin's root-endorsed key records (`<key>.records.json`, from the bundle) to
 /// the key directory, so that the ledger can verify the grant's signature. A key without
 /// records (one `sagefed up` endorses and publishes itself) is left as it is.
-async fn publish_admin_records(args: &GrantArgs, client: &async_nats::Client) -> anyhow::Result<()> {
+async fn publish_admin_records(args: &GrantArgs, client: &async_nats::Client) -> anyhow::Result<bool> {
     if !keys::records_path(&args.key).is_file() {
-        return Ok(());
+        return Ok(false);
     }
     let records = keys::read_records(&args.key)?;
     let root = grant_root(args);
@@ -267,8 +269,15 @@ async fn publish_admin_records(args: &GrantArgs, client: &async_nats::Client) ->
             )
         })?;
     }
-    Ok(())
+    Ok(true)
 }
+
+/// How long `grant` keeps retrying a grant refused for its signature right after it
+/// published the admin's key record: a ledger that looked the key up and missed it (an
+/// earlier grant before the record existed) does not read it again for the key directory's
+/// negative-cache interval, unless its watch delivers the record first.
+const GRANT_KEY_WAIT: Duration = UNKNOWN_KEY_RECHECK_INTERVAL.saturating_add(Duration::from_secs(2));
+const GRANT_RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 pub async fn grant_command(args: &GrantArgs) -> anyhow::Result<ExitCode> {
     let lct: Lct = args.to.parse()?;
@@ -284,11 +293,19 @@ pub async fn grant_command(args: &GrantArgs) -> anyhow::Result<ExitCode> {
                 .trim_start_matches("t-")
         ),
     };
-    let client = args.nats.connect(crate::up::TREASURY, "sagefed-grant").await?;
-    publish_admin_records(args, &client).await?;
-    let reply = LedgerClient::new(client, signer)
-        .grant(&grant_id, &lct, args.amount)
-        .await?;
+    // Connect as the admin named by `--as` (its credentials unless `--creds` says otherwise).
+    let client = args.nats.connect(&args.admin, "sagefed-grant").await?;
+    let published = publish_admin_records(args, &client).await?;
+    let ledger = LedgerClient::new(client, signer);
+    let deadline = tokio::time::Instant::now() + GRANT_KEY_WAIT;
+    let reply = loop {
+        // Idempotent by grant id: a retry never grants twice.
+        let reply = ledger.grant(&grant_id, &lct, args.amount).await?;
+        if !(published && reply.code == Some(RejectCode::BadSignature) && tokio::time::Instant::now() < deadline) {
+            break reply;
+        }
+        tokio::time::sleep(GRANT_RETRY_PAUSE).await;
+    };
     println!("{:?}: {}", reply.outcome, reply.message);
     Ok(if reply.outcome == Outcome::Rejected {
         ExitCode::from(crate::cli::EXIT_FAILURE)
