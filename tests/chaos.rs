@@ -243,6 +243,7 @@ async fn chaos_loses_no_atp_and_settles_nothing_twice() {
     let report = audit(&snapshot, now_seconds());
     let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
     let mut longest_hold = (0.0f64, 0.0f64);
+    let mut longest_held: Option<TaskId> = None;
     let in_process: Vec<&TaskId> = ids
         .iter()
         .enumerate()
@@ -258,6 +259,7 @@ async fn chaos_loses_no_atp_and_settles_nothing_twice() {
                 let held = settlement.at - l.created_at;
                 if held > longest_hold.0 {
                     longest_hold = (held, l.expires_at - l.created_at);
+                    longest_held = Some(l.task_id.clone());
                 }
                 format!("{:?} {:?} by {}", l.state, settlement.reason, settlement.by)
             }
@@ -287,6 +289,7 @@ async fn chaos_loses_no_atp_and_settles_nothing_twice() {
          longest hold     {:.1} s of its {:.1} s window",
         longest_hold.0, longest_hold.1
     );
+    eprintln!("{}", hold_story(&d.ledger_logs(), longest_held.as_ref()));
     assert_eq!(outcomes.values().sum::<usize>(), in_process.len());
     assert_eq!(seen.values().sum::<usize>(), n);
     assert!(faults.values().sum::<usize>() > 0, "no fault was injected");
@@ -301,4 +304,57 @@ async fn chaos_loses_no_atp_and_settles_nothing_twice() {
     );
     d.wait_ledger().await;
     d.assert_audit_clean().await;
+}
+
+/// What the ledger instances' logs say about the longest-held lock and about what delays a
+/// sweep: every line naming the lock, how long each restarted sweeper took to replay the
+/// locks bucket (the newest, pending, locks come last), and how often an expiry or a batch
+/// failed. So that a hold past its window explains itself.
+fn hold_story(logs: &str, task: Option<&TaskId>) -> String {
+    let plain: Vec<String> = logs.lines().map(without_colours).collect();
+    let lines: Vec<&str> = plain.iter().map(String::as_str).collect();
+    let named: Vec<&str> = task.map_or_else(Vec::new, |t| {
+        lines.iter().copied().filter(|l| l.contains(t.as_str())).collect()
+    });
+    let count = |needle: &str| lines.iter().filter(|l| l.contains(needle)).count();
+    let slowest_catch_up = lines
+        .iter()
+        .filter(|l| l.contains("lock sweeper caught up"))
+        .max_by(|a, b| catch_up_seconds(a).total_cmp(&catch_up_seconds(b)));
+    format!(
+        "the longest hold in the ledger logs\n  lines naming it:\n    {}\n  sweeper starts {} (slowest catch-up: {})\n  \
+         expiries refused {}, ledger batches failed {}",
+        named.join("\n    "),
+        count("lock sweeper caught up"),
+        slowest_catch_up.unwrap_or(&"none"),
+        count("could not expire a lock"),
+        count("ledger batch failed"),
+    )
+}
+
+/// `line` without its terminal colour codes (`ESC [ ... m`).
+fn without_colours(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The `seconds=` field of a sweeper's catch-up line.
+fn catch_up_seconds(line: &str) -> f64 {
+    line.split("seconds=")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !(c.is_ascii_digit() || c == '.')).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0.0)
 }

@@ -31,6 +31,8 @@ use crate::protocol::lct::token_problem;
 pub const LEDGER_IDENTITY: &str = "ledger";
 /// The manifest's file name.
 pub const MANIFEST_FILE: &str = "federation.json";
+/// The topology plan's file name (`identity::topology`).
+pub const TOPOLOGY_PLAN_FILE: &str = "topology.json";
 /// Longest identity name, in characters (it becomes a subject token).
 pub const IDENTITY_CHARS_MAX: usize = 64;
 /// Days the CA and the server certificate are valid.
@@ -138,6 +140,11 @@ impl FederationDir {
     /// NATS credentials (nkey seed) of `identity`.
     pub fn creds(&self, identity: &str) -> PathBuf {
         self.dir.join("creds").join(format!("{identity}.nk"))
+    }
+    /// The machines' layout `sagefed init --topology` chose (absent for one server), kept so
+    /// that `--add-platform` can regenerate every server config that names the platforms.
+    pub fn topology_plan(&self) -> PathBuf {
+        self.dir.join(TOPOLOGY_PLAN_FILE)
     }
     pub fn bundle(&self, machine: &str) -> PathBuf {
         self.dir.join("bundles").join(machine)
@@ -340,6 +347,15 @@ pub fn init(options: &InitOptions) -> Result<Manifest, InitError> {
             return Err(InitError::Duplicate((*name).to_owned()));
         }
     }
+    // A replaced federation's layout is the new one's only if `init_topology` writes it again.
+    if let Err(e) = fs::remove_file(fed.topology_plan())
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        return Err(InitError::Write {
+            path: fed.topology_plan(),
+            source: e,
+        });
+    }
     let root = keys::generate().map_err(|e| InitError::Key(e.to_string()))?;
     keys::write_secret(&fed.root_key(), &root, true).map_err(|e| InitError::Key(e.to_string()))?;
     let mut hosts: Vec<String> = LOOPBACK_HOSTS.iter().map(|h| (*h).to_owned()).collect();
@@ -379,7 +395,8 @@ pub fn init(options: &InitOptions) -> Result<Manifest, InitError> {
 
 /// Adds a platform to an existing federation: a new identity, the server config and the
 /// hub bundle rewritten; nobody else's keys change. Reload the server afterwards
-/// (`nats-server --signal reload`).
+/// (`nats-server --signal reload`). A federation laid out on several machines needs its
+/// servers' configs regenerated too: `identity::topology::add_platform` does both.
 pub fn add_platform(dir: &Path, platform: &str, role: Role) -> Result<Manifest, InitError> {
     debug_assert!(role.is_platform(), "add_platform adds platforms");
     let fed = FederationDir::new(dir);
@@ -432,13 +449,17 @@ fn write_outputs(fed: &FederationDir, manifest: &Manifest) -> Result<(), InitErr
     let root_pub = format!("{}\n", manifest.root_public_key);
     let hub = fed.bundle(HUB_BUNDLE);
     copy_into(&fed.ca_cert(), &hub, false)?;
-    let cert = copy_into(&fed.server_cert(), &hub, false)?;
-    let key = copy_into(&fed.server_key(), &hub, true)?;
-    write_file(
-        &hub.join("nats-server.conf"),
-        &server_config::render(&base, &manifest.identities, &absolute(cert), &absolute(key)),
-        false,
-    )?;
+    // On several machines the hub's (or each node's) certificate and config are the
+    // topology's, issued once for its host: never replaced by the single server's.
+    if !fed.topology_plan().is_file() {
+        let cert = copy_into(&fed.server_cert(), &hub, false)?;
+        let key = copy_into(&fed.server_key(), &hub, true)?;
+        write_file(
+            &hub.join("nats-server.conf"),
+            &server_config::render(&base, &manifest.identities, &absolute(cert), &absolute(key)),
+            false,
+        )?;
+    }
     write_file(&hub.join(ROOT_PUBLIC_KEY_FILE), &root_pub, false)?;
     for identity in &manifest.identities {
         let bundle = if identity.role.is_platform() {

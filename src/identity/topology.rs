@@ -11,6 +11,11 @@
 //!   every machine that runs a ledger instance.
 //!
 //! Every platform's `nats.toml` points at the server on its own machine.
+//!
+//! The plan is kept in the federation directory (`topology.json`), so that [`add_platform`]
+//! regenerates every server config that names the platforms (the hub's or every node's
+//! users and permissions; in hub-leaf, a leaf for the new platform's machine when it has one)
+//! while every existing key, credential and certificate stays byte for byte as it was.
 
 use std::path::{Path, PathBuf};
 
@@ -29,7 +34,7 @@ pub const CA_FILE: &str = "ca.pem";
 pub const LEAF_LINK_FILE: &str = "leaf-link.conf";
 
 /// The machines of a topology and where their files will be.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct TopologyPlan {
     pub topology: Topology,
     /// Hub-leaf: the hub first, then one machine per leaf (named after its platform).
@@ -53,6 +58,22 @@ pub enum PlanError {
     LeafWithoutPlatform(String),
     #[error("machine name {0:?} appears twice")]
     Duplicate(String),
+    #[error(
+        "a machine of its own (--node) is for a leaf of a hub-leaf federation; in a {0} \
+         federation a new platform connects to {1}"
+    )]
+    NoMachineHere(&'static str, &'static str),
+    #[error("the new platform's machine must be named after it ({0}), got {1}")]
+    MachineName(String, String),
+}
+
+/// Whether [`write_topology`] makes every server's certificate anew.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Certificates {
+    /// A new federation: every server gets one.
+    Issue,
+    /// A platform added: only a server that has none (a new leaf) gets one.
+    KeepExisting,
 }
 
 /// One rendered server config: the bundle it belongs to and its text.
@@ -197,7 +218,60 @@ fn server_files<'a>(cert: &'a Path, key: &'a Path, ca: &'a Path, store_dir: &'a 
 /// at its own machine's server.
 pub fn init_topology(options: &InitOptions, plan: &TopologyPlan) -> Result<Manifest, InitError> {
     let manifest = federation::init(options)?;
-    write_topology(&FederationDir::new(&options.dir), &manifest, plan)?;
+    write_topology(&FederationDir::new(&options.dir), &manifest, plan, Certificates::Issue)?;
+    Ok(manifest)
+}
+
+/// The plan `sagefed init --topology` kept in `fed`; `None` for a single server.
+pub fn load_plan(fed: &FederationDir) -> Result<Option<TopologyPlan>, InitError> {
+    let path = fed.topology_plan();
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = federation::read_text(&path)?;
+    serde_json::from_str(&text).map(Some).map_err(|e| InitError::Read {
+        path,
+        why: e.to_string(),
+    })
+}
+
+/// Adds `platform` to the federation in `dir` ([`federation::add_platform`]) and regenerates
+/// the servers' configs of its layout: the hub's and every leaf's in hub-leaf (with a new
+/// leaf when `machine`, named after the platform, is given; without one the platform
+/// connects to the hub), every node's in a cluster (the platform connects to the first
+/// node). Nobody's key, credential or certificate changes. Then reload the hub's server, or
+/// every node's (`nats-server --signal reload`), and install the new bundle.
+pub fn add_platform(
+    dir: &Path,
+    platform: &str,
+    role: crate::nats::permissions::Role,
+    machine: Option<Machine>,
+) -> Result<Manifest, InitError> {
+    let fed = FederationDir::new(dir);
+    let Some(mut plan) = load_plan(&fed)? else {
+        if machine.is_some() {
+            return Err(plan_error(PlanError::NoMachineHere("single-server", "the one server")));
+        }
+        return federation::add_platform(dir, platform, role);
+    };
+    if let Some(machine) = machine {
+        match plan.topology {
+            Topology::HubLeaf if machine.name == platform => plan.machines.push(machine),
+            Topology::HubLeaf => return Err(plan_error(PlanError::MachineName(platform.to_owned(), machine.name))),
+            Topology::Cluster => return Err(plan_error(PlanError::NoMachineHere("cluster", "the first node"))),
+            Topology::Single => return Err(plan_error(PlanError::NoMachineHere("single-server", "the one server"))),
+        }
+    }
+    // Checked before anything is written: a bad plan leaves the federation as it was.
+    let mut identities = fed.load()?.identities;
+    identities.push(NatsUser {
+        name: platform.to_owned(),
+        role,
+        nkey: String::new(),
+    });
+    plan.check(&identities).map_err(plan_error)?;
+    let manifest = federation::add_platform(dir, platform, role)?;
+    write_topology(&fed, &manifest, &plan, Certificates::KeepExisting)?;
     Ok(manifest)
 }
 
@@ -205,12 +279,20 @@ fn plan_error(e: PlanError) -> InitError {
     InitError::Topology(e.to_string())
 }
 
-/// Writes the servers' files of `plan` into the bundles of the federation in `fed`.
-pub fn write_topology(fed: &FederationDir, manifest: &Manifest, plan: &TopologyPlan) -> Result<(), InitError> {
+/// Writes the servers' files of `plan` into the bundles of the federation in `fed`, and the
+/// plan itself.
+pub fn write_topology(
+    fed: &FederationDir,
+    manifest: &Manifest,
+    plan: &TopologyPlan,
+    certificates: Certificates,
+) -> Result<(), InitError> {
     plan.check(&manifest.identities).map_err(plan_error)?;
     if plan.topology == Topology::Single {
         return Ok(());
     }
+    let plan_text = serde_json::to_string_pretty(plan).map_err(|e| InitError::Topology(e.to_string()))?;
+    federation::write_file(&fed.topology_plan(), &(plan_text + "\n"), false)?;
     let ca = federation::read_text(&fed.ca_cert())?;
     for server in plan.render(fed, &manifest.identities) {
         let machine = plan
@@ -219,10 +301,13 @@ pub fn write_topology(fed: &FederationDir, manifest: &Manifest, plan: &TopologyP
             .find(|m| m.name == server.machine)
             .ok_or_else(|| InitError::Topology(format!("no machine {}", server.machine)))?;
         let bundle = fed.bundle(&server.bundle);
-        let route = plan.topology == Topology::Cluster;
-        let (cert, key) = federation::issue_certificate(fed, std::slice::from_ref(&machine.host), route)?;
-        federation::write_file(&bundle.join(SERVER_CERT_FILE), &cert, false)?;
-        federation::write_file(&bundle.join(SERVER_KEY_FILE), &key, true)?;
+        let has_certificate = bundle.join(SERVER_CERT_FILE).is_file() && bundle.join(SERVER_KEY_FILE).is_file();
+        if certificates == Certificates::Issue || !has_certificate {
+            let route = plan.topology == Topology::Cluster;
+            let (cert, key) = federation::issue_certificate(fed, std::slice::from_ref(&machine.host), route)?;
+            federation::write_file(&bundle.join(SERVER_CERT_FILE), &cert, false)?;
+            federation::write_file(&bundle.join(SERVER_KEY_FILE), &key, true)?;
+        }
         federation::write_file(&bundle.join(CA_FILE), &ca, false)?;
         federation::write_file(&bundle.join(SERVER_CONFIG_FILE), &server.text, false)?;
         if plan.topology == Topology::HubLeaf && server.bundle != HUB_BUNDLE {

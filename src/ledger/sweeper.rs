@@ -38,15 +38,30 @@ async fn sweep(kv: &kv::Store, sequencer: &SequencerHandle) -> Result<(), String
     let mut in_flight: HashSet<TaskId> = HashSet::new();
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<TaskId>();
     let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    // How long the replay of the bucket takes after a (re)start: the newest locks, the pending
+    // ones, come last, so this is how late a restarted sweeper can be (logged for the chaos run).
+    let started = std::time::Instant::now();
+    let (mut read, mut caught_up) = (0usize, false);
     loop {
         tokio::select! {
             entry = watch.next() => {
                 let entry = entry.ok_or("the watch ended")?.map_err(|e| e.to_string())?;
-                let Ok(lock) = serde_json::from_slice::<Lock>(&entry.value) else { continue };
-                if lock.state.is_terminal() {
-                    pending.remove(&lock.task_id);
-                } else {
-                    pending.insert(lock.task_id, lock.expires_at);
+                read += 1;
+                if let Ok(lock) = serde_json::from_slice::<Lock>(&entry.value) {
+                    if lock.state.is_terminal() {
+                        pending.remove(&lock.task_id);
+                    } else {
+                        pending.insert(lock.task_id, lock.expires_at);
+                    }
+                }
+                if !caught_up && entry.delta == 0 {
+                    caught_up = true;
+                    tracing::info!(
+                        locks = read,
+                        pending = pending.len(),
+                        seconds = started.elapsed().as_secs_f64(),
+                        "lock sweeper caught up with the bucket"
+                    );
                 }
             }
             Some(task_id) = done_rx.recv() => {

@@ -22,7 +22,8 @@ use crate::nats::server_config::{self, NatsUser};
 use crate::nats::subjects;
 
 /// How the machines of a federation are connected.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Topology {
     /// One server: everything on one machine.
     Single,
@@ -78,7 +79,7 @@ impl Topology {
 }
 
 /// One machine's server: where it listens and what other machines dial.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Machine {
     /// The machine's name (`Legion`); its server is named `sagefed-<name in lower case>`.
     pub name: String,

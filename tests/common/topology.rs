@@ -89,6 +89,18 @@ impl Server {
         self.child = Some(child);
     }
 
+    /// Makes the running server read its config again, as an operator would after
+    /// `sagefed init --add-platform` (`nats-server --signal reload=PID`).
+    pub fn reload(&self) {
+        let child = self.child.as_ref().expect("a running server to reload");
+        let status = Command::new(server_binary())
+            .arg("--signal")
+            .arg(format!("reload={}", child.id()))
+            .status()
+            .expect("run nats-server --signal");
+        assert!(status.success(), "{} did not take the reload signal", self.machine);
+    }
+
     /// SIGKILL, as a crash or a power cut of the machine would.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -139,6 +151,23 @@ impl Drop for Deployment {
                 );
             }
         }
+    }
+}
+
+/// Grants the platform of the config at `path` the ATP its config says, as the admin.
+async fn grant_configured(ledger: &LedgerClient, path: &Path) {
+    let config = Config::load(path).expect("config loads");
+    for (task_type, resource) in &config.resources {
+        let lct = config.lct(task_type.as_str()).expect("lct");
+        let reply = ledger
+            .grant(
+                &format!("genesis-{}", lct.key_path().replace('.', "_")),
+                &lct,
+                resource.atp_budget.atp().as_f64(),
+            )
+            .await
+            .expect("grant");
+        assert_eq!(reply.outcome, Outcome::Applied, "{reply:?}");
     }
 }
 
@@ -447,23 +476,35 @@ impl Deployment {
         let ledger = LedgerClient::new(admin, self.treasury.clone());
         for platform in PLATFORMS {
             let path = write_config_with(self.dir.path(), platform, &self.home(platform).url(), edit);
-            let config = Config::load(&path).expect("config loads");
-            for (task_type, resource) in &config.resources {
-                let lct = config.lct(task_type.as_str()).expect("lct");
-                let reply = ledger
-                    .grant(
-                        &format!("genesis-{}", lct.key_path().replace('.', "_")),
-                        &lct,
-                        resource.atp_budget.atp().as_f64(),
-                    )
-                    .await
-                    .expect("grant");
-                assert_eq!(reply.outcome, Outcome::Applied, "{reply:?}");
-            }
+            grant_configured(&ledger, &path).await;
             self.configs.insert(platform.to_owned(), path);
             self.spawn_worker(platform);
         }
         self.wait_healthy(&PLATFORMS).await;
+    }
+
+    /// A platform `sagefed init --add-platform` added, on `machine` (a leaf of its own in
+    /// hub-leaf; `None`: it connects to the hub or first node): starts its server from its
+    /// bundle, grants it its configured ATP and starts its worker with `config`.
+    pub async fn add_platform(&mut self, platform: &str, machine: Option<Machine>, config: PathBuf) {
+        if let Some(machine) = machine {
+            let mut server = Server {
+                machine: machine.name.clone(),
+                config: self.fed.bundle(&machine.name).join(SERVER_CONFIG_FILE),
+                log: self.path().join(format!("server-{}.log", machine.name)),
+                client_port: machine.client_port,
+                child: None,
+            };
+            server.start();
+            self.servers.insert(machine.name.clone(), server);
+            self.plan.machines.push(machine);
+            self.wait_jetstream_everywhere().await;
+        }
+        let ledger = LedgerClient::new(self.admin().await, self.treasury.clone());
+        grant_configured(&ledger, &config).await;
+        self.configs.insert(platform.to_owned(), config);
+        self.spawn_worker(platform);
+        self.wait_healthy(&[platform]).await;
     }
 
     /// Starts (or restarts) `platform`'s worker on its own machine's server.

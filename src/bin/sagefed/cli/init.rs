@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use sage_federation::identity::federation::{self, FederationDir, InitOptions, Manifest};
-use sage_federation::identity::topology::{TopologyPlan, init_topology};
+use sage_federation::identity::federation::{FederationDir, InitOptions, Manifest};
+use sage_federation::identity::topology::{self as layout, TopologyPlan, init_topology};
 use sage_federation::nats::permissions::Role;
 use sage_federation::nats::topology::{self, Machine, Topology};
 
@@ -30,8 +30,10 @@ pub struct InitArgs {
     /// The NATS URL written into the platforms' bundles
     #[arg(long, default_value = sage_federation::config::NATS_URL_DEFAULT)]
     url: String,
-    /// Add this platform to the existing federation in --out (nobody else is re-keyed)
-    #[arg(long, value_name = "NAME", conflicts_with_all = ["platforms", "force"])]
+    /// Add this platform to the existing federation in --out (nobody else is re-keyed; every
+    /// server config of its topology is regenerated). In hub-leaf, `--node NAME=HOST[:PORT]`
+    /// gives it a leaf server on a machine of its own; without it, it connects to the hub
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["platforms", "force", "topology"])]
     add_platform: Option<String>,
     /// Replace an existing federation (every key and certificate changes)
     #[arg(long)]
@@ -98,8 +100,18 @@ pub fn run(args: &InitArgs) -> anyhow::Result<()> {
         } else {
             Role::Platform
         };
-        let manifest = federation::add_platform(&args.out, platform, role)?;
-        println!("added platform {platform}; reload the server: nats-server --signal reload");
+        let machine = match args.nodes.as_slice() {
+            [] => None,
+            [spec] => {
+                Some(Machine::parse(spec, topology::LEAF_PORT_DEFAULT).map_err(|e| anyhow::anyhow!("--node {e}"))?)
+            }
+            _ => anyhow::bail!("--add-platform takes at most one --node: the new platform's machine"),
+        };
+        let manifest = layout::add_platform(&args.out, platform, role, machine)?;
+        println!(
+            "added platform {platform}; install bundles/{platform} on its machine and reload the \
+             server(s) whose config changed: nats-server --signal reload"
+        );
         manifest
     } else {
         let platforms = if args.platforms.is_empty() {
