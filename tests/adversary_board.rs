@@ -23,24 +23,12 @@ const C: &str = "consciousness";
 const WORK_MS: u64 = 2_000;
 
 fn sprout(p: &Processes) -> Signer {
-    let key = sage_federation::identity::keys::read_secret(&p.config("Sprout").keypair_path()).expect("key");
-    Signer::new("Sprout", key).expect("signer")
+    p.signer("Sprout")
 }
 
 /// A task of [`WORK_MS`] from Thor to Legion under `task_id`.
 fn waiting_task(task_id: &TaskId) -> DelegationRequest {
-    DelegationRequest {
-        to: Some("Legion".into()),
-        task_type: C.into(),
-        operation: "execution".into(),
-        budget: 5.0,
-        timeout_seconds: 30,
-        parameters: json!({"steps": [{"op": "wait", "args": [WORK_MS]}, {"op": "add", "args": [1, 2]}]})
-            .as_object()
-            .cloned()
-            .expect("object"),
-        task_id: Some(task_id.clone()),
-    }
+    common::waiting_on_legion(task_id, WORK_MS)
 }
 
 /// Waits until the task board (which every platform reads) shows `task_id`: the attacker

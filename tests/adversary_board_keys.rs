@@ -19,24 +19,12 @@ use sage_federation::protocol::task::TaskId;
 use sage_federation::state::task_board::{TaskBoard, TaskState, TaskStatus};
 use serde_json::json;
 
-const C: &str = "consciousness";
 /// How long the attacked task works: long enough for the attacker to strike while it runs.
 const WORK_MS: u64 = 2_000;
 
 /// A task of [`WORK_MS`] from Thor to Legion under `task_id`.
 fn waiting_task(task_id: &TaskId) -> DelegationRequest {
-    DelegationRequest {
-        to: Some("Legion".into()),
-        task_type: C.into(),
-        operation: "execution".into(),
-        budget: 5.0,
-        timeout_seconds: 30,
-        parameters: json!({"steps": [{"op": "wait", "args": [WORK_MS]}, {"op": "add", "args": [1, 2]}]})
-            .as_object()
-            .cloned()
-            .expect("object"),
-        task_id: Some(task_id.clone()),
-    }
+    common::waiting_on_legion(task_id, WORK_MS)
 }
 
 /// Waits until the board (which every platform reads) shows `task_id` running at Legion.

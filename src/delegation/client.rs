@@ -465,20 +465,7 @@ impl FederationClient {
         wire: Bytes,
         mut rx: mpsc::Receiver<Bytes>,
     ) -> Result<DelegationOutcome, DelegateError> {
-        let status = TaskStatus {
-            task_id: task.task_id.clone(),
-            delegator: task.source_lct.clone(),
-            executor: task.target_lct.clone(),
-            operation: task.operation.clone(),
-            state: TaskState::Queued,
-            updated_at: now_seconds(),
-            stream_sequence: None,
-            worker: None,
-            quality: None,
-            atp_consumed: None,
-            reason: String::new(),
-            settled: false,
-        };
+        let status = TaskStatus::for_task(task, TaskState::Queued);
         // Bytes clone by reference count: the task is kept for a commit this delegator makes.
         let task_wire = wire.clone();
         if let Err(e) = self.publish(task, &status, wire).await {

@@ -17,7 +17,7 @@ use crate::nats::cas::{self, CasError, Step};
 use crate::nats::subjects;
 use crate::protocol::clock::now_seconds;
 use crate::protocol::lct::Lct;
-use crate::protocol::task::TaskId;
+use crate::protocol::task::{FederationTask, TaskId};
 
 /// Where a task is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +62,26 @@ pub struct TaskStatus {
     /// Whether the delegator side has recorded this task's settlement (reputation), once.
     #[serde(default)]
     pub settled: bool,
+}
+
+impl TaskStatus {
+    /// `task`'s status in `state`, now, with nothing recorded yet.
+    pub fn for_task(task: &FederationTask, state: TaskState) -> Self {
+        Self {
+            task_id: task.task_id.clone(),
+            delegator: task.source_lct.clone(),
+            executor: task.target_lct.clone(),
+            operation: task.operation.clone(),
+            state,
+            updated_at: now_seconds(),
+            stream_sequence: None,
+            worker: None,
+            quality: None,
+            atp_consumed: None,
+            reason: String::new(),
+            settled: false,
+        }
+    }
 }
 
 /// What a worker's claim found.

@@ -259,18 +259,9 @@ async fn process(ctx: &WorkerContext, message: &Arc<jetstream::Message>, sequenc
 /// The executor's part of `task`'s status as this worker starts it (from the signed task).
 fn status_template(ctx: &WorkerContext, task: &FederationTask, sequence: Option<u64>) -> TaskStatus {
     TaskStatus {
-        task_id: task.task_id.clone(),
-        delegator: task.source_lct.clone(),
-        executor: task.target_lct.clone(),
-        operation: task.operation.clone(),
-        state: TaskState::Running,
-        updated_at: now_seconds(),
         stream_sequence: sequence,
         worker: Some(ctx.worker_id.clone()),
-        quality: None,
-        atp_consumed: None,
-        reason: String::new(),
-        settled: false,
+        ..TaskStatus::for_task(task, TaskState::Running)
     }
 }
 

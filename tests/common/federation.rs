@@ -12,7 +12,6 @@ use sage_federation::identity::directory::KeyDirectory;
 use sage_federation::identity::federation::{FederationDir, endorse_identity_key};
 use sage_federation::identity::keys;
 use sage_federation::ledger::client::LedgerClient;
-use sage_federation::ledger::protocol::Outcome;
 use sage_federation::ledger::snapshot::LedgerSnapshot;
 use sage_federation::protocol::clock::now_seconds;
 use sage_federation::protocol::envelope::Signer;
@@ -193,19 +192,7 @@ impl Processes {
         let treasury = LedgerClient::new(treasury_client, treasury);
         for platform in PLATFORMS {
             let path = write_config_with(processes.nats.path(), platform, &url, edit);
-            let config = Config::load(&path).expect("config loads");
-            for (task_type, resource) in &config.resources {
-                let lct = config.lct(task_type.as_str()).expect("lct");
-                let reply = treasury
-                    .grant(
-                        &format!("genesis-{}", lct.key_path().replace('.', "_")),
-                        &lct,
-                        resource.atp_budget.atp().as_f64(),
-                    )
-                    .await
-                    .expect("grant");
-                assert_eq!(reply.outcome, Outcome::Applied, "{reply:?}");
-            }
+            super::grant_configured(&treasury, &path).await;
             processes.configs.insert(platform.to_owned(), path);
             processes.spawn_worker(platform);
         }

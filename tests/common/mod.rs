@@ -457,3 +457,39 @@ pub fn completed_proof(
         created_at: sage_federation::protocol::clock::now_seconds(),
     }
 }
+
+/// Grants the platform of the config at `path` the ATP its config says, as the admin.
+pub async fn grant_configured(ledger: &sage_federation::ledger::client::LedgerClient, path: &Path) {
+    let config = sage_federation::config::Config::load(path).expect("config loads");
+    for (task_type, resource) in &config.resources {
+        let lct = config.lct(task_type.as_str()).expect("lct");
+        let reply = ledger
+            .grant(
+                &format!("genesis-{}", lct.key_path().replace('.', "_")),
+                &lct,
+                resource.atp_budget.atp().as_f64(),
+            )
+            .await
+            .expect("grant");
+        assert_eq!(
+            reply.outcome,
+            sage_federation::ledger::protocol::Outcome::Applied,
+            "{reply:?}"
+        );
+    }
+}
+
+/// [`add_on_legion`] (5 ATP, 30 s) that first waits `wait_ms`: long enough for an attacker to
+/// act while it runs.
+pub fn waiting_on_legion(
+    task_id: &sage_federation::protocol::task::TaskId,
+    wait_ms: u64,
+) -> sage_federation::delegation::client::DelegationRequest {
+    sage_federation::delegation::client::DelegationRequest {
+        parameters: serde_json::json!({"steps": [{"op": "wait", "args": [wait_ms]}, {"op": "add", "args": [1, 2]}]})
+            .as_object()
+            .cloned()
+            .expect("object"),
+        ..add_on_legion(task_id, 5.0, 30)
+    }
+}

@@ -15,7 +15,6 @@ use sage_federation::identity::federation::{FederationDir, HUB_BUNDLE, InitOptio
 use sage_federation::identity::keys;
 use sage_federation::identity::topology::{SERVER_CONFIG_FILE, TopologyPlan, init_topology};
 use sage_federation::ledger::client::LedgerClient;
-use sage_federation::ledger::protocol::Outcome;
 use sage_federation::ledger::snapshot::LedgerSnapshot;
 use sage_federation::nats::connection::{self, NatsAccess};
 use sage_federation::nats::topology::{Machine, Topology};
@@ -151,23 +150,6 @@ impl Drop for Deployment {
                 );
             }
         }
-    }
-}
-
-/// Grants the platform of the config at `path` the ATP its config says, as the admin.
-async fn grant_configured(ledger: &LedgerClient, path: &Path) {
-    let config = Config::load(path).expect("config loads");
-    for (task_type, resource) in &config.resources {
-        let lct = config.lct(task_type.as_str()).expect("lct");
-        let reply = ledger
-            .grant(
-                &format!("genesis-{}", lct.key_path().replace('.', "_")),
-                &lct,
-                resource.atp_budget.atp().as_f64(),
-            )
-            .await
-            .expect("grant");
-        assert_eq!(reply.outcome, Outcome::Applied, "{reply:?}");
     }
 }
 
@@ -476,7 +458,7 @@ impl Deployment {
         let ledger = LedgerClient::new(admin, self.treasury.clone());
         for platform in PLATFORMS {
             let path = write_config_with(self.dir.path(), platform, &self.home(platform).url(), edit);
-            grant_configured(&ledger, &path).await;
+            super::grant_configured(&ledger, &path).await;
             self.configs.insert(platform.to_owned(), path);
             self.spawn_worker(platform);
         }
@@ -501,7 +483,7 @@ impl Deployment {
             self.wait_jetstream_everywhere().await;
         }
         let ledger = LedgerClient::new(self.admin().await, self.treasury.clone());
-        grant_configured(&ledger, &config).await;
+        super::grant_configured(&ledger, &config).await;
         self.configs.insert(platform.to_owned(), config);
         self.spawn_worker(platform);
         self.wait_healthy(&[platform]).await;
