@@ -7,8 +7,8 @@
 //! - [`protocol`]: the wire and its values, pure (no `async_nats`, no `tokio`): LCT identities
 //!   ([`protocol::lct`]), ATP amounts ([`protocol::atp`]), time ([`protocol::clock`]), bounds
 //!   (`protocol::limits`), the FederationTask and ExecutionProof ([`protocol::task`],
-//!   [`protocol::proof`]), and signing and verifying wire bytes ([`protocol::envelope`], the
-//!   only builder of [`Verified`]).
+//!   [`protocol::proof`]), signing and verifying wire bytes ([`protocol::envelope`], the
+//!   only builder of [`Verified`]), and a check's verdict on a result ([`protocol::verdict`]).
 //! - [`identity`]: Ed25519 key files and the key registry ([`identity::keys`]), shared through
 //!   the `sage_keys` bucket ([`identity::directory`]).
 //! - [`nats`]: every subject, stream, consumer and bucket name ([`nats::subjects`], mirrors

@@ -233,7 +233,7 @@ fn execute(parameters: &Map<String, Value>, budget: Atp, cancel: &Cancel) -> Res
 
 /// The verdict on a returned execution `result` for the task's `parameters` and `budget`:
 /// the program is run again here without its waits, and every step's outcome must match
-/// (values within [`EXPECT_TOLERANCE`], failures where it failed). The quality is the one the
+/// (values within `EXPECT_TOLERANCE`, failures where it failed). The quality is the one the
 /// checker computed. Costs one pass over at most [`STEPS_MAX`] steps.
 pub fn verify_result(parameters: &Map<String, Value>, budget: Atp, result: &Map<String, Value>) -> Verdict {
     let expected = match execute_with(parameters, budget, &Cancel::default(), Waits::Skip) {

@@ -369,7 +369,7 @@ const STATISTIC_TOLERANCE: f64 = 1e-6;
 
 /// The verdict on a returned perception `result` for the task's `parameters` and `budget`:
 /// the frame is analysed again here (regenerated from its seed, or as given), and the counts
-/// and listed anomalies must match exactly, the statistics within [`STATISTIC_TOLERANCE`].
+/// and listed anomalies must match exactly, the statistics within `STATISTIC_TOLERANCE`.
 /// The quality is the one the checker computed. Costs one analysis of the frame (at most
 /// [`FRAME_SAMPLES_MAX`] samples).
 pub fn verify_result(parameters: &Map<String, Value>, budget: Atp, result: &Map<String, Value>) -> Verdict {
