@@ -29,6 +29,7 @@ fn task() -> FederationTask {
             .expect("object"),
         created_at: 1_000.0,
         expires_at: 2_000.0,
+        critical: false,
     }
 }
 

@@ -235,6 +235,11 @@ pub struct Permissions {
     /// `federation:delegate`: may this platform delegate tasks to others.
     #[serde(default = "yes")]
     pub delegate: bool,
+    /// `federation:critical`: may this platform queue critical tasks, which overtake queued
+    /// normal ones at the executor. The root grants it when `sagefed up` makes the federation
+    /// (`sagefed init --critical NAME` otherwise); this line alone grants nothing.
+    #[serde(default)]
+    pub critical: bool,
     /// Operations this platform executes for others (`<operation>:execute`).
     #[serde(default = "default_execute")]
     pub execute: Vec<Name>,
@@ -278,6 +283,7 @@ impl Default for Permissions {
     fn default() -> Self {
         Self {
             delegate: true,
+            critical: false,
             execute: default_execute(),
             delegators: Vec::new(),
             requests_per_minute: default_requests_per_minute(),

@@ -223,6 +223,7 @@ fn a_platform_added_to_a_cluster_is_in_every_node_config_and_nobody_is_rekeyed()
             dir: fed.dir.clone(),
             platforms: machines.iter().map(|m| m.name.clone()).collect(),
             executors: Vec::new(),
+            critical: Vec::new(),
             admins: vec!["Treasury".to_owned()],
             hosts: Vec::new(),
             url: "nats://127.0.0.1:4222".to_owned(),

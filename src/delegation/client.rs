@@ -32,6 +32,7 @@ use crate::protocol::clock::now_seconds;
 use crate::protocol::envelope::{Signer, Verified};
 use crate::protocol::lct::Lct;
 use crate::protocol::proof::{ExecutionProof, ProofStatus};
+pub use crate::protocol::task::Lane;
 use crate::protocol::task::{FederationTask, TaskId, message_id as task_message_id};
 use crate::state::registry::{PlatformRecord, Registry};
 use crate::state::reputation::Reputations;
@@ -113,6 +114,10 @@ pub struct DelegationOutcome {
 pub enum DelegateError {
     #[error("{0} lacks the federation:delegate permission (permissions.delegate in its config)")]
     NotPermitted(String),
+    #[error(
+        "{0} lacks the federation:critical permission: the root grants it (`sagefed init --critical NAME`, or `critical = true` under [permissions] in the platform's config when `sagefed up` makes the federation)"
+    )]
+    CriticalNotPermitted(String),
     #[error("no platform can take this task: {0}")]
     NoPlatform(String),
     #[error("the ledger refused to lock the budget: {0}")]
@@ -137,6 +142,7 @@ pub enum DelegateError {
 fn error_label(error: &DelegateError) -> &'static str {
     match error {
         DelegateError::NotPermitted(_) => "not_permitted",
+        DelegateError::CriticalNotPermitted(_) => "critical_not_permitted",
         DelegateError::NoPlatform(_) => "no_platform",
         DelegateError::Lock(_) => "lock_refused",
         DelegateError::Publish(_) => "publish_failed",
@@ -376,9 +382,27 @@ impl FederationClient {
 
     /// Delegates one task and returns its settled outcome.
     pub async fn delegate_task(&self, request: DelegationRequest) -> Result<DelegationOutcome, DelegateError> {
+        self.delegate_on(request, Lane::Normal).await
+    }
+
+    /// Delegates one critical task (on the executor's critical lane, which its workers drain
+    /// before queued normal tasks) and returns its settled outcome. Needs
+    /// `federation:critical`: the server refuses the publish otherwise, and a worker refuses
+    /// a critical task signed by a key without it.
+    pub async fn delegate_critical_task(&self, request: DelegationRequest) -> Result<DelegationOutcome, DelegateError> {
+        self.delegate_on(request, Lane::Critical).await
+    }
+
+    /// Delegates one task on `lane`.
+    pub async fn delegate_on(&self, request: DelegationRequest, lane: Lane) -> Result<DelegationOutcome, DelegateError> {
         let started = Instant::now();
         if !self.config.permissions.delegate {
             return Err(DelegateError::NotPermitted(self.platform().to_owned()));
+        }
+        // Refused before any ATP moves; the server and the worker refuse it anyway.
+        let own_key = self.keys.record(self.platform(), self.signer.key_id());
+        if lane == Lane::Critical && own_key.is_some_and(|record| !record.critical) {
+            return Err(DelegateError::CriticalNotPermitted(self.platform().to_owned()));
         }
         let target = self.choose_target_unless_link_down(&request).await?;
         let source_lct = self
@@ -406,6 +430,7 @@ impl FederationClient {
             parameters: request.parameters,
             created_at,
             expires_at,
+            critical: lane == Lane::Critical,
         };
         // Sign first: an invalid task is refused before any ATP moves.
         let wire = self
@@ -548,7 +573,7 @@ impl FederationClient {
             headers.insert(async_nats::header::NATS_MESSAGE_ID, message_id.as_str());
             let sent = self
                 .js
-                .publish_with_headers(subjects::delegate(task.target_lct.platform()), headers, wire.clone())
+                .publish_with_headers(task.queue_subject(), headers, wire.clone())
                 .await;
             let failed = match sent {
                 Ok(ack) => match ack.await {

@@ -198,6 +198,7 @@ impl From<DelegateError> for ApiError {
     fn from(e: DelegateError) -> Self {
         let (status, code) = match &e {
             DelegateError::NotPermitted(_) => (StatusCode::FORBIDDEN, "not_permitted"),
+            DelegateError::CriticalNotPermitted(_) => (StatusCode::FORBIDDEN, "critical_not_permitted"),
             DelegateError::NoPlatform(_) => (StatusCode::CONFLICT, "no_platform"),
             DelegateError::Lock(_) => (StatusCode::PAYMENT_REQUIRED, "lock_refused"),
             DelegateError::Publish(_) => (StatusCode::SERVICE_UNAVAILABLE, "publish_failed"),

@@ -84,6 +84,9 @@ pub struct InitOptions {
     pub platforms: Vec<String>,
     /// Platforms among `platforms` not granted `federation:delegate` (execute only).
     pub executors: Vec<String>,
+    /// Platforms among `platforms` granted `federation:critical` (critical tasks) besides
+    /// `federation:delegate`.
+    pub critical: Vec<String>,
     pub admins: Vec<String>,
     /// Extra host names or addresses for the server certificate (loopback is always in).
     pub hosts: Vec<String>,
@@ -271,27 +274,52 @@ fn make_certificates(fed: &FederationDir, hosts: &[String]) -> Result<(), InitEr
     Ok(())
 }
 
+/// What the root grants a key: the permissions a worker reads from the key's record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Grants {
+    /// `federation:delegate`: its tasks and locks are accepted.
+    pub delegate: bool,
+    /// `federation:critical`: its tasks may be critical.
+    pub critical: bool,
+}
+
+impl Grants {
+    /// Nothing: an admin's key.
+    pub const NONE: Grants = Grants {
+        delegate: false,
+        critical: false,
+    };
+
+    /// What an identity of `role` is granted.
+    pub fn of(role: Role) -> Grants {
+        Grants {
+            delegate: role.delegates(),
+            critical: role.critical(),
+        }
+    }
+}
+
 /// Reads the signing key at `key_path` (creating it when missing) and makes sure the records
-/// file beside it holds its record endorsed by `root` for `identity`, granting
-/// `federation:delegate` when `delegate`. Returns that record.
+/// file beside it holds its record endorsed by `root` for `identity`, granting what `grants`
+/// says. Returns that record.
 pub fn endorse_key_file(
     root: &ed25519_dalek::SigningKey,
     identity: &str,
     key_path: &Path,
-    delegate: bool,
+    grants: Grants,
 ) -> Result<KeyRecord, InitError> {
     let key_err = |e: keys::KeyError| InitError::Key(e.to_string());
     let key = keys::read_or_create_secret(key_path).map_err(key_err)?;
     let id = keys::key_id(&key.verifying_key());
     let existing = keys::read_records(key_path).unwrap_or_default();
-    if let Some(record) = existing
-        .iter()
-        .find(|r| r.key_id == id && r.platform == identity && r.delegate == delegate)
-    {
+    if let Some(record) = existing.iter().find(|r| {
+        r.key_id == id && r.platform == identity && r.delegate == grants.delegate && r.critical == grants.critical
+    }) {
         return Ok(record.clone());
     }
     let mut record = KeyRecord::new(identity, &key.verifying_key(), 0.0);
-    record.delegate = delegate;
+    record.delegate = grants.delegate;
+    record.critical = grants.critical;
     let record = chain::endorse(record, Endorser::Root, root);
     keys::write_records(key_path, std::slice::from_ref(&record)).map_err(key_err)?;
     Ok(record)
@@ -311,7 +339,7 @@ pub fn endorse_identity_key(fed: &FederationDir, identity: &str, key_path: &Path
             path: fed.manifest(),
             why: format!("no identity {identity}; add it with `sagefed init --add-platform {identity}`"),
         })?;
-    endorse_key_file(&read_root(fed)?, identity, key_path, role == Role::Platform)
+    endorse_key_file(&read_root(fed)?, identity, key_path, Grants::of(role))
 }
 
 /// Reads the root key of the federation in `fed`.
@@ -371,16 +399,15 @@ pub fn init(options: &InitOptions) -> Result<Manifest, InitError> {
     let mut identities = vec![new_identity(&fed, LEDGER_IDENTITY, Role::Ledger)?];
     for admin in &options.admins {
         identities.push(new_identity(&fed, admin, Role::Admin)?);
-        endorse_key_file(&root, admin, &fed.signing_key(admin), false)?;
+        endorse_key_file(&root, admin, &fed.signing_key(admin), Grants::NONE)?;
     }
     for platform in &options.platforms {
-        let role = if options.executors.contains(platform) {
-            Role::Executor
-        } else {
-            Role::Platform
-        };
+        let role = Role::platform(
+            !options.executors.contains(platform),
+            options.critical.contains(platform),
+        );
         identities.push(new_identity(&fed, platform, role)?);
-        endorse_key_file(&root, platform, &fed.signing_key(platform), role == Role::Platform)?;
+        endorse_key_file(&root, platform, &fed.signing_key(platform), Grants::of(role))?;
     }
     let manifest = Manifest {
         root_public_key: keys::public_key_text(&root.verifying_key()),
@@ -407,7 +434,7 @@ pub fn add_platform(dir: &Path, platform: &str, role: Role) -> Result<Manifest, 
     }
     let root = read_root(&fed)?;
     manifest.identities.push(new_identity(&fed, platform, role)?);
-    endorse_key_file(&root, platform, &fed.signing_key(platform), role == Role::Platform)?;
+    endorse_key_file(&root, platform, &fed.signing_key(platform), Grants::of(role))?;
     write_outputs(&fed, &manifest)?;
     Ok(manifest)
 }

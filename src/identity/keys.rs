@@ -224,6 +224,11 @@ pub struct KeyRecord {
     /// reads it from the record of the key that signed the task.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub delegate: bool,
+    /// `federation:critical`, granted like `delegate` (the root at `sagefed init --critical`,
+    /// or a previous key that holds it): tasks signed by this key may be critical, and so
+    /// overtake queued normal tasks. A worker reads it from the record, never from the task.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub critical: bool,
     /// For a rotated key: the key it replaces and that key's end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replaces: Option<Succession>,
@@ -242,6 +247,7 @@ impl KeyRecord {
             not_before,
             not_after: None,
             delegate: false,
+            critical: false,
             replaces: None,
             endorsement: None,
         }
@@ -358,6 +364,11 @@ impl KeyRegistry {
                 if record.delegate && !endorser.delegate {
                     return Err(refuse(
                         "it claims federation:delegate, which the key that endorsed it does not hold",
+                    ));
+                }
+                if record.critical && !endorser.critical {
+                    return Err(refuse(
+                        "it claims federation:critical, which the key that endorsed it does not hold",
                     ));
                 }
                 endorser.verifying_key()?
@@ -655,6 +666,18 @@ mod tests {
         assert!(matches!(
             registry.admit(greedy, &root.verifying_key()),
             Err(KeyError::NotEndorsed { .. })
+        ));
+        // Nor federation:critical (its endorser holds neither).
+        let mut pushy = KeyRecord::new("Thor", &generate().expect("random").verifying_key(), 0.0);
+        pushy.critical = true;
+        pushy.replaces = Some(Succession {
+            key_id: new_id.clone(),
+            old_key_ends: 9e9,
+        });
+        let pushy = chain::endorse(pushy, Endorser::Key { key_id: new_id.clone() }, &next);
+        assert!(matches!(
+            registry.admit(pushy, &root.verifying_key()),
+            Err(KeyError::NotEndorsed { why, .. }) if why.contains("federation:critical")
         ));
         // One successor per key: a second one (a thief's) is refused.
         let thief = generate().expect("random");

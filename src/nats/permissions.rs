@@ -21,12 +21,35 @@ pub enum Role {
     /// A platform the root did not grant `federation:delegate`: it executes and settles, but
     /// the server refuses its tasks and locks. Granted at `sagefed init`, not claimed.
     Executor,
+    /// A platform the root granted `federation:critical` besides `federation:delegate`: it may
+    /// also queue critical tasks, on the lane every worker drains before its normal queue.
+    Critical,
 }
 
 impl Role {
     /// Whether identities of this role run a platform's worker (and get a platform bundle).
     pub fn is_platform(self) -> bool {
-        matches!(self, Role::Platform | Role::Executor)
+        matches!(self, Role::Platform | Role::Executor | Role::Critical)
+    }
+
+    /// Whether the root grants this role `federation:delegate`.
+    pub fn delegates(self) -> bool {
+        matches!(self, Role::Platform | Role::Critical)
+    }
+
+    /// Whether the root grants this role `federation:critical`.
+    pub fn critical(self) -> bool {
+        self == Role::Critical
+    }
+
+    /// The platform role of a platform that may delegate (`delegate`) and queue critical
+    /// tasks (`critical`; only with `delegate`).
+    pub fn platform(delegate: bool, critical: bool) -> Role {
+        match (delegate, critical) {
+            (true, true) => Role::Critical,
+            (true, false) => Role::Platform,
+            (false, _) => Role::Executor,
+        }
     }
 }
 
@@ -116,12 +139,17 @@ fn role_permissions(role: Role, name: &str) -> Permissions {
             p.publish
                 .extend(s::JS_API_OPERATOR_READS.iter().map(|x| (*x).to_owned()));
         }
-        Role::Platform | Role::Executor => {
-            if role == Role::Platform {
+        Role::Platform | Role::Executor | Role::Critical => {
+            if role.delegates() {
                 // federation:delegate: queue tasks for others and lock ATP for them.
                 p.publish.extend([s::delegate_any(), s::ledger_endpoint("lock")]);
             }
+            if role.critical() {
+                // federation:critical: queue tasks on others' critical lanes.
+                p.publish.push(s::critical_any());
+            }
             let worker = s::worker_consumer(name);
+            let critical = s::critical_consumer(name);
             let settle = s::settle_consumer(name);
             p.publish.extend([
                 // Proofs only under its own name: a task's slot belongs to its executor.
@@ -137,6 +165,10 @@ fn role_permissions(role: Role, name: &str) -> Permissions {
                 s::js_consumer_info(s::TASKS_STREAM, &worker),
                 s::js_consumer_next(s::TASKS_STREAM, &worker),
                 s::js_ack(s::TASKS_STREAM, &worker),
+                s::js_consumer_create(s::TASKS_STREAM, &critical, &s::critical(name)),
+                s::js_consumer_info(s::TASKS_STREAM, &critical),
+                s::js_consumer_next(s::TASKS_STREAM, &critical),
+                s::js_ack(s::TASKS_STREAM, &critical),
                 s::js_consumer_create(s::PROOFS_STREAM, &settle, &s::proofs_for(name)),
                 s::js_consumer_info(s::PROOFS_STREAM, &settle),
                 s::js_consumer_next(s::PROOFS_STREAM, &settle),
@@ -159,6 +191,7 @@ fn role_permissions(role: Role, name: &str) -> Permissions {
                 s::status_any(),
                 s::SERVICE_DISCOVERY_ALL.to_owned(),
                 s::max_deliveries_advisory(s::TASKS_STREAM, &worker),
+                s::max_deliveries_advisory(s::TASKS_STREAM, &critical),
             ]);
             p.allow_responses = true;
         }
@@ -182,6 +215,10 @@ pub fn markdown_table() -> String {
         (
             "executor-only platform `<me>` (no `federation:delegate`)",
             role_permissions(Role::Executor, NAME_PLACEHOLDER),
+        ),
+        (
+            "critical platform `<me>` (`federation:delegate` and `federation:critical`)",
+            role_permissions(Role::Critical, NAME_PLACEHOLDER),
         ),
     ];
     for (label, p) in rows {
@@ -220,6 +257,24 @@ mod tests {
         }
         let ledger = permissions(Role::Ledger, "ledger", "ULEDGER");
         assert!(ledger.publish.contains(&"$KV.sage_ledger.>".to_owned()));
+    }
+
+    #[test]
+    fn only_a_critical_platform_may_publish_on_the_critical_lanes() {
+        let lanes = s::critical_any();
+        for role in [Role::Ledger, Role::Admin, Role::Platform, Role::Executor] {
+            let p = permissions(role, "Thor", "UTHOR");
+            assert!(
+                !p.publish.iter().any(|x| x.starts_with("sage.critical") || x == ">" || x == "sage.>"),
+                "{role:?}"
+            );
+        }
+        assert!(permissions(Role::Critical, "Thor", "UTHOR").publish.contains(&lanes));
+        // Every platform consumes its own critical lane, whatever it may publish.
+        for role in [Role::Platform, Role::Executor, Role::Critical] {
+            let p = permissions(role, "Thor", "UTHOR");
+            assert!(p.publish.contains(&s::js_consumer_next(s::TASKS_STREAM, "critical-Thor")));
+        }
     }
 
     #[test]

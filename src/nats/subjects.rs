@@ -8,8 +8,11 @@
 
 /// Work-queue stream holding delegated tasks, one subject per target platform.
 pub const TASKS_STREAM: &str = "SAGE_TASKS";
-/// Subjects captured by [`TASKS_STREAM`].
+/// Normal tasks in [`TASKS_STREAM`]: `sage.delegate.<executor>`.
 pub const TASKS_SUBJECTS: &str = "sage.delegate.*";
+/// Critical tasks in [`TASKS_STREAM`]: `sage.critical.<executor>`, the lane a platform's
+/// workers drain first. Only identities granted `federation:critical` may publish here.
+pub const CRITICAL_TASKS_SUBJECTS: &str = "sage.critical.*";
 
 /// Stream holding signed execution proofs, addressed to the delegator platform and named by
 /// the executor platform that published them (each may publish only under its own name).
@@ -51,6 +54,25 @@ pub const STATUS_ENDPOINT_PREFIX: &str = "sage.status";
 /// Subject a delegator publishes a task for `platform` on.
 pub fn delegate(platform: &str) -> String {
     format!("sage.delegate.{platform}")
+}
+
+/// Subject a delegator publishes a critical task for `platform` on: its critical lane.
+pub fn critical(platform: &str) -> String {
+    format!("sage.critical.{platform}")
+}
+
+/// The lane a task for `platform` is queued on: [`critical`] or [`delegate`].
+pub fn task_queue(platform: &str, critical_lane: bool) -> String {
+    if critical_lane {
+        critical(platform)
+    } else {
+        delegate(platform)
+    }
+}
+
+/// Any platform's critical lane (a delegator granted `federation:critical` may use any).
+pub fn critical_any() -> String {
+    CRITICAL_TASKS_SUBJECTS.to_owned()
 }
 
 /// Subject `executor_platform` publishes the proof of `task_id` on, for `delegator_platform`:
@@ -104,6 +126,12 @@ pub fn abort(platform: &str) -> String {
 /// Durable pull consumer shared by all workers of `platform`.
 pub fn worker_consumer(platform: &str) -> String {
     format!("worker-{platform}")
+}
+
+/// Durable pull consumer of `platform`'s critical lane, shared by all its workers, which
+/// serve it before [`worker_consumer`].
+pub fn critical_consumer(platform: &str) -> String {
+    format!("critical-{platform}")
 }
 
 /// Durable pull consumer through which `platform` settles the proofs addressed to it.
@@ -382,6 +410,8 @@ mod tests {
         let names = [
             TASKS_STREAM,
             TASKS_SUBJECTS.trim_end_matches('*'),
+            CRITICAL_TASKS_SUBJECTS.trim_end_matches('*'),
+            "critical-",
             PROOFS_STREAM,
             PROOFS_SUBJECTS.trim_end_matches("*.*"),
             DEAD_STREAM,
@@ -424,6 +454,10 @@ mod tests {
     #[test]
     fn subjects_match_their_stream_filters() {
         assert_eq!(delegate("Thor"), "sage.delegate.Thor");
+        assert_eq!(critical("Thor"), "sage.critical.Thor");
+        assert_eq!(task_queue("Thor", true), critical("Thor"));
+        assert_eq!(task_queue("Thor", false), delegate("Thor"));
+        assert_eq!(critical_consumer("Thor"), "critical-Thor");
         assert_eq!(proof("Legion", "Thor", "t-1"), "sage.proof.Legion.Thor.t-1");
         assert_eq!(proof_subject_parts("sage.proof.Legion.Thor.t-1"), Some(("Thor", "t-1")));
         assert_eq!(proof_subject_parts("sage.proof.Legion.t-1"), None);

@@ -17,7 +17,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::nats::permissions::{Permissions, Role};
+use crate::nats::permissions::Permissions;
 use crate::nats::server_config::{self, NatsUser};
 use crate::nats::subjects;
 
@@ -222,7 +222,7 @@ pub fn hub_config(hub: &Machine, users: &[NatsUser], files: &ServerFiles<'_>) ->
     out.push_str(&jetstream_block(files.store_dir, Some(subjects::HUB_DOMAIN)));
     let platforms: Vec<&str> = users
         .iter()
-        .filter(|u| u.role == Role::Platform)
+        .filter(|u| u.role.delegates())
         .map(|u| u.name.as_str())
         .collect();
     out.push_str(&server_config::authorization_block_with(users, &|user, p| {

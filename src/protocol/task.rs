@@ -71,6 +71,40 @@ impl fmt::Display for TaskId {
     }
 }
 
+/// Which of an executor's two queues a task waits in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Lane {
+    /// The normal queue, in order of arrival.
+    #[default]
+    Normal,
+    /// The critical lane: the executor's workers take its tasks before any queued normal one.
+    Critical,
+}
+
+impl Lane {
+    /// Both lanes, in the order a worker serves them.
+    pub const SERVED_FIRST_TO_LAST: [Lane; 2] = [Lane::Critical, Lane::Normal];
+
+    /// The subject tasks for `platform` on this lane are published on.
+    pub fn subject(self, platform: &str) -> String {
+        subjects::task_queue(platform, self == Lane::Critical)
+    }
+
+    /// The durable consumer `platform`'s workers share on this lane.
+    pub fn consumer(self, platform: &str) -> String {
+        match self {
+            Lane::Normal => subjects::worker_consumer(platform),
+            Lane::Critical => subjects::critical_consumer(platform),
+        }
+    }
+
+    /// The lane a task marked `critical` (or not) belongs on.
+    pub fn of(critical: bool) -> Lane {
+        if critical { Lane::Critical } else { Lane::Normal }
+    }
+}
+
 /// A task one platform delegates to another.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -97,9 +131,25 @@ pub struct FederationTask {
     /// Subject the executor publishes the proof on: always the proofs subject of the source
     /// platform for this task, checked, so a task cannot make a worker publish elsewhere.
     pub reply_to: String,
+    /// A critical task: queued on the executor's critical lane, which its workers drain
+    /// before the normal one. Only a delegator whose key holds `federation:critical` may
+    /// sign one (the worker refuses it otherwise). Absent on the wire when false, so a task
+    /// signed before the field existed decodes, and verifies, as normal.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub critical: bool,
 }
 
 impl FederationTask {
+    /// The lane this task is queued on at its executor.
+    pub fn lane(&self) -> Lane {
+        Lane::of(self.critical)
+    }
+
+    /// The subject this task is queued on at its executor: its lane's.
+    pub fn queue_subject(&self) -> String {
+        self.lane().subject(self.target_lct.platform())
+    }
+
     /// The budget as a ledger amount. Valid once `validate` passed.
     pub fn budget(&self) -> Result<Atp, String> {
         Atp::positive_from_f64(self.atp_budget, "atp_budget").map_err(|e| e.to_string())
@@ -187,7 +237,25 @@ pub(crate) mod tests {
             parameters: Map::new(),
             created_at: 1000.0,
             expires_at: 1060.0,
+            critical: false,
         }
+    }
+
+    #[test]
+    fn a_task_without_the_critical_field_decodes_as_normal_and_a_normal_one_omits_it() {
+        let task = sample_task("Thor", "Legion");
+        let json = serde_json::to_value(&task).expect("json");
+        assert!(json.get("critical").is_none(), "a normal task's bytes are unchanged: {json}");
+        let decoded: FederationTask = serde_json::from_value(json).expect("decode");
+        assert!(!decoded.critical);
+        assert_eq!(decoded.queue_subject(), subjects::delegate("Legion"));
+        let critical = FederationTask {
+            critical: true,
+            ..task
+        };
+        let json = serde_json::to_value(&critical).expect("json");
+        assert_eq!(json["critical"], serde_json::Value::Bool(true));
+        assert_eq!(critical.queue_subject(), subjects::critical("Legion"));
     }
 
     #[test]

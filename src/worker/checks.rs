@@ -40,9 +40,10 @@ pub fn check_expiry(task: &FederationTask, now: f64) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// (3) The delegator holds `federation:delegate`, as the record of the key that signed the
-/// task says (granted by the root or the key's endorser, never by the delegator's own registry
-/// record), and may delegate here; this platform executes the operation.
+/// (3) The delegator holds `federation:delegate` (and, for a critical task,
+/// `federation:critical`), as the record of the key that signed the task says (granted by the
+/// root or the key's endorser, never by the delegator's own registry record), and may
+/// delegate here; this platform executes the operation.
 pub fn check_permissions(
     task: &FederationTask,
     signing_key: Option<&KeyRecord>,
@@ -60,6 +61,12 @@ pub fn check_permissions(
         Some(record) if !record.delegate => {
             return Err(denied(format!(
                 "the delegator {from} lacks the federation:delegate permission: the root did not grant it to key {}",
+                record.key_id
+            )));
+        }
+        Some(record) if task.critical && !record.critical => {
+            return Err(denied(format!(
+                "the delegator {from} lacks the federation:critical permission, so its task may not be critical: the root did not grant it to key {}",
                 record.key_id
             )));
         }

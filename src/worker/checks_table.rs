@@ -144,6 +144,19 @@ fn each_check_refuses_with_its_reason() {
             Some((PermissionDenied, "the root did not grant it")),
         ),
         (
+            "critical, from a delegator whose key the root did not grant federation:critical",
+            |c| c.task.critical = true,
+            Some((PermissionDenied, "lacks the federation:critical permission")),
+        ),
+        (
+            "critical, from a delegator whose key holds federation:critical",
+            |c| {
+                c.task.critical = true;
+                c.signing_key.as_mut().expect("record").critical = true;
+            },
+            None,
+        ),
+        (
             "from a delegator this platform does not accept",
             |c| c.config = config("[permissions]\ndelegators = [\"Sprout\"]"),
             Some((PermissionDenied, "does not accept tasks from Thor")),

@@ -12,17 +12,18 @@ use async_nats::jetstream::consumer::pull;
 use futures::StreamExt;
 
 use crate::nats::subjects;
+use crate::protocol::task::Lane;
 use crate::worker::WorkerContext;
 use crate::worker::run::{self, DEAD_REASON_HEADER, DEAD_SUBJECT_HEADER};
 
 /// Why an advisory is not acted on.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum NotExhausted {
-    #[error("stream sequence {sequence} holds a message on {subject}, not a task for {platform}")]
+    #[error("stream sequence {sequence} holds a message on {subject}, not a task on {queue}")]
     ForeignSubject {
         sequence: u64,
         subject: String,
-        platform: String,
+        queue: String,
     },
     #[error("the consumer never delivered stream sequence {sequence} (it delivered up to {delivered})")]
     NeverDelivered { sequence: u64, delivered: u64 },
@@ -37,22 +38,22 @@ pub struct Advisory {
     pub deliveries: i64,
 }
 
-/// Whether the message on `subject` that `advisory` names is a task of `platform` that its
-/// consumer (which has delivered stream sequences up to `delivered`) ran out of deliveries
-/// for, `max_deliver` being the consumer's limit.
+/// Whether the message on `subject` that `advisory` names is a task on `queue` (one of the
+/// platform's lanes) that its consumer (which has delivered stream sequences up to
+/// `delivered`) ran out of deliveries for, `max_deliver` being the consumer's limit.
 pub fn check_exhausted(
-    platform: &str,
+    queue: &str,
     subject: &str,
     advisory: &Advisory,
     delivered: u64,
     max_deliver: i64,
 ) -> Result<(), NotExhausted> {
     let sequence = advisory.stream_seq;
-    if subject != subjects::delegate(platform) {
+    if subject != queue {
         return Err(NotExhausted::ForeignSubject {
             sequence,
             subject: subject.to_owned(),
-            platform: platform.to_owned(),
+            queue: queue.to_owned(),
         });
     }
     if sequence > delivered {
@@ -67,12 +68,10 @@ pub fn check_exhausted(
     Ok(())
 }
 
-/// Handles this platform's max-deliveries advisories, one worker process per advisory.
-pub async fn dead_letter_exhausted(ctx: std::sync::Arc<WorkerContext>, client: Client) {
-    let subject = subjects::max_deliveries_advisory(
-        subjects::TASKS_STREAM,
-        &subjects::worker_consumer(ctx.config.platform()),
-    );
+/// Handles the max-deliveries advisories of this platform's consumer of `lane`, one worker
+/// process per advisory.
+pub async fn dead_letter_exhausted(ctx: std::sync::Arc<WorkerContext>, client: Client, lane: Lane) {
+    let subject = subjects::max_deliveries_advisory(subjects::TASKS_STREAM, &lane.consumer(ctx.config.platform()));
     let Ok(mut advisories) = client
         .queue_subscribe(subject, subjects::EXHAUSTED_QUEUE_GROUP.to_owned())
         .await
@@ -85,13 +84,13 @@ pub async fn dead_letter_exhausted(ctx: std::sync::Arc<WorkerContext>, client: C
             tracing::warn!("ignoring a max-deliveries advisory that cannot be read");
             continue;
         };
-        if let Err(e) = dead_letter_sequence(&ctx, &advisory).await {
+        if let Err(e) = dead_letter_sequence(&ctx, &advisory, lane).await {
             tracing::error!(sequence = advisory.stream_seq, error = %e, "could not dead-letter an exhausted task");
         }
     }
 }
 
-async fn dead_letter_sequence(ctx: &WorkerContext, advisory: &Advisory) -> anyhow::Result<()> {
+async fn dead_letter_sequence(ctx: &WorkerContext, advisory: &Advisory, lane: Lane) -> anyhow::Result<()> {
     let platform = ctx.config.platform();
     let sequence = advisory.stream_seq;
     let stream = ctx.js.get_stream(subjects::TASKS_STREAM).await?;
@@ -99,12 +98,12 @@ async fn dead_letter_sequence(ctx: &WorkerContext, advisory: &Advisory) -> anyho
         return Ok(());
     };
     let consumer = stream
-        .get_consumer::<pull::Config>(&subjects::worker_consumer(platform))
+        .get_consumer::<pull::Config>(&lane.consumer(platform))
         .await
         .map_err(|e| anyhow::anyhow!("reading the consumer's state: {e}"))?;
     let delivered = consumer.cached_info().delivered.stream_sequence;
     if let Err(e) = check_exhausted(
-        platform,
+        &lane.subject(platform),
         message.subject.as_str(),
         advisory,
         delivered,
@@ -137,26 +136,33 @@ mod tests {
 
     #[test]
     fn only_a_delivered_task_of_this_platform_out_of_deliveries_is_exhausted() {
-        let own = subjects::delegate("Legion");
+        let own = Lane::Normal.subject("Legion");
         let advisory = |stream_seq, deliveries| Advisory { stream_seq, deliveries };
-        assert_eq!(check_exhausted("Legion", &own, &advisory(7, 4), 7, 4), Ok(()));
-        assert_eq!(check_exhausted("Legion", &own, &advisory(7, 5), 9, 4), Ok(()));
+        assert_eq!(check_exhausted(&own, &own, &advisory(7, 4), 7, 4), Ok(()));
+        assert_eq!(check_exhausted(&own, &own, &advisory(7, 5), 9, 4), Ok(()));
         assert_eq!(
-            check_exhausted("Legion", &own, &advisory(8, 4), 7, 4),
+            check_exhausted(&own, &own, &advisory(8, 4), 7, 4),
             Err(NotExhausted::NeverDelivered {
                 sequence: 8,
                 delivered: 7
             })
         );
         assert_eq!(
-            check_exhausted("Legion", &own, &advisory(7, 3), 7, 4),
+            check_exhausted(&own, &own, &advisory(7, 3), 7, 4),
             Err(NotExhausted::DeliveriesLeft {
                 deliveries: 3,
                 max_deliver: 4
             })
         );
         assert!(matches!(
-            check_exhausted("Legion", &subjects::delegate("Thor"), &advisory(7, 4), 9, 4),
+            check_exhausted(&own, &subjects::delegate("Thor"), &advisory(7, 4), 9, 4),
+            Err(NotExhausted::ForeignSubject { .. })
+        ));
+        // A lane's consumer acts only on tasks of that lane.
+        let critical = Lane::Critical.subject("Legion");
+        assert_eq!(check_exhausted(&critical, &critical, &advisory(7, 4), 7, 4), Ok(()));
+        assert!(matches!(
+            check_exhausted(&critical, &own, &advisory(7, 4), 7, 4),
             Err(NotExhausted::ForeignSubject { .. })
         ));
     }

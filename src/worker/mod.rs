@@ -1,6 +1,7 @@
-//! `sagefed worker`: a platform's worker process. Pulls the platform's tasks from its one
-//! durable consumer (shared by every worker process of the platform), checks and executes
-//! them, publishes signed proofs and settles. Alongside: the platform's registry heartbeat,
+//! `sagefed worker`: a platform's worker process. Pulls the platform's tasks from its two
+//! durable consumers (each shared by every worker process of the platform): the critical
+//! lane's first, then the normal queue's. Checks and executes them, publishes signed proofs
+//! and settles. Alongside: the platform's registry heartbeat,
 //! aborts of cancelled tasks, dead-lettering of tasks that exhausted their deliveries, the
 //! settler of proofs addressed to this platform, and the status service.
 //!
@@ -27,7 +28,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer::pull};
 use async_nats::{Client, jetstream::consumer::AckPolicy};
 use futures::StreamExt;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
@@ -37,7 +38,7 @@ use crate::ledger::client::{LedgerClient, LedgerReader};
 use crate::nats::subjects;
 use crate::protocol::clock::now_seconds;
 use crate::protocol::envelope::Signer;
-use crate::protocol::task::TaskId;
+use crate::protocol::task::{Lane, TaskId};
 use crate::state::registry::{HEARTBEAT_INTERVAL, PlatformRecord, Registry};
 use crate::state::task_board::{TaskBoard, TaskState};
 use crate::worker::admission::{Admissions, RateLimiter};
@@ -147,18 +148,27 @@ impl Worker {
             config,
         });
         ctx.registry.register_platform(&ctx.signer, &ctx.record()).await?;
-        let consumer = ensure_consumer(&ctx).await?;
+        let lanes = Lanes {
+            critical: ensure_consumer(&ctx, Lane::Critical).await?,
+            normal: ensure_consumer(&ctx, Lane::Normal).await?,
+        };
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut tasks = vec![
             tokio::spawn(heartbeat(Arc::clone(&ctx))),
             tokio::spawn(listen_for_aborts(Arc::clone(&ctx), client.clone())),
-            tokio::spawn(exhausted::dead_letter_exhausted(Arc::clone(&ctx), client.clone())),
         ];
+        for lane in Lane::SERVED_FIRST_TO_LAST {
+            tasks.push(tokio::spawn(exhausted::dead_letter_exhausted(
+                Arc::clone(&ctx),
+                client.clone(),
+                lane,
+            )));
+        }
         let settler = FederationClient::new(ctx.config.clone(), client.clone()).await?;
         tasks.push(tokio::spawn(async move { settler.settle_orphaned_proofs().await }));
         let status =
             crate::delegation::status::StatusService::start(client.clone(), &ctx.config.root_public_key()?).await?;
-        let puller = tokio::spawn(pull(Arc::clone(&ctx), consumer, stopped));
+        let puller = tokio::spawn(pull(Arc::clone(&ctx), lanes, stopped));
         tracing::info!(
             platform = ctx.config.platform(),
             capacity = ctx.capacity(),
@@ -197,8 +207,17 @@ pub async fn serve(config: Config, client: Client, shutdown: impl Future<Output 
     Ok(())
 }
 
-/// Creates (or updates) the platform's durable consumer.
-async fn ensure_consumer(ctx: &WorkerContext) -> anyhow::Result<jetstream::consumer::Consumer<pull::Config>> {
+/// A durable pull consumer of the tasks stream.
+type TaskConsumer = jetstream::consumer::Consumer<pull::Config>;
+
+/// The platform's two consumers: its critical lane and its normal queue.
+struct Lanes {
+    critical: TaskConsumer,
+    normal: TaskConsumer,
+}
+
+/// Creates (or updates) the platform's durable consumer of `lane`.
+async fn ensure_consumer(ctx: &WorkerContext, lane: Lane) -> anyhow::Result<TaskConsumer> {
     let platform = ctx.config.platform();
     let stream = ctx.js.get_stream(subjects::TASKS_STREAM).await.with_context(|| {
         format!(
@@ -206,10 +225,15 @@ async fn ensure_consumer(ctx: &WorkerContext) -> anyhow::Result<jetstream::consu
             subjects::TASKS_STREAM
         )
     })?;
+    let name = lane.consumer(platform);
+    let description = match lane {
+        Lane::Normal => format!("Tasks for {platform}, shared by all its workers"),
+        Lane::Critical => format!("Critical tasks for {platform}, served first by all its workers"),
+    };
     let config = pull::Config {
-        durable_name: Some(subjects::worker_consumer(platform)),
-        description: Some(format!("Tasks for {platform}, shared by all its workers")),
-        filter_subject: subjects::delegate(platform),
+        durable_name: Some(name.clone()),
+        description: Some(description),
+        filter_subject: lane.subject(platform),
         ack_policy: AckPolicy::Explicit,
         ack_wait: Duration::from_secs(ctx.config.worker.ack_wait_seconds),
         max_deliver: ctx.config.worker.max_deliver,
@@ -219,21 +243,67 @@ async fn ensure_consumer(ctx: &WorkerContext) -> anyhow::Result<jetstream::consu
     stream
         .create_consumer(config)
         .await
-        .with_context(|| format!("creating consumer {}", subjects::worker_consumer(platform)))
+        .with_context(|| format!("creating consumer {name}"))
 }
 
-async fn pull(
-    ctx: Arc<WorkerContext>,
-    consumer: jetstream::consumer::Consumer<pull::Config>,
-    mut stopped: tokio::sync::watch::Receiver<bool>,
-) {
+/// Hands `message` to a task of its own, which releases `permit` when it is done.
+fn spawn_handler(ctx: &Arc<WorkerContext>, message: jetstream::Message, permit: OwnedSemaphorePermit) {
+    let ctx = Arc::clone(ctx);
+    tokio::spawn(async move {
+        run::handle(ctx, message).await;
+        drop(permit);
+    });
+}
+
+/// Starts every critical task waiting now, one per free place, before the normal queue is
+/// pulled at all: at start-up both lanes' first deliveries would otherwise race. Returns
+/// false when the worker is stopping.
+async fn drain_critical(
+    ctx: &Arc<WorkerContext>,
+    critical: &TaskConsumer,
+    permits: &Arc<Semaphore>,
+    stopped: &mut tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    loop {
+        let permit = tokio::select! {
+            permit = Arc::clone(permits).acquire_owned() => match permit { Ok(p) => p, Err(_) => return false },
+            _ = stopped.changed() => return false,
+        };
+        // A fetch answers at once with what the lane holds (nothing when it is empty).
+        let next = match critical.fetch().max_messages(1).messages().await {
+            Ok(mut batch) => batch.next().await,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot look at the critical lane; pulling both lanes");
+                return true;
+            }
+        };
+        match next {
+            Some(Ok(message)) => spawn_handler(ctx, message, permit),
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "critical lane fetch interrupted; pulling both lanes");
+                return true;
+            }
+            None => return true,
+        }
+    }
+}
+
+/// Pulls both lanes, one task per free place: whenever a place frees, a critical task the
+/// worker holds goes first (a biased select), so a critical task never waits behind a
+/// queued normal one. Both lanes' consumers cap what the server hands over before a place
+/// is free (`max_ack_pending`: the capacity).
+async fn pull(ctx: Arc<WorkerContext>, lanes: Lanes, mut stopped: tokio::sync::watch::Receiver<bool>) {
     let capacity = ctx.capacity() as usize;
     let permits = Arc::new(Semaphore::new(capacity));
     'outer: while !*stopped.borrow() {
-        let messages = consumer.stream().max_messages_per_batch(capacity).messages().await;
-        let mut messages = match messages {
-            Ok(messages) => messages,
-            Err(e) => {
+        if !drain_critical(&ctx, &lanes.critical, &permits, &mut stopped).await {
+            break;
+        }
+        let critical = lanes.critical.stream().max_messages_per_batch(capacity).messages().await;
+        let normal = lanes.normal.stream().max_messages_per_batch(capacity).messages().await;
+        let (mut critical, mut normal) = match (critical, normal) {
+            (Ok(critical), Ok(normal)) => (critical, normal),
+            (Err(e), _) | (_, Err(e)) => {
                 tracing::warn!(error = %e, "cannot pull tasks; retrying");
                 tokio::time::sleep(PULL_RETRY_PAUSE).await;
                 continue;
@@ -245,17 +315,13 @@ async fn pull(
                 _ = stopped.changed() => break 'outer,
             };
             let next = tokio::select! {
-                next = messages.next() => next,
+                biased;
+                next = critical.next() => next,
+                next = normal.next() => next,
                 _ = stopped.changed() => break 'outer,
             };
             match next {
-                Some(Ok(message)) => {
-                    let ctx = Arc::clone(&ctx);
-                    tokio::spawn(async move {
-                        run::handle(ctx, message).await;
-                        drop(permit);
-                    });
-                }
+                Some(Ok(message)) => spawn_handler(&ctx, message, permit),
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, "pull interrupted; continuing");
                 }

@@ -376,6 +376,7 @@ pub fn hand_task(
         parameters: parameters.as_object().cloned().expect("object"),
         created_at: now,
         expires_at: now + ttl_seconds,
+        critical: false,
     }
 }
 

@@ -44,6 +44,9 @@ pub struct TestNats {
 /// Platforms of a secure test federation: the seed's three and `Mallory`, a platform whose
 /// valid credentials an attacker holds.
 pub const SECURE_PLATFORMS: [&str; 4] = ["Legion", "Thor", "Sprout", "Mallory"];
+/// The platform of [`TestNats::start_secure`] the root grants `federation:critical` (as
+/// `configs/thor.toml` asks); the others may not queue critical tasks.
+pub const CRITICAL_PLATFORM: &str = "Thor";
 /// A platform of a secure test federation that the root did not grant `federation:delegate`.
 pub const EXECUTOR_ONLY_PLATFORM: &str = "Watcher";
 /// The identity a secure test server's [`TestNats::client`] connects as.
@@ -76,6 +79,7 @@ impl TestNats {
                 .map(|p| (*p).to_owned())
                 .collect(),
             executors: vec![EXECUTOR_ONLY_PLATFORM.to_owned()],
+            critical: vec![CRITICAL_PLATFORM.to_owned()],
             admins: vec!["Treasury".to_owned()],
             hosts: Vec::new(),
             url: "nats://127.0.0.1:4222".to_owned(),

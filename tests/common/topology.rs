@@ -211,6 +211,7 @@ impl Deployment {
                 dir: fed.dir.clone(),
                 platforms: PLATFORMS.iter().map(|p| (*p).to_owned()).collect(),
                 executors: Vec::new(),
+                critical: Vec::new(),
                 admins: vec!["Treasury".to_owned()],
                 hosts: Vec::new(),
                 url: "nats://127.0.0.1:4222".to_owned(),

@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 
 use sage_federation::identity::chain::{self, Endorser};
 use sage_federation::identity::directory::KeyDirectory;
-use sage_federation::identity::federation::endorse_key_file;
+use sage_federation::identity::federation::{Grants, endorse_key_file};
 use sage_federation::identity::keys::{self, KeyRecord};
 use sage_federation::ledger::batch::{self, BatchMessage};
 use sage_federation::ledger::client::{LedgerClient, LockTerms};
@@ -587,7 +587,15 @@ fn bench_config(
     );
     std::fs::write(&path, text)?;
     let root = keys::read_secret(&dir.join(BENCH_ROOT_FILE))?;
-    endorse_key_file(&root, platform, &dir.join(format!("{platform}.key")), true)?;
+    endorse_key_file(
+        &root,
+        platform,
+        &dir.join(format!("{platform}.key")),
+        Grants {
+            delegate: true,
+            critical: false,
+        },
+    )?;
     Ok(sage_federation::config::Config::load(&path)?)
 }
 

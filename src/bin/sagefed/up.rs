@@ -151,6 +151,11 @@ pub fn ensure_federation(data_dir: &Path, configs: &[Config]) -> anyhow::Result<
                 .filter(|c| !c.permissions.delegate)
                 .map(|c| c.platform().to_owned())
                 .collect(),
+            critical: configs
+                .iter()
+                .filter(|c| c.permissions.critical)
+                .map(|c| c.platform().to_owned())
+                .collect(),
             admins: vec![TREASURY.to_owned()],
             hosts: Vec::new(),
             url: sage_federation::config::NATS_URL_DEFAULT.to_owned(),
@@ -166,11 +171,7 @@ pub fn ensure_federation(data_dir: &Path, configs: &[Config]) -> anyhow::Result<
     let known = fed.load()?;
     for config in configs {
         if !known.identities.iter().any(|i| i.name == config.platform()) {
-            let role = if config.permissions.delegate {
-                Role::Platform
-            } else {
-                Role::Executor
-            };
+            let role = Role::platform(config.permissions.delegate, config.permissions.critical);
             federation::add_platform(&dir, config.platform(), role)?;
             println!("init       added platform {}", config.platform());
         }

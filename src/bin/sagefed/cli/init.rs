@@ -21,6 +21,11 @@ pub struct InitArgs {
     /// (repeat; with --platform or --add-platform)
     #[arg(long = "executor-only", value_name = "NAME")]
     executors: Vec<String>,
+    /// A platform the root grants federation:critical besides federation:delegate: its
+    /// critical tasks overtake queued normal ones at the executor (repeat; with --platform
+    /// or --add-platform)
+    #[arg(long = "critical", value_name = "NAME")]
+    critical: Vec<String>,
     /// A ledger admin identity (repeat)
     #[arg(long = "admin", value_name = "NAME", default_value = crate::up::TREASURY)]
     admins: Vec<String>,
@@ -95,11 +100,7 @@ pub const DEFAULT_PLATFORMS: [&str; 3] = ["Legion", "Thor", "Sprout"];
 
 pub fn run(args: &InitArgs) -> anyhow::Result<()> {
     let manifest = if let Some(platform) = &args.add_platform {
-        let role = if args.executors.contains(platform) {
-            Role::Executor
-        } else {
-            Role::Platform
-        };
+        let role = Role::platform(!args.executors.contains(platform), args.critical.contains(platform));
         let machine = match args.nodes.as_slice() {
             [] => None,
             [spec] => {
@@ -127,6 +128,7 @@ pub fn run(args: &InitArgs) -> anyhow::Result<()> {
                 dir: args.out.clone(),
                 platforms,
                 executors: args.executors.clone(),
+                critical: args.critical.clone(),
                 admins: args.admins.clone(),
                 hosts,
                 url: args.url.clone(),

@@ -160,6 +160,7 @@ async fn rotate(nats: &NatsArgs, config: &Path, overlap_seconds: u64) -> anyhow:
     let mut record = KeyRecord::new(config.platform(), &new.verifying_key(), now);
     // The successor holds what its endorser holds, never more.
     record.delegate = records.iter().any(|r| r.key_id == old_id && r.delegate);
+    record.critical = records.iter().any(|r| r.key_id == old_id && r.critical);
     record.replaces = Some(Succession {
         key_id: old_id.clone(),
         old_key_ends: now + overlap_seconds as f64,

@@ -12,7 +12,7 @@ use sage_federation::identity::keys;
 use sage_federation::ledger::model::LockState;
 use sage_federation::nats::{connection, subjects};
 use sage_federation::protocol::envelope::Signer;
-use sage_federation::protocol::task::TaskId;
+use sage_federation::protocol::task::{Lane, TaskId};
 
 /// Exit code of `sagefed delegate` when the task ran but was not paid (rolled back).
 pub const EXIT_NOT_COMMITTED: u8 = 4;
@@ -116,6 +116,10 @@ pub struct DelegateArgs {
     /// Print the outcome as JSON
     #[arg(long)]
     json: bool,
+    /// A critical task: it overtakes the normal tasks queued at the executor (needs the
+    /// federation:critical permission, granted by the root)
+    #[arg(long)]
+    critical: bool,
 }
 
 pub async fn delegate(args: &DelegateArgs) -> anyhow::Result<ExitCode> {
@@ -133,15 +137,18 @@ async fn delegate_once(args: &DelegateArgs) -> anyhow::Result<ExitCode> {
     let (config, client) = args.platform.open("sagefed-delegate").await?;
     let federation = FederationClient::new(config, client.clone()).await?;
     let outcome = federation
-        .delegate_task(DelegationRequest {
-            to: args.to.clone(),
-            task_type: args.task_type.clone(),
-            operation: args.operation.clone(),
-            budget: args.budget,
-            timeout_seconds: args.timeout_seconds,
-            parameters,
-            task_id: None,
-        })
+        .delegate_on(
+            DelegationRequest {
+                to: args.to.clone(),
+                task_type: args.task_type.clone(),
+                operation: args.operation.clone(),
+                budget: args.budget,
+                timeout_seconds: args.timeout_seconds,
+                parameters,
+                task_id: None,
+            },
+            Lane::of(args.critical),
+        )
         .await?;
     client.flush().await?;
     if args.json {
