@@ -394,7 +394,11 @@ impl FederationClient {
     }
 
     /// Delegates one task on `lane`.
-    pub async fn delegate_on(&self, request: DelegationRequest, lane: Lane) -> Result<DelegationOutcome, DelegateError> {
+    pub async fn delegate_on(
+        &self,
+        request: DelegationRequest,
+        lane: Lane,
+    ) -> Result<DelegationOutcome, DelegateError> {
         let started = Instant::now();
         if !self.config.permissions.delegate {
             return Err(DelegateError::NotPermitted(self.platform().to_owned()));

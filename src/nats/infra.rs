@@ -53,9 +53,7 @@ fn stream_configs(replicas: usize) -> Vec<stream::Config> {
     vec![
         stream::Config {
             name: subjects::TASKS_STREAM.to_owned(),
-            description: Some(
-                "Signed delegated tasks; per target platform a normal and a critical lane".to_owned(),
-            ),
+            description: Some("Signed delegated tasks; per target platform a normal and a critical lane".to_owned()),
             subjects: vec![
                 subjects::TASKS_SUBJECTS.to_owned(),
                 subjects::CRITICAL_TASKS_SUBJECTS.to_owned(),

@@ -265,7 +265,9 @@ mod tests {
         for role in [Role::Ledger, Role::Admin, Role::Platform, Role::Executor] {
             let p = permissions(role, "Thor", "UTHOR");
             assert!(
-                !p.publish.iter().any(|x| x.starts_with("sage.critical") || x == ">" || x == "sage.>"),
+                !p.publish
+                    .iter()
+                    .any(|x| x.starts_with("sage.critical") || x == ">" || x == "sage.>"),
                 "{role:?}"
             );
         }
@@ -273,7 +275,10 @@ mod tests {
         // Every platform consumes its own critical lane, whatever it may publish.
         for role in [Role::Platform, Role::Executor, Role::Critical] {
             let p = permissions(role, "Thor", "UTHOR");
-            assert!(p.publish.contains(&s::js_consumer_next(s::TASKS_STREAM, "critical-Thor")));
+            assert!(
+                p.publish
+                    .contains(&s::js_consumer_next(s::TASKS_STREAM, "critical-Thor"))
+            );
         }
     }
 

@@ -245,14 +245,14 @@ pub(crate) mod tests {
     fn a_task_without_the_critical_field_decodes_as_normal_and_a_normal_one_omits_it() {
         let task = sample_task("Thor", "Legion");
         let json = serde_json::to_value(&task).expect("json");
-        assert!(json.get("critical").is_none(), "a normal task's bytes are unchanged: {json}");
+        assert!(
+            json.get("critical").is_none(),
+            "a normal task's bytes are unchanged: {json}"
+        );
         let decoded: FederationTask = serde_json::from_value(json).expect("decode");
         assert!(!decoded.critical);
         assert_eq!(decoded.queue_subject(), subjects::delegate("Legion"));
-        let critical = FederationTask {
-            critical: true,
-            ..task
-        };
+        let critical = FederationTask { critical: true, ..task };
         let json = serde_json::to_value(&critical).expect("json");
         assert_eq!(json["critical"], serde_json::Value::Bool(true));
         assert_eq!(critical.queue_subject(), subjects::critical("Legion"));

@@ -51,6 +51,16 @@ pub use run::{DEAD_REASON_HEADER, DEAD_SUBJECT_HEADER, PROGRESS_REPORTS_PER_ACK_
 const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Pause before pulling again after the consumer's message stream failed.
 const PULL_RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// Fewest tasks one pull asks for (and the consumers hand over before an ack). async-nats
+/// 0.51's pull stream counts a pull as outstanding when its task arrived before the pull's
+/// own acknowledgement; asking for one task at a time, it then waits out a whole pull expiry
+/// (35 s) with tasks queued. Two keep it pulling; the extra one waits for a free place.
+const PULL_BATCH_MIN: usize = 2;
+
+/// Tasks one pull asks for, and the most a consumer hands this platform before an ack.
+fn pull_batch(capacity: u32) -> usize {
+    (capacity as usize).max(PULL_BATCH_MIN)
+}
 
 /// What every task handler of a worker process shares.
 pub struct WorkerContext {
@@ -237,7 +247,7 @@ async fn ensure_consumer(ctx: &WorkerContext, lane: Lane) -> anyhow::Result<Task
         ack_policy: AckPolicy::Explicit,
         ack_wait: Duration::from_secs(ctx.config.worker.ack_wait_seconds),
         max_deliver: ctx.config.worker.max_deliver,
-        max_ack_pending: i64::from(ctx.capacity()),
+        max_ack_pending: i64::try_from(pull_batch(ctx.capacity())).unwrap_or(i64::MAX),
         ..Default::default()
     };
     stream
@@ -291,7 +301,7 @@ async fn drain_critical(
 /// Pulls both lanes, one task per free place: whenever a place frees, a critical task the
 /// worker holds goes first (a biased select), so a critical task never waits behind a
 /// queued normal one. Both lanes' consumers cap what the server hands over before a place
-/// is free (`max_ack_pending`: the capacity).
+/// is free (`max_ack_pending`: the capacity, at least [`PULL_BATCH_MIN`]).
 async fn pull(ctx: Arc<WorkerContext>, lanes: Lanes, mut stopped: tokio::sync::watch::Receiver<bool>) {
     let capacity = ctx.capacity() as usize;
     let permits = Arc::new(Semaphore::new(capacity));
@@ -299,8 +309,9 @@ async fn pull(ctx: Arc<WorkerContext>, lanes: Lanes, mut stopped: tokio::sync::w
         if !drain_critical(&ctx, &lanes.critical, &permits, &mut stopped).await {
             break;
         }
-        let critical = lanes.critical.stream().max_messages_per_batch(capacity).messages().await;
-        let normal = lanes.normal.stream().max_messages_per_batch(capacity).messages().await;
+        let batch = pull_batch(ctx.capacity());
+        let critical = lanes.critical.stream().max_messages_per_batch(batch).messages().await;
+        let normal = lanes.normal.stream().max_messages_per_batch(batch).messages().await;
         let (mut critical, mut normal) = match (critical, normal) {
             (Ok(critical), Ok(normal)) => (critical, normal),
             (Err(e), _) | (_, Err(e)) => {
