@@ -60,6 +60,8 @@ fn up_runs_every_seed_scenario_as_expected_and_exits_0() {
         "6 timeout",
         "7 permission denied",
         "8 cancel",
+        "9 external program",
+        "10 critical overtakes a backlog",
     ] {
         let lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with(scenario)).collect();
         assert!(!lines.is_empty(), "{scenario} missing:\n{stdout}");
@@ -69,6 +71,10 @@ fn up_runs_every_seed_scenario_as_expected_and_exits_0() {
         );
     }
     assert_eq!(stdout.lines().filter(|l| l.starts_with("4 concurrent")).count(), 10);
+    assert!(
+        stdout.contains("the critical task settled while"),
+        "the priority scenario says what it overtook:\n{stdout}"
+    );
     assert!(stdout.contains("audit: ok"), "{stdout}");
     assert!(stdout.contains("dashboard  http://127.0.0.1:"), "{stdout}");
 

@@ -135,6 +135,29 @@ pub fn external_program() -> Scenario {
     }
 }
 
+/// Normal tasks the priority scenario queues at Sprout (two places) ahead of its critical one.
+pub const CRITICAL_BACKLOG: usize = 12;
+/// Samples of each perception frame in the priority scenario: large enough that the backlog
+/// takes a while to work through.
+const CRITICAL_BACKLOG_SAMPLES: u64 = 1_000_000;
+
+/// The priority scenario's `i`th backlog task, or (`None`) its critical task: Thor (granted
+/// `federation:critical`) sends them all to Sprout; the critical one is queued last and must
+/// settle before some of the backlog queued ahead of it.
+pub fn critical_backlog(i: Option<usize>) -> Scenario {
+    Scenario {
+        name: "10 critical overtakes a backlog",
+        from: "Thor",
+        to: Some("Sprout"),
+        task_type: "consciousness",
+        operation: "perception",
+        budget: 12.0,
+        timeout_seconds: 60,
+        parameters: json!({"length": CRITICAL_BACKLOG_SAMPLES, "seed": 200 + i.unwrap_or(CRITICAL_BACKLOG)}),
+        expected: COMMITTED,
+    }
+}
+
 /// The seed's single delegations, in order: three directions, low quality, a timeout, a
 /// permission denial.
 pub fn seed() -> Vec<Scenario> {

@@ -1,16 +1,18 @@
 //! The seed's scenarios (the table in `delegation::scenarios`), run once by `sagefed up`: Thor->Legion, Sprout->Legion,
 //! Legion->Thor, 10 concurrent delegations from two clients, a low-quality result, a timeout,
-//! a permission denial, a cancel, and an external program. Prints each delegation and the
+//! a permission denial, a cancel, an external program, and a critical task overtaking a
+//! backlog. Prints each delegation and the
 //! balances before and after, then runs the audit.
 
 use std::time::Duration;
 
 use crate::cli::platform::describe;
 use crate::up::Federation;
-use sage_federation::delegation::client::{DelegationOutcome, DelegationRequest, FederationClient};
-use sage_federation::delegation::scenarios::{self, CONCURRENT_DELEGATIONS, Scenario, Settled};
+use sage_federation::delegation::client::{DelegationOutcome, DelegationRequest, FederationClient, Lane};
+use sage_federation::delegation::scenarios::{self, CONCURRENT_DELEGATIONS, CRITICAL_BACKLOG, Scenario, Settled};
 use sage_federation::delegation::status;
 use sage_federation::ledger::audit::audit;
+use sage_federation::ledger::model::LockState;
 use sage_federation::ledger::snapshot::LedgerSnapshot;
 use sage_federation::protocol::clock::now_seconds;
 use sage_federation::protocol::task::TaskId;
@@ -73,6 +75,12 @@ pub async fn run(federation: &Federation, url: &str) -> anyhow::Result<bool> {
         outcome: cancel_scenario(federation, &cancel).await,
     });
     rows.push(run_one(federation, &scenarios::external_program()).await?);
+    let critical = scenarios::critical_backlog(None);
+    rows.push(Row {
+        scenario: critical.name,
+        expected: critical.expected,
+        outcome: critical_scenario(federation).await,
+    });
 
     let mut all_ok = print_rows(&rows);
     let after = LedgerSnapshot::read(&js).await?;
@@ -122,6 +130,63 @@ async fn cancel_scenario(federation: &Federation, scenario: &Scenario) -> Result
         return Err(format!("cancel refused: {}", cancelled.message));
     }
     outcome
+}
+
+/// Queues [`CRITICAL_BACKLOG`] normal tasks at Sprout, then a critical one behind them;
+/// returns the critical task's outcome, or why it did not overtake the backlog.
+async fn critical_scenario(federation: &Federation) -> Result<DelegationOutcome, String> {
+    let critical = scenarios::critical_backlog(None);
+    let thor = client(federation, critical.from).map_err(|e| e.to_string())?;
+    let mut ids = Vec::with_capacity(CRITICAL_BACKLOG);
+    let mut backlog = Vec::with_capacity(CRITICAL_BACKLOG);
+    for i in 0..CRITICAL_BACKLOG {
+        let task_id = TaskId::random().map_err(|e| e.to_string())?;
+        let mut request = scenarios::critical_backlog(Some(i)).request();
+        request.task_id = Some(task_id.clone());
+        ids.push(task_id);
+        backlog.push(async move {
+            let outcome = thor.delegate_task(request).await;
+            (outcome, tokio::time::Instant::now())
+        });
+    }
+    let normal = futures::future::join_all(backlog);
+    let overtaking = async {
+        // Behind the whole backlog: each is on the task board before it is published.
+        let deadline = tokio::time::Instant::now() + CANCEL_START_TIMEOUT;
+        for task_id in &ids {
+            while !matches!(status::task(&federation.client, task_id).await, Ok(report) if report.status.is_some()) {
+                if tokio::time::Instant::now() > deadline {
+                    return Err("the backlog was never queued".to_owned());
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        let outcome = thor
+            .delegate_on(critical.request(), Lane::Critical)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((outcome, tokio::time::Instant::now()))
+    };
+    let (normal, critical) = tokio::join!(normal, overtaking);
+    let (outcome, settled_at) = critical?;
+    let mut overtaken = 0;
+    for (normal, at) in normal {
+        let normal = normal.map_err(|e| format!("a backlog task failed: {e}"))?;
+        if normal.settlement != LockState::Committed {
+            return Err(format!("a backlog task was not paid: {}", describe(&normal)));
+        }
+        overtaken += usize::from(at > settled_at);
+    }
+    println!(
+        "   the critical task settled while {overtaken} of the {CRITICAL_BACKLOG} normal tasks queued ahead of it at {} were still waiting or running",
+        outcome.to
+    );
+    if overtaken == 0 {
+        return Err(format!(
+            "the critical task settled after all {CRITICAL_BACKLOG} normal tasks queued ahead of it"
+        ));
+    }
+    Ok(outcome)
 }
 
 fn print_rows(rows: &[Row]) -> bool {
