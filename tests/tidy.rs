@@ -26,11 +26,6 @@ const LONG_FUNCTIONS: &[(&str, &str, &str)] = &[
         "a benchmark's setup and measurement, to split",
     ),
     (
-        "src/delegation/client.rs",
-        "delegate_task",
-        "the seed's steps 1-4 in order, to split",
-    ),
-    (
         "src/ledger/service.rs",
         "command_for",
         "one arm per operation, to split per operation",

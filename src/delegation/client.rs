@@ -409,33 +409,13 @@ impl FederationClient {
             return Err(DelegateError::CriticalNotPermitted(self.platform().to_owned()));
         }
         let target = self.choose_target_unless_link_down(&request).await?;
-        let source_lct = self
-            .config
-            .lct(&request.task_type)
-            .map_err(|e| DelegateError::Invalid(e.to_string()))?;
-        let target_lct = source_lct
-            .with_platform(&target.platform)
-            .map_err(|e| DelegateError::Invalid(e.to_string()))?;
-        let task_id = match request.task_id.clone() {
-            Some(task_id) => task_id,
-            None => TaskId::random().map_err(|e| DelegateError::Invalid(e.to_string()))?,
-        };
-        let created_at = now_seconds();
-        let expires_at = created_at + QUEUE_WAIT_SECONDS + request.timeout_seconds as f64;
-        let task = FederationTask {
-            reply_to: subjects::proof(self.platform(), target_lct.platform(), task_id.as_str()),
-            task_id: task_id.clone(),
-            source_lct: source_lct.clone(),
-            target_lct: target_lct.clone(),
-            task_type: request.task_type.clone(),
-            operation: request.operation.clone(),
-            atp_budget: request.budget,
-            timeout_seconds: request.timeout_seconds,
-            parameters: request.parameters,
-            created_at,
-            expires_at,
-            critical: lane == Lane::Critical,
-        };
+        let task = self.task_for(request, &target.platform, lane)?;
+        let (task_id, source_lct, target_lct, expires_at) = (
+            task.task_id.clone(),
+            task.source_lct.clone(),
+            task.target_lct.clone(),
+            task.expires_at,
+        );
         // Sign first: an invalid task is refused before any ATP moves.
         let wire = self
             .signer
@@ -486,6 +466,32 @@ impl FederationClient {
             micros(outcome.atp_refunded),
         );
         Ok(outcome)
+    }
+
+    /// The task `request` asks of `target` on `lane`, created now (not signed yet).
+    fn task_for(&self, request: DelegationRequest, target: &str, lane: Lane) -> Result<FederationTask, DelegateError> {
+        let invalid = |e: &dyn std::fmt::Display| DelegateError::Invalid(e.to_string());
+        let source_lct = self.config.lct(&request.task_type).map_err(|e| invalid(&e))?;
+        let target_lct = source_lct.with_platform(target).map_err(|e| invalid(&e))?;
+        let task_id = match request.task_id {
+            Some(task_id) => task_id,
+            None => TaskId::random().map_err(|e| invalid(&e))?,
+        };
+        let created_at = now_seconds();
+        Ok(FederationTask {
+            reply_to: subjects::proof(self.platform(), target_lct.platform(), task_id.as_str()),
+            task_id,
+            source_lct,
+            target_lct,
+            task_type: request.task_type,
+            operation: request.operation,
+            atp_budget: request.budget,
+            timeout_seconds: request.timeout_seconds,
+            parameters: request.parameters,
+            created_at,
+            expires_at: created_at + QUEUE_WAIT_SECONDS + request.timeout_seconds as f64,
+            critical: lane == Lane::Critical,
+        })
     }
 
     async fn publish_and_wait(

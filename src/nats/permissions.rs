@@ -139,64 +139,67 @@ fn role_permissions(role: Role, name: &str) -> Permissions {
             p.publish
                 .extend(s::JS_API_OPERATOR_READS.iter().map(|x| (*x).to_owned()));
         }
-        Role::Platform | Role::Executor | Role::Critical => {
-            if role.delegates() {
-                // federation:delegate: queue tasks for others and lock ATP for them.
-                p.publish.extend([s::delegate_any(), s::ledger_endpoint("lock")]);
-            }
-            if role.critical() {
-                // federation:critical: queue tasks on others' critical lanes.
-                p.publish.push(s::critical_any());
-            }
-            let worker = s::worker_consumer(name);
-            let critical = s::critical_consumer(name);
-            let settle = s::settle_consumer(name);
-            p.publish.extend([
-                // Proofs only under its own name: a task's slot belongs to its executor.
-                s::proofs_by(name),
-                s::dead_letter(name),
-                s::abort_any(),
-                s::ledger_endpoint("commit"),
-                s::ledger_endpoint("rollback"),
-                s::kv_pattern(s::KEYS_BUCKET, &format!("{name}.*")),
-                s::kv_pattern(s::PLATFORMS_BUCKET, name),
-                s::kv_pattern(s::REPUTATION_BUCKET, "*"),
-                s::js_consumer_create(s::TASKS_STREAM, &worker, &s::delegate(name)),
-                s::js_consumer_info(s::TASKS_STREAM, &worker),
-                s::js_consumer_next(s::TASKS_STREAM, &worker),
-                s::js_ack(s::TASKS_STREAM, &worker),
-                s::js_consumer_create(s::TASKS_STREAM, &critical, &s::critical(name)),
-                s::js_consumer_info(s::TASKS_STREAM, &critical),
-                s::js_consumer_next(s::TASKS_STREAM, &critical),
-                s::js_ack(s::TASKS_STREAM, &critical),
-                s::js_consumer_create(s::PROOFS_STREAM, &settle, &s::proofs_for(name)),
-                s::js_consumer_info(s::PROOFS_STREAM, &settle),
-                s::js_consumer_next(s::PROOFS_STREAM, &settle),
-                s::js_ack(s::PROOFS_STREAM, &settle),
-                s::js_direct_get_subject(s::PROOFS_STREAM, &s::proofs_for(name)),
-                // Dead-lettering a task whose deliveries ran out reads and removes it by
-                // sequence; the API cannot confine that to the platform's own subject.
-                s::js_msg_get(s::TASKS_STREAM),
-                s::js_msg_delete(s::TASKS_STREAM),
-            ]);
-            // Its own parts of task statuses only (as delegator and as executor).
-            p.publish.extend(
-                s::task_part_writer(name)
-                    .iter()
-                    .map(|key| s::kv_pattern(s::TASKS_BUCKET, key)),
-            );
-            p.subscribe.extend([
-                s::proofs_for(name),
-                s::abort(name),
-                s::status_any(),
-                s::SERVICE_DISCOVERY_ALL.to_owned(),
-                s::max_deliveries_advisory(s::TASKS_STREAM, &worker),
-                s::max_deliveries_advisory(s::TASKS_STREAM, &critical),
-            ]);
-            p.allow_responses = true;
-        }
+        Role::Platform | Role::Executor | Role::Critical => platform_permissions(role, name, &mut p),
     }
     p
+}
+
+/// What a platform of `role` (delegating, executor-only or critical) may do, added to `p`.
+fn platform_permissions(role: Role, name: &str, p: &mut Permissions) {
+    if role.delegates() {
+        // federation:delegate: queue tasks for others and lock ATP for them.
+        p.publish.extend([s::delegate_any(), s::ledger_endpoint("lock")]);
+    }
+    if role.critical() {
+        // federation:critical: queue tasks on others' critical lanes.
+        p.publish.push(s::critical_any());
+    }
+    let worker = s::worker_consumer(name);
+    let critical = s::critical_consumer(name);
+    let settle = s::settle_consumer(name);
+    p.publish.extend([
+        // Proofs only under its own name: a task's slot belongs to its executor.
+        s::proofs_by(name),
+        s::dead_letter(name),
+        s::abort_any(),
+        s::ledger_endpoint("commit"),
+        s::ledger_endpoint("rollback"),
+        s::kv_pattern(s::KEYS_BUCKET, &format!("{name}.*")),
+        s::kv_pattern(s::PLATFORMS_BUCKET, name),
+        s::kv_pattern(s::REPUTATION_BUCKET, "*"),
+        s::js_consumer_create(s::TASKS_STREAM, &worker, &s::delegate(name)),
+        s::js_consumer_info(s::TASKS_STREAM, &worker),
+        s::js_consumer_next(s::TASKS_STREAM, &worker),
+        s::js_ack(s::TASKS_STREAM, &worker),
+        s::js_consumer_create(s::TASKS_STREAM, &critical, &s::critical(name)),
+        s::js_consumer_info(s::TASKS_STREAM, &critical),
+        s::js_consumer_next(s::TASKS_STREAM, &critical),
+        s::js_ack(s::TASKS_STREAM, &critical),
+        s::js_consumer_create(s::PROOFS_STREAM, &settle, &s::proofs_for(name)),
+        s::js_consumer_info(s::PROOFS_STREAM, &settle),
+        s::js_consumer_next(s::PROOFS_STREAM, &settle),
+        s::js_ack(s::PROOFS_STREAM, &settle),
+        s::js_direct_get_subject(s::PROOFS_STREAM, &s::proofs_for(name)),
+        // Dead-lettering a task whose deliveries ran out reads and removes it by
+        // sequence; the API cannot confine that to the platform's own subject.
+        s::js_msg_get(s::TASKS_STREAM),
+        s::js_msg_delete(s::TASKS_STREAM),
+    ]);
+    // Its own parts of task statuses only (as delegator and as executor).
+    p.publish.extend(
+        s::task_part_writer(name)
+            .iter()
+            .map(|key| s::kv_pattern(s::TASKS_BUCKET, key)),
+    );
+    p.subscribe.extend([
+        s::proofs_for(name),
+        s::abort(name),
+        s::status_any(),
+        s::SERVICE_DISCOVERY_ALL.to_owned(),
+        s::max_deliveries_advisory(s::TASKS_STREAM, &worker),
+        s::max_deliveries_advisory(s::TASKS_STREAM, &critical),
+    ]);
+    p.allow_responses = true;
 }
 
 /// Placeholder for the identity's name in the rendered table.
