@@ -85,3 +85,26 @@ def test_timeout_is_refunded(thor):
 def test_every_settlement_keeps_the_ledger_balanced(federation, thor):
     thor.delegate_task(operation="perception", atp_budget=1, parameters={"length": 256, "seed": 1})
     assert "ok: balances + locked = supply" in federation.audit()
+
+
+def test_a_critical_task_from_a_platform_granted_it(thor):
+    proof = thor.delegate_task(
+        operation="execution", atp_budget=2, parameters={"steps": [{"op": "add", "args": [1, 2]}]},
+        critical=True,
+    )
+    assert_paid(proof, proof.executor_lct.split("@")[1].split("#")[0])
+
+
+def test_a_critical_task_from_a_platform_without_the_grant_is_refused(sprout):
+    from sagefed import FederationError
+
+    before = sprout.status(client_lct("Sprout"))
+    task = FederationTask(operation="perception", atp_budget=2, parameters={"length": 1024, "seed": 7}, critical=True)
+    try:
+        sprout.delegate_task(task, "Legion")
+    except FederationError as e:
+        assert e.code == "critical_not_permitted", e
+    else:
+        raise AssertionError("Sprout may not queue a critical task")
+    after = sprout.status(client_lct("Sprout"))
+    assert (after.balance, after.locked) == (before.balance, before.locked), "nothing was locked"

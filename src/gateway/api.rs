@@ -58,6 +58,10 @@ pub struct TaskSpec {
     /// Accepted for the seed's shape; the gateway stamps its own time.
     #[serde(default)]
     pub created_at: Option<f64>,
+    /// A critical task, ahead of the executor's queue: the platform needs
+    /// `federation:critical` (else `403 critical_not_permitted`).
+    #[serde(default)]
+    pub critical: bool,
 }
 
 fn task_type_default() -> String {

@@ -93,7 +93,8 @@ fn schemas() -> Value {
             "atp_budget": {"type": "number", "exclusiveMinimum": 0},
             "timeout_seconds": {"type": "integer", "minimum": 1, "maximum": 3600, "default": 30},
             "parameters": {"type": "object"},
-            "created_at": {"type": "number", "description": "ignored: the gateway stamps the time"}
+            "created_at": {"type": "number", "description": "ignored: the gateway stamps the time"},
+            "critical": {"type": "boolean", "default": false, "description": "ahead of the executor's queue; needs federation:critical"}
         }},
         "ExecutionProof": {"type": "object", "properties": {
             "task_id": {"type": "string"}, "executor_lct": {"type": "string"}, "delegator_lct": {"type": "string"},

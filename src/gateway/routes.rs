@@ -14,7 +14,7 @@ use axum::response::Response;
 use super::api::{ApiError, DelegateBody, DelegateResponse, TaskSpec, WhoAmI};
 use super::auth::Token;
 use crate::config::Config;
-use crate::delegation::client::{DelegationRequest, FederationClient};
+use crate::delegation::client::{DelegationRequest, FederationClient, Lane};
 use crate::delegation::status::{self, CancelReply};
 use crate::protocol::atp::Atp;
 use crate::protocol::lct::{LCT_PREFIX, Lct};
@@ -101,14 +101,14 @@ pub async fn delegate(
             format!("{DELEGATIONS_IN_FLIGHT_MAX} delegations are in flight on this gateway; retry when one ends"),
         )
     })?;
-    let request = check_delegation(&state, body).await?;
-    let outcome = state.federation.delegate_task(request).await?;
+    let (request, lane) = check_delegation(&state, body).await?;
+    let outcome = state.federation.delegate_on(request, lane).await?;
     Ok(Json(outcome.into()))
 }
 
-/// Turns a request body into a delegation, or says what is wrong with it. Nothing here
-/// touches the ledger.
-async fn check_delegation(state: &Shared, body: DelegateBody) -> Result<DelegationRequest, ApiError> {
+/// Turns a request body into a delegation and its lane, or says what is wrong with it.
+/// Nothing here touches the ledger.
+async fn check_delegation(state: &Shared, body: DelegateBody) -> Result<(DelegationRequest, Lane), ApiError> {
     if body.signature.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::bad_request(
             "signature_not_accepted",
@@ -126,6 +126,7 @@ async fn check_delegation(state: &Shared, body: DelegateBody) -> Result<Delegati
         timeout_seconds,
         parameters,
         created_at: _,
+        critical,
     } = body.task;
     if !state.config.resources.keys().any(|t| t.as_str() == task_type) {
         let known: Vec<&str> = state.config.resources.keys().map(|t| t.as_str()).collect();
@@ -172,7 +173,7 @@ async fn check_delegation(state: &Shared, body: DelegateBody) -> Result<Delegati
         .map_err(|e| ApiError::bad_request("invalid_task_id", format!("task.task_id: {e}")))?;
     let to = target(target_lct, target_platform, &task_type)?;
     check_operation(state, &operation, to.as_deref()).await?;
-    Ok(DelegationRequest {
+    let request = DelegationRequest {
         to,
         task_type,
         operation,
@@ -180,7 +181,8 @@ async fn check_delegation(state: &Shared, body: DelegateBody) -> Result<Delegati
         timeout_seconds,
         parameters,
         task_id,
-    })
+    };
+    Ok((request, Lane::of(critical)))
 }
 
 /// The executor platform the caller asked for, if any.

@@ -100,8 +100,13 @@ class FederationClient:
         task_type: str = TASK_TYPE_DEFAULT,
         timeout_seconds: int = TIMEOUT_SECONDS_DEFAULT,
         task_id: Optional[str] = None,
+        critical: bool = False,
     ) -> ExecutionProof:
         """Delegates ``task`` (or one built from the keywords) and waits until it is settled.
+
+        ``critical=True`` (or ``FederationTask(critical=True)``) queues it ahead of the
+        executor's normal tasks; the platform needs ``federation:critical``, else a
+        ``FederationError`` with code ``critical_not_permitted``.
 
         Returns the executor's proof with the settlement: ``proof.paid`` is true when the
         executor was paid; a low-quality, failed, timed-out or cancelled task comes back
@@ -117,6 +122,7 @@ class FederationClient:
                 parameters=parameters or {},
                 task_type=task_type,
                 timeout_seconds=timeout_seconds,
+                critical=critical,
             )
             if task_id is not None:
                 task.task_id = task_id

@@ -41,6 +41,8 @@ class FederationTask:
     source_lct: Optional[str] = None
     target_lct: Optional[str] = None
     created_at: float = field(default_factory=time.time)
+    #: Ahead of the executor's queue; the platform needs ``federation:critical``.
+    critical: bool = False
 
     def to_json(self, target_platform: Optional[str] = None) -> Dict[str, Any]:
         """The gateway's ``task`` object."""
@@ -65,6 +67,8 @@ class FederationTask:
         ):
             if value is not None:
                 task[key] = value
+        if self.critical:
+            task["critical"] = True
         return task
 
 
