@@ -96,8 +96,12 @@ fn role_permissions(role: Role, name: &str) -> Permissions {
     };
     match role {
         Role::Ledger => {
-            p.publish
-                .extend([s::JS_API_ALL.to_owned(), s::kv_pattern(s::LEDGER_BUCKET, ">")]);
+            p.publish.extend([
+                s::JS_API_ALL.to_owned(),
+                s::kv_pattern(s::LEDGER_BUCKET, ">"),
+                // Reputation rests on the settlements the ledger applies: nobody else writes it.
+                s::kv_pattern(s::REPUTATION_BUCKET, ">"),
+            ]);
             p.subscribe
                 .extend([s::ledger_any(), s::SERVICE_DISCOVERY_ALL.to_owned()]);
             p.allow_responses = true;
@@ -132,7 +136,6 @@ fn role_permissions(role: Role, name: &str) -> Permissions {
                 s::ledger_endpoint("rollback"),
                 s::kv_pattern(s::KEYS_BUCKET, &format!("{name}.*")),
                 s::kv_pattern(s::PLATFORMS_BUCKET, name),
-                s::kv_pattern(s::REPUTATION_BUCKET, "*"),
                 s::js_consumer_create(s::TASKS_STREAM, &worker, &s::delegate(name)),
                 s::js_consumer_info(s::TASKS_STREAM, &worker),
                 s::js_consumer_next(s::TASKS_STREAM, &worker),
