@@ -74,7 +74,7 @@ async fn a_platform_without_federation_critical_cannot_jump_the_queue() {
         ..common::lock_terms(&task_id, &lct("Sprout", C), &lct("Legion", C), task.atp_budget)
     };
     let locked = LedgerClient::new(nats.clone(), signer)
-        .lock_for_task(&terms, &wire)
+        .lock_for_task(&terms, &wire, &task.operation)
         .await
         .expect("lock");
     assert!(locked.is_ok(), "Sprout may lock its own ATP: {locked:?}");

@@ -61,7 +61,8 @@ fn up_runs_every_seed_scenario_as_expected_and_exits_0() {
         "7 permission denied",
         "8 cancel",
         "9 external program",
-        "10 critical overtakes a backlog",
+        "10 lying executor caught",
+        "11 critical overtakes a backlog",
     ] {
         let lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with(scenario)).collect();
         assert!(!lines.is_empty(), "{scenario} missing:\n{stdout}");

@@ -135,6 +135,24 @@ pub fn external_program() -> Scenario {
     }
 }
 
+/// The lying-executor scenario (issue #13): Legion, holding its own valid key, answers a
+/// perception task of Thor's with a made-up result and quality 1.0 and commits it itself.
+/// The ledger's own check of the result refutes it: Thor is refunded, and Legion is placed
+/// after every other platform for perception until it earns its way back.
+pub fn lying_executor() -> Scenario {
+    Scenario {
+        name: "10 lying executor caught",
+        from: "Thor",
+        to: Some("Legion"),
+        task_type: "consciousness",
+        operation: "perception",
+        budget: 5.0,
+        timeout_seconds: 30,
+        parameters: perception_frame(11),
+        expected: rolled_back(RollbackReason::Refuted),
+    }
+}
+
 /// Normal tasks the priority scenario queues at Sprout (two places) ahead of its critical one.
 pub const CRITICAL_BACKLOG: usize = 12;
 /// Samples of each perception frame in the priority scenario: large enough that the backlog
@@ -146,7 +164,7 @@ const CRITICAL_BACKLOG_SAMPLES: u64 = 1_000_000;
 /// settle before some of the backlog queued ahead of it.
 pub fn critical_backlog(i: Option<usize>) -> Scenario {
     Scenario {
-        name: "10 critical overtakes a backlog",
+        name: "11 critical overtakes a backlog",
         from: "Thor",
         to: Some("Sprout"),
         task_type: "consciousness",

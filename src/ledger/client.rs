@@ -130,21 +130,32 @@ impl LedgerClient {
 
     /// Locks `terms.amount` of the delegator's ATP for the task.
     pub async fn lock(&self, terms: &LockTerms) -> Result<LedgerReply, LedgerClientError> {
-        self.lock_with_digest(terms, None).await
+        self.lock_with_digest(terms, None, None).await
     }
 
     /// Locks `terms` for the signed task `task` (its wire bytes): the lock names the task's
     /// digest, so the commit must carry the task and a built-in operation's result is paid by
-    /// the ledger's check of it.
-    pub async fn lock_for_task(&self, terms: &LockTerms, task: &Bytes) -> Result<LedgerReply, LedgerClientError> {
-        self.lock_with_digest(terms, Some(crate::protocol::envelope::digest(task)))
-            .await
+    /// the ledger's check of it. `operation` is the task's (the executor's reputation is kept
+    /// per operation; a commit carrying a task of another operation is refused).
+    pub async fn lock_for_task(
+        &self,
+        terms: &LockTerms,
+        task: &Bytes,
+        operation: &str,
+    ) -> Result<LedgerReply, LedgerClientError> {
+        self.lock_with_digest(
+            terms,
+            Some(crate::protocol::envelope::digest(task)),
+            Some(operation.to_owned()),
+        )
+        .await
     }
 
     async fn lock_with_digest(
         &self,
         terms: &LockTerms,
         task_digest: Option<String>,
+        operation: Option<String>,
     ) -> Result<LedgerReply, LedgerClientError> {
         self.request(Operation::Lock {
             task_id: terms.task_id.clone(),
@@ -155,6 +166,7 @@ impl LedgerClient {
             deadline: terms.deadline,
             expires_at: terms.expires_at,
             task_digest,
+            operation,
         })
         .await
     }

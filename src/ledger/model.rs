@@ -152,6 +152,10 @@ pub struct Lock {
     /// ledger's own check of it against the task, not by the quality the executor claims.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_digest: Option<String>,
+    /// The operation the task runs, as the delegator declared it: the executor's reputation
+    /// is kept per operation. A commit that carries the task must agree with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
 }
 
 impl Lock {
@@ -167,6 +171,7 @@ impl Lock {
             && self.amount_uatp == other.amount_uatp
             && self.quality_threshold == other.quality_threshold
             && self.task_digest == other.task_digest
+            && self.operation == other.operation
     }
 }
 

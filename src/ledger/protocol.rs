@@ -51,6 +51,9 @@ pub enum Operation {
         /// The SHA-256 (hex) of the signed task the lock pays for: commits must carry it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         task_digest: Option<String>,
+        /// The task's operation (one subject token): reputation is kept per operation.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        operation: Option<String>,
     },
     /// Pays the executor what its signed proof says it consumed; refunds the rest.
     Commit {

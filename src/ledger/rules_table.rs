@@ -229,6 +229,7 @@ fn lock_with(id: &str, amount: Atp, edit: impl FnOnce(&mut Lock)) -> Command {
         state: LockState::Pending,
         settlement: None,
         task_digest: None,
+        operation: None,
     };
     edit(&mut lock);
     Command::Lock {
@@ -272,6 +273,7 @@ fn commit_checked(by: &str, id: &str, proof: Verified<ExecutionProof>, fill: cha
         proof,
         work: Some(CheckedWork {
             task_digest: digest(fill),
+            operation: "planning".to_owned(),
             verdict,
         }),
     }
@@ -655,6 +657,34 @@ fn rows(p: &Proofs) -> Vec<Row> {
             commit_checked("Legion", "v4", good("v4"), 'e', Verdict::Unverifiable),
             Applied,
         ),
+        // The operation a lock declares (reputation is kept per operation).
+        row(
+            "lock declaring an operation that is not one token",
+            T0,
+            lock_with("v5", atp(10), |l| l.operation = Some("plan ning".into())),
+            Rejected(InvalidRequest),
+        ),
+        row(
+            "lock declaring perception for its task",
+            T0,
+            lock_with("v5", atp(10), |l| {
+                l.task_digest = Some(digest('f'));
+                l.operation = Some("perception".into());
+            }),
+            Applied,
+        ),
+        row(
+            "commit carrying a planning task for a perception lock",
+            T0,
+            commit_checked("Legion", "v5", good("v5"), 'f', Verdict::verified(1.0)),
+            Rejected(InvalidRequest),
+        ),
+        row(
+            "the executor refuses v5: refunded whole",
+            T0,
+            rollback("Legion", "v5", Why::Rejected, None),
+            Applied,
+        ),
         // Expiry.
         row("lock t7", T0, lock("t7", atp(10)), Applied),
         row(
@@ -799,8 +829,10 @@ fn assert_the_final_book(book: &MemoryBook) {
             ("v2", LockState::RolledBack),
             ("v3", LockState::Committed),
             ("v4", LockState::Committed),
+            ("v5", LockState::RolledBack),
         ]
     );
+    assert_eq!(book.locks["v5"].operation.as_deref(), Some("perception"));
 }
 
 #[test]

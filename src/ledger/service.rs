@@ -16,6 +16,7 @@ use crate::fault;
 use crate::identity::directory::KeyDirectory;
 use crate::ledger::model::{Lock, LockState};
 use crate::ledger::protocol::{LedgerReply, LedgerRequest, Operation, Outcome, RejectCode};
+use crate::ledger::reputation_writer::ReputationWriter;
 use crate::ledger::rules::{CheckedWork, Command};
 use crate::ledger::sequencer::{self, SequencerHandle};
 use crate::ledger::store::LedgerStore;
@@ -26,6 +27,7 @@ use crate::protocol::atp::Atp;
 use crate::protocol::envelope::{EnvelopeError, Verified};
 use crate::protocol::proof::ExecutionProof;
 use crate::protocol::task::FederationTask;
+use crate::state::reputation::Reputations;
 use crate::worker::ops;
 
 /// The endpoints, by operation name.
@@ -47,6 +49,8 @@ pub struct LedgerOptions {
     pub root: ed25519_dalek::VerifyingKey,
     /// Whether this instance sweeps expired locks.
     pub sweep: bool,
+    /// How fast executors' reputation forgets: a settlement counts half after this long.
+    pub reputation_half_life: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +59,8 @@ pub enum ServiceError {
     Bucket(String),
     #[error(transparent)]
     Keys(#[from] crate::identity::directory::DirectoryError),
+    #[error(transparent)]
+    Reputation(#[from] crate::state::reputation::ReputationError),
     #[error("cannot start the sagefed-ledger service: {0}")]
     Service(String),
 }
@@ -64,6 +70,7 @@ pub struct LedgerService {
     service: async_nats::service::Service,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     sequencer: tokio::task::JoinHandle<()>,
+    reputation: tokio::task::JoinHandle<()>,
 }
 
 impl LedgerService {
@@ -75,8 +82,14 @@ impl LedgerService {
             .await
             .map_err(|e| ServiceError::Bucket(e.to_string()))?;
         let keys = Arc::new(KeyDirectory::open(&js, &options.root).await?);
-        let (handle, sequencer) =
-            sequencer::spawn(LedgerStore::new(client.clone(), kv.clone()), options.admins.clone());
+        let reputations = Reputations::open(&js).await?;
+        let (reputation, reputation_task) =
+            ReputationWriter::start(reputations, options.reputation_half_life.as_secs_f64());
+        let (handle, sequencer) = sequencer::spawn(
+            LedgerStore::new(client.clone(), kv.clone()),
+            options.admins.clone(),
+            Some(reputation),
+        );
         let service = client
             .service_builder()
             .description("sagefed ATP ledger: grant, lock, commit, rollback")
@@ -124,6 +137,7 @@ impl LedgerService {
             service,
             tasks,
             sequencer,
+            reputation: reputation_task,
         })
     }
 
@@ -136,8 +150,10 @@ impl LedgerService {
         for task in self.tasks {
             let _ = task.await;
         }
-        // With every handle dropped the sequencer drains its queue and ends.
+        // With every handle dropped the sequencer drains its queue and ends, and then the
+        // reputation writer, whose last sender the sequencer held.
         let _ = self.sequencer.await;
+        let _ = self.reputation.await;
     }
 }
 
@@ -219,6 +235,7 @@ async fn check_work(
         .map_err(|e| LedgerReply::rejected(RejectCode::Busy, format!("the result check did not finish: {e}")))?;
     Ok(CheckedWork {
         task_digest: crate::protocol::envelope::digest(&wire),
+        operation: task.operation.clone(),
         verdict,
     })
 }
@@ -276,6 +293,7 @@ async fn command_for(
             deadline,
             expires_at,
             task_digest,
+            operation,
         } => {
             let lock = Lock {
                 task_id,
@@ -289,6 +307,7 @@ async fn command_for(
                 state: LockState::Pending,
                 settlement: None,
                 task_digest,
+                operation,
             };
             Command::Lock { requester, lock }
         }

@@ -119,8 +119,12 @@ fn role_permissions(role: Role, name: &str) -> Permissions {
     };
     match role {
         Role::Ledger => {
-            p.publish
-                .extend([s::JS_API_ALL.to_owned(), s::kv_pattern(s::LEDGER_BUCKET, ">")]);
+            p.publish.extend([
+                s::JS_API_ALL.to_owned(),
+                s::kv_pattern(s::LEDGER_BUCKET, ">"),
+                // Reputation rests on the settlements the ledger applies: nobody else writes it.
+                s::kv_pattern(s::REPUTATION_BUCKET, ">"),
+            ]);
             p.subscribe
                 .extend([s::ledger_any(), s::SERVICE_DISCOVERY_ALL.to_owned()]);
             p.allow_responses = true;
@@ -166,7 +170,6 @@ fn platform_permissions(role: Role, name: &str, p: &mut Permissions) {
         s::ledger_endpoint("rollback"),
         s::kv_pattern(s::KEYS_BUCKET, &format!("{name}.*")),
         s::kv_pattern(s::PLATFORMS_BUCKET, name),
-        s::kv_pattern(s::REPUTATION_BUCKET, "*"),
         s::js_consumer_create(s::TASKS_STREAM, &worker, &s::delegate(name)),
         s::js_consumer_info(s::TASKS_STREAM, &worker),
         s::js_consumer_next(s::TASKS_STREAM, &worker),
@@ -180,10 +183,6 @@ fn platform_permissions(role: Role, name: &str, p: &mut Permissions) {
         s::js_consumer_next(s::PROOFS_STREAM, &settle),
         s::js_ack(s::PROOFS_STREAM, &settle),
         s::js_direct_get_subject(s::PROOFS_STREAM, &s::proofs_for(name)),
-        // Dead-lettering a task whose deliveries ran out reads and removes it by
-        // sequence; the API cannot confine that to the platform's own subject.
-        s::js_msg_get(s::TASKS_STREAM),
-        s::js_msg_delete(s::TASKS_STREAM),
     ]);
     // Its own parts of task statuses only (as delegator and as executor).
     p.publish.extend(
@@ -196,8 +195,6 @@ fn platform_permissions(role: Role, name: &str, p: &mut Permissions) {
         s::abort(name),
         s::status_any(),
         s::SERVICE_DISCOVERY_ALL.to_owned(),
-        s::max_deliveries_advisory(s::TASKS_STREAM, &worker),
-        s::max_deliveries_advisory(s::TASKS_STREAM, &critical),
     ]);
     p.allow_responses = true;
 }

@@ -43,9 +43,6 @@ pub const LEDGER_QUEUE_GROUP: &str = "sagefed-ledger";
 /// Prefix of the ledger service's endpoints: `sage.ledger.<operation>`.
 pub const LEDGER_ENDPOINT_PREFIX: &str = "sage.ledger";
 
-/// Queue group of a platform's workers on its max-deliveries advisory: one handles each.
-pub const EXHAUSTED_QUEUE_GROUP: &str = "sagefed-exhausted";
-
 /// Name (and queue group) of the micro service answering status and cancel requests.
 pub const STATUS_SERVICE: &str = "sagefed-status";
 /// Prefix of the status service's endpoints.
@@ -189,6 +186,11 @@ pub const LEDGER_JOURNAL_PREFIX: &str = "journal.";
 pub const LEDGER_GRANT_PREFIX: &str = "grants.";
 /// Ledger key holding the total ATP ever granted.
 pub const LEDGER_SUPPLY: &str = "supply";
+
+/// `sage_reputation` key of a platform's reputation for one operation.
+pub fn reputation_key(platform: &str, operation: &str) -> String {
+    format!("{platform}.{operation}")
+}
 
 /// Ledger key of the lock (escrow) of a task.
 pub fn ledger_lock(task_id: &str) -> String {
@@ -438,7 +440,7 @@ mod tests {
             "sage.ledger.lock",
             "sage.ledger.commit",
             "sage.ledger.rollback",
-            &max_deliveries_advisory(TASKS_STREAM, "worker-<platform>"),
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES",
             BENCH_ROUND_TRIP_STREAM,
             BENCH_ROUND_TRIP_SUBJECT,
             "bench.floor.",

@@ -68,6 +68,7 @@ fn case() -> Case {
         state: LockState::Pending,
         settlement: None,
         task_digest: Some(TASK_DIGEST.to_owned()),
+        operation: None,
     };
     Case {
         now: task.created_at + 1.0,

@@ -1,22 +1,20 @@
 //! `sagefed worker`: a platform's worker process. Pulls the platform's tasks from its two
 //! durable consumers (each shared by every worker process of the platform): the critical
 //! lane's first, then the normal queue's. Checks and executes them, publishes signed proofs
-//! and settles. Alongside: the platform's registry heartbeat,
-//! aborts of cancelled tasks, dead-lettering of tasks that exhausted their deliveries, the
-//! settler of proofs addressed to this platform, and the status service.
+//! and settles. Alongside: the platform's registry heartbeat, aborts of cancelled tasks,
+//! the settler of proofs addressed to this platform, and the status service.
 //!
 //! - [`ops`]: the operation handlers.
 //! - `checks`: the executor's checks.
 //! - `admission`: rate limits, concurrency and budget caps.
-//! - `run`: one task from message to acknowledgement.
-//! - `exhausted`: max-deliveries advisories, checked against the stream, handled once.
+//! - `run`: one task from message to acknowledgement; a task delivered more than
+//!   `worker.max_deliver` times (its workers died or hung on it) is dead-lettered instead.
 
 mod aborts;
 mod admission;
 mod checks;
 #[cfg(test)]
 mod checks_table;
-mod exhausted;
 pub mod ops;
 mod run;
 
@@ -167,13 +165,6 @@ impl Worker {
             tokio::spawn(heartbeat(Arc::clone(&ctx))),
             tokio::spawn(listen_for_aborts(Arc::clone(&ctx), client.clone())),
         ];
-        for lane in Lane::SERVED_FIRST_TO_LAST {
-            tasks.push(tokio::spawn(exhausted::dead_letter_exhausted(
-                Arc::clone(&ctx),
-                client.clone(),
-                lane,
-            )));
-        }
         let settler = FederationClient::new(ctx.config.clone(), client.clone()).await?;
         tasks.push(tokio::spawn(async move { settler.settle_orphaned_proofs().await }));
         let status =
@@ -246,7 +237,10 @@ async fn ensure_consumer(ctx: &WorkerContext, lane: Lane) -> anyhow::Result<Task
         filter_subject: lane.subject(platform),
         ack_policy: AckPolicy::Explicit,
         ack_wait: Duration::from_secs(ctx.config.worker.ack_wait_seconds),
-        max_deliver: ctx.config.worker.max_deliver,
+        // Unlimited: the worker counts the deliveries itself and dead-letters a task past
+        // `worker.max_deliver` (it holds the message then), so no platform needs the stream
+        // API's read and delete by sequence, which the server cannot confine to its subject.
+        max_deliver: -1,
         max_ack_pending: i64::try_from(pull_batch(ctx.capacity())).unwrap_or(i64::MAX),
         ..Default::default()
     };
