@@ -9,7 +9,7 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 
 use crate::ledger::model::{JournalEntry, RollbackReason, SignedProof, Transition};
-use crate::ledger::protocol::{LedgerReply, LedgerRequest, Operation, REQUEST_TTL_SECONDS, RejectCode};
+use crate::ledger::protocol::{LedgerReply, LedgerRequest, Operation, REQUEST_TTL_SECONDS, RejectCode, WitnessRequest};
 use crate::nats::subjects;
 use crate::protocol::atp::Atp;
 use crate::protocol::clock::now_seconds;
@@ -130,14 +130,27 @@ impl LedgerClient {
 
     /// Locks `terms.amount` of the delegator's ATP for the task.
     pub async fn lock(&self, terms: &LockTerms) -> Result<LedgerReply, LedgerClientError> {
-        self.lock_with_digest(terms, None).await
+        self.lock_with_digest(terms, None, None).await
     }
 
     /// Locks `terms` for the signed task `task` (its wire bytes): the lock names the task's
     /// digest, so the commit must carry the task and a built-in operation's result is paid by
     /// the ledger's check of it.
     pub async fn lock_for_task(&self, terms: &LockTerms, task: &Bytes) -> Result<LedgerReply, LedgerClientError> {
-        self.lock_with_digest(terms, Some(crate::protocol::envelope::digest(task)))
+        self.lock_with_digest(terms, Some(crate::protocol::envelope::digest(task)), None)
+            .await
+    }
+
+    /// Locks `terms` for the signed task `task` with witness terms: if the task's operation
+    /// has no cheap check, the ledger may hold the commit for one of `witness.candidates` to
+    /// re-execute it (`Operation::Witness`), for `witness.share` ATP out of the lock.
+    pub async fn lock_with_witness(
+        &self,
+        terms: &LockTerms,
+        task: &Bytes,
+        witness: WitnessRequest,
+    ) -> Result<LedgerReply, LedgerClientError> {
+        self.lock_with_digest(terms, Some(crate::protocol::envelope::digest(task)), Some(witness))
             .await
     }
 
@@ -145,6 +158,7 @@ impl LedgerClient {
         &self,
         terms: &LockTerms,
         task_digest: Option<String>,
+        witness: Option<WitnessRequest>,
     ) -> Result<LedgerReply, LedgerClientError> {
         self.request(Operation::Lock {
             task_id: terms.task_id.clone(),
@@ -155,6 +169,18 @@ impl LedgerClient {
             deadline: terms.deadline,
             expires_at: terms.expires_at,
             task_digest,
+            witness,
+        })
+        .await
+    }
+
+    /// The appointed witness's answer for a commit held for it: its own signed proof of the
+    /// same task.
+    pub async fn witness(&self, task_id: &TaskId, proof: &Bytes) -> Result<LedgerReply, LedgerClientError> {
+        let proof = embedded_envelope(proof)?;
+        self.request(Operation::Witness {
+            task_id: task_id.clone(),
+            proof,
         })
         .await
     }

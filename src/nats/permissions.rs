@@ -130,6 +130,7 @@ fn role_permissions(role: Role, name: &str) -> Permissions {
                 s::abort_any(),
                 s::ledger_endpoint("commit"),
                 s::ledger_endpoint("rollback"),
+                s::ledger_endpoint("witness"),
                 s::kv_pattern(s::KEYS_BUCKET, &format!("{name}.*")),
                 s::kv_pattern(s::PLATFORMS_BUCKET, name),
                 s::kv_pattern(s::REPUTATION_BUCKET, "*"),
