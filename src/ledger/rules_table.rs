@@ -1105,7 +1105,10 @@ fn witness_rows(p: &Proofs) -> Vec<Row> {
 
 #[test]
 fn every_witness_transition_and_rejection_conserves_atp() {
-    let (book, _) = run(witness_rows(&Proofs::new()));
+    let (book, seen) = run(witness_rows(&Proofs::new()));
+    for code in ["HeldForWitness", "NotAuthorized", "ProofMismatch", "LockExpired", "AlreadySettled"] {
+        assert!(seen.contains(code), "no witness row is rejected with {code}");
+    }
     let account = |p: &str| book.account(&lct(p)).expect(p);
     let (thor, legion) = (account("Thor"), account("Legion"));
     // Thor: w1 cost 4 (3 + 1), w2 4, w3 1 (the witness), w4 4; w5 still locked.
