@@ -58,6 +58,7 @@ async fn a_flood_of_signed_requests_meets_the_ledgers_limit_and_honest_requests_
                     expires_at: now + 120.0,
                     task_digest: None,
                     witness: None,
+                    operation: None,
                 },
             };
             mallory.sign(&request).expect("sign")

@@ -105,7 +105,7 @@ async fn no_party_can_get_around_the_witness() {
         let task = Bytes::from_static(b"{}");
         refused(&p, what, RejectCode::InvalidRequest, async {
             client
-                .lock_with_witness(&lock, &task, naming(&candidates))
+                .lock_with_witness(&lock, &task, common::witness::OPERATION, naming(&candidates))
                 .await
                 .expect("reply")
         })

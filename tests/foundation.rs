@@ -293,13 +293,35 @@ async fn a_record_that_does_not_decode_is_an_error_naming_its_key_and_stays_as_i
     };
 
     let reputations = Reputations::open(&js).await.expect("open");
-    let err = reputations.get("t-Legion").await.expect_err("corrupt").to_string();
-    assert!(err.contains("t-Legion") && err.contains("does not decode"), "{err}");
+    let reputation_kv = js.get_key_value(subjects::REPUTATION_BUCKET).await.expect("bucket");
+    let key = subjects::reputation_key("t-Legion", "planning");
+    reputation_kv
+        .put(key.as_str(), garbage.clone())
+        .await
+        .expect("put garbage");
     let err = reputations
-        .record("t-Legion", true, Some(0.9))
+        .get("t-Legion", "planning")
+        .await
+        .expect_err("corrupt")
+        .to_string();
+    assert!(err.contains(&key) && err.contains("does not decode"), "{err}");
+    let settled = sage_federation::state::reputation::Settled {
+        paid: true,
+        quality: 0.9,
+        refuted: false,
+        at: 1.0,
+    };
+    let err = reputations
+        .record_many("t-Legion", "planning", &[settled], 3600.0)
         .await
         .expect_err("corrupt");
-    assert!(err.to_string().contains("sage_reputation key t-Legion"), "{err}");
+    assert!(err.to_string().contains(&format!("sage_reputation key {key}")), "{err}");
+    let stored = reputation_kv
+        .get(key.as_str())
+        .await
+        .expect("get")
+        .expect("still there");
+    assert_eq!(stored, garbage, "the corrupt reputation was written over");
     unchanged(subjects::REPUTATION_BUCKET).await;
 
     let board = TaskBoard::open(&js).await.expect("open");

@@ -44,6 +44,7 @@ async fn lock(client: &LedgerClient, task: &str, from: &str, to: &str, amount: f
             expires_at: now + 60.0,
             task_digest: None,
             witness: None,
+            operation: None,
         })
         .await
         .expect("lock request")

@@ -53,6 +53,7 @@ fn lock_of(task_id: &TaskId, pair: usize) -> Operation {
         expires_at: now + 120.0,
         task_digest: None,
         witness: None,
+        operation: None,
     }
 }
 

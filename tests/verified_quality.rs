@@ -39,7 +39,7 @@ async fn locked_planning_task(p: &Processes, thor: &LedgerClient, task_id: &Task
         expires_at: task.expires_at + 60.0,
         ..common::lock_terms(task_id, &lct("Thor", C), &lct("Legion", C), BUDGET_ATP)
     };
-    let reply = thor.lock_for_task(&terms, &wire).await.expect("lock");
+    let reply = thor.lock_for_task(&terms, &wire, &task.operation).await.expect("lock");
     assert_eq!(reply.outcome, Outcome::Applied, "{reply:?}");
     wire
 }

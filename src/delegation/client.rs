@@ -34,7 +34,7 @@ use crate::protocol::lct::Lct;
 use crate::protocol::proof::{ExecutionProof, ProofStatus};
 use crate::protocol::task::{FederationTask, TaskId, message_id as task_message_id};
 use crate::state::registry::{PlatformRecord, Registry};
-use crate::state::reputation::Reputations;
+use crate::state::reputation::{Reputations, Standing};
 use crate::state::task_board::{TaskBoard, TaskState, TaskStatus};
 
 /// Time a task may wait in the queue before a worker starts it, on top of its timeout.
@@ -183,7 +183,7 @@ pub struct FederationClient {
     board: TaskBoard,
     waiters: Waiters,
     listener: tokio::task::JoinHandle<()>,
-    reputation: ReputationRecorder,
+    settled: SettledMarker,
     platforms: Mutex<Option<(Instant, Vec<PlatformRecord>)>>,
 }
 
@@ -193,34 +193,27 @@ impl Drop for FederationClient {
     }
 }
 
-/// Records executors' reputation off the delegation's path: settlements queue here and a
-/// background task writes them, several per compare-and-swap, so a hundred delegations in
-/// flight do not race on one executor's key. Each task counts once (the status record's
-/// `settled` flag), however many processes settle it. A crash loses at most the queue: a
-/// reputation, not ATP.
+/// Marks settled tasks on the board (the delegator's `settled` flag, which `sagefed status`
+/// shows) off the delegation's path: settlements queue here and a background task writes
+/// them. A crash loses at most the queue: a display flag, not ATP. (Reputation is the
+/// ledger's to record, from the settlements it applies: see `state::reputation`.)
 #[derive(Clone)]
-struct ReputationRecorder {
-    tx: tokio::sync::mpsc::Sender<(TaskId, String, bool, f64)>,
+struct SettledMarker {
+    tx: tokio::sync::mpsc::Sender<TaskId>,
 }
 
-/// Settlements waiting to be recorded before new ones are dropped (with a warning).
-const REPUTATION_QUEUE_MAX: usize = 10_000;
+/// Settlements waiting to be marked before new ones are dropped (with a warning).
+const SETTLED_QUEUE_MAX: usize = 10_000;
 
-impl ReputationRecorder {
-    fn start(board: TaskBoard, reputations: Reputations, delegator: String) -> Self {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<(TaskId, String, bool, f64)>(REPUTATION_QUEUE_MAX);
+impl SettledMarker {
+    fn start(board: TaskBoard, delegator: String) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<TaskId>(SETTLED_QUEUE_MAX);
         tokio::spawn(async move {
             let mut batch = Vec::new();
-            while rx.recv_many(&mut batch, REPUTATION_QUEUE_MAX).await > 0 {
-                let mut by_platform: HashMap<String, Vec<(bool, f64)>> = HashMap::new();
-                for (task_id, platform, paid, quality) in batch.drain(..) {
-                    if board.mark_settled(&task_id, &delegator).await.unwrap_or(false) {
-                        by_platform.entry(platform).or_default().push((paid, quality));
-                    }
-                }
-                for (platform, settled) in by_platform {
-                    if let Err(e) = reputations.record_many(&platform, &settled).await {
-                        tracing::warn!(error = %e, "reputation not updated");
+            while rx.recv_many(&mut batch, SETTLED_QUEUE_MAX).await > 0 {
+                for task_id in batch.drain(..) {
+                    if let Err(e) = board.mark_settled(&task_id, &delegator).await {
+                        tracing::warn!(task = %task_id, error = %e, "task not marked settled");
                     }
                 }
             }
@@ -228,13 +221,9 @@ impl ReputationRecorder {
         Self { tx }
     }
 
-    fn record(&self, task_id: &TaskId, platform: &str, paid: bool, quality: f64) {
-        if self
-            .tx
-            .try_send((task_id.clone(), platform.to_owned(), paid, quality))
-            .is_err()
-        {
-            tracing::warn!(task = %task_id, "reputation queue full; this settlement is not counted");
+    fn mark(&self, task_id: &TaskId) {
+        if self.tx.try_send(task_id.clone()).is_err() {
+            tracing::warn!(task = %task_id, "settled queue full; this task is not marked settled");
         }
     }
 }
@@ -292,7 +281,7 @@ impl FederationClient {
         Ok(Self {
             ledger: LedgerClient::new(client.clone(), signer.clone()),
             reader: LedgerReader::open(&js).await?,
-            reputation: ReputationRecorder::start(board.clone(), reputations.clone(), signer.platform().to_owned()),
+            settled: SettledMarker::start(board.clone(), signer.platform().to_owned()),
             platforms: Mutex::new(None),
             reputations,
             board,
@@ -348,13 +337,15 @@ impl FederationClient {
         let candidates = placement::candidates(&self.platforms().await?, &wanted, now).map_err(no_platform)?;
         let mut scored = Vec::with_capacity(candidates.len());
         for record in candidates {
-            let score = self
-                .reputations
-                .get(&record.platform)
-                .await
-                .map(|r| r.score())
-                .unwrap_or(0.0);
-            scored.push((record, score));
+            // An unreadable record ranks the platform as unknown rather than failing the task.
+            let standing = match self.reputations.get(&record.platform, &request.operation).await {
+                Ok(reputation) => Standing::of(&reputation, now),
+                Err(e) => {
+                    tracing::warn!(platform = %record.platform, error = %e, "reputation unreadable; ranked as unknown");
+                    Standing::UNKNOWN
+                }
+            };
+            scored.push((record, standing));
         }
         placement::best(scored).ok_or_else(|| DelegateError::NoPlatform("no candidate".into()))
     }
@@ -427,7 +418,7 @@ impl FederationClient {
         };
         let reply = self
             .ledger
-            .lock_for_task(&terms, &wire)
+            .lock_for_task(&terms, &wire, &task.operation)
             .await
             .map_err(anyhow::Error::from)?;
         if reply.outcome == Outcome::Rejected {
@@ -685,7 +676,7 @@ impl FederationClient {
 
     /// Verifies a proof addressed to this platform and settles its lock by quality: commit
     /// when the task completed at or above the threshold, otherwise roll back with the proof
-    /// as evidence. Records the executor's reputation once per task.
+    /// as evidence. Marks the task settled on the board once.
     pub async fn settle(&self, wire: &Bytes) -> Result<DelegationOutcome, DelegateError> {
         self.settle_with_task(wire, None).await
     }
@@ -738,12 +729,7 @@ impl FederationClient {
             }
         };
         if lock.state.is_terminal() {
-            self.reputation.record(
-                &proof.task_id,
-                proof.executor_lct.platform(),
-                lock.state == LockState::Committed,
-                proof.quality_score,
-            );
+            self.settled.mark(&proof.task_id);
         }
         let mut outcome = outcome_of(&lock, Some(&proof), &proof.reason);
         outcome.proof_envelope = Some(String::from_utf8_lossy(wire).into_owned());

@@ -10,6 +10,7 @@
 //! the platform says about itself.
 
 use crate::state::registry::PlatformRecord;
+use crate::state::reputation::Standing;
 
 /// What placement needs to know about a task.
 #[derive(Clone, Copy, Debug)]
@@ -130,15 +131,19 @@ pub fn candidates(
     Ok(eligible)
 }
 
-/// The least loaded of `scored` (a record with its reputation score), the better reputation
-/// first among equals, then by name so that the choice is the same on every delegator.
-pub fn best(scored: Vec<(PlatformRecord, f64)>) -> Option<PlatformRecord> {
+/// The least loaded of `scored` (a record with its reputation standing for the operation),
+/// the better reputation first among equals, then by name so that the choice is the same on
+/// every delegator. A platform on probation (caught lying) comes after every other, however
+/// idle it is.
+pub fn best(scored: Vec<(PlatformRecord, Standing)>) -> Option<PlatformRecord> {
     scored
         .into_iter()
-        .min_by(|(a, a_score), (b, b_score)| {
-            a.utilisation()
-                .total_cmp(&b.utilisation())
-                .then(b_score.total_cmp(a_score))
+        .min_by(|(a, a_standing), (b, b_standing)| {
+            a_standing
+                .on_probation
+                .cmp(&b_standing.on_probation)
+                .then(a.utilisation().total_cmp(&b.utilisation()))
+                .then(b_standing.score.total_cmp(&a_standing.score))
                 .then(a.platform.cmp(&b.platform))
         })
         .map(|(record, _)| record)
@@ -261,24 +266,42 @@ mod tests {
     }
 
     #[test]
-    fn the_least_loaded_wins_then_reputation_then_name() {
-        type Scored = Vec<(PlatformRecord, f64)>;
+    fn probation_then_the_least_loaded_then_reputation_then_name() {
+        type Scored = Vec<(PlatformRecord, Standing)>;
+        let ok = |score| Standing {
+            score,
+            on_probation: false,
+        };
+        let caught = |score| Standing {
+            score,
+            on_probation: true,
+        };
         let rows: Vec<(&str, Scored, Option<&str>)> = vec![
             ("nobody", vec![], None),
             (
                 "less load beats reputation",
-                vec![(record("A", 2), 0.9), (record("B", 1), 0.1)],
+                vec![(record("A", 2), ok(0.9)), (record("B", 1), ok(0.1))],
                 Some("B"),
             ),
             (
                 "equal load: better reputation",
-                vec![(record("A", 1), 0.2), (record("B", 1), 0.8)],
+                vec![(record("A", 1), ok(0.2)), (record("B", 1), ok(0.8))],
                 Some("B"),
             ),
             (
                 "all equal: by name",
-                vec![(record("B", 1), 0.5), (record("A", 1), 0.5)],
+                vec![(record("B", 1), ok(0.5)), (record("A", 1), ok(0.5))],
                 Some("A"),
+            ),
+            (
+                "caught lying: last, however idle and well scored",
+                vec![(record("A", 0), caught(0.9)), (record("B", 3), ok(0.1))],
+                Some("B"),
+            ),
+            (
+                "only liars left: the least loaded of them",
+                vec![(record("A", 2), caught(0.9)), (record("B", 1), caught(0.1))],
+                Some("B"),
             ),
         ];
         for (case, scored, expected) in rows {

@@ -32,6 +32,7 @@ use crate::protocol::lct::{Lct, check_platform};
 use crate::protocol::limits::ENVELOPE_BYTES_MAX;
 use crate::protocol::task::TaskId;
 use crate::state::registry::Registry;
+use crate::state::reputation::{ReputationSummary, Reputations};
 use crate::state::task_board::{TaskBoard, TaskState, TaskStatus};
 
 /// How long a status or cancel request waits for its answer.
@@ -66,6 +67,9 @@ pub struct LctStatus {
     pub locked: f64,
     /// Its tasks in flight (pending locks).
     pub tasks_running: u64,
+    /// Its platform's reputation as an executor, per operation, as the ledger recorded it.
+    #[serde(default)]
+    pub reputation: Vec<ReputationSummary>,
 }
 
 /// A task's status and lock.
@@ -135,6 +139,7 @@ struct Shared {
     reader: LedgerReader,
     board: TaskBoard,
     registry: Registry,
+    reputations: Reputations,
 }
 
 impl StatusService {
@@ -147,6 +152,7 @@ impl StatusService {
             reader: LedgerReader::open(&js).await?,
             board: TaskBoard::open(&js).await?,
             registry: Registry::open(&js, keys).await?,
+            reputations: Reputations::open(&js).await?,
             client: client.clone(),
         });
         let service = client
@@ -233,7 +239,16 @@ async fn answer(endpoint: &str, payload: &Bytes, shared: &Shared) -> Result<Vec<
 async fn lct_status(lct: &Lct, shared: &Shared) -> Result<LctStatus, String> {
     let account = shared.reader.account(lct).await.map_err(|e| e.to_string())?;
     let record = shared.registry.get(lct.platform()).await.map_err(|e| e.to_string())?;
-    let active = record.is_some_and(|r| r.is_healthy(now_seconds()));
+    let now = now_seconds();
+    let active = record.is_some_and(|r| r.is_healthy(now));
+    let reputation = shared
+        .reputations
+        .of_platform(lct.platform())
+        .await
+        .map_err(|e| e.to_string())?
+        .iter()
+        .map(|r| ReputationSummary::of(r, now))
+        .collect();
     Ok(match account {
         Some(a) => LctStatus {
             lct: lct.to_string(),
@@ -243,6 +258,7 @@ async fn lct_status(lct: &Lct, shared: &Shared) -> Result<LctStatus, String> {
             balance: a.balance_uatp.as_f64(),
             locked: a.locked_uatp.as_f64(),
             tasks_running: a.pending_locks,
+            reputation,
         },
         None => LctStatus {
             lct: lct.to_string(),
@@ -252,6 +268,7 @@ async fn lct_status(lct: &Lct, shared: &Shared) -> Result<LctStatus, String> {
             balance: 0.0,
             locked: 0.0,
             tasks_running: 0,
+            reputation,
         },
     })
 }

@@ -117,7 +117,11 @@ fn schemas() -> Value {
         "LctStatus": {"type": "object", "properties": {
             "lct": {"type": "string"}, "active": {"type": "boolean"}, "atp_consumed": {"type": "number"},
             "atp_earned": {"type": "number"}, "balance": {"type": "number"}, "locked": {"type": "number"},
-            "tasks_running": {"type": "integer"}
+            "tasks_running": {"type": "integer"},
+            "reputation": {"type": "array", "items": {"type": "object", "properties": {
+                "operation": {"type": "string"}, "settled": {"type": "integer"}, "score": {"type": "number"},
+                "refuted": {"type": "integer"}, "on_probation": {"type": "boolean"}
+            }}}
         }},
         "TaskReport": {"type": "object", "properties": {"task_id": {"type": "string"}, "status": {"type": ["object", "null"]}, "lock": {"type": ["object", "null"]}}},
         "CancelReply": {"type": "object", "properties": {"cancelled": {"type": "boolean"}, "atp_refunded": {"type": "number"}, "message": {"type": "string"}}}

@@ -130,27 +130,36 @@ impl LedgerClient {
 
     /// Locks `terms.amount` of the delegator's ATP for the task.
     pub async fn lock(&self, terms: &LockTerms) -> Result<LedgerReply, LedgerClientError> {
-        self.lock_with_digest(terms, None, None).await
+        self.lock_with_digest(terms, None, None, None).await
     }
 
     /// Locks `terms` for the signed task `task` (its wire bytes): the lock names the task's
     /// digest, so the commit must carry the task and a built-in operation's result is paid by
-    /// the ledger's check of it.
-    pub async fn lock_for_task(&self, terms: &LockTerms, task: &Bytes) -> Result<LedgerReply, LedgerClientError> {
-        self.lock_with_digest(terms, Some(crate::protocol::envelope::digest(task)), None)
+    /// the ledger's check of it. `operation` is the task's (the executor's reputation is kept
+    /// per operation; a commit carrying a task of another operation is refused).
+    pub async fn lock_for_task(
+        &self,
+        terms: &LockTerms,
+        task: &Bytes,
+        operation: &str,
+    ) -> Result<LedgerReply, LedgerClientError> {
+        let digest = crate::protocol::envelope::digest(task);
+        self.lock_with_digest(terms, Some(digest), Some(operation.to_owned()), None)
             .await
     }
 
-    /// Locks `terms` for the signed task `task` with witness terms: if the task's operation
-    /// has no cheap check, the ledger may hold the commit for one of `witness.candidates` to
-    /// re-execute it (`Operation::Witness`), for `witness.share` ATP out of the lock.
+    /// [`Self::lock_for_task`] with witness terms: if the task's operation has no cheap
+    /// check, the ledger may hold the commit for one of `witness.candidates` to re-execute it
+    /// (`Operation::Witness`), for `witness.share` ATP out of the lock.
     pub async fn lock_with_witness(
         &self,
         terms: &LockTerms,
         task: &Bytes,
+        operation: &str,
         witness: WitnessRequest,
     ) -> Result<LedgerReply, LedgerClientError> {
-        self.lock_with_digest(terms, Some(crate::protocol::envelope::digest(task)), Some(witness))
+        let digest = crate::protocol::envelope::digest(task);
+        self.lock_with_digest(terms, Some(digest), Some(operation.to_owned()), Some(witness))
             .await
     }
 
@@ -158,6 +167,7 @@ impl LedgerClient {
         &self,
         terms: &LockTerms,
         task_digest: Option<String>,
+        operation: Option<String>,
         witness: Option<WitnessRequest>,
     ) -> Result<LedgerReply, LedgerClientError> {
         self.request(Operation::Lock {
@@ -169,6 +179,7 @@ impl LedgerClient {
             deadline: terms.deadline,
             expires_at: terms.expires_at,
             task_digest,
+            operation,
             witness,
         })
         .await

@@ -14,6 +14,7 @@
 //! - `sequencer`: group commit, per service instance.
 //! - [`service`]: `sagefed ledger serve`.
 //! - `sweeper`: expires locks past their expiry.
+//! - `reputation_writer`: counts the settlements applied into executors' reputation.
 //! - [`client`]: `LedgerClient`, what platforms use.
 //! - [`snapshot`]: a consistent read of the whole bucket.
 //! - [`audit`]: conservation and the other invariants, checked on a snapshot.
@@ -23,6 +24,7 @@ pub mod batch;
 pub mod client;
 pub mod model;
 pub mod protocol;
+mod reputation_writer;
 mod rules;
 pub use rules::COMMIT_WINDOW_SECONDS;
 #[cfg(test)]

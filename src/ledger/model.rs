@@ -232,10 +232,14 @@ pub struct Lock {
     pub task_digest: Option<String>,
     /// The delegator's witness terms: a commit of an unverifiable operation may be sampled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub witness_terms: Option<WitnessTerms>,
+    pub witness_terms: Option<Box<WitnessTerms>>,
     /// The sampled commit held for a witness (state `awaiting_witness`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hold: Option<WitnessHold>,
+    pub hold: Option<Box<WitnessHold>>,
+    /// The operation the task runs, as the delegator declared it: the executor's reputation
+    /// is kept per operation. A commit that carries the task must agree with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
 }
 
 impl Lock {
@@ -261,6 +265,7 @@ impl Lock {
             && self.quality_threshold == other.quality_threshold
             && self.task_digest == other.task_digest
             && self.witness_terms == other.witness_terms
+            && self.operation == other.operation
     }
 }
 

@@ -55,6 +55,9 @@ pub enum Operation {
         /// and held for one of the candidates to re-execute (needs `task_digest`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         witness: Option<WitnessRequest>,
+        /// The task's operation (one subject token): reputation is kept per operation.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        operation: Option<String>,
     },
     /// Pays the executor what its signed proof says it consumed; refunds the rest.
     Commit {

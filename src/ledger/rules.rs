@@ -72,9 +72,9 @@ pub enum Command {
 #[derive(Clone, Debug)]
 pub struct CheckedWork {
     pub task_digest: String,
-    pub verdict: Verdict,
-    /// The task's operation (an unverifiable one may be sampled for a witness).
+    /// The operation of the task carried.
     pub operation: String,
+    pub verdict: Verdict,
     /// The ledger's draw for sampling this commit.
     pub draw: Draw,
 }
@@ -321,6 +321,14 @@ fn check_lock_terms(requester: &str, new: &Lock, now: f64) -> Result<(), Decisio
     }
     if new.amount_uatp == Atp::ZERO {
         return Err(reject(RejectCode::InvalidAmount, "a lock must be more than zero"));
+    }
+    if let Some(operation) = &new.operation
+        && let Some(why) = crate::protocol::lct::token_problem(operation, crate::protocol::limits::OPERATION_CHARS_MAX)
+    {
+        return Err(reject(
+            RejectCode::InvalidRequest,
+            format!("operation {operation:?} is invalid: {why}"),
+        ));
     }
     if !(0.0..=1.0).contains(&new.quality_threshold) {
         return Err(reject(
@@ -569,6 +577,16 @@ fn paid_quality(lock: &Lock, proof: &Verified<ExecutionProof>, work: Option<&Che
             return Err(Refused::Reply(reject(
                 RejectCode::InvalidRequest,
                 format!("the task the commit carries is not the one the lock of task {task_id} pays for"),
+            )));
+        }
+        (Some(_), Some(work)) if lock.operation.as_ref().is_some_and(|op| *op != work.operation) => {
+            return Err(Refused::Reply(reject(
+                RejectCode::InvalidRequest,
+                format!(
+                    "the task of {task_id} runs {}, but its lock was taken for {}",
+                    work.operation,
+                    lock.operation.as_deref().unwrap_or_default()
+                ),
             )));
         }
         (Some(_), Some(work)) => work.verdict.clone(),

@@ -258,6 +258,7 @@ fn lock_with(id: &str, amount: Atp, edit: impl FnOnce(&mut Lock)) -> Command {
         task_digest: None,
         witness_terms: None,
         hold: None,
+        operation: None,
     };
     edit(&mut lock);
     Command::Lock {
@@ -301,8 +302,8 @@ fn commit_checked(by: &str, id: &str, proof: Verified<ExecutionProof>, fill: cha
         proof,
         work: Some(CheckedWork {
             task_digest: digest(fill),
-            verdict,
             operation: "planning".to_owned(),
+            verdict,
             draw: Draw { sample: 0.0, pick: 0 },
         }),
     }
@@ -686,6 +687,34 @@ fn rows(p: &Proofs) -> Vec<Row> {
             commit_checked("Legion", "v4", good("v4"), 'e', Verdict::Unverifiable),
             Applied,
         ),
+        // The operation a lock declares (reputation is kept per operation).
+        row(
+            "lock declaring an operation that is not one token",
+            T0,
+            lock_with("v5", atp(10), |l| l.operation = Some("plan ning".into())),
+            Rejected(InvalidRequest),
+        ),
+        row(
+            "lock declaring perception for its task",
+            T0,
+            lock_with("v5", atp(10), |l| {
+                l.task_digest = Some(digest('f'));
+                l.operation = Some("perception".into());
+            }),
+            Applied,
+        ),
+        row(
+            "commit carrying a planning task for a perception lock",
+            T0,
+            commit_checked("Legion", "v5", good("v5"), 'f', Verdict::verified(1.0)),
+            Rejected(InvalidRequest),
+        ),
+        row(
+            "the executor refuses v5: refunded whole",
+            T0,
+            rollback("Legion", "v5", Why::Rejected, None),
+            Applied,
+        ),
         // Expiry.
         row("lock t7", T0, lock("t7", atp(10)), Applied),
         row(
@@ -836,8 +865,10 @@ fn assert_the_final_book(book: &MemoryBook) {
             ("v2", LockState::RolledBack),
             ("v3", LockState::Committed),
             ("v4", LockState::Committed),
+            ("v5", LockState::RolledBack),
         ]
     );
+    assert_eq!(book.locks["v5"].operation.as_deref(), Some("perception"));
 }
 
 /// Thor locks 10 ATP for Legion on task `id` (named by `digest('w')`) with witness terms:
@@ -845,12 +876,12 @@ fn assert_the_final_book(book: &MemoryBook) {
 fn lock_witnessed(id: &str, edit: impl FnOnce(&mut Lock)) -> Command {
     lock_with(id, atp(10), |l| {
         l.task_digest = Some(digest('w'));
-        l.witness_terms = Some(WitnessTerms {
+        l.witness_terms = Some(Box::new(WitnessTerms {
             candidates: vec!["Sprout".to_owned(), "Odin".to_owned()],
             share_uatp: atp(1),
             tolerance: 0.01,
             hold_seconds: 30.0,
-        });
+        }));
         edit(l);
     })
 }
@@ -1106,7 +1137,13 @@ fn witness_rows(p: &Proofs) -> Vec<Row> {
 #[test]
 fn every_witness_transition_and_rejection_conserves_atp() {
     let (book, seen) = run(witness_rows(&Proofs::new()));
-    for code in ["HeldForWitness", "NotAuthorized", "ProofMismatch", "LockExpired", "AlreadySettled"] {
+    for code in [
+        "HeldForWitness",
+        "NotAuthorized",
+        "ProofMismatch",
+        "LockExpired",
+        "AlreadySettled",
+    ] {
         assert!(seen.contains(code), "no witness row is rejected with {code}");
     }
     let account = |p: &str| book.account(&lct(p)).expect(p);

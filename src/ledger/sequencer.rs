@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::ledger::model::{Account, Record};
 use crate::ledger::protocol::{LedgerReply, Outcome, RejectCode};
+use crate::ledger::reputation_writer::ReputationWriter;
 use crate::ledger::rules::{Book, Command, Decision, decide};
 use crate::ledger::store::LedgerStore;
 use crate::nats::subjects;
@@ -56,14 +57,24 @@ impl SequencerHandle {
     }
 }
 
-/// Starts the sequencer task over `store`. It stops when every handle is dropped.
-pub fn spawn(store: LedgerStore, admins: BTreeSet<String>) -> (SequencerHandle, tokio::task::JoinHandle<()>) {
+/// Starts the sequencer task over `store`. It stops when every handle is dropped. Each lock
+/// it settles goes to `reputation`, when there is one.
+pub fn spawn(
+    store: LedgerStore,
+    admins: BTreeSet<String>,
+    reputation: Option<ReputationWriter>,
+) -> (SequencerHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(QUEUE_COMMANDS_MAX);
-    let task = tokio::spawn(run(store, admins, rx));
+    let task = tokio::spawn(run(store, admins, reputation, rx));
     (SequencerHandle { tx }, task)
 }
 
-async fn run(mut store: LedgerStore, admins: BTreeSet<String>, mut rx: mpsc::Receiver<Job>) {
+async fn run(
+    mut store: LedgerStore,
+    admins: BTreeSet<String>,
+    reputation: Option<ReputationWriter>,
+    mut rx: mpsc::Receiver<Job>,
+) {
     let mut group = Vec::with_capacity(GROUP_COMMANDS_MAX);
     while let Some(first) = rx.recv().await {
         group.push(first);
@@ -82,6 +93,13 @@ async fn run(mut store: LedgerStore, admins: BTreeSet<String>, mut rx: mpsc::Rec
             "ledger group applied"
         );
         for (job, reply) in group.drain(..).zip(replies) {
+            if let Some(writer) = &reputation
+                && reply.outcome == Outcome::Applied
+                && let Some(lock) = reply.lock.as_deref()
+                && lock.state.is_terminal()
+            {
+                writer.settled(lock.clone());
+            }
             // The requester may have gone away; its retry will find the result.
             let _ = job.reply.send(reply);
         }

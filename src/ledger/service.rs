@@ -16,6 +16,7 @@ use crate::fault;
 use crate::identity::directory::KeyDirectory;
 use crate::ledger::model::{Lock, LockState, WitnessTerms};
 use crate::ledger::protocol::{LedgerReply, LedgerRequest, Operation, Outcome, RejectCode, WitnessRequest};
+use crate::ledger::reputation_writer::ReputationWriter;
 use crate::ledger::rules::{CheckedWork, Command};
 use crate::ledger::sequencer::{self, SequencerHandle};
 use crate::ledger::store::LedgerStore;
@@ -27,6 +28,7 @@ use crate::protocol::atp::Atp;
 use crate::protocol::envelope::{EnvelopeError, Verified};
 use crate::protocol::proof::ExecutionProof;
 use crate::protocol::task::FederationTask;
+use crate::state::reputation::Reputations;
 use crate::worker::ops;
 
 /// The endpoints, by operation name.
@@ -48,6 +50,8 @@ pub struct LedgerOptions {
     pub root: ed25519_dalek::VerifyingKey,
     /// Whether this instance sweeps expired locks.
     pub sweep: bool,
+    /// How fast executors' reputation forgets: a settlement counts half after this long.
+    pub reputation_half_life: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +60,8 @@ pub enum ServiceError {
     Bucket(String),
     #[error(transparent)]
     Keys(#[from] crate::identity::directory::DirectoryError),
+    #[error(transparent)]
+    Reputation(#[from] crate::state::reputation::ReputationError),
     #[error("cannot start the sagefed-ledger service: {0}")]
     Service(String),
 }
@@ -65,6 +71,7 @@ pub struct LedgerService {
     service: async_nats::service::Service,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     sequencer: tokio::task::JoinHandle<()>,
+    reputation: tokio::task::JoinHandle<()>,
 }
 
 impl LedgerService {
@@ -76,8 +83,14 @@ impl LedgerService {
             .await
             .map_err(|e| ServiceError::Bucket(e.to_string()))?;
         let keys = Arc::new(KeyDirectory::open(&js, &options.root).await?);
-        let (handle, sequencer) =
-            sequencer::spawn(LedgerStore::new(client.clone(), kv.clone()), options.admins.clone());
+        let reputations = Reputations::open(&js).await?;
+        let (reputation, reputation_task) =
+            ReputationWriter::start(reputations, options.reputation_half_life.as_secs_f64());
+        let (handle, sequencer) = sequencer::spawn(
+            LedgerStore::new(client.clone(), kv.clone()),
+            options.admins.clone(),
+            Some(reputation),
+        );
         let service = client
             .service_builder()
             .description("sagefed ATP ledger: grant, lock, commit, rollback, witness")
@@ -125,6 +138,7 @@ impl LedgerService {
             service,
             tasks,
             sequencer,
+            reputation: reputation_task,
         })
     }
 
@@ -137,8 +151,10 @@ impl LedgerService {
         for task in self.tasks {
             let _ = task.await;
         }
-        // With every handle dropped the sequencer drains its queue and ends.
+        // With every handle dropped the sequencer drains its queue and ends, and then the
+        // reputation writer, whose last sender the sequencer held.
         let _ = self.sequencer.await;
+        let _ = self.reputation.await;
     }
 }
 
@@ -220,8 +236,8 @@ async fn check_work(
         .map_err(|e| LedgerReply::rejected(RejectCode::Busy, format!("the result check did not finish: {e}")))?;
     Ok(CheckedWork {
         task_digest: crate::protocol::envelope::digest(&wire),
-        verdict,
         operation: task.operation.clone(),
+        verdict,
         draw: draw()?,
     })
 }
@@ -243,18 +259,18 @@ fn draw() -> Result<Draw, LedgerReply> {
 }
 
 /// A lock's witness terms from the wire (the share in decimal ATP).
-fn witness_terms(request: Option<WitnessRequest>) -> Result<Option<WitnessTerms>, LedgerReply> {
+fn witness_terms(request: Option<WitnessRequest>) -> Result<Option<Box<WitnessTerms>>, LedgerReply> {
     let Some(request) = request else {
         return Ok(None);
     };
     let share_uatp = Atp::positive_from_f64(request.share, "witness share")
         .map_err(|e| LedgerReply::rejected(RejectCode::InvalidAmount, e.to_string()))?;
-    Ok(Some(WitnessTerms {
+    Ok(Some(Box::new(WitnessTerms {
         candidates: request.candidates,
         share_uatp,
         tolerance: request.tolerance,
         hold_seconds: request.hold_seconds,
-    }))
+    })))
 }
 
 /// Verifies a request and turns it into a command; any refusal is a reply.
@@ -310,6 +326,7 @@ async fn command_for(
             deadline,
             expires_at,
             task_digest,
+            operation,
             witness,
         } => {
             let lock = Lock {
@@ -326,6 +343,7 @@ async fn command_for(
                 task_digest,
                 witness_terms: witness_terms(witness)?,
                 hold: None,
+                operation,
             };
             Command::Lock { requester, lock }
         }

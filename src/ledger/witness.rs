@@ -162,7 +162,7 @@ pub fn hold(mut lock: Lock, hold: WitnessHold, record: WitnessRecord) -> Decisio
         lock.task_id, hold.rate, hold.witness, hold.until
     );
     lock.state = LockState::AwaitingWitness;
-    lock.hold = Some(hold);
+    lock.hold = Some(Box::new(hold));
     applied(
         vec![Record::Lock(lock.clone()), Record::Witness(record)],
         message,
@@ -192,7 +192,7 @@ pub fn answer(
         Ok(claimed) => claimed,
         Err(why) => return reject(RejectCode::InvalidRequest, why),
     };
-    let Some(terms) = lock.witness_terms.clone() else {
+    let Some(terms) = lock.witness_terms.as_deref().cloned() else {
         return reject(
             RejectCode::InvalidRequest,
             format!("task {task_id} names no witness terms"),
@@ -245,7 +245,7 @@ pub fn answer(
 /// Checks that `requester` may answer for `lock` with `proof` now; the hold it answers.
 fn answerable(requester: &str, lock: &Lock, proof: &ExecutionProof, now: f64) -> Result<WitnessHold, Decision> {
     let task_id = &lock.task_id;
-    let Some(hold) = lock.hold.clone() else {
+    let Some(hold) = lock.hold.as_deref().cloned() else {
         return Err(reject(
             RejectCode::NotAuthorized,
             format!("task {task_id} was never held for a witness: {requester} is not its witness"),
@@ -331,7 +331,7 @@ fn judged(book: &impl Book, executor: &str, operation: &str, agreed: bool, now: 
 /// answer; refunding instead would give a delegator whose candidate stays silent the work
 /// for free. (A liar is not helped: its rate stays where it was, so it is sampled again.)
 pub fn expire_hold(lock: Lock, task_id: &TaskId, book: &impl Book, now: f64) -> Decision {
-    let Some(hold) = lock.hold.clone() else {
+    let Some(hold) = lock.hold.as_deref().cloned() else {
         return reject(RejectCode::InvalidRequest, format!("task {task_id} holds no commit"));
     };
     if now <= hold.until {

@@ -164,6 +164,11 @@ pub const LEDGER_WITNESS_PREFIX: &str = "witness.";
 /// Ledger key holding the total ATP ever granted.
 pub const LEDGER_SUPPLY: &str = "supply";
 
+/// `sage_reputation` key of a platform's reputation for one operation.
+pub fn reputation_key(platform: &str, operation: &str) -> String {
+    format!("{platform}.{operation}")
+}
+
 /// Ledger key of the lock (escrow) of a task.
 pub fn ledger_lock(task_id: &str) -> String {
     format!("{LEDGER_LOCK_PREFIX}{task_id}")

@@ -55,9 +55,14 @@ pub struct PlatformView {
     pub load: u32,
     pub capacity: u32,
     pub operations: Vec<String>,
-    pub tasks: u64,
-    pub paid: u64,
-    pub quality_avg: f64,
+    /// Settlements the ledger counted for its reputation, over all operations.
+    pub settled: u64,
+    /// Its reputation score now, weighted over its operations (0.5 when unknown).
+    pub score: f64,
+    /// Its results the ledger's checks refuted, ever.
+    pub refuted: u64,
+    /// Caught lying and not yet back: placed last.
+    pub on_probation: bool,
 }
 
 /// One ledger account, amounts in ATP.
@@ -396,22 +401,54 @@ fn supply_view(ledger: &LedgerSnapshot, now: f64) -> SupplyView {
     }
 }
 
+/// A platform's reputation records (one per operation) summed up for the page.
+struct PlatformStanding {
+    settled: u64,
+    score: f64,
+    refuted: u64,
+    on_probation: bool,
+}
+
+fn standing_of<'a>(records: impl Iterator<Item = &'a Reputation>, now: f64) -> PlatformStanding {
+    let (mut settled, mut refuted, mut on_probation) = (0, 0, false);
+    let (mut weighted, mut weights) = (0.0, 0.0);
+    for r in records {
+        settled += r.settled;
+        refuted += r.refuted;
+        on_probation |= r.on_probation();
+        weighted += r.score(now) * r.weight;
+        weights += r.weight;
+    }
+    let score = if weights > 0.0 {
+        weighted / weights
+    } else {
+        crate::state::reputation::SCORE_UNKNOWN
+    };
+    PlatformStanding {
+        settled,
+        score,
+        refuted,
+        on_probation,
+    }
+}
+
 fn view(picture: &Picture, supply: SupplyView, cancel_as: Option<String>, now: f64) -> View {
     let ledger = &picture.ledger;
     let platforms = picture
         .platforms
         .values()
         .map(|p| {
-            let reputation = picture.reputations.get(&p.platform);
+            let standing = standing_of(picture.reputations.values().filter(|r| r.platform == p.platform), now);
             PlatformView {
                 platform: p.platform.clone(),
                 healthy: p.is_healthy(now),
                 load: p.load,
                 capacity: p.capacity,
                 operations: p.operations.clone(),
-                tasks: reputation.map_or(0, |r| r.tasks),
-                paid: reputation.map_or(0, |r| r.paid),
-                quality_avg: reputation.map_or(0.0, |r| r.quality_avg),
+                settled: standing.settled,
+                score: standing.score,
+                refuted: standing.refuted,
+                on_probation: standing.on_probation,
             }
         })
         .collect();

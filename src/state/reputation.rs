@@ -1,55 +1,227 @@
-//! Executor reputation in the `sage_reputation` bucket, updated by delegators after each
-//! settlement (the seed's step 13) and read when choosing a target.
+//! Executor reputation in the `sage_reputation` bucket, one record per platform and operation
+//! (`<platform>.<operation>`). Only the ledger service writes it, from the settlements it
+//! applies: whether the executor was paid, at what quality (the ledger's own check where the
+//! operation has one), and whether its result was refuted. A platform therefore cannot rate
+//! itself or anyone else; delegators read it when choosing a target, and `sagefed status` and
+//! the dashboard show it.
+//!
+//! Old evidence counts less: every weight decays with a half-life the ledger's operator sets,
+//! so a platform's score drifts back toward [`SCORE_UNKNOWN`] when nobody has used it for a
+//! while, and recent work outweighs old work. A platform caught lying (a refuted result) is on
+//! probation: placed after every other candidate until it has been paid for
+//! [`PROBATION_PAID_TASKS`] tasks since.
 
 use async_nats::jetstream::{self, kv};
 use serde::{Deserialize, Serialize};
 
+use crate::ledger::model::{Lock, LockState, RollbackReason};
 use crate::nats::cas::{self, CasError, Step};
 use crate::nats::subjects;
 
-/// Weight of the newest quality in the moving average.
-const QUALITY_WEIGHT: f64 = 0.2;
-/// The score of a platform nobody has delegated to yet.
+/// The score of a platform nobody has delegated to yet (or not for many half-lives).
 pub const SCORE_UNKNOWN: f64 = 0.5;
+/// How long until a settlement counts half as much, unless the ledger is told otherwise:
+/// a week, so that a platform's last few days of work dominate its score.
+pub const HALF_LIFE_SECONDS_DEFAULT: u64 = 7 * 24 * 3600;
+/// Paid tasks a platform caught lying needs, after it was caught, to leave probation.
+pub const PROBATION_PAID_TASKS: u64 = 20;
+/// Below this decayed weight a record says nothing any more: the score is unknown.
+const WEIGHT_NEGLIGIBLE: f64 = 1e-6;
 
-/// What delegators have seen of one executor.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// What the ledger has seen of one executor for one operation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Reputation {
     pub platform: String,
-    /// Tasks settled.
-    pub tasks: u64,
-    /// Of which paid (committed).
-    pub paid: u64,
-    /// Moving average of the quality of its proofs (0 for a task without one).
-    pub quality_avg: f64,
+    pub operation: String,
+    /// Settlements counted, ever (not decayed).
+    pub settled: u64,
+    /// Decayed weight of the settlements counted.
+    pub weight: f64,
+    /// Decayed weight of those paid.
+    pub paid_weight: f64,
+    /// Decayed sum of their quality (0 for a task not paid for its quality).
+    pub quality_weight: f64,
+    /// Results refuted, ever: the executor claimed work the check disproved.
+    pub refuted: u64,
+    /// When it was last caught lying (Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caught_lying_at: Option<f64>,
+    /// Tasks paid since it was last caught lying.
+    pub paid_since_caught: u64,
+    /// The half-life the weights decay with (the ledger's setting when it wrote this).
+    pub half_life_seconds: f64,
+    /// When the weights were last brought up to date (Unix seconds).
+    pub updated_at: f64,
+}
+
+/// One settlement as reputation counts it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Settled {
+    pub paid: bool,
+    /// The quality it was paid for (the ledger's checked quality when there is one); 0 when
+    /// not paid for quality.
+    pub quality: f64,
+    /// Its result was refuted: the executor is caught lying.
+    pub refuted: bool,
+    pub at: f64,
+}
+
+impl Settled {
+    /// What a settled lock says about its executor, or `None` when the outcome says nothing
+    /// about the executor's work: the delegator cancelled, or the executor refused a task the
+    /// delegator had no right to send.
+    pub fn of_lock(lock: &Lock) -> Option<Self> {
+        let settlement = lock.settlement.as_ref()?;
+        let at = settlement.at;
+        match lock.state {
+            // Held for a witness: not settled yet (the witness's answer says what it was).
+            LockState::Pending | LockState::AwaitingWitness => None,
+            LockState::Committed => Some(Self {
+                paid: true,
+                quality: settlement
+                    .quality
+                    .filter(|q| q.is_finite())
+                    .unwrap_or(0.0)
+                    .clamp(0.0, 1.0),
+                refuted: false,
+                at,
+            }),
+            LockState::Expired => Some(Self::unpaid(false, at)),
+            LockState::RolledBack => match settlement.reason? {
+                RollbackReason::Cancelled | RollbackReason::PermissionDenied | RollbackReason::Rejected => None,
+                // Refuted by the ledger's check, or by a witness's re-execution: caught lying.
+                RollbackReason::Refuted | RollbackReason::WitnessDisagreed => Some(Self::unpaid(true, at)),
+                RollbackReason::LowQuality
+                | RollbackReason::Failure
+                | RollbackReason::Timeout
+                | RollbackReason::Expired => Some(Self::unpaid(false, at)),
+            },
+        }
+    }
+
+    fn unpaid(refuted: bool, at: f64) -> Self {
+        Self {
+            paid: false,
+            quality: 0.0,
+            refuted,
+            at,
+        }
+    }
 }
 
 impl Reputation {
-    /// The reputation of a platform nobody has delegated to yet.
-    pub fn new(platform: &str) -> Self {
+    /// The reputation of a platform nobody has delegated `operation` to yet.
+    pub fn new(platform: &str, operation: &str) -> Self {
         Self {
             platform: platform.to_owned(),
-            ..Self::default()
+            operation: operation.to_owned(),
+            settled: 0,
+            weight: 0.0,
+            paid_weight: 0.0,
+            quality_weight: 0.0,
+            refuted: 0,
+            caught_lying_at: None,
+            paid_since_caught: 0,
+            half_life_seconds: HALF_LIFE_SECONDS_DEFAULT as f64,
+            updated_at: 0.0,
         }
     }
 
-    /// 0..1: the (smoothed) share of paid tasks times the average quality.
-    pub fn score(&self) -> f64 {
-        if self.tasks == 0 {
+    /// The share of the weights still counting at `now`.
+    fn decay_factor(&self, now: f64) -> f64 {
+        let age = (now - self.updated_at).max(0.0);
+        if self.half_life_seconds <= 0.0 {
+            return 1.0;
+        }
+        0.5_f64.powf(age / self.half_life_seconds)
+    }
+
+    /// 0..1 at `now`: the share of paid tasks times the average quality, each smoothed with
+    /// one imagined task (half paid, full quality), so an unknown platform scores
+    /// [`SCORE_UNKNOWN`] and a long-idle one drifts back to it.
+    pub fn score(&self, now: f64) -> f64 {
+        let decay = self.decay_factor(now);
+        let weight = self.weight * decay;
+        if weight < WEIGHT_NEGLIGIBLE {
             return SCORE_UNKNOWN;
         }
-        (self.paid as f64 + 1.0) / (self.tasks as f64 + 2.0) * self.quality_avg
+        let paid_share = (self.paid_weight * decay + 1.0) / (weight + 2.0);
+        let quality = (self.quality_weight * decay + 1.0) / (weight + 1.0);
+        (paid_share * quality).clamp(0.0, 1.0)
     }
 
-    fn record(&mut self, paid: bool, quality: Option<f64>) {
-        let quality = quality.filter(|q| q.is_finite()).unwrap_or(0.0).clamp(0.0, 1.0);
-        self.quality_avg = if self.tasks == 0 {
-            quality
-        } else {
-            self.quality_avg + QUALITY_WEIGHT * (quality - self.quality_avg)
-        };
-        self.tasks += 1;
-        self.paid += u64::from(paid);
+    /// Caught lying and not yet paid for [`PROBATION_PAID_TASKS`] tasks since.
+    pub fn on_probation(&self) -> bool {
+        self.caught_lying_at.is_some() && self.paid_since_caught < PROBATION_PAID_TASKS
+    }
+
+    /// Counts one settlement, decaying the older ones to its time first.
+    pub fn record(&mut self, settled: Settled, half_life_seconds: f64) {
+        let at = settled.at.max(self.updated_at);
+        let decay = self.decay_factor(at);
+        self.weight = self.weight * decay + 1.0;
+        self.paid_weight = self.paid_weight * decay + f64::from(u8::from(settled.paid));
+        self.quality_weight = self.quality_weight * decay + settled.quality;
+        self.settled += 1;
+        if settled.refuted {
+            self.refuted += 1;
+            self.caught_lying_at = Some(settled.at);
+            self.paid_since_caught = 0;
+        } else if settled.paid && self.caught_lying_at.is_some() {
+            self.paid_since_caught += 1;
+        }
+        self.half_life_seconds = half_life_seconds;
+        self.updated_at = at;
+        debug_assert!(self.paid_weight <= self.weight + 1e-9 && self.quality_weight <= self.weight + 1e-9);
+    }
+}
+
+/// How placement ranks a candidate: probation first (last place), then the score.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Standing {
+    pub score: f64,
+    pub on_probation: bool,
+}
+
+impl Standing {
+    /// The standing of a platform with no record for the operation.
+    pub const UNKNOWN: Standing = Standing {
+        score: SCORE_UNKNOWN,
+        on_probation: false,
+    };
+
+    pub fn of(reputation: &Reputation, now: f64) -> Self {
+        Self {
+            score: reputation.score(now),
+            on_probation: reputation.on_probation(),
+        }
+    }
+}
+
+/// One operation's reputation as `sagefed status` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReputationSummary {
+    pub operation: String,
+    /// Settlements counted, ever.
+    pub settled: u64,
+    /// The score now (0..1; 0.5 is unknown).
+    pub score: f64,
+    /// Results refuted by a check, ever.
+    pub refuted: u64,
+    /// Caught lying and not yet back: placed last.
+    pub on_probation: bool,
+}
+
+impl ReputationSummary {
+    pub fn of(reputation: &Reputation, now: f64) -> Self {
+        Self {
+            operation: reputation.operation.clone(),
+            settled: reputation.settled,
+            score: reputation.score(now),
+            refuted: reputation.refuted,
+            on_probation: reputation.on_probation(),
+        }
     }
 }
 
@@ -77,29 +249,47 @@ impl Reputations {
         Ok(Self { kv })
     }
 
-    /// `platform`'s reputation; an unknown platform's is empty.
-    pub async fn get(&self, platform: &str) -> Result<Reputation, ReputationError> {
-        let stored = cas::read::<Reputation>(&self.kv, platform).await?;
-        Ok(stored.map_or_else(|| Reputation::new(platform), |(reputation, _)| reputation))
+    /// `platform`'s reputation for `operation`; an unknown one's is empty.
+    pub async fn get(&self, platform: &str, operation: &str) -> Result<Reputation, ReputationError> {
+        let key = subjects::reputation_key(platform, operation);
+        let stored = cas::read::<Reputation>(&self.kv, &key).await?;
+        Ok(stored.map_or_else(|| Reputation::new(platform, operation), |(reputation, _)| reputation))
     }
 
-    /// Adds one settled task to `platform`'s reputation.
-    pub async fn record(
+    /// Every record of `platform`, one per operation it was paid or refused for.
+    pub async fn of_platform(&self, platform: &str) -> Result<Vec<Reputation>, ReputationError> {
+        use futures::StreamExt;
+        let nats = |e: Box<dyn std::error::Error + Send + Sync>| CasError::Nats {
+            bucket: self.kv.name.clone(),
+            key: format!("{platform}.*"),
+            source: e,
+        };
+        let mut keys = self.kv.keys().await.map_err(|e| nats(Box::new(e)))?;
+        let prefix = format!("{platform}.");
+        let mut records = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|e| nats(Box::new(e)))?;
+            if let Some(operation) = key.strip_prefix(&prefix) {
+                records.push(self.get(platform, operation).await?);
+            }
+        }
+        Ok(records)
+    }
+
+    /// Adds settlements of `platform`'s `operation` tasks to its reputation in one write.
+    /// Only the ledger service may (the server refuses anyone else).
+    pub async fn record_many(
         &self,
         platform: &str,
-        paid: bool,
-        quality: Option<f64>,
+        operation: &str,
+        settled: &[Settled],
+        half_life_seconds: f64,
     ) -> Result<Reputation, ReputationError> {
-        self.record_many(platform, &[(paid, quality.unwrap_or(0.0))]).await
-    }
-
-    /// Adds several settled tasks (paid, quality) to `platform`'s reputation in one write.
-    pub async fn record_many(&self, platform: &str, settled: &[(bool, f64)]) -> Result<Reputation, ReputationError> {
-        let updated = cas::update(&self.kv, platform, |current: Option<Reputation>| {
-            let mut reputation = current.unwrap_or_else(|| Reputation::new(platform));
-            reputation.platform = platform.to_owned();
-            for (paid, quality) in settled {
-                reputation.record(*paid, Some(*quality));
+        let key = subjects::reputation_key(platform, operation);
+        let updated = cas::update(&self.kv, &key, |current: Option<Reputation>| {
+            let mut reputation = current.unwrap_or_else(|| Reputation::new(platform, operation));
+            for one in settled {
+                reputation.record(*one, half_life_seconds);
             }
             Step::Write(reputation.clone(), reputation)
         })
@@ -112,18 +302,82 @@ impl Reputations {
 mod tests {
     use super::*;
 
+    const DAY: f64 = 24.0 * 3600.0;
+    const HALF_LIFE: f64 = 7.0 * DAY;
+
+    fn settled(paid: bool, quality: f64, at: f64) -> Settled {
+        Settled {
+            paid,
+            quality,
+            refuted: false,
+            at,
+        }
+    }
+
     #[test]
     fn scores_follow_paid_share_and_quality() {
-        let mut good = Reputation::default();
-        let mut bad = Reputation::default();
-        assert_eq!(good.score(), SCORE_UNKNOWN);
-        for _ in 0..10 {
-            good.record(true, Some(0.95));
-            bad.record(false, Some(0.3));
+        let mut good = Reputation::new("Thor", "planning");
+        let mut bad = Reputation::new("Sprout", "planning");
+        assert_eq!(good.score(0.0), SCORE_UNKNOWN);
+        for i in 0..10 {
+            good.record(settled(true, 0.95, f64::from(i)), HALF_LIFE);
+            bad.record(settled(false, 0.0, f64::from(i)), HALF_LIFE);
         }
-        assert!(good.score() > 0.8, "{}", good.score());
-        assert!(bad.score() < 0.1, "{}", bad.score());
-        bad.record(false, Some(f64::NAN));
-        assert!(bad.quality_avg.is_finite());
+        assert!(good.score(10.0) > 0.8, "{}", good.score(10.0));
+        assert!(bad.score(10.0) < 0.1, "{}", bad.score(10.0));
+    }
+
+    #[test]
+    fn old_evidence_fades_toward_unknown_and_recent_work_dominates() {
+        let mut r = Reputation::new("Thor", "planning");
+        for i in 0..20 {
+            r.record(settled(false, 0.0, f64::from(i)), HALF_LIFE);
+        }
+        let fresh = r.score(20.0);
+        let after_ten_half_lives = r.score(20.0 + 10.0 * HALF_LIFE);
+        assert!(fresh < 0.1, "{fresh}");
+        assert!(
+            (after_ten_half_lives - SCORE_UNKNOWN).abs() < 0.05,
+            "{after_ten_half_lives}"
+        );
+        // Four half-lives later the twenty bad tasks weigh 1.25: five good ones outweigh them.
+        let later = 4.0 * HALF_LIFE;
+        for i in 0..5 {
+            r.record(settled(true, 1.0, later + f64::from(i)), HALF_LIFE);
+        }
+        assert!((r.weight - 6.25).abs() < 0.01, "{}", r.weight);
+        assert!(r.score(later + 5.0) > SCORE_UNKNOWN, "{}", r.score(later + 5.0));
+    }
+
+    #[test]
+    fn a_refuted_result_puts_the_executor_on_probation_until_it_earns_its_way_back() {
+        let mut r = Reputation::new("Sprout", "planning");
+        r.record(settled(true, 1.0, 1.0), HALF_LIFE);
+        assert!(!r.on_probation());
+        r.record(
+            Settled {
+                paid: false,
+                quality: 0.0,
+                refuted: true,
+                at: 2.0,
+            },
+            HALF_LIFE,
+        );
+        assert!(r.on_probation());
+        assert_eq!((r.refuted, r.caught_lying_at), (1, Some(2.0)));
+        for i in 0..PROBATION_PAID_TASKS {
+            assert!(r.on_probation(), "after {i} paid tasks");
+            r.record(settled(true, 1.0, 3.0 + i as f64), HALF_LIFE);
+        }
+        assert!(!r.on_probation());
+    }
+
+    #[test]
+    fn a_settlement_dated_before_the_last_update_does_not_undo_decay() {
+        let mut r = Reputation::new("Thor", "planning");
+        r.record(settled(true, 1.0, 100.0), HALF_LIFE);
+        r.record(settled(true, 1.0, 50.0), HALF_LIFE);
+        assert_eq!(r.updated_at, 100.0);
+        assert!((r.weight - 2.0).abs() < 1e-9);
     }
 }

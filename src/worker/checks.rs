@@ -146,7 +146,8 @@ pub fn check_budget(
                 || lock.delegator != task.source_lct
                 || lock.amount_uatp < budget
                 // A lock that names another task would refuse this one's commit: unpaid work.
-                || lock.task_digest.as_ref().is_some_and(|d| d != task_digest) =>
+                || lock.task_digest.as_ref().is_some_and(|d| d != task_digest)
+                || lock.operation.as_ref().is_some_and(|op| *op != task.operation) =>
         {
             return Err(rejected(format!(
                 "the lock of task {} does not match the task",

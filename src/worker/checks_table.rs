@@ -70,6 +70,7 @@ fn case() -> Case {
         task_digest: Some(TASK_DIGEST.to_owned()),
         witness_terms: None,
         hold: None,
+        operation: None,
     };
     Case {
         now: task.created_at + 1.0,

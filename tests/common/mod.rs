@@ -249,6 +249,9 @@ impl LedgerFixture {
                 admin_keys: Default::default(),
                 root: self.root.verifying_key(),
                 sweep,
+                reputation_half_life: std::time::Duration::from_secs(
+                    sage_federation::state::reputation::HALF_LIFE_SECONDS_DEFAULT,
+                ),
             },
         )
         .await

@@ -77,7 +77,7 @@ pub async fn locked_task(parties: &Parties, task_id: &TaskId, witness: WitnessRe
     };
     let reply = parties
         .thor
-        .lock_with_witness(&terms, &wire, witness)
+        .lock_with_witness(&terms, &wire, OPERATION, witness)
         .await
         .expect("lock");
     assert_eq!(reply.outcome, Outcome::Applied, "{reply:?}");

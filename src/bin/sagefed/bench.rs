@@ -242,6 +242,9 @@ async fn ledger_setup(
             admin_keys: BTreeSet::new(),
             root: root.verifying_key(),
             sweep: true,
+            reputation_half_life: std::time::Duration::from_secs(
+                sage_federation::state::reputation::HALF_LIFE_SECONDS_DEFAULT,
+            ),
         },
     )
     .await?;
@@ -624,6 +627,9 @@ async fn delegation(
             admin_keys: BTreeSet::new(),
             root: root.verifying_key(),
             sweep: true,
+            reputation_half_life: std::time::Duration::from_secs(
+                sage_federation::state::reputation::HALF_LIFE_SECONDS_DEFAULT,
+            ),
         },
     )
     .await?;

@@ -219,6 +219,9 @@ impl Federation {
                 admin_keys: [keys::key_id(&treasury.verifying_key())].into_iter().collect(),
                 root: root.verifying_key(),
                 sweep: true,
+                reputation_half_life: std::time::Duration::from_secs(
+                    sage_federation::state::reputation::HALF_LIFE_SECONDS_DEFAULT,
+                ),
             },
         )
         .await?;

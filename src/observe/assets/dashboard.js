@@ -61,7 +61,8 @@ function render(view) {
     tr.dataset.platform = p.platform;
     tr.append(cell(p.platform), cell(p.healthy ? "healthy" : "stale", p.healthy ? "ok" : "stale"),
               cell(p.load, "num"), cell(p.capacity, "num"), cell(p.operations.join(", ")),
-              cell(p.tasks, "num"), cell(p.paid, "num"), cell(fmt(p.quality_avg, 2), "num"));
+              cell(p.settled, "num"), cell(fmt(p.score, 2), "num"),
+              cell(p.refuted + (p.on_probation ? " (on probation)" : ""), p.on_probation ? "num stale" : "num"));
   });
   fill("accounts", view.accounts, (a, tr) => {
     tr.dataset.account = a.lct;

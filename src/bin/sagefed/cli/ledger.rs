@@ -49,6 +49,12 @@ pub struct ServeArgs {
     /// Do not sweep expired locks in this instance
     #[arg(long)]
     no_sweep: bool,
+    /// How fast executors' reputation forgets, in seconds: a settlement counts half as much
+    /// after this long (the default is a week)
+    #[arg(long, value_name = "SECONDS", env = "SAGE_REPUTATION_HALF_LIFE_SECONDS",
+          default_value_t = sage_federation::state::reputation::HALF_LIFE_SECONDS_DEFAULT,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    reputation_half_life: u64,
     /// Replicas for streams and buckets this instance creates when missing (3 on a cluster)
     #[arg(long, default_value_t = 1)]
     replicas: usize,
@@ -104,6 +110,7 @@ pub async fn run(command: LedgerCommand) -> anyhow::Result<()> {
                     admin_keys,
                     root,
                     sweep: !args.no_sweep,
+                    reputation_half_life: std::time::Duration::from_secs(args.reputation_half_life),
                 },
                 shutdown_signal(),
             )
