@@ -82,6 +82,10 @@ async fn forbidden_for_a_platform(a: &mut Attacker, victim: &str, victim_nkey: &
     // A task's proof slot names its executor: nobody else may publish there.
     a.publish(&s::proof(&a.name.clone(), victim, "t-1"), "{}").await;
     a.publish(&s::js_msg_get(s::PROOFS_STREAM), "{}").await;
+    // Nor read or delete another platform's queued tasks by sequence: workers dead-letter a
+    // task past its deliveries from the delivery itself, so no platform holds these.
+    a.publish(&s::js_msg_get(s::TASKS_STREAM), r#"{"seq":1}"#).await;
+    a.publish(&s::js_msg_delete(s::TASKS_STREAM), r#"{"seq":1}"#).await;
     let worker = s::worker_consumer(victim);
     a.publish(&s::js_consumer_next(s::TASKS_STREAM, &worker), "{}").await;
     a.publish(

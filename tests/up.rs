@@ -60,6 +60,7 @@ fn up_runs_every_seed_scenario_as_expected_and_exits_0() {
         "6 timeout",
         "7 permission denied",
         "8 cancel",
+        "10 lying executor caught",
     ] {
         let lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with(scenario)).collect();
         assert!(!lines.is_empty(), "{scenario} missing:\n{stdout}");

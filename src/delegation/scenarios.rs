@@ -135,6 +135,24 @@ pub fn external_program() -> Scenario {
     }
 }
 
+/// The lying-executor scenario (issue #13): Legion, holding its own valid key, answers a
+/// perception task of Thor's with a made-up result and quality 1.0 and commits it itself.
+/// The ledger's own check of the result refutes it: Thor is refunded, and Legion is placed
+/// after every other platform for perception until it earns its way back.
+pub fn lying_executor() -> Scenario {
+    Scenario {
+        name: "10 lying executor caught",
+        from: "Thor",
+        to: Some("Legion"),
+        task_type: "consciousness",
+        operation: "perception",
+        budget: 5.0,
+        timeout_seconds: 30,
+        parameters: perception_frame(11),
+        expected: rolled_back(RollbackReason::Refuted),
+    }
+}
+
 /// The seed's single delegations, in order: three directions, low quality, a timeout, a
 /// permission denial.
 pub fn seed() -> Vec<Scenario> {

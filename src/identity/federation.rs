@@ -271,6 +271,38 @@ fn make_certificates(fed: &FederationDir, hosts: &[String]) -> Result<(), InitEr
     Ok(())
 }
 
+/// What a throwaway server (`sagefed bench`) is secured with: a CA made for it, a loopback
+/// server certificate the CA signed, and one nkey user, all written into one directory.
+#[derive(Clone, Debug)]
+pub struct ThrowawayServer {
+    pub ca_cert: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    /// The user's nkey seed file (0600).
+    pub creds: PathBuf,
+    /// The user's NATS public key (`U...`).
+    pub nkey: String,
+}
+
+/// Makes [`ThrowawayServer`]'s files in `dir`: not a federation (no root, no identities),
+/// only what keeps other local users off a server that lives for one run.
+pub fn throwaway_server(dir: &Path) -> Result<ThrowawayServer, InitError> {
+    let fed = FederationDir::new(dir);
+    let hosts: Vec<String> = LOOPBACK_HOSTS.iter().map(|h| (*h).to_owned()).collect();
+    make_certificates(&fed, &hosts)?;
+    let pair = nkeys::KeyPair::new_user();
+    let seed = pair.seed().map_err(|e| InitError::Key(e.to_string()))?;
+    let creds = fed.creds("throwaway");
+    write_file(&creds, &format!("{seed}\n"), true)?;
+    Ok(ThrowawayServer {
+        ca_cert: fed.ca_cert(),
+        server_cert: fed.server_cert(),
+        server_key: fed.server_key(),
+        creds,
+        nkey: pair.public_key(),
+    })
+}
+
 /// Reads the signing key at `key_path` (creating it when missing) and makes sure the records
 /// file beside it holds its record endorsed by `root` for `identity`, granting
 /// `federation:delegate` when `delegate`. Returns that record.

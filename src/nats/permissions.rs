@@ -149,10 +149,6 @@ fn role_permissions(role: Role, name: &str) -> Permissions {
                 s::js_consumer_next(s::PROOFS_STREAM, &settle),
                 s::js_ack(s::PROOFS_STREAM, &settle),
                 s::js_direct_get_subject(s::PROOFS_STREAM, &s::proofs_for(name)),
-                // Dead-lettering a task whose deliveries ran out reads and removes it by
-                // sequence; the API cannot confine that to the platform's own subject.
-                s::js_msg_get(s::TASKS_STREAM),
-                s::js_msg_delete(s::TASKS_STREAM),
             ]);
             // Its own parts of task statuses only (as delegator and as executor).
             p.publish.extend(
@@ -165,7 +161,6 @@ fn role_permissions(role: Role, name: &str) -> Permissions {
                 s::abort(name),
                 s::status_any(),
                 s::SERVICE_DISCOVERY_ALL.to_owned(),
-                s::max_deliveries_advisory(s::TASKS_STREAM, &worker),
             ]);
             p.allow_responses = true;
         }

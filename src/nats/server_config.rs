@@ -73,6 +73,15 @@ pub fn authorization_block_with(users: &[NatsUser], adapt: &dyn Fn(&NatsUser, Pe
     out
 }
 
+/// `authorization { users: [...] }` with one user, `nkey`, allowed everything: a throwaway
+/// server's (`sagefed bench`), where the one user is the bench itself.
+pub fn single_user_block(nkey: &str) -> String {
+    format!(
+        "authorization {{\n  users: [\n    {{ nkey: {} }}\n  ]\n}}\n",
+        quoted(nkey)
+    )
+}
+
 /// `tls { ... }`: every client connection must use TLS with this certificate.
 pub fn tls_block(cert: &Path, key: &Path) -> String {
     format!(

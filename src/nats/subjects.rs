@@ -40,9 +40,6 @@ pub const LEDGER_QUEUE_GROUP: &str = "sagefed-ledger";
 /// Prefix of the ledger service's endpoints: `sage.ledger.<operation>`.
 pub const LEDGER_ENDPOINT_PREFIX: &str = "sage.ledger";
 
-/// Queue group of a platform's workers on its max-deliveries advisory: one handles each.
-pub const EXHAUSTED_QUEUE_GROUP: &str = "sagefed-exhausted";
-
 /// Name (and queue group) of the micro service answering status and cancel requests.
 pub const STATUS_SERVICE: &str = "sagefed-status";
 /// Prefix of the status service's endpoints.
@@ -422,7 +419,7 @@ mod tests {
             "sage.ledger.commit",
             "sage.ledger.rollback",
             "sage.ledger.witness",
-            &max_deliveries_advisory(TASKS_STREAM, "worker-<platform>"),
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES",
             BENCH_ROUND_TRIP_STREAM,
             BENCH_ROUND_TRIP_SUBJECT,
             "bench.floor.",

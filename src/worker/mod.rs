@@ -1,21 +1,20 @@
 //! `sagefed worker`: a platform's worker process. Pulls the platform's tasks from its one
 //! durable consumer (shared by every worker process of the platform), checks and executes
 //! them, publishes signed proofs and settles. Alongside: the platform's registry heartbeat,
-//! aborts of cancelled tasks, dead-lettering of tasks that exhausted their deliveries, the
-//! settler of proofs addressed to this platform, and the status service.
+//! aborts of cancelled tasks, the settler of proofs addressed to this platform, and the
+//! status service.
 //!
 //! - [`ops`]: the operation handlers.
 //! - `checks`: the executor's checks.
 //! - `admission`: rate limits, concurrency and budget caps.
-//! - `run`: one task from message to acknowledgement.
-//! - `exhausted`: max-deliveries advisories, checked against the stream, handled once.
+//! - `run`: one task from message to acknowledgement; a task delivered more than
+//!   `worker.max_deliver` times (its workers died or hung on it) is dead-lettered instead.
 
 mod aborts;
 mod admission;
 mod checks;
 #[cfg(test)]
 mod checks_table;
-mod exhausted;
 pub mod ops;
 mod run;
 
@@ -152,7 +151,6 @@ impl Worker {
         let mut tasks = vec![
             tokio::spawn(heartbeat(Arc::clone(&ctx))),
             tokio::spawn(listen_for_aborts(Arc::clone(&ctx), client.clone())),
-            tokio::spawn(exhausted::dead_letter_exhausted(Arc::clone(&ctx), client.clone())),
         ];
         let settler = FederationClient::new(ctx.config.clone(), client.clone()).await?;
         tasks.push(tokio::spawn(async move { settler.settle_orphaned_proofs().await }));
@@ -212,7 +210,10 @@ async fn ensure_consumer(ctx: &WorkerContext) -> anyhow::Result<jetstream::consu
         filter_subject: subjects::delegate(platform),
         ack_policy: AckPolicy::Explicit,
         ack_wait: Duration::from_secs(ctx.config.worker.ack_wait_seconds),
-        max_deliver: ctx.config.worker.max_deliver,
+        // Unlimited: the worker counts the deliveries itself and dead-letters a task past
+        // `worker.max_deliver` (it holds the message then), so no platform needs the stream
+        // API's read and delete by sequence, which the server cannot confine to its subject.
+        max_deliver: -1,
         max_ack_pending: i64::from(ctx.capacity()),
         ..Default::default()
     };

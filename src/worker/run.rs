@@ -60,6 +60,15 @@ pub async fn handle(ctx: Arc<WorkerContext>, message: jetstream::Message) {
             return;
         }
     };
+    if is_exhausted(delivered, ctx.config.worker.max_deliver) {
+        let reason = format!(
+            "exhausted its {} deliveries without an answer (worker died or hung)",
+            ctx.config.worker.max_deliver
+        );
+        tracing::error!(sequence, delivered, "{reason}; dead-lettering it");
+        give_up(&ctx, &message, &reason).await;
+        return;
+    }
     match process(&ctx, &message, sequence).await {
         Ok(Done::DeadLettered) => {}
         Ok(Done::Finished) => {
@@ -87,6 +96,15 @@ pub async fn handle(ctx: Arc<WorkerContext>, message: jetstream::Message) {
             give_up(&ctx, &message, &reason).await;
         }
     }
+}
+
+/// Whether a message on its `delivered`th delivery has used up the `max_deliver` a platform
+/// allows: every earlier delivery ended without an acknowledgement (its worker died or hung,
+/// or the task crashes whoever runs it), so this one is not run again. The consumer itself
+/// has no limit: the worker holding the message dead-letters it, and no platform needs to
+/// read or delete queued tasks by sequence.
+fn is_exhausted(delivered: i64, max_deliver: i64) -> bool {
+    delivered > max_deliver
 }
 
 /// Copies the message to the dead-letter stream and removes it from the work queue, then
@@ -488,5 +506,18 @@ fn log_settlement(task: &FederationTask, reply: &LedgerReply) {
             tracing::info!(task = %task.task_id, code = ?reply.code, "the ledger did not settle: {}", reply.message)
         }
         _ => tracing::debug!(task = %task.task_id, "{}", reply.message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_exhausted;
+
+    #[test]
+    fn a_task_is_exhausted_only_past_the_deliveries_allowed() {
+        assert!(!is_exhausted(1, 4));
+        assert!(!is_exhausted(4, 4), "the last allowed delivery still runs");
+        assert!(is_exhausted(5, 4));
+        assert!(is_exhausted(1_000, 4));
     }
 }

@@ -17,15 +17,16 @@ use tokio::sync::Semaphore;
 
 use sage_federation::identity::chain::{self, Endorser};
 use sage_federation::identity::directory::KeyDirectory;
-use sage_federation::identity::federation::endorse_key_file;
+use sage_federation::identity::federation::{endorse_key_file, throwaway_server};
 use sage_federation::identity::keys::{self, KeyRecord};
 use sage_federation::ledger::batch::{self, BatchMessage};
 use sage_federation::ledger::client::{LedgerClient, LockTerms};
 use sage_federation::ledger::protocol::{LedgerReply, Outcome};
 use sage_federation::ledger::service::{LedgerOptions, LedgerService};
+use sage_federation::nats::connection::NatsAccess;
 use sage_federation::nats::server::{self as nats_server, NatsServer, ServerOptions};
 use sage_federation::nats::subjects;
-use sage_federation::nats::{connection, infra};
+use sage_federation::nats::{connection, infra, server_config};
 use sage_federation::protocol::atp::{Atp, MICROS_PER_ATP};
 use sage_federation::protocol::clock::now_seconds;
 use sage_federation::protocol::envelope::Signer;
@@ -121,6 +122,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Durability::Always => BENCH_CONF.to_owned(),
         Durability::Default => BENCH_CONF.replace("sync_interval: always", ""),
     };
+    // Credentials and TLS made for this run: nobody else on the machine can connect to the
+    // bench's server, and the figures include the TLS a federation pays.
+    let secured = throwaway_server(&dir.join("secrets"))?;
+    let conf = format!(
+        "{conf}\n{}\n{}",
+        server_config::single_user_block(&secured.nkey),
+        server_config::tls_block(&secured.server_cert, &secured.server_key)
+    );
     std::fs::write(&config, conf)?;
     let mut server = NatsServer::start(
         &binary,
@@ -132,10 +141,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         },
     )
     .await?;
+    let access = NatsAccess::secure(&server.url(), &secured.creds, &secured.ca_cert);
     let progress = progress_bar(args.json);
     let result = match args.target {
-        BenchTarget::Ledger => ledger(&server, &args, &progress).await,
-        BenchTarget::Delegation => delegation(&server, &args, &dir, &progress).await,
+        BenchTarget::Ledger => ledger(&access, &args, &progress).await,
+        BenchTarget::Delegation => delegation(&access, &args, &dir, &progress).await,
     };
     progress.finish_and_clear();
     server.stop(Duration::from_secs(5)).await;
@@ -188,9 +198,9 @@ fn print_table(figures: &[Figure]) {
 }
 
 /// Why the bench's server is open, printed under every table (see the README).
-const BENCH_SERVER_NOTE: &str = "server: open (no credentials, no TLS): the bench's synthetic \
-     platforms have no identities in a federation; the figures leave out TLS and permission checks, \
-     which `sagefed up` pays";
+const BENCH_SERVER_NOTE: &str = "server: TLS and one nkey user, both made for this run (nobody else \
+     can connect); its synthetic platforms are not identities of a federation, so the figures leave \
+     out the per-identity permission checks that `sagefed up`'s server makes";
 
 /// Everything the ledger scenarios need: a service, signers, funded accounts.
 struct LedgerBench {
@@ -205,13 +215,13 @@ const BENCH_TASK_TYPE: &str = "consciousness";
 const EXECUTOR_TASK_TYPE: &str = "consciousness.sage";
 
 async fn ledger_setup(
-    server: &NatsServer,
+    access: &NatsAccess,
     accounts: usize,
     atp_each: f64,
     progress: &ProgressBar,
 ) -> anyhow::Result<LedgerBench> {
     start_scenario(progress, "setting up accounts");
-    let client = connection::connect(&connection::NatsAccess::open(&server.url()), "sagefed-bench").await?;
+    let client = connection::connect(access, "sagefed-bench").await?;
     let js = jetstream::new(client.clone());
     infra::ensure(&js, 1).await?;
     // The bench's own federation root, vouching for every key it makes.
@@ -455,9 +465,9 @@ async fn lock_commit_scenario(
     ])
 }
 
-async fn ledger(server: &NatsServer, args: &BenchArgs, progress: &ProgressBar) -> anyhow::Result<Vec<Figure>> {
+async fn ledger(access: &NatsAccess, args: &BenchArgs, progress: &ProgressBar) -> anyhow::Result<Vec<Figure>> {
     let accounts = args.concurrency.max(1);
-    let bench = ledger_setup(server, accounts, 1e9, progress).await?;
+    let bench = ledger_setup(access, accounts, 1e9, progress).await?;
     start_scenario(progress, "floors: raw KV compare-and-swap, batches");
     let js = jetstream::new(bench.client.clone());
     let sequential = (args.tasks / 4).max(50);
@@ -595,14 +605,14 @@ fn bench_config(
 }
 
 async fn delegation(
-    server: &NatsServer,
+    access: &NatsAccess,
     args: &BenchArgs,
     dir: &std::path::Path,
     progress: &ProgressBar,
 ) -> anyhow::Result<Vec<Figure>> {
     start_scenario(progress, "floor: bare task round trips");
-    let url = server.url();
-    let client = connection::connect(&connection::NatsAccess::open(&url), "sagefed-bench").await?;
+    let url = access.url.clone();
+    let client = connection::connect(access, "sagefed-bench").await?;
     let js = jetstream::new(client.clone());
     infra::ensure(&js, 1).await?;
     let sequential = (args.tasks / 10).max(50);
@@ -621,7 +631,7 @@ async fn delegation(
         ))
         .await?;
     let service = LedgerService::start(
-        connection::connect(&connection::NatsAccess::open(&url), "sagefed-bench-ledger").await?,
+        connection::connect(access, "sagefed-bench-ledger").await?,
         LedgerOptions {
             admins: BTreeSet::from(["Treasury".to_owned()]),
             admin_keys: BTreeSet::new(),
@@ -640,11 +650,9 @@ async fn delegation(
     let lct = delegator.lct("consciousness")?;
     let reply = treasury.grant("bench-Thor", &lct, 1e6).await?;
     anyhow::ensure!(reply.is_ok(), "grant refused: {}", reply.message);
-    let worker = sage_federation::worker::Worker::start(
-        executor,
-        connection::connect(&connection::NatsAccess::open(&url), "sagefed-bench-worker").await?,
-    )
-    .await?;
+    let worker =
+        sage_federation::worker::Worker::start(executor, connection::connect(access, "sagefed-bench-worker").await?)
+            .await?;
     let federation =
         Arc::new(sage_federation::delegation::client::FederationClient::new(delegator, client.clone()).await?);
 

@@ -1,20 +1,33 @@
 //! The seed's scenarios (the table in `delegation::scenarios`), run once by `sagefed up`: Thor->Legion, Sprout->Legion,
 //! Legion->Thor, 10 concurrent delegations from two clients, a low-quality result, a timeout,
-//! a permission denial, a cancel, and an external program. Prints each delegation and the
+//! a permission denial, a cancel, an external program, and a lying executor caught by the
+//! ledger's check. Prints each delegation and the
 //! balances before and after, then runs the audit.
 
 use std::time::Duration;
 
 use crate::cli::platform::describe;
 use crate::up::Federation;
-use sage_federation::delegation::client::{DelegationOutcome, DelegationRequest, FederationClient};
+use sage_federation::delegation::client::{
+    DelegationOutcome, DelegationRequest, FederationClient, SETTLE_GRACE_SECONDS,
+};
 use sage_federation::delegation::scenarios::{self, CONCURRENT_DELEGATIONS, Scenario, Settled};
 use sage_federation::delegation::status;
 use sage_federation::ledger::audit::audit;
+use sage_federation::ledger::client::{LedgerClient, LockTerms};
+use sage_federation::ledger::protocol::Outcome;
 use sage_federation::ledger::snapshot::LedgerSnapshot;
+use sage_federation::nats::subjects;
+use sage_federation::protocol::atp::Atp;
 use sage_federation::protocol::clock::now_seconds;
+use sage_federation::protocol::proof::{ExecutionProof, ProofStatus};
+use sage_federation::protocol::task::FederationTask;
 use sage_federation::protocol::task::TaskId;
 use sage_federation::state::task_board::TaskState;
+use serde_json::json;
+
+/// The quality threshold of the lying-executor scenario's lock.
+const LYING_SCENARIO_THRESHOLD: f64 = 0.7;
 
 /// How long the cancel scenario waits for its task to start running.
 const CANCEL_START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -73,6 +86,12 @@ pub async fn run(federation: &Federation, url: &str) -> anyhow::Result<bool> {
         outcome: cancel_scenario(federation, &cancel).await,
     });
     rows.push(run_one(federation, &scenarios::external_program()).await?);
+    let lying = scenarios::lying_executor();
+    rows.push(Row {
+        scenario: lying.name,
+        expected: lying.expected,
+        outcome: lying_executor_scenario(federation, &lying).await,
+    });
 
     let mut all_ok = print_rows(&rows);
     let after = LedgerSnapshot::read(&js).await?;
@@ -90,6 +109,115 @@ pub async fn run(federation: &Federation, url: &str) -> anyhow::Result<bool> {
         }
     }
     Ok(all_ok)
+}
+
+/// Has the scenario's executor commit a made-up result for the delegator's task (what a
+/// hostile executor with valid credentials can do), then checks that the ledger refused to
+/// pay it and that placement now passes it over. The outcome is the ledger's settlement.
+async fn lying_executor_scenario(federation: &Federation, scenario: &Scenario) -> Result<DelegationOutcome, String> {
+    let error = |e: &dyn std::fmt::Display| e.to_string();
+    let delegator = client(federation, scenario.from).map_err(|e| error(&e))?;
+    let liar_name = scenario.to.ok_or("the scenario names its liar")?;
+    let liar = client(federation, liar_name).map_err(|e| error(&e))?;
+    let started = std::time::Instant::now();
+    let task_id = TaskId::random().map_err(|e| error(&e))?;
+    let now = now_seconds();
+    let source_lct = delegator.lct(scenario.task_type).map_err(|e| error(&e))?;
+    let target_lct = liar.lct(scenario.task_type).map_err(|e| error(&e))?;
+    let task = FederationTask {
+        reply_to: subjects::proof(scenario.from, liar_name, task_id.as_str()),
+        task_id: task_id.clone(),
+        source_lct: source_lct.clone(),
+        target_lct: target_lct.clone(),
+        task_type: scenario.task_type.to_owned(),
+        operation: scenario.operation.to_owned(),
+        atp_budget: scenario.budget,
+        timeout_seconds: scenario.timeout_seconds,
+        parameters: scenario.request().parameters,
+        created_at: now,
+        expires_at: now + scenario.timeout_seconds as f64,
+    };
+    let wire = delegator.signer().sign(&task).map_err(|e| error(&e))?;
+    let budget = Atp::from_f64(scenario.budget, "budget").map_err(|e| error(&e))?;
+    let terms = LockTerms {
+        task_id: task_id.clone(),
+        delegator: source_lct.clone(),
+        executor: target_lct.clone(),
+        amount: budget,
+        // The check refutes a made-up result whatever the threshold.
+        quality_threshold: LYING_SCENARIO_THRESHOLD,
+        deadline: task.expires_at,
+        expires_at: task.expires_at + SETTLE_GRACE_SECONDS,
+    };
+    let locked = LedgerClient::new(delegator.nats().clone(), delegator.signer().clone())
+        .lock_for_task(&terms, &wire, &task.operation)
+        .await
+        .map_err(|e| error(&e))?;
+    if locked.outcome != Outcome::Applied {
+        return Err(format!("the lock was refused: {}", locked.message));
+    }
+    let made_up = ExecutionProof {
+        task_id: task_id.clone(),
+        executor_lct: target_lct,
+        delegator_lct: source_lct,
+        status: ProofStatus::Completed,
+        reason: String::new(),
+        atp_consumed: scenario.budget,
+        execution_time: 0.001,
+        quality_score: 1.0,
+        result: json!({"anomalies": 0, "mean": 0.0})
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+        created_at: now_seconds(),
+    };
+    let signed = liar.signer().sign(&made_up).map_err(|e| error(&e))?;
+    let reply = LedgerClient::new(liar.nats().clone(), liar.signer().clone())
+        .commit_with_task(&task_id, &signed, &wire)
+        .await
+        .map_err(|e| error(&e))?;
+    let lock = reply
+        .lock
+        .as_deref()
+        .ok_or_else(|| format!("no lock in the reply: {}", reply.message))?;
+    let settlement = lock.settlement.clone().ok_or("the lock is not settled")?;
+    // The ledger records the lie off its reply path; then placement must pass the liar over.
+    let mut next = scenario.request();
+    next.to = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let placed = loop {
+        let placed = delegator.choose_target(&next).await.map_err(|e| error(&e))?.platform;
+        if placed != liar_name || tokio::time::Instant::now() > deadline {
+            break placed;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    if placed == liar_name {
+        return Err(format!(
+            "{liar_name} was refuted, yet the next {} task still goes to it",
+            scenario.operation
+        ));
+    }
+    println!(
+        "  ({liar_name} claimed quality 1.0 for a made-up result; the ledger's check: {}; the next {} task goes to {placed})",
+        reply.message, scenario.operation
+    );
+    Ok(DelegationOutcome {
+        task_id,
+        from: scenario.from.to_owned(),
+        to: liar_name.to_owned(),
+        operation: scenario.operation.to_owned(),
+        proof_status: Some(ProofStatus::Completed),
+        reason: reply.message.clone(),
+        quality: Some(made_up.quality_score),
+        settlement: lock.state,
+        rollback_reason: settlement.reason,
+        atp_consumed: settlement.paid_uatp.as_f64(),
+        atp_refunded: settlement.refunded_uatp.as_f64(),
+        result: made_up.result,
+        latency_ms: started.elapsed().as_secs_f64() * 1e3,
+        proof_envelope: None,
+    })
 }
 
 /// Delegates a long task, cancels it while it runs, and returns the settled outcome.

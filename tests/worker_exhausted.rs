@@ -1,6 +1,7 @@
-//! The max-deliveries advisory (issue #9, item 4) is a hint handled once: with two workers
-//! of a platform subscribed when a task runs out of deliveries, the task is dead-lettered
-//! once and refunded once.
+//! A task that ran out of deliveries (issue #9, item 4) is dead-lettered and refunded once,
+//! by whichever of the platform's two workers receives its next delivery: the consumer has no
+//! delivery limit of its own, the worker counts (so no platform needs to read or delete
+//! queued tasks by sequence, issue #8).
 
 mod common;
 
@@ -59,7 +60,7 @@ async fn an_exhausted_task_is_dead_lettered_once_by_two_workers() {
         assert_eq!(message.info().expect("info").delivered, delivery as i64);
         // Never acknowledged: the delivery's ack wait runs out.
     }
-    // Two workers are subscribed when the server gives up on it.
+    // Two workers are pulling when it is delivered once more than allowed.
     p.spawn_worker("Legion");
     p.spawn_extra_worker("Legion");
     p.wait_healthy(&["Legion"]).await;
@@ -85,7 +86,7 @@ async fn an_exhausted_task_is_dead_lettered_once_by_two_workers() {
         assert!(Instant::now() < deadline, "not refunded: {:?}", lock.state);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Both workers had time to act on the advisory.
+    // Both workers had time to receive it again, had it stayed in the queue.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(dead.info().await.expect("info").state.messages, 1, "dead-lettered once");
     let tasks = js.get_stream(subjects::TASKS_STREAM).await.expect("tasks");
