@@ -89,12 +89,13 @@ impl Command {
                 subjects::LEDGER_SUPPLY.to_owned(),
             ],
             Command::Lock { lock, .. } => vec![lock.key(), Account::empty(lock.delegator.clone()).key()],
+            // An unverifiable result may be sampled: the executor's witness record sets the rate.
             Command::Commit {
                 task_id,
                 proof,
                 work: Some(work),
                 ..
-            } => vec![
+            } if work.verdict == Verdict::Unverifiable => vec![
                 subjects::ledger_lock(task_id.as_str()),
                 subjects::ledger_witness(proof.executor_lct.platform(), &work.operation),
             ],
