@@ -57,6 +57,7 @@ async fn a_flood_of_signed_requests_meets_the_ledgers_limit_and_honest_requests_
                     deadline: now + 60.0,
                     expires_at: now + 120.0,
                     task_digest: None,
+                    witness: None,
                     operation: None,
                 },
             };

@@ -43,6 +43,7 @@ async fn lock(client: &LedgerClient, task: &str, from: &str, to: &str, amount: f
             deadline: now + 30.0,
             expires_at: now + 60.0,
             task_digest: None,
+            witness: None,
             operation: None,
         })
         .await

@@ -52,6 +52,7 @@ fn lock_of(task_id: &TaskId, pair: usize) -> Operation {
         deadline: now + 60.0,
         expires_at: now + 120.0,
         task_digest: None,
+        witness: None,
         operation: None,
     }
 }

@@ -58,6 +58,11 @@ const LONG_FUNCTIONS: &[(&str, &str, &str)] = &[
         "the table of ledger cases: one row per case, read top to bottom",
     ),
     (
+        "src/ledger/rules_table.rs",
+        "witness_rows",
+        "the table of witness cases: one row per case, read top to bottom",
+    ),
+    (
         "src/worker/checks_table.rs",
         "each_check_refuses_with_its_reason",
         "the table of the executor's checks: one row per case",

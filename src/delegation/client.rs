@@ -162,6 +162,7 @@ fn micros(atp: f64) -> u64 {
 fn settlement_label(state: LockState) -> &'static str {
     match state {
         LockState::Pending => "pending",
+        LockState::AwaitingWitness => "awaiting_witness",
         LockState::Committed => "committed",
         LockState::RolledBack => "rolled_back",
         LockState::Expired => "expired",

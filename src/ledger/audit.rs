@@ -1,9 +1,11 @@
 //! `sagefed audit`: recomputes the ledger's invariants from a consistent snapshot.
 //!
 //! - Conservation: sum of balances + sum of locked = total granted (`supply`) = sum of grants.
-//! - Each account: locked = the sum of its pending locks; balance + locked = what it was
-//!   granted + what it was paid as an executor - what it paid as a delegator.
-//! - Each lock: pending and not past its expiry (plus the sweeper's grace), with its lock
+//! - Each account: locked = the sum of its pending and held locks; balance + locked = what it
+//!   was granted + what it was paid as an executor or witness - what it paid as a delegator.
+//! - Each settled lock: paid + witness paid + refunded = locked.
+//! - Each lock: pending (or held for a witness) and not past its expiry (plus the sweeper's
+//!   grace), with its lock
 //!   journal entry and no settlement entry; or settled, with exactly one settlement entry
 //!   that matches it. Each journal entry belongs to a lock.
 //! - Every value in the bucket parses as the record its key says.
@@ -12,7 +14,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::ledger::model::{Lock, LockState, Transition};
+use crate::ledger::model::{Lock, LockState, Transition, WitnessSettlement};
 use crate::ledger::snapshot::LedgerSnapshot;
 use crate::nats::subjects;
 use crate::protocol::atp::Atp;
@@ -112,18 +114,22 @@ pub fn audit(snapshot: &LedgerSnapshot, now: f64) -> AuditReport {
         if *key != lock.key() {
             violate(key, format!("holds the lock of task {}", lock.task_id));
         }
-        if lock.state == LockState::Pending {
+        if lock.state.holds_escrow() {
             pending += 1;
             *expected_locked.entry(lock.delegator.to_string()).or_default() += micros(lock.amount_uatp);
             *expected_pending.entry(lock.delegator.to_string()).or_default() += 1;
-            if now > lock.expires_at + EXPIRY_GRACE_SECONDS {
+            if now > lock.settles_at() + EXPIRY_GRACE_SECONDS {
                 violate(
                     key,
                     format!(
-                        "pending {:.0} s past its expiry: is a ledger service sweeping?",
-                        now - lock.expires_at
+                        "{:?} {:.0} s past its expiry: is a ledger service sweeping?",
+                        lock.state,
+                        now - lock.settles_at()
                     ),
                 );
+            }
+            if (lock.state == LockState::AwaitingWitness) != lock.hold.is_some() {
+                violate(key, format!("is {:?} but holds {:?}", lock.state, lock.hold.is_some()));
             }
             if settle_entry.is_some() {
                 violate(key, "is pending but has a settlement journal entry".to_owned());
@@ -137,6 +143,17 @@ pub fn audit(snapshot: &LedgerSnapshot, now: f64) -> AuditReport {
             *expected_total.entry(lock.delegator.to_string()).or_default() -= micros(s.paid_uatp) as i128;
             *expected_spent.entry(lock.delegator.to_string()).or_default() += micros(s.paid_uatp);
             *expected_earned.entry(lock.executor.to_string()).or_default() += micros(s.paid_uatp);
+            let witness_paid = WitnessSettlement::paid(s);
+            match s.witness.as_ref().and_then(|w| w.account.as_ref()) {
+                Some(account) => {
+                    *expected_total.entry(account.to_string()).or_default() += micros(witness_paid) as i128;
+                    *expected_total.entry(lock.delegator.to_string()).or_default() -= micros(witness_paid) as i128;
+                    *expected_spent.entry(lock.delegator.to_string()).or_default() += micros(witness_paid);
+                    *expected_earned.entry(account.to_string()).or_default() += micros(witness_paid);
+                }
+                None if witness_paid != Atp::ZERO => violate(key, "paid a witness without an account".to_owned()),
+                None => {}
+            }
         }
     }
     for (key, entry) in &snapshot.journal {
@@ -243,17 +260,25 @@ fn check_settled(
             format!("is {:?} but its journal says {:?}", lock.state, entry.transition),
         );
     }
-    if entry.paid_uatp != settlement.paid_uatp || entry.refunded_uatp != settlement.refunded_uatp {
+    if entry.paid_uatp != settlement.paid_uatp
+        || entry.refunded_uatp != settlement.refunded_uatp
+        || entry.witness != settlement.witness
+    {
         violate(
             key,
             "its settlement and its journal entry disagree on the amounts".to_owned(),
         );
     }
-    if settlement.paid_uatp.checked_add(settlement.refunded_uatp) != Some(lock.amount_uatp) {
+    let witness_paid = WitnessSettlement::paid(settlement);
+    let split = settlement
+        .paid_uatp
+        .checked_add(settlement.refunded_uatp)
+        .and_then(|sum| sum.checked_add(witness_paid));
+    if split != Some(lock.amount_uatp) {
         violate(
             key,
             format!(
-                "paid {} + refunded {} is not the locked {}",
+                "paid {} + witness paid {witness_paid} + refunded {} is not the locked {}",
                 settlement.paid_uatp, settlement.refunded_uatp, lock.amount_uatp
             ),
         );

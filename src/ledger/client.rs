@@ -9,7 +9,7 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 
 use crate::ledger::model::{JournalEntry, RollbackReason, SignedProof, Transition};
-use crate::ledger::protocol::{LedgerReply, LedgerRequest, Operation, REQUEST_TTL_SECONDS, RejectCode};
+use crate::ledger::protocol::{LedgerReply, LedgerRequest, Operation, REQUEST_TTL_SECONDS, RejectCode, WitnessRequest};
 use crate::nats::subjects;
 use crate::protocol::atp::Atp;
 use crate::protocol::clock::now_seconds;
@@ -130,7 +130,7 @@ impl LedgerClient {
 
     /// Locks `terms.amount` of the delegator's ATP for the task.
     pub async fn lock(&self, terms: &LockTerms) -> Result<LedgerReply, LedgerClientError> {
-        self.lock_with_digest(terms, None, None).await
+        self.lock_with_digest(terms, None, None, None).await
     }
 
     /// Locks `terms` for the signed task `task` (its wire bytes): the lock names the task's
@@ -143,12 +143,24 @@ impl LedgerClient {
         task: &Bytes,
         operation: &str,
     ) -> Result<LedgerReply, LedgerClientError> {
-        self.lock_with_digest(
-            terms,
-            Some(crate::protocol::envelope::digest(task)),
-            Some(operation.to_owned()),
-        )
-        .await
+        let digest = crate::protocol::envelope::digest(task);
+        self.lock_with_digest(terms, Some(digest), Some(operation.to_owned()), None)
+            .await
+    }
+
+    /// [`Self::lock_for_task`] with witness terms: if the task's operation has no cheap
+    /// check, the ledger may hold the commit for one of `witness.candidates` to re-execute it
+    /// (`Operation::Witness`), for `witness.share` ATP out of the lock.
+    pub async fn lock_with_witness(
+        &self,
+        terms: &LockTerms,
+        task: &Bytes,
+        operation: &str,
+        witness: WitnessRequest,
+    ) -> Result<LedgerReply, LedgerClientError> {
+        let digest = crate::protocol::envelope::digest(task);
+        self.lock_with_digest(terms, Some(digest), Some(operation.to_owned()), Some(witness))
+            .await
     }
 
     async fn lock_with_digest(
@@ -156,6 +168,7 @@ impl LedgerClient {
         terms: &LockTerms,
         task_digest: Option<String>,
         operation: Option<String>,
+        witness: Option<WitnessRequest>,
     ) -> Result<LedgerReply, LedgerClientError> {
         self.request(Operation::Lock {
             task_id: terms.task_id.clone(),
@@ -167,6 +180,18 @@ impl LedgerClient {
             expires_at: terms.expires_at,
             task_digest,
             operation,
+            witness,
+        })
+        .await
+    }
+
+    /// The appointed witness's answer for a commit held for it: its own signed proof of the
+    /// same task.
+    pub async fn witness(&self, task_id: &TaskId, proof: &Bytes) -> Result<LedgerReply, LedgerClientError> {
+        let proof = embedded_envelope(proof)?;
+        self.request(Operation::Witness {
+            task_id: task_id.clone(),
+            proof,
         })
         .await
     }

@@ -8,6 +8,7 @@
 //! - [`model`]: the records and their keys.
 //! - [`protocol`]: signed requests and replies on `sage.ledger.<operation>`.
 //! - `rules`: the transition rules, pure functions.
+//! - [`witness`]: sampling a commit for a witness, its hold and its settlement (pure).
 //! - [`batch`]: the atomic batch publisher (ADR-50).
 //! - `store`: reads with a revision cache; writes as one atomic batch.
 //! - `sequencer`: group commit, per service instance.
@@ -33,3 +34,4 @@ pub mod service;
 pub mod snapshot;
 mod store;
 mod sweeper;
+pub mod witness;

@@ -55,14 +55,23 @@ pub fn account_key(lct: &Lct) -> String {
 #[serde(rename_all = "snake_case")]
 pub enum LockState {
     Pending,
+    /// Committed by the executor, sampled for a witness: the escrow is still held, until the
+    /// witness's answer or the hold's own expiry (`Lock::hold`) settles it.
+    AwaitingWitness,
     Committed,
     RolledBack,
     Expired,
 }
 
 impl LockState {
+    /// Settled: nothing moves this lock again.
     pub fn is_terminal(self) -> bool {
-        self != LockState::Pending
+        !self.holds_escrow()
+    }
+
+    /// The delegator's ATP is still locked in it (pending, or held for a witness).
+    pub fn holds_escrow(self) -> bool {
+        matches!(self, LockState::Pending | LockState::AwaitingWitness)
     }
 }
 
@@ -86,6 +95,9 @@ pub enum RollbackReason {
     Expired,
     /// The ledger's check of the result against the task refuted it (a commit refused).
     Refuted,
+    /// A witness re-executed the sampled task and its result disagreed with the executor's
+    /// beyond the tolerance the lock names: the executor is recorded as wrong.
+    WitnessDisagreed,
 }
 
 impl RollbackReason {
@@ -127,6 +139,72 @@ pub struct Settlement {
     pub at: f64,
     /// The platform whose request settled it (`ledger` for the sweeper).
     pub by: String,
+    /// What the witness of a sampled task was paid and found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub witness: Option<WitnessSettlement>,
+}
+
+/// The witness's part of a settlement: `paid_uatp` went to `account` (besides the executor's
+/// `paid_uatp`), so paid + witness paid + refunded = locked.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessSettlement {
+    /// The platform the ledger appointed.
+    pub witness: String,
+    /// The account the witness was paid into (its proof's executor LCT); none if it never
+    /// answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<Lct>,
+    pub paid_uatp: Atp,
+    /// Whether its result agreed with the executor's; none if it never answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agreed: Option<bool>,
+}
+
+impl WitnessSettlement {
+    /// What the witness of `settlement` was paid (zero without a witness).
+    pub fn paid(settlement: &Settlement) -> Atp {
+        settlement.witness.as_ref().map_or(Atp::ZERO, |w| w.paid_uatp)
+    }
+}
+
+/// The delegator's terms for witnesses, named in its lock: a commit of an operation without
+/// a cheap check may be sampled, and then one of `candidates` re-executes the task for
+/// `share_uatp` out of the lock.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessTerms {
+    /// Platforms that hold the capability, neither the delegator nor the executor; the
+    /// ledger picks one at random when it samples.
+    pub candidates: Vec<String>,
+    /// What the witness is paid out of the lock when it answers.
+    pub share_uatp: Atp,
+    /// How far two results' numbers may differ and still agree, relative to the larger
+    /// magnitude (at least 1): 0 is exact (deterministic programs). Everything but numbers
+    /// must match exactly.
+    pub tolerance: f64,
+    /// How long a sampled commit is held for the witness's answer; after it the sweeper
+    /// settles the hold without one.
+    pub hold_seconds: f64,
+}
+
+/// A sampled commit held for a witness (`Lock::hold`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessHold {
+    /// The platform the ledger appointed from the terms' candidates.
+    pub witness: String,
+    /// The task's operation (its witness record is per executor and operation).
+    pub operation: String,
+    /// After this the sweeper settles the hold without the witness (the executor is paid).
+    pub until: f64,
+    /// The sampling rate the executor's record gave when it was sampled.
+    pub rate: f64,
+    /// What the executor's proof claims it consumed, and its quality.
+    pub consumed_uatp: Atp,
+    pub quality: f64,
+    /// The executor's signed proof, verbatim: compared with the witness's, and paid for.
+    pub proof: SignedProof,
 }
 
 /// The escrow of one task (`locks.<task_id>`).
@@ -152,6 +230,12 @@ pub struct Lock {
     /// ledger's own check of it against the task, not by the quality the executor claims.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_digest: Option<String>,
+    /// The delegator's witness terms: a commit of an unverifiable operation may be sampled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub witness_terms: Option<Box<WitnessTerms>>,
+    /// The sampled commit held for a witness (state `awaiting_witness`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<Box<WitnessHold>>,
     /// The operation the task runs, as the delegator declared it: the executor's reputation
     /// is kept per operation. A commit that carries the task must agree with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -159,6 +243,15 @@ pub struct Lock {
 }
 
 impl Lock {
+    /// When the sweeper settles this lock if nobody does: the hold's own expiry while held
+    /// for a witness, else the lock's.
+    pub fn settles_at(&self) -> f64 {
+        match (&self.state, &self.hold) {
+            (LockState::AwaitingWitness, Some(hold)) => hold.until,
+            _ => self.expires_at,
+        }
+    }
+
     pub fn key(&self) -> String {
         subjects::ledger_lock(self.task_id.as_str())
     }
@@ -171,6 +264,7 @@ impl Lock {
             && self.amount_uatp == other.amount_uatp
             && self.quality_threshold == other.quality_threshold
             && self.task_digest == other.task_digest
+            && self.witness_terms == other.witness_terms
             && self.operation == other.operation
     }
 }
@@ -207,6 +301,47 @@ pub struct JournalEntry {
     /// its commit landed republishes exactly this proof, so the delegator gets what it paid for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proof: Option<SignedProof>,
+    /// The witness's part of the settlement, as in the lock's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub witness: Option<WitnessSettlement>,
+}
+
+/// The ledger's record of how one executor's results for one operation fared against
+/// witnesses (`witness.<platform>.<operation>`): what the sampling rate adapts by.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessRecord {
+    pub executor: String,
+    pub operation: String,
+    /// Commits considered for sampling, and how many were sampled.
+    pub commits: u64,
+    pub sampled: u64,
+    /// Witnessed results in a row that agreed (reset by a disagreement).
+    pub agreed_streak: u32,
+    /// Witnessed results in all, and how many disagreed.
+    pub witnessed: u64,
+    pub disagreements: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_disagreement_at: Option<f64>,
+}
+
+impl WitnessRecord {
+    pub fn new(executor: &str, operation: &str) -> Self {
+        Self {
+            executor: executor.to_owned(),
+            operation: operation.to_owned(),
+            commits: 0,
+            sampled: 0,
+            agreed_streak: 0,
+            witnessed: 0,
+            disagreements: 0,
+            last_disagreement_at: None,
+        }
+    }
+
+    pub fn key(&self) -> String {
+        subjects::ledger_witness(&self.executor, &self.operation)
+    }
 }
 
 /// A signed proof envelope kept verbatim (its signature covers the exact bytes).
@@ -227,6 +362,18 @@ impl SignedProof {
     /// The envelope's bytes, to publish or verify again.
     pub fn wire(&self) -> bytes::Bytes {
         bytes::Bytes::copy_from_slice(self.0.get().as_bytes())
+    }
+
+    /// The body of the envelope, read without verifying it again: only for a proof the
+    /// ledger verified before it kept it.
+    pub fn body<T: serde::de::DeserializeOwned>(&self) -> Result<T, String> {
+        #[derive(Deserialize)]
+        struct Envelope<T> {
+            body: T,
+        }
+        serde_json::from_str::<Envelope<T>>(self.0.get())
+            .map(|e| e.body)
+            .map_err(|e| format!("a kept proof does not read back: {e}"))
     }
 }
 
@@ -262,6 +409,7 @@ pub enum Record {
     Journal(JournalEntry),
     Grant(GrantRecord),
     Supply(Supply),
+    Witness(WitnessRecord),
 }
 
 /// A value that is not a valid ledger record for its key.
@@ -294,6 +442,8 @@ impl Record {
             serde_json::from_slice(value).map(Record::Journal).map_err(err)
         } else if key.starts_with(subjects::LEDGER_GRANT_PREFIX) {
             serde_json::from_slice(value).map(Record::Grant).map_err(err)
+        } else if key.starts_with(subjects::LEDGER_WITNESS_PREFIX) {
+            serde_json::from_slice(value).map(Record::Witness).map_err(err)
         } else if key == subjects::LEDGER_SUPPLY {
             serde_json::from_slice(value).map(Record::Supply).map_err(err)
         } else {
@@ -313,6 +463,7 @@ impl Record {
             Record::Journal(r) => serde_json::to_vec(r),
             Record::Grant(r) => serde_json::to_vec(r),
             Record::Supply(r) => serde_json::to_vec(r),
+            Record::Witness(r) => serde_json::to_vec(r),
         };
         value.map_err(|e| RecordError {
             key: self.key(),

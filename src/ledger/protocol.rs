@@ -51,6 +51,10 @@ pub enum Operation {
         /// The SHA-256 (hex) of the signed task the lock pays for: commits must carry it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         task_digest: Option<String>,
+        /// Witness terms: a commit of an operation without a cheap check may then be sampled
+        /// and held for one of the candidates to re-execute (needs `task_digest`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        witness: Option<WitnessRequest>,
         /// The task's operation (one subject token): reputation is kept per operation.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         operation: Option<String>,
@@ -75,6 +79,23 @@ pub enum Operation {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         evidence: Option<Box<RawValue>>,
     },
+    /// The appointed witness's answer for a commit held for it: its own signed proof of the
+    /// same task (executor = the witness), compared by the ledger with the executor's.
+    Witness {
+        task_id: TaskId,
+        /// The witness's signed ExecutionProof envelope, verbatim, as a JSON value.
+        proof: Box<RawValue>,
+    },
+}
+
+/// A delegator's witness terms on the wire (the share as decimal ATP, as amounts are).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessRequest {
+    pub candidates: Vec<String>,
+    pub share: f64,
+    pub tolerance: f64,
+    pub hold_seconds: f64,
 }
 
 impl Operation {
@@ -85,6 +106,7 @@ impl Operation {
             Operation::Lock { .. } => "lock",
             Operation::Commit { .. } => "commit",
             Operation::Rollback { .. } => "rollback",
+            Operation::Witness { .. } => "witness",
         }
     }
 }
@@ -124,7 +146,9 @@ impl Signable for LedgerRequest {
         }
         match &self.operation {
             Operation::Grant { grant_id, .. } => check_grant_id(grant_id),
-            Operation::Commit { proof, .. } if proof.get().len() > ENVELOPE_BYTES_MAX => {
+            Operation::Commit { proof, .. } | Operation::Witness { proof, .. }
+                if proof.get().len() > ENVELOPE_BYTES_MAX =>
+            {
                 Err("the proof is larger than an envelope may be".to_owned())
             }
             Operation::Commit { task: Some(t), .. } if t.get().len() > ENVELOPE_BYTES_MAX => {
@@ -189,6 +213,9 @@ pub enum RejectCode {
     SameAccount,
     /// An account would overflow.
     Overflow,
+    /// The lock is held for a witness: only the appointed witness's answer, or the hold's
+    /// expiry, settles it.
+    HeldForWitness,
     /// The ledger could not apply it now (contention or NATS trouble); retry.
     Busy,
 }

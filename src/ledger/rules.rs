@@ -6,9 +6,10 @@ use std::collections::BTreeSet;
 
 use crate::ledger::model::{
     Account, GrantRecord, JournalEntry, Lock, LockState, Record, RollbackReason, Settlement, SignedProof, Supply,
-    Transition,
+    Transition, WitnessRecord, WitnessSettlement,
 };
 use crate::ledger::protocol::{LedgerReply, Outcome, RejectCode};
+use crate::ledger::witness::{self, Draw};
 use crate::nats::subjects;
 use crate::protocol::atp::Atp;
 use crate::protocol::envelope::Verified;
@@ -54,6 +55,12 @@ pub enum Command {
         reason: RollbackReason,
         evidence: Option<Verified<ExecutionProof>>,
     },
+    /// The appointed witness's answer for a commit held for it (its own verified proof).
+    Witness {
+        requester: String,
+        task_id: TaskId,
+        proof: Verified<ExecutionProof>,
+    },
     /// From the sweeper only, never from a request.
     Expire {
         task_id: TaskId,
@@ -68,6 +75,8 @@ pub struct CheckedWork {
     /// The operation of the task carried.
     pub operation: String,
     pub verdict: Verdict,
+    /// The ledger's draw for sampling this commit.
+    pub draw: Draw,
 }
 
 impl Command {
@@ -80,9 +89,23 @@ impl Command {
                 subjects::LEDGER_SUPPLY.to_owned(),
             ],
             Command::Lock { lock, .. } => vec![lock.key(), Account::empty(lock.delegator.clone()).key()],
+            // An unverifiable result may be sampled: the executor's witness record sets the rate.
+            Command::Commit {
+                task_id,
+                proof,
+                work: Some(work),
+                ..
+            } if work.verdict == Verdict::Unverifiable => vec![
+                subjects::ledger_lock(task_id.as_str()),
+                subjects::ledger_witness(proof.executor_lct.platform(), &work.operation),
+            ],
             Command::Commit { task_id, .. } | Command::Rollback { task_id, .. } | Command::Expire { task_id } => {
                 vec![subjects::ledger_lock(task_id.as_str())]
             }
+            Command::Witness { task_id, proof, .. } => vec![
+                subjects::ledger_lock(task_id.as_str()),
+                Account::empty(proof.executor_lct.clone()).key(),
+            ],
         }
     }
 
@@ -102,6 +125,7 @@ pub trait Book {
     fn lock(&self, task_id: &TaskId) -> Option<Lock>;
     fn grant(&self, grant_id: &str) -> Option<GrantRecord>;
     fn supply(&self) -> Supply;
+    fn witness_record(&self, executor: &str, operation: &str) -> Option<WitnessRecord>;
 }
 
 /// What to do with a command.
@@ -123,6 +147,7 @@ impl Record {
             Record::Journal(j) => subjects::ledger_journal_settle(j.task_id.as_str()),
             Record::Grant(g) => subjects::ledger_grant(&g.grant_id),
             Record::Supply(_) => subjects::LEDGER_SUPPLY.to_owned(),
+            Record::Witness(w) => w.key(),
         }
     }
 
@@ -132,11 +157,11 @@ impl Record {
     }
 }
 
-fn reject(code: RejectCode, message: impl Into<String>) -> Decision {
+pub(crate) fn reject(code: RejectCode, message: impl Into<String>) -> Decision {
     Decision::Reply(LedgerReply::rejected(code, message))
 }
 
-fn already(message: impl Into<String>, lock: Option<Lock>, account: Option<Account>) -> Decision {
+pub(crate) fn already(message: impl Into<String>, lock: Option<Lock>, account: Option<Account>) -> Decision {
     Decision::Reply(LedgerReply {
         outcome: Outcome::AlreadyApplied,
         code: None,
@@ -146,7 +171,7 @@ fn already(message: impl Into<String>, lock: Option<Lock>, account: Option<Accou
     })
 }
 
-fn applied(writes: Vec<Record>, message: String, lock: Option<Lock>, account: Option<Account>) -> Decision {
+pub(crate) fn applied(writes: Vec<Record>, message: String, lock: Option<Lock>, account: Option<Account>) -> Decision {
     Decision::Apply {
         writes,
         reply: LedgerReply {
@@ -188,6 +213,11 @@ pub fn decide(command: &Command, book: &impl Book, admins: &BTreeSet<String>, no
             reason,
             evidence,
         } => rollback(requester, task_id, *reason, evidence.as_ref(), book, now),
+        Command::Witness {
+            requester,
+            task_id,
+            proof,
+        } => witness::answer(requester, task_id, proof, book, now),
         Command::Expire { task_id } => expire(task_id, book, now),
     };
     if let Decision::Apply { writes, .. } = &decision {
@@ -212,7 +242,7 @@ pub(crate) fn conserves(book: &impl Book, writes: &[Record]) -> bool {
             Record::Supply(supply) => {
                 change -= i128::from(supply.total_uatp.micros()) - i128::from(book.supply().total_uatp.micros());
             }
-            Record::Lock(_) | Record::Journal(_) | Record::Grant(_) => {}
+            Record::Lock(_) | Record::Journal(_) | Record::Grant(_) | Record::Witness(_) => {}
         }
     }
     change == 0
@@ -318,7 +348,7 @@ fn check_lock_terms(requester: &str, new: &Lock, now: f64) -> Result<(), Decisio
             format!("need now < deadline <= expires_at <= now + {LOCK_TTL_SECONDS_MAX} s"),
         ));
     }
-    Ok(())
+    witness::check_terms(new).map_err(|why| reject(RejectCode::InvalidRequest, why))
 }
 
 fn lock(requester: &str, new: &Lock, book: &impl Book, now: f64) -> Decision {
@@ -359,6 +389,7 @@ fn lock(requester: &str, new: &Lock, book: &impl Book, now: f64) -> Decision {
     let mut lock = new.clone();
     lock.state = LockState::Pending;
     lock.settlement = None;
+    lock.hold = None;
     lock.created_at = now;
     let journal = JournalEntry {
         task_id: lock.task_id.clone(),
@@ -373,6 +404,7 @@ fn lock(requester: &str, new: &Lock, book: &impl Book, now: f64) -> Decision {
         at: now,
         by: requester.to_owned(),
         proof: None,
+        witness: None,
     };
     applied(
         vec![
@@ -423,15 +455,8 @@ fn commit(
     if let Err(decision) = proof_matches(proof, &lock) {
         return decision;
     }
-    match lock.state {
-        LockState::Committed => return already(format!("task {task_id} was already committed"), Some(lock), None),
-        LockState::RolledBack | LockState::Expired => {
-            return reject(
-                RejectCode::AlreadySettled,
-                format!("task {task_id} was already {:?}; it cannot be committed", lock.state),
-            );
-        }
-        LockState::Pending => {}
+    if let Some(decision) = settled_already(&lock, proof) {
+        return decision;
     }
     if now > lock.expires_at {
         return reject(
@@ -455,16 +480,10 @@ fn commit(
             return refuse_payment(lock, reason, quality, requester, why, book, now);
         }
     };
-    let consumed = match proof.consumed() {
+    let consumed = match consumed_within(proof, &lock) {
         Ok(consumed) => consumed,
-        Err(why) => return reject(RejectCode::InvalidAmount, why),
+        Err(decision) => return decision,
     };
-    if consumed > lock.amount_uatp {
-        return reject(
-            RejectCode::ConsumedExceedsLocked,
-            format!("the proof claims {consumed} ATP, the lock holds {}", lock.amount_uatp),
-        );
-    }
     let refund = lock.amount_uatp.checked_sub(consumed).unwrap_or(Atp::ZERO);
     let Some(kept) = SignedProof::from_wire(proof.wire()) else {
         return reject(
@@ -472,6 +491,12 @@ fn commit(
             "the proof is not a JSON envelope".to_owned(),
         );
     };
+    let mut extra = Vec::new();
+    match witness::sample(&lock, work, proof, (consumed, quality), book, now) {
+        Some((record, Some(hold))) => return witness::hold(lock, hold, record),
+        Some((record, None)) => extra.push(Record::Witness(record)),
+        None => {}
+    }
     let closing = Closing {
         state: LockState::Committed,
         paid: consumed,
@@ -480,8 +505,50 @@ fn commit(
         proof: Some(kept),
         by: requester,
         message: format!("committed task {task_id}: paid {consumed} ATP, refunded {refund} ATP"),
+        witness: None,
+        extra,
     };
     settle(lock, closing, book, now)
+}
+
+/// What the proof says it consumed, at most what `lock` holds.
+fn consumed_within(proof: &ExecutionProof, lock: &Lock) -> Result<Atp, Decision> {
+    let consumed = proof.consumed().map_err(|why| reject(RejectCode::InvalidAmount, why))?;
+    if consumed > lock.amount_uatp {
+        return Err(reject(
+            RejectCode::ConsumedExceedsLocked,
+            format!("the proof claims {consumed} ATP, the lock holds {}", lock.amount_uatp),
+        ));
+    }
+    Ok(consumed)
+}
+
+/// The answer to a commit of a lock that is no longer pending: a retry, or a refusal.
+fn settled_already(lock: &Lock, proof: &Verified<ExecutionProof>) -> Option<Decision> {
+    let task_id = &lock.task_id;
+    let decision = match lock.state {
+        LockState::Pending => return None,
+        LockState::Committed => already(
+            format!("task {task_id} was already committed"),
+            Some(lock.clone()),
+            None,
+        ),
+        // The same proof again is a retry; another proof cannot replace the held one.
+        LockState::AwaitingWitness if lock.hold.as_ref().is_some_and(|h| h.proof.wire() == proof.wire()) => already(
+            format!("task {task_id} was already committed and is held for its witness"),
+            Some(lock.clone()),
+            None,
+        ),
+        LockState::AwaitingWitness => reject(
+            RejectCode::HeldForWitness,
+            format!("task {task_id} is held for its witness with another proof"),
+        ),
+        LockState::RolledBack | LockState::Expired => reject(
+            RejectCode::AlreadySettled,
+            format!("task {task_id} was already {:?}; it cannot be committed", lock.state),
+        ),
+    };
+    Some(decision)
 }
 
 /// Why a commit pays nothing: refused outright, or settled unpaid by the ledger's check.
@@ -585,6 +652,8 @@ fn refund(
         proof: None,
         by,
         message,
+        witness: None,
+        extra: Vec::new(),
     };
     settle(lock, closing, book, now)
 }
@@ -615,15 +684,21 @@ fn rollback(
                 format!("task {task_id} was already committed; it cannot be rolled back"),
             );
         }
+        LockState::AwaitingWitness => {
+            return reject(
+                RejectCode::HeldForWitness,
+                format!("task {task_id} is held for its witness: its answer or the hold's expiry settles it"),
+            );
+        }
         LockState::Pending => {}
     }
     if reason == RollbackReason::Expired {
         return reject(RejectCode::InvalidRequest, "only the ledger's sweeper expires locks");
     }
-    if reason == RollbackReason::Refuted {
+    if reason == RollbackReason::Refuted || reason == RollbackReason::WitnessDisagreed {
         return reject(
             RejectCode::InvalidRequest,
-            "only the ledger's check of a commit refutes a result",
+            format!("only the ledger settles a lock as {reason}, by its check or a witness's answer"),
         );
     }
     let by_executor = requester == lock.executor.platform();
@@ -669,7 +744,7 @@ fn delegator_shows(reason: RollbackReason, evidence: Option<&Verified<ExecutionP
         RollbackReason::Failure | RollbackReason::PermissionDenied | RollbackReason::Rejected => {
             evidence.is_some_and(|p| p.status != ProofStatus::Completed)
         }
-        RollbackReason::Expired | RollbackReason::Refuted => false,
+        RollbackReason::Expired | RollbackReason::Refuted | RollbackReason::WitnessDisagreed => false,
     }
 }
 
@@ -679,6 +754,9 @@ fn expire(task_id: &TaskId, book: &impl Book, now: f64) -> Decision {
     };
     if lock.state.is_terminal() {
         return already(format!("task {task_id} was already settled"), Some(lock), None);
+    }
+    if lock.state == LockState::AwaitingWitness {
+        return witness::expire_hold(lock, task_id, book, now);
     }
     if now <= lock.expires_at {
         return reject(
@@ -694,30 +772,72 @@ fn expire(task_id: &TaskId, book: &impl Book, now: f64) -> Decision {
         proof: None,
         by: SWEEPER,
         message: format!("expired task {task_id}"),
+        witness: None,
+        extra: Vec::new(),
     };
     settle(lock, closing, book, now)
 }
 
 /// How a settling transition closes a lock.
-struct Closing<'a> {
+pub(crate) struct Closing<'a> {
     /// The state the lock ends in.
-    state: LockState,
-    /// What the executor is paid; the rest of the lock is refunded.
-    paid: Atp,
+    pub state: LockState,
+    /// What the executor is paid; the rest of the lock, less the witness's pay, is refunded.
+    pub paid: Atp,
     /// The proof's quality, when there is a proof.
-    quality: Option<f64>,
+    pub quality: Option<f64>,
     /// Why it was rolled back or expired.
-    reason: Option<RollbackReason>,
+    pub reason: Option<RollbackReason>,
     /// The signed proof a commit paid for, kept in the settle journal entry.
-    proof: Option<SignedProof>,
+    pub proof: Option<SignedProof>,
     /// The platform whose request settles it (`ledger` for the sweeper).
-    by: &'a str,
+    pub by: &'a str,
     /// The reply's message.
-    message: String,
+    pub message: String,
+    /// The witness's part, for a sampled task: its pay goes to its account.
+    pub witness: Option<WitnessSettlement>,
+    /// Other records the transition writes (the executor's witness record).
+    pub extra: Vec<Record>,
 }
 
-/// Closes `lock` as `closing` says: pays the executor and refunds the rest to the delegator.
-fn settle(mut lock: Lock, closing: Closing<'_>, book: &impl Book, now: f64) -> Decision {
+/// The delegator's account once `lock` is released: `refund` back to its balance, `spent`
+/// paid out of it.
+fn released(book: &impl Book, lock: &Lock, refund: Atp, spent: Atp) -> Result<Account, Decision> {
+    let Some(mut delegator) = book.account(&lock.delegator) else {
+        return Err(inconsistent("the delegator's account (missing)"));
+    };
+    let (Some(locked), Some(balance), Some(spent), Some(pending)) = (
+        delegator.locked_uatp.checked_sub(lock.amount_uatp),
+        delegator.balance_uatp.checked_add(refund),
+        delegator.spent_uatp.checked_add(spent),
+        delegator.pending_locks.checked_sub(1),
+    ) else {
+        return Err(inconsistent("the delegator's account"));
+    };
+    delegator.locked_uatp = locked;
+    delegator.balance_uatp = balance;
+    delegator.spent_uatp = spent;
+    delegator.pending_locks = pending;
+    Ok(delegator)
+}
+
+/// `lct`'s account paid `amount` (created if it has none yet).
+fn credited(book: &impl Book, lct: &Lct, amount: Atp) -> Result<Account, Decision> {
+    let mut account = book.account(lct).unwrap_or_else(|| Account::empty(lct.clone()));
+    let (Some(balance), Some(earned)) = (
+        account.balance_uatp.checked_add(amount),
+        account.earned_uatp.checked_add(amount),
+    ) else {
+        return Err(inconsistent("a payee's balance"));
+    };
+    account.balance_uatp = balance;
+    account.earned_uatp = earned;
+    Ok(account)
+}
+
+/// Closes `lock` as `closing` says: pays the executor and the witness, and refunds the rest
+/// to the delegator.
+pub(crate) fn settle(mut lock: Lock, closing: Closing<'_>, book: &impl Book, now: f64) -> Decision {
     let Closing {
         state,
         paid,
@@ -726,44 +846,36 @@ fn settle(mut lock: Lock, closing: Closing<'_>, book: &impl Book, now: f64) -> D
         proof,
         by,
         message,
+        witness,
+        extra,
     } = closing;
-    let Some(refund) = lock.amount_uatp.checked_sub(paid) else {
+    let witness_paid = witness.as_ref().map_or(Atp::ZERO, |w| w.paid_uatp);
+    let Some(spent_now) = paid.checked_add(witness_paid) else {
+        return inconsistent("the payments");
+    };
+    let Some(refund) = lock.amount_uatp.checked_sub(spent_now) else {
         return inconsistent("the refund");
     };
-    let Some(mut delegator) = book.account(&lock.delegator) else {
-        return inconsistent("the delegator's account (missing)");
+    let delegator = match released(book, &lock, refund, spent_now) {
+        Ok(delegator) => delegator,
+        Err(decision) => return decision,
     };
-    let (Some(locked), Some(balance), Some(spent), Some(pending)) = (
-        delegator.locked_uatp.checked_sub(lock.amount_uatp),
-        delegator.balance_uatp.checked_add(refund),
-        delegator.spent_uatp.checked_add(paid),
-        delegator.pending_locks.checked_sub(1),
-    ) else {
-        return inconsistent("the delegator's account");
-    };
-    delegator.locked_uatp = locked;
-    delegator.balance_uatp = balance;
-    delegator.spent_uatp = spent;
-    delegator.pending_locks = pending;
     let mut writes = vec![Record::Account(delegator)];
-    if paid > Atp::ZERO {
-        let mut executor = book
-            .account(&lock.executor)
-            .unwrap_or_else(|| Account::empty(lock.executor.clone()));
-        let (Some(balance), Some(earned)) = (
-            executor.balance_uatp.checked_add(paid),
-            executor.earned_uatp.checked_add(paid),
-        ) else {
-            return inconsistent("the executor's balance");
-        };
-        executor.balance_uatp = balance;
-        executor.earned_uatp = earned;
-        writes.push(Record::Account(executor));
+    for (lct, amount) in [
+        (Some(&lock.executor), paid),
+        (witness.as_ref().and_then(|w| w.account.as_ref()), witness_paid),
+    ] {
+        if let Some(lct) = lct.filter(|_| amount > Atp::ZERO) {
+            match credited(book, lct, amount) {
+                Ok(account) => writes.push(Record::Account(account)),
+                Err(decision) => return decision,
+            }
+        }
     }
     debug_assert_eq!(
-        paid.checked_add(refund),
+        spent_now.checked_add(refund),
         Some(lock.amount_uatp),
-        "paid + refunded = locked for task {}",
+        "paid + witness paid + refunded = locked for task {}",
         lock.task_id
     );
     lock.state = state;
@@ -774,6 +886,7 @@ fn settle(mut lock: Lock, closing: Closing<'_>, book: &impl Book, now: f64) -> D
         reason,
         at: now,
         by: by.to_owned(),
+        witness: witness.clone(),
     });
     let transition = match state {
         LockState::Committed => Transition::Commit,
@@ -793,7 +906,9 @@ fn settle(mut lock: Lock, closing: Closing<'_>, book: &impl Book, now: f64) -> D
         at: now,
         by: by.to_owned(),
         proof,
+        witness,
     }));
     writes.push(Record::Lock(lock.clone()));
+    writes.extend(extra);
     applied(writes, message, Some(lock), None)
 }

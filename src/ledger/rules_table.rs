@@ -7,11 +7,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::identity::keys::{KeyRecord, KeyRegistry, generate};
-use crate::ledger::model::{Account, GrantRecord, JournalEntry, Lock, LockState, Record, RollbackReason, Supply};
+use crate::ledger::model::{
+    Account, GrantRecord, JournalEntry, Lock, LockState, Record, RollbackReason, Supply, WitnessRecord,
+    WitnessSettlement, WitnessTerms,
+};
 use crate::ledger::protocol::{Outcome, RejectCode};
 use crate::ledger::rules::{
     Book, COMMIT_WINDOW_SECONDS, CheckedWork, Command, Decision, LOCK_TTL_SECONDS_MAX, conserves, decide,
 };
+use crate::ledger::witness::Draw;
 use crate::protocol::atp::Atp;
 use crate::protocol::envelope::{Signer, Verified, verify};
 use crate::protocol::lct::Lct;
@@ -27,6 +31,7 @@ struct MemoryBook {
     grants: BTreeMap<String, GrantRecord>,
     journal: BTreeMap<String, JournalEntry>,
     supply: Supply,
+    witness_records: BTreeMap<String, WitnessRecord>,
 }
 
 impl Book for MemoryBook {
@@ -44,6 +49,12 @@ impl Book for MemoryBook {
 
     fn supply(&self) -> Supply {
         self.supply
+    }
+
+    fn witness_record(&self, executor: &str, operation: &str) -> Option<WitnessRecord> {
+        self.witness_records
+            .get(&crate::nats::subjects::ledger_witness(executor, operation))
+            .cloned()
     }
 }
 
@@ -71,6 +82,9 @@ impl MemoryBook {
                     );
                 }
                 Record::Supply(s) => self.supply = s,
+                Record::Witness(w) => {
+                    self.witness_records.insert(key, w);
+                }
             }
         }
     }
@@ -91,7 +105,7 @@ impl MemoryBook {
             let pending: Vec<&Lock> = self
                 .locks
                 .values()
-                .filter(|l| l.delegator == account.lct && l.state == LockState::Pending)
+                .filter(|l| l.delegator == account.lct && l.state.holds_escrow())
                 .collect();
             let locked: u64 = pending.iter().map(|l| l.amount_uatp.micros()).sum();
             assert_eq!(
@@ -109,11 +123,11 @@ impl MemoryBook {
         }
         for lock in self.locks.values() {
             match (&lock.settlement, lock.state) {
-                (None, LockState::Pending) => {}
-                (Some(s), state) if state != LockState::Pending => assert_eq!(
-                    s.paid_uatp.micros() + s.refunded_uatp.micros(),
+                (None, state) if state.holds_escrow() => {}
+                (Some(s), state) if state.is_terminal() => assert_eq!(
+                    s.paid_uatp.micros() + WitnessSettlement::paid(s).micros() + s.refunded_uatp.micros(),
                     lock.amount_uatp.micros(),
-                    "paid + refunded = locked for {} after {row}",
+                    "paid + witness paid + refunded = locked for {} after {row}",
                     lock.task_id
                 ),
                 _ => panic!(
@@ -169,7 +183,7 @@ impl Proofs {
     fn new() -> Self {
         let mut signers = BTreeMap::new();
         let mut keys = KeyRegistry::new();
-        for platform in ["Thor", "Legion", "Sprout"] {
+        for platform in ["Thor", "Legion", "Sprout", "Odin"] {
             let signer = Signer::new(platform, generate().expect("random")).expect("signer");
             keys.insert(KeyRecord::new(platform, &signer.verifying_key(), 0.0));
             signers.insert(platform, signer);
@@ -179,9 +193,22 @@ impl Proofs {
 
     /// A verified proof from Legion for Thor's task `id`.
     fn by_legion(&self, id: &str, status: ProofStatus, quality: f64, consumed: f64) -> Verified<ExecutionProof> {
+        self.by("Legion", id, status, quality, consumed, serde_json::Map::new())
+    }
+
+    /// A verified proof from `by` for Thor's task `id` with `result`.
+    fn by(
+        &self,
+        by: &str,
+        id: &str,
+        status: ProofStatus,
+        quality: f64,
+        consumed: f64,
+        result: serde_json::Map<String, serde_json::Value>,
+    ) -> Verified<ExecutionProof> {
         let proof = ExecutionProof {
             task_id: task(id),
-            executor_lct: lct("Legion"),
+            executor_lct: lct(by),
             delegator_lct: lct("Thor"),
             status,
             reason: if status == ProofStatus::Completed {
@@ -192,10 +219,10 @@ impl Proofs {
             atp_consumed: consumed,
             execution_time: 0.01,
             quality_score: quality,
-            result: serde_json::Map::new(),
+            result,
             created_at: T0,
         };
-        let wire = self.signers["Legion"].sign(&proof).expect("sign");
+        let wire = self.signers[by].sign(&proof).expect("sign");
         verify(&wire, &self.keys, T0).expect("verify")
     }
 }
@@ -229,6 +256,8 @@ fn lock_with(id: &str, amount: Atp, edit: impl FnOnce(&mut Lock)) -> Command {
         state: LockState::Pending,
         settlement: None,
         task_digest: None,
+        witness_terms: None,
+        hold: None,
         operation: None,
     };
     edit(&mut lock);
@@ -275,6 +304,7 @@ fn commit_checked(by: &str, id: &str, proof: Verified<ExecutionProof>, fill: cha
             task_digest: digest(fill),
             operation: "planning".to_owned(),
             verdict,
+            draw: Draw { sample: 0.0, pick: 0 },
         }),
     }
 }
@@ -734,13 +764,13 @@ fn rows(p: &Proofs) -> Vec<Row> {
     ]
 }
 
-#[test]
-fn every_transition_rejection_and_replay_conserves_atp() {
-    let proofs = Proofs::new();
+/// Runs `rows` in order on an empty book, checking each; the book after them, and the
+/// rejection codes seen.
+fn run(rows: Vec<Row>) -> (MemoryBook, BTreeSet<String>) {
     let admins = BTreeSet::from([ADMIN.to_owned()]);
     let mut book = MemoryBook::default();
     let mut seen = BTreeSet::new();
-    for row in rows(&proofs) {
+    for row in rows {
         let before = book.clone();
         let decision = decide(&row.command, &book, &admins, row.now);
         let got = match decision {
@@ -765,6 +795,12 @@ fn every_transition_rejection_and_replay_conserves_atp() {
         }
         book.assert_conserved(row.name);
     }
+    (book, seen)
+}
+
+#[test]
+fn every_transition_rejection_and_replay_conserves_atp() {
+    let (book, seen) = run(rows(&Proofs::new()));
     // Every code the rules can give appears in the table (Busy is the service's, not a rule's).
     let codes = [
         "InvalidRequest",
@@ -833,6 +869,320 @@ fn assert_the_final_book(book: &MemoryBook) {
         ]
     );
     assert_eq!(book.locks["v5"].operation.as_deref(), Some("perception"));
+}
+
+/// Thor locks 10 ATP for Legion on task `id` (named by `digest('w')`) with witness terms:
+/// Sprout or Odin may witness, for 1 ATP, numbers within 1%, held 30 s.
+fn lock_witnessed(id: &str, edit: impl FnOnce(&mut Lock)) -> Command {
+    lock_with(id, atp(10), |l| {
+        l.task_digest = Some(digest('w'));
+        l.witness_terms = Some(Box::new(WitnessTerms {
+            candidates: vec!["Sprout".to_owned(), "Odin".to_owned()],
+            share_uatp: atp(1),
+            tolerance: 0.01,
+            hold_seconds: 30.0,
+        }));
+        edit(l);
+    })
+}
+
+/// Legion commits task `id` of the unverifiable `wordcount`, with the ledger's draw `sample`
+/// (the first candidate is picked).
+fn commit_drawn(id: &str, proof: Verified<ExecutionProof>, sample: f64) -> Command {
+    Command::Commit {
+        requester: "Legion".to_owned(),
+        task_id: task(id),
+        proof,
+        work: Some(CheckedWork {
+            task_digest: digest('w'),
+            verdict: Verdict::Unverifiable,
+            operation: "wordcount".to_owned(),
+            draw: Draw { sample, pick: 0 },
+        }),
+    }
+}
+
+fn answer(by: &str, id: &str, proof: Verified<ExecutionProof>) -> Command {
+    Command::Witness {
+        requester: by.to_owned(),
+        task_id: task(id),
+        proof,
+    }
+}
+
+fn words(count: f64) -> serde_json::Map<String, serde_json::Value> {
+    serde_json::json!({"words": count, "text": "the quick brown fox"})
+        .as_object()
+        .cloned()
+        .expect("an object")
+}
+
+fn witness_rows(p: &Proofs) -> Vec<Row> {
+    use Expect::{Already, Applied, Rejected};
+    use ProofStatus::{Completed, Failed};
+    use RejectCode::*;
+    use RollbackReason as Why;
+    let claim = |id| p.by("Legion", id, Completed, 1.0, 4.0, words(100.0));
+    let witness = |by, id, count| p.by(by, id, Completed, 1.0, 2.0, words(count));
+    vec![
+        row("grant", T0, grant(ADMIN, "g1", "Thor", atp(100)), Applied),
+        // Terms.
+        row(
+            "witness terms naming no task",
+            T0,
+            lock_witnessed("w0", |l| l.task_digest = None),
+            Rejected(InvalidRequest),
+        ),
+        row(
+            "the executor named as a witness of its own task",
+            T0,
+            lock_witnessed("w0", |l| {
+                l.witness_terms
+                    .iter_mut()
+                    .for_each(|t| t.candidates.push("Legion".into()))
+            }),
+            Rejected(InvalidRequest),
+        ),
+        row(
+            "the delegator named as a witness",
+            T0,
+            lock_witnessed("w0", |l| {
+                l.witness_terms
+                    .iter_mut()
+                    .for_each(|t| t.candidates = vec!["Thor".into()])
+            }),
+            Rejected(InvalidRequest),
+        ),
+        row(
+            "no candidate",
+            T0,
+            lock_witnessed("w0", |l| l.witness_terms.iter_mut().for_each(|t| t.candidates.clear())),
+            Rejected(InvalidRequest),
+        ),
+        row(
+            "a witness share above the lock",
+            T0,
+            lock_witnessed("w0", |l| {
+                l.witness_terms.iter_mut().for_each(|t| t.share_uatp = atp(11))
+            }),
+            Rejected(InvalidRequest),
+        ),
+        row(
+            "a NaN tolerance",
+            T0,
+            lock_witnessed("w0", |l| {
+                l.witness_terms.iter_mut().for_each(|t| t.tolerance = f64::NAN)
+            }),
+            Rejected(InvalidRequest),
+        ),
+        row(
+            "a hold longer than the maximum",
+            T0,
+            lock_witnessed("w0", |l| l.witness_terms.iter_mut().for_each(|t| t.hold_seconds = 1e9)),
+            Rejected(InvalidRequest),
+        ),
+        // Sampled (a new executor: rate 1), held, witnessed in agreement.
+        row("lock w1 with witness terms", T0, lock_witnessed("w1", |_| {}), Applied),
+        row(
+            "a witness answer before any commit",
+            T0,
+            answer("Sprout", "w1", witness("Sprout", "w1", 100.0)),
+            Rejected(NotAuthorized),
+        ),
+        row(
+            "commit w1: sampled, held",
+            T0,
+            commit_drawn("w1", claim("w1"), 0.99),
+            Applied,
+        ),
+        row("commit w1 again", T0, commit_drawn("w1", claim("w1"), 0.99), Already),
+        row(
+            "commit w1 with another proof",
+            T0,
+            commit_drawn("w1", p.by("Legion", "w1", Completed, 1.0, 3.0, words(100.0)), 0.99),
+            Rejected(HeldForWitness),
+        ),
+        row(
+            "the delegator's rollback of a held lock, after the commit window",
+            DEADLINE + COMMIT_WINDOW_SECONDS,
+            rollback("Thor", "w1", Why::Timeout, None),
+            Rejected(HeldForWitness),
+        ),
+        row(
+            "the executor's rollback of a held lock",
+            T0,
+            rollback("Legion", "w1", Why::Failure, None),
+            Rejected(HeldForWitness),
+        ),
+        row(
+            "the sweeper before the hold's expiry",
+            T0 + 29.0,
+            expire("w1"),
+            Rejected(InvalidRequest),
+        ),
+        row(
+            "an answer by a candidate not appointed",
+            T0,
+            answer("Odin", "w1", witness("Odin", "w1", 100.0)),
+            Rejected(NotAuthorized),
+        ),
+        row(
+            "an answer by the executor",
+            T0,
+            answer("Legion", "w1", claim("w1")),
+            Rejected(NotAuthorized),
+        ),
+        row(
+            "the appointed witness sending another's proof",
+            T0,
+            answer("Sprout", "w1", witness("Odin", "w1", 100.0)),
+            Rejected(ProofMismatch),
+        ),
+        row(
+            "the appointed witness's proof of another task",
+            T0,
+            answer("Sprout", "w1", witness("Sprout", "w9", 100.0)),
+            Rejected(ProofMismatch),
+        ),
+        row(
+            "the appointed witness's failed proof",
+            T0,
+            answer("Sprout", "w1", p.by("Sprout", "w1", Failed, 0.0, 0.0, words(0.0))),
+            Rejected(InvalidRequest),
+        ),
+        row(
+            "the witness agrees within the tolerance: 3 to the executor, 1 to the witness",
+            T0 + 1.0,
+            answer("Sprout", "w1", witness("Sprout", "w1", 100.5)),
+            Applied,
+        ),
+        row(
+            "the answer replayed",
+            T0 + 2.0,
+            answer("Sprout", "w1", witness("Sprout", "w1", 100.5)),
+            Already,
+        ),
+        row("the sweeper after the answer", EXPIRES + 1.0, expire("w1"), Already),
+        // One agreement: rate 0.71, so a draw of 0.9 is not sampled: paid at once.
+        row("lock w2", T0, lock_witnessed("w2", |_| {}), Applied),
+        row(
+            "commit w2: not sampled, paid",
+            T0,
+            commit_drawn("w2", claim("w2"), 0.9),
+            Applied,
+        ),
+        // Sampled, and the witness disagrees beyond the tolerance.
+        row("lock w3", T0, lock_witnessed("w3", |_| {}), Applied),
+        row(
+            "commit w3: sampled, held",
+            T0,
+            commit_drawn("w3", claim("w3"), 0.1),
+            Applied,
+        ),
+        row(
+            "the delegator's rollback claiming a disagreement",
+            T0,
+            rollback("Thor", "w3", Why::WitnessDisagreed, None),
+            Rejected(HeldForWitness),
+        ),
+        row(
+            "the witness disagrees: refunded but the witness's 1",
+            T0,
+            answer("Sprout", "w3", witness("Sprout", "w3", 102.0)),
+            Applied,
+        ),
+        row(
+            "a commit after the disagreement",
+            T0,
+            commit_drawn("w3", claim("w3"), 0.1),
+            Rejected(AlreadySettled),
+        ),
+        // Sampled, and the witness never answers: the executor is paid as claimed.
+        row("lock w4", T0, lock_witnessed("w4", |_| {}), Applied),
+        row("lock w5", T0, lock_witnessed("w5", |_| {}), Applied),
+        row(
+            "a delegator's rollback claiming a disagreement of a pending lock",
+            T0,
+            rollback("Thor", "w5", Why::WitnessDisagreed, None),
+            Rejected(InvalidRequest),
+        ),
+        row(
+            "commit w4: sampled, held",
+            T0,
+            commit_drawn("w4", claim("w4"), 0.5),
+            Applied,
+        ),
+        row(
+            "an answer after the hold's expiry",
+            T0 + 31.0,
+            answer("Sprout", "w4", witness("Sprout", "w4", 100.0)),
+            Rejected(LockExpired),
+        ),
+        row(
+            "the sweeper at the hold's expiry: paid",
+            T0 + 31.0,
+            expire("w4"),
+            Applied,
+        ),
+        row("the sweeper replayed", T0 + 32.0, expire("w4"), Already),
+        row(
+            "the witness answers after the sweeper",
+            T0 + 32.0,
+            answer("Sprout", "w4", witness("Sprout", "w4", 100.0)),
+            Rejected(AlreadySettled),
+        ),
+    ]
+}
+
+#[test]
+fn every_witness_transition_and_rejection_conserves_atp() {
+    let (book, seen) = run(witness_rows(&Proofs::new()));
+    for code in [
+        "HeldForWitness",
+        "NotAuthorized",
+        "ProofMismatch",
+        "LockExpired",
+        "AlreadySettled",
+    ] {
+        assert!(seen.contains(code), "no witness row is rejected with {code}");
+    }
+    let account = |p: &str| book.account(&lct(p)).expect(p);
+    let (thor, legion) = (account("Thor"), account("Legion"));
+    // Thor: w1 cost 4 (3 + 1), w2 4, w3 1 (the witness), w4 4; w5 still locked.
+    assert_eq!(
+        (thor.balance_uatp, thor.locked_uatp, thor.spent_uatp),
+        (atp(77), atp(10), atp(13))
+    );
+    assert_eq!(legion.earned_uatp, atp(11), "3 for w1, 4 for w2 and w4, nothing for w3");
+    let sprout = account("Sprout");
+    assert_eq!((sprout.balance_uatp, sprout.earned_uatp), (atp(2), atp(2)));
+    let settled = |id: &str| {
+        let lock = &book.locks[id];
+        let s = lock.settlement.clone().expect("settled");
+        (lock.state, s.reason, s.witness.and_then(|w| w.agreed))
+    };
+    assert_eq!(settled("w1"), (LockState::Committed, None, Some(true)));
+    assert_eq!(settled("w2"), (LockState::Committed, None, None));
+    assert_eq!(
+        settled("w3"),
+        (
+            LockState::RolledBack,
+            Some(RollbackReason::WitnessDisagreed),
+            Some(false)
+        )
+    );
+    assert_eq!(settled("w4"), (LockState::Committed, None, None));
+    let record = &book.witness_records["witness.Legion.wordcount"];
+    assert_eq!(
+        (
+            record.commits,
+            record.sampled,
+            record.witnessed,
+            record.disagreements,
+            record.agreed_streak
+        ),
+        (4, 3, 2, 1, 0)
+    );
 }
 
 #[test]

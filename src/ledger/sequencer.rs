@@ -19,11 +19,13 @@ use crate::ledger::protocol::{LedgerReply, Outcome, RejectCode};
 use crate::ledger::reputation_writer::ReputationWriter;
 use crate::ledger::rules::{Book, Command, Decision, decide};
 use crate::ledger::store::LedgerStore;
+use crate::nats::subjects;
 use crate::protocol::clock::now_seconds;
 
-/// Most commands decided and written in one batch (each writes at most 4 keys, and a batch
-/// holds at most 1000 messages).
-pub const GROUP_COMMANDS_MAX: usize = 200;
+/// Most commands decided and written in one batch (each writes at most 6 keys: a witness's
+/// answer writes three accounts, the lock, the journal entry and the executor's witness
+/// record; and a batch holds at most 1000 messages).
+pub const GROUP_COMMANDS_MAX: usize = 160;
 /// Commands waiting for the sequencer before new requests are refused as busy.
 pub const QUEUE_COMMANDS_MAX: usize = 20_000;
 /// Attempts at one group before its commands are answered "busy, retry".
@@ -107,11 +109,17 @@ async fn run(
 /// Keys a command's decision rests on, given what is known so far.
 fn needed_keys(command: &Command, book: &impl Book) -> Vec<String> {
     let mut keys = command.keys();
-    if let Command::Commit { task_id, .. } | Command::Rollback { task_id, .. } | Command::Expire { task_id } = command
+    if let Command::Commit { task_id, .. }
+    | Command::Rollback { task_id, .. }
+    | Command::Expire { task_id }
+    | Command::Witness { task_id, .. } = command
         && let Some(lock) = book.lock(task_id)
     {
         keys.push(Account::empty(lock.delegator.clone()).key());
         keys.push(Account::empty(lock.executor.clone()).key());
+        if let (Command::Witness { .. }, Some(hold)) = (command, &lock.hold) {
+            keys.push(subjects::ledger_witness(lock.executor.platform(), &hold.operation));
+        }
     }
     keys
 }

@@ -14,13 +14,14 @@ use futures::StreamExt;
 
 use crate::fault;
 use crate::identity::directory::KeyDirectory;
-use crate::ledger::model::{Lock, LockState};
-use crate::ledger::protocol::{LedgerReply, LedgerRequest, Operation, Outcome, RejectCode};
+use crate::ledger::model::{Lock, LockState, WitnessTerms};
+use crate::ledger::protocol::{LedgerReply, LedgerRequest, Operation, Outcome, RejectCode, WitnessRequest};
 use crate::ledger::reputation_writer::ReputationWriter;
 use crate::ledger::rules::{CheckedWork, Command};
 use crate::ledger::sequencer::{self, SequencerHandle};
 use crate::ledger::store::LedgerStore;
 use crate::ledger::sweeper;
+use crate::ledger::witness::Draw;
 use crate::nats::subjects;
 use crate::observe::metrics::{self, RefusalReason, Refuser};
 use crate::protocol::atp::Atp;
@@ -31,7 +32,7 @@ use crate::state::reputation::Reputations;
 use crate::worker::ops;
 
 /// The endpoints, by operation name.
-pub const ENDPOINTS: [&str; 4] = ["grant", "lock", "commit", "rollback"];
+pub const ENDPOINTS: [&str; 5] = ["grant", "lock", "commit", "rollback", "witness"];
 
 /// Requests one service instance verifies or waits on at once, over all endpoints; past it,
 /// a request is answered "busy, retry" at once instead of taking a task and memory.
@@ -92,7 +93,7 @@ impl LedgerService {
         );
         let service = client
             .service_builder()
-            .description("sagefed ATP ledger: grant, lock, commit, rollback")
+            .description("sagefed ATP ledger: grant, lock, commit, rollback, witness")
             .queue_group(subjects::LEDGER_QUEUE_GROUP)
             .start(subjects::LEDGER_SERVICE, env!("CARGO_PKG_VERSION"))
             .await
@@ -237,7 +238,39 @@ async fn check_work(
         task_digest: crate::protocol::envelope::digest(&wire),
         operation: task.operation.clone(),
         verdict,
+        draw: draw()?,
     })
+}
+
+/// The ledger's own random draw for sampling a commit: from the operating system, so no
+/// party to the task can predict or steer it.
+fn draw() -> Result<Draw, LedgerReply> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| LedgerReply::rejected(RejectCode::Busy, format!("no randomness for sampling: {e}")))?;
+    let [sample, pick] = [&bytes[..8], &bytes[8..]].map(|half| {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(half);
+        u64::from_le_bytes(word)
+    });
+    // 53 random bits: uniform in 0..1 with an f64's full precision.
+    let sample = (sample >> 11) as f64 / (1u64 << 53) as f64;
+    Ok(Draw { sample, pick })
+}
+
+/// A lock's witness terms from the wire (the share in decimal ATP).
+fn witness_terms(request: Option<WitnessRequest>) -> Result<Option<Box<WitnessTerms>>, LedgerReply> {
+    let Some(request) = request else {
+        return Ok(None);
+    };
+    let share_uatp = Atp::positive_from_f64(request.share, "witness share")
+        .map_err(|e| LedgerReply::rejected(RejectCode::InvalidAmount, e.to_string()))?;
+    Ok(Some(Box::new(WitnessTerms {
+        candidates: request.candidates,
+        share_uatp,
+        tolerance: request.tolerance,
+        hold_seconds: request.hold_seconds,
+    })))
 }
 
 /// Verifies a request and turns it into a command; any refusal is a reply.
@@ -294,6 +327,7 @@ async fn command_for(
             expires_at,
             task_digest,
             operation,
+            witness,
         } => {
             let lock = Lock {
                 task_id,
@@ -307,6 +341,8 @@ async fn command_for(
                 state: LockState::Pending,
                 settlement: None,
                 task_digest,
+                witness_terms: witness_terms(witness)?,
+                hold: None,
                 operation,
             };
             Command::Lock { requester, lock }
@@ -338,6 +374,14 @@ async fn command_for(
                 task_id,
                 reason,
                 evidence,
+            }
+        }
+        Operation::Witness { task_id, proof } => {
+            let proof = verify_proof(keys, proof.get(), "witness's proof").await?;
+            Command::Witness {
+                requester,
+                task_id,
+                proof,
             }
         }
     })

@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use futures::StreamExt;
 
-use crate::ledger::model::{Account, GrantRecord, JournalEntry, Lock, Record, Supply};
+use crate::ledger::model::{Account, GrantRecord, JournalEntry, Lock, Record, Supply, WitnessRecord};
 use crate::nats::subjects;
 
 /// Longest a snapshot may take to catch up with a busy ledger.
@@ -33,6 +33,8 @@ pub struct LedgerSnapshot {
     pub journal: BTreeMap<String, JournalEntry>,
     pub grants: BTreeMap<String, GrantRecord>,
     pub supply: Supply,
+    /// Each executor's witness record per operation, by key.
+    pub witness_records: BTreeMap<String, WitnessRecord>,
     /// Keys whose values are not valid records, with why.
     pub invalid: Vec<(String, String)>,
     /// The bucket revision the snapshot is as of.
@@ -58,6 +60,9 @@ impl LedgerSnapshot {
                 self.grants.insert(key.to_owned(), g);
             }
             Ok(Record::Supply(s)) => self.supply = s,
+            Ok(Record::Witness(w)) => {
+                self.witness_records.insert(key.to_owned(), w);
+            }
             Err(e) => self.invalid.push((key.to_owned(), e.why)),
         }
     }

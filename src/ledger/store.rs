@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures::future::join_all;
 
 use crate::ledger::batch::{self, BatchError, BatchMessage};
-use crate::ledger::model::{Account, GrantRecord, Lock, Record, Supply, account_key};
+use crate::ledger::model::{Account, GrantRecord, Lock, Record, Supply, WitnessRecord, account_key};
 use crate::ledger::rules::Book;
 use crate::nats::subjects;
 use crate::protocol::lct::Lct;
@@ -228,6 +228,13 @@ impl Book for OverlayBook<'_> {
         match self.get(subjects::LEDGER_SUPPLY) {
             Some(Record::Supply(s)) => *s,
             _ => Supply::default(),
+        }
+    }
+
+    fn witness_record(&self, executor: &str, operation: &str) -> Option<WitnessRecord> {
+        match self.get(&subjects::ledger_witness(executor, operation)) {
+            Some(Record::Witness(w)) => Some(w.clone()),
+            _ => None,
         }
     }
 }

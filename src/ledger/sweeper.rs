@@ -1,5 +1,6 @@
 //! Expires locks: a vanished delegator never freezes funds. Follows every lock in the bucket
-//! and, once a pending lock is past its expiry, submits an `Expire` command. Several
+//! and, once a pending lock is past its expiry (or a lock held for a witness past its hold's
+//! expiry: `Lock::settles_at`), submits an `Expire` command. Several
 //! instances may sweep at once; the ledger's idempotency makes the losers' commands no-ops.
 
 use std::collections::{HashMap, HashSet};
@@ -51,7 +52,7 @@ async fn sweep(kv: &kv::Store, sequencer: &SequencerHandle) -> Result<(), String
                     if lock.state.is_terminal() {
                         pending.remove(&lock.task_id);
                     } else {
-                        pending.insert(lock.task_id, lock.expires_at);
+                        pending.insert(lock.task_id.clone(), lock.settles_at());
                     }
                 }
                 if !caught_up && entry.delta == 0 {

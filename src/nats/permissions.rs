@@ -109,6 +109,19 @@ pub fn permissions(role: Role, name: &str, inbox_token: &str) -> Permissions {
     p
 }
 
+/// What the ledger may do: write the ledger and reputation buckets, serve `sage.ledger.*`.
+fn ledger_role(p: &mut Permissions) {
+    p.publish.extend([
+        s::JS_API_ALL.to_owned(),
+        s::kv_pattern(s::LEDGER_BUCKET, ">"),
+        // Reputation rests on the settlements the ledger applies: nobody else writes it.
+        s::kv_pattern(s::REPUTATION_BUCKET, ">"),
+    ]);
+    p.subscribe
+        .extend([s::ledger_any(), s::SERVICE_DISCOVERY_ALL.to_owned()]);
+    p.allow_responses = true;
+}
+
 /// What `role` may do on top of what every identity may ([`reader`]).
 fn role_permissions(role: Role, name: &str) -> Permissions {
     let mut p = Permissions {
@@ -118,17 +131,7 @@ fn role_permissions(role: Role, name: &str) -> Permissions {
         allow_responses: false,
     };
     match role {
-        Role::Ledger => {
-            p.publish.extend([
-                s::JS_API_ALL.to_owned(),
-                s::kv_pattern(s::LEDGER_BUCKET, ">"),
-                // Reputation rests on the settlements the ledger applies: nobody else writes it.
-                s::kv_pattern(s::REPUTATION_BUCKET, ">"),
-            ]);
-            p.subscribe
-                .extend([s::ledger_any(), s::SERVICE_DISCOVERY_ALL.to_owned()]);
-            p.allow_responses = true;
-        }
+        Role::Ledger => ledger_role(&mut p),
         Role::Admin => {
             p.publish.extend([
                 s::ledger_endpoint("grant"),
@@ -168,6 +171,7 @@ fn platform_permissions(role: Role, name: &str, p: &mut Permissions) {
         s::abort_any(),
         s::ledger_endpoint("commit"),
         s::ledger_endpoint("rollback"),
+        s::ledger_endpoint("witness"),
         s::kv_pattern(s::KEYS_BUCKET, &format!("{name}.*")),
         s::kv_pattern(s::PLATFORMS_BUCKET, name),
         s::js_consumer_create(s::TASKS_STREAM, &worker, &s::delegate(name)),

@@ -184,6 +184,8 @@ pub const LEDGER_LOCK_PREFIX: &str = "locks.";
 pub const LEDGER_JOURNAL_PREFIX: &str = "journal.";
 /// Prefix of every grant key in the ledger bucket.
 pub const LEDGER_GRANT_PREFIX: &str = "grants.";
+/// Prefix of every witness record key in the ledger bucket.
+pub const LEDGER_WITNESS_PREFIX: &str = "witness.";
 /// Ledger key holding the total ATP ever granted.
 pub const LEDGER_SUPPLY: &str = "supply";
 
@@ -228,6 +230,11 @@ pub fn ledger_journal_settle(task_id: &str) -> String {
 /// Ledger key of a grant.
 pub fn ledger_grant(grant_id: &str) -> String {
     format!("{LEDGER_GRANT_PREFIX}{grant_id}")
+}
+
+/// Ledger key of an executor's witness record for one operation.
+pub fn ledger_witness(platform: &str, operation: &str) -> String {
+    format!("{LEDGER_WITNESS_PREFIX}{platform}.{operation}")
 }
 
 /// Endpoint subject of a ledger operation.
@@ -429,6 +436,7 @@ mod tests {
             LEDGER_LOCK_PREFIX,
             LEDGER_JOURNAL_PREFIX,
             LEDGER_GRANT_PREFIX,
+            LEDGER_WITNESS_PREFIX,
             LEDGER_SUPPLY,
             "sage.abort.",
             "worker-",
@@ -440,6 +448,7 @@ mod tests {
             "sage.ledger.lock",
             "sage.ledger.commit",
             "sage.ledger.rollback",
+            "sage.ledger.witness",
             "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES",
             BENCH_ROUND_TRIP_STREAM,
             BENCH_ROUND_TRIP_SUBJECT,

@@ -75,7 +75,8 @@ impl Settled {
         let settlement = lock.settlement.as_ref()?;
         let at = settlement.at;
         match lock.state {
-            LockState::Pending => None,
+            // Held for a witness: not settled yet (the witness's answer says what it was).
+            LockState::Pending | LockState::AwaitingWitness => None,
             LockState::Committed => Some(Self {
                 paid: true,
                 quality: settlement
@@ -89,7 +90,8 @@ impl Settled {
             LockState::Expired => Some(Self::unpaid(false, at)),
             LockState::RolledBack => match settlement.reason? {
                 RollbackReason::Cancelled | RollbackReason::PermissionDenied | RollbackReason::Rejected => None,
-                RollbackReason::Refuted => Some(Self::unpaid(true, at)),
+                // Refuted by the ledger's check, or by a witness's re-execution: caught lying.
+                RollbackReason::Refuted | RollbackReason::WitnessDisagreed => Some(Self::unpaid(true, at)),
                 RollbackReason::LowQuality
                 | RollbackReason::Failure
                 | RollbackReason::Timeout

@@ -68,6 +68,8 @@ fn case() -> Case {
         state: LockState::Pending,
         settlement: None,
         task_digest: Some(TASK_DIGEST.to_owned()),
+        witness_terms: None,
+        hold: None,
         operation: None,
     };
     Case {

@@ -18,6 +18,7 @@ pub mod federation;
 pub mod http;
 pub mod link_proxy;
 pub mod topology;
+pub mod witness;
 
 /// The repository root.
 pub fn repo_dir() -> PathBuf {

@@ -122,68 +122,17 @@ pub async fn run(federation: &Federation, url: &str) -> anyhow::Result<bool> {
 /// hostile executor with valid credentials can do), then checks that the ledger refused to
 /// pay it and that placement now passes it over. The outcome is the ledger's settlement.
 async fn lying_executor_scenario(federation: &Federation, scenario: &Scenario) -> Result<DelegationOutcome, String> {
-    let error = |e: &dyn std::fmt::Display| e.to_string();
-    let delegator = client(federation, scenario.from).map_err(|e| error(&e))?;
+    let delegator = client(federation, scenario.from).map_err(|e| e.to_string())?;
     let liar_name = scenario.to.ok_or("the scenario names its liar")?;
-    let liar = client(federation, liar_name).map_err(|e| error(&e))?;
+    let liar = client(federation, liar_name).map_err(|e| e.to_string())?;
     let started = std::time::Instant::now();
-    let task_id = TaskId::random().map_err(|e| error(&e))?;
-    let now = now_seconds();
-    let source_lct = delegator.lct(scenario.task_type).map_err(|e| error(&e))?;
-    let target_lct = liar.lct(scenario.task_type).map_err(|e| error(&e))?;
-    let task = FederationTask {
-        reply_to: subjects::proof(scenario.from, liar_name, task_id.as_str()),
-        task_id: task_id.clone(),
-        source_lct: source_lct.clone(),
-        target_lct: target_lct.clone(),
-        task_type: scenario.task_type.to_owned(),
-        operation: scenario.operation.to_owned(),
-        atp_budget: scenario.budget,
-        timeout_seconds: scenario.timeout_seconds,
-        parameters: scenario.request().parameters,
-        created_at: now,
-        expires_at: now + scenario.timeout_seconds as f64,
-        critical: false,
-    };
-    let wire = delegator.signer().sign(&task).map_err(|e| error(&e))?;
-    let budget = Atp::from_f64(scenario.budget, "budget").map_err(|e| error(&e))?;
-    let terms = LockTerms {
-        task_id: task_id.clone(),
-        delegator: source_lct.clone(),
-        executor: target_lct.clone(),
-        amount: budget,
-        // The check refutes a made-up result whatever the threshold.
-        quality_threshold: LYING_SCENARIO_THRESHOLD,
-        deadline: task.expires_at,
-        expires_at: task.expires_at + SETTLE_GRACE_SECONDS,
-    };
-    let locked = LedgerClient::new(delegator.nats().clone(), delegator.signer().clone())
-        .lock_for_task(&terms, &wire, &task.operation)
-        .await
-        .map_err(|e| error(&e))?;
-    if locked.outcome != Outcome::Applied {
-        return Err(format!("the lock was refused: {}", locked.message));
-    }
-    let made_up = ExecutionProof {
-        task_id: task_id.clone(),
-        executor_lct: target_lct,
-        delegator_lct: source_lct,
-        status: ProofStatus::Completed,
-        reason: String::new(),
-        atp_consumed: scenario.budget,
-        execution_time: 0.001,
-        quality_score: 1.0,
-        result: json!({"anomalies": 0, "mean": 0.0})
-            .as_object()
-            .cloned()
-            .unwrap_or_default(),
-        created_at: now_seconds(),
-    };
-    let signed = liar.signer().sign(&made_up).map_err(|e| error(&e))?;
+    let (task, wire) = locked_task(delegator, liar, scenario).await?;
+    let made_up = made_up_proof(&task, scenario.budget);
+    let signed = liar.signer().sign(&made_up).map_err(|e| e.to_string())?;
     let reply = LedgerClient::new(liar.nats().clone(), liar.signer().clone())
-        .commit_with_task(&task_id, &signed, &wire)
+        .commit_with_task(&task.task_id, &signed, &wire)
         .await
-        .map_err(|e| error(&e))?;
+        .map_err(|e| e.to_string())?;
     let lock = reply
         .lock
         .as_deref()
@@ -194,7 +143,11 @@ async fn lying_executor_scenario(federation: &Federation, scenario: &Scenario) -
     next.to = None;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let placed = loop {
-        let placed = delegator.choose_target(&next).await.map_err(|e| error(&e))?.platform;
+        let placed = delegator
+            .choose_target(&next)
+            .await
+            .map_err(|e| e.to_string())?
+            .platform;
         if placed != liar_name || tokio::time::Instant::now() > deadline {
             break placed;
         }
@@ -211,7 +164,7 @@ async fn lying_executor_scenario(federation: &Federation, scenario: &Scenario) -
         reply.message, scenario.operation
     );
     Ok(DelegationOutcome {
-        task_id,
+        task_id: task.task_id,
         from: scenario.from.to_owned(),
         to: liar_name.to_owned(),
         operation: scenario.operation.to_owned(),
@@ -226,6 +179,71 @@ async fn lying_executor_scenario(federation: &Federation, scenario: &Scenario) -
         latency_ms: started.elapsed().as_secs_f64() * 1e3,
         proof_envelope: None,
     })
+}
+
+/// The scenario's task, signed by the delegator and locked for `executor` naming it: what
+/// an honest delegator does before publishing. Returns the task and its signed bytes.
+async fn locked_task(
+    delegator: &FederationClient,
+    executor: &FederationClient,
+    scenario: &Scenario,
+) -> Result<(FederationTask, bytes::Bytes), String> {
+    let error = |e: &dyn std::fmt::Display| e.to_string();
+    let task_id = TaskId::random().map_err(|e| error(&e))?;
+    let now = now_seconds();
+    let task = FederationTask {
+        reply_to: subjects::proof(scenario.from, executor.platform(), task_id.as_str()),
+        task_id: task_id.clone(),
+        source_lct: delegator.lct(scenario.task_type).map_err(|e| error(&e))?,
+        target_lct: executor.lct(scenario.task_type).map_err(|e| error(&e))?,
+        task_type: scenario.task_type.to_owned(),
+        operation: scenario.operation.to_owned(),
+        atp_budget: scenario.budget,
+        timeout_seconds: scenario.timeout_seconds,
+        parameters: scenario.request().parameters,
+        created_at: now,
+        expires_at: now + scenario.timeout_seconds as f64,
+        critical: false,
+    };
+    let wire = delegator.signer().sign(&task).map_err(|e| error(&e))?;
+    let terms = LockTerms {
+        task_id,
+        delegator: task.source_lct.clone(),
+        executor: task.target_lct.clone(),
+        amount: Atp::from_f64(scenario.budget, "budget").map_err(|e| error(&e))?,
+        // The check refutes a made-up result whatever the threshold.
+        quality_threshold: LYING_SCENARIO_THRESHOLD,
+        deadline: task.expires_at,
+        expires_at: task.expires_at + SETTLE_GRACE_SECONDS,
+    };
+    let locked = LedgerClient::new(delegator.nats().clone(), delegator.signer().clone())
+        .lock_for_task(&terms, &wire, &task.operation)
+        .await
+        .map_err(|e| error(&e))?;
+    if locked.outcome != Outcome::Applied {
+        return Err(format!("the lock was refused: {}", locked.message));
+    }
+    Ok((task, wire))
+}
+
+/// A completed proof of `task` claiming quality 1.0 and the whole budget for a result nobody
+/// computed.
+fn made_up_proof(task: &FederationTask, budget: f64) -> ExecutionProof {
+    ExecutionProof {
+        task_id: task.task_id.clone(),
+        executor_lct: task.target_lct.clone(),
+        delegator_lct: task.source_lct.clone(),
+        status: ProofStatus::Completed,
+        reason: String::new(),
+        atp_consumed: budget,
+        execution_time: 0.001,
+        quality_score: 1.0,
+        result: json!({"anomalies": 0, "mean": 0.0})
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+        created_at: now_seconds(),
+    }
 }
 
 /// Delegates a long task, cancels it while it runs, and returns the settled outcome.
