@@ -102,7 +102,8 @@ async fn forbidden_for_a_platform(a: &mut Attacker, victim: &str, victim_nkey: &
         .await;
     a.subscribe(&s::abort(victim)).await;
     a.subscribe(&s::max_deliveries_advisory(s::TASKS_STREAM, &worker)).await;
-    // Only the server sends advisories: a forged one would have a worker dead-letter a task.
+    // Only the server sends advisories. No worker listens to them any more (workers count
+    // deliveries themselves), but nobody may forge one either.
     for consumer in [worker.clone(), s::worker_consumer(&a.name)] {
         a.publish(
             &s::max_deliveries_advisory(s::TASKS_STREAM, &consumer),

@@ -203,6 +203,16 @@ fn each_check_refuses_with_its_reason() {
             Some((Rejected, "does not match")),
         ),
         (
+            "with a lock taken for another operation",
+            |c| c.lock.as_mut().expect("lock").operation = Some(format!("not-{}", c.task.operation)),
+            Some((Rejected, "does not match")),
+        ),
+        (
+            "with a lock taken for its own operation",
+            |c| c.lock.as_mut().expect("lock").operation = Some(c.task.operation.clone()),
+            None,
+        ),
+        (
             "with a lock that names no task (an older delegator)",
             |c| c.lock.as_mut().expect("lock").task_digest = None,
             None,
