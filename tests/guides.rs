@@ -102,14 +102,15 @@ fn strip_comment(line: &str) -> &str {
     line.trim_end()
 }
 
-/// Every command of one guide: fenced blocks (continuations joined), then inline spans.
+/// Every command of one guide: fenced blocks (continuations joined) and inline spans.
 fn commands_of(guide: &'static str) -> Vec<Printed> {
     let text = std::fs::read_to_string(repo_dir().join(guide)).expect("guide");
     let mut found = Vec::new();
-    let (mut fence, mut pending) = (false, String::new());
+    let (mut fence, mut pending, mut prose) = (false, String::new(), String::new());
     for line in text.lines() {
         if line.trim_start().starts_with("```") {
             fence = !fence;
+            found.extend(inline_commands(guide, &std::mem::take(&mut prose)));
             continue;
         }
         if fence {
@@ -131,17 +132,27 @@ fn commands_of(guide: &'static str) -> Vec<Printed> {
             }
             continue;
         }
-        for (i, span) in line.split('`').enumerate() {
-            if i % 2 == 1 && (span.starts_with("sagefed ") || span.starts_with("nats ")) {
-                found.push(Printed {
-                    guide,
-                    text: span.to_owned(),
-                    fenced: false,
-                });
-            }
-        }
+        prose.push_str(line);
+        prose.push('\n');
     }
+    found.extend(inline_commands(guide, &prose));
     found
+}
+
+/// The backticked `sagefed ...` and `nats ...` of a stretch of prose (a span may wrap).
+fn inline_commands(guide: &'static str, prose: &str) -> Vec<Printed> {
+    prose
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|span| span.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|span| span.starts_with("sagefed ") || span.starts_with("nats "))
+        .map(|text| Printed {
+            guide,
+            text,
+            fenced: false,
+        })
+        .collect()
 }
 
 fn all_commands() -> Vec<Printed> {
@@ -292,6 +303,7 @@ fn every_sagefed_and_nats_command_in_the_guides_exists() {
         "commands in the guides that do not exist:\n{}",
         problems.join("\n")
     );
+    eprintln!("checked {sagefed_count} sagefed and {nats_count} nats commands in the guides");
     // What was extracted is the guides' commands, not nothing.
     assert!(sagefed_count >= 20, "only {sagefed_count} sagefed commands found");
     assert!(nats_count >= 4, "only {nats_count} nats commands found");
