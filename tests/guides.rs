@@ -76,6 +76,9 @@ const NATS_COMMANDS: [&str; 5] = [
     "nats micro ls",
 ];
 
+/// How long the workers' status service has to answer once they heartbeat.
+const STATUS_UP_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long the dashboard has to answer once started.
 const DASHBOARD_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -676,7 +679,16 @@ async fn the_guides_commands_run_on_a_loopback_hub_and_leaves() {
         &["lct:web4:agent:dp@Thor#consciousness", "supply 1000 ATP"],
     );
     let status = on_hub.apply(&guides.printed("sagefed status 'lct:web4:agent:dp@Thor#consciousness'"));
-    let output = shell(&status, &repo_dir(), &[]);
+    // The workers serve status; a worker's heartbeat can land before its status service
+    // answers across the leaf link, so the printed command is retried while that comes up.
+    let deadline = Instant::now() + STATUS_UP_TIMEOUT;
+    let output = loop {
+        let output = shell(&status, &repo_dir(), &[]);
+        if output.status.success() || Instant::now() > deadline {
+            break output;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert_ran(&status, &output, &["balance        1000.0"]);
     let delegate = on_thor.apply(&guides.printed("sagefed delegate --config /etc/sagefed/Thor.toml"));
     let output = shell(&delegate, &repo_dir(), &[]);
