@@ -107,7 +107,7 @@ pub fn run(args: &InstallArgs) -> anyhow::Result<()> {
         installed.push(name.to_owned());
     }
     println!("installed {} files into {}", installed.len(), config_dir.display());
-    print_next_steps(&installed, &config_dir, &args.user);
+    print_next_steps(&installed, &config_dir);
     Ok(())
 }
 
@@ -134,7 +134,7 @@ fn set_mode_and_owner(path: &Path, mode: u32, owner: Option<(u32, u32)>) -> anyh
 }
 
 /// What to run after installing: the units this machine's bundle serves.
-fn print_next_steps(installed: &[String], config_dir: &Path, user: &str) {
+fn print_next_steps(installed: &[String], config_dir: &Path) {
     let has = |name: &str| installed.iter().any(|n| n == name);
     let platforms: Vec<&str> = installed
         .iter()
@@ -152,9 +152,9 @@ fn print_next_steps(installed: &[String], config_dir: &Path, user: &str) {
     }
     for platform in platforms {
         println!(
-            "  install -m 0640 -o {user} -g {user} configs/{}.toml {}/{platform}.toml   # the platform's config",
-            platform.to_lowercase(),
-            config_dir.display()
+            "  # {}/{platform}.toml: configs/{}.toml with this bundle's keys and nats.toml (docs/deployment.md, step 2)",
+            config_dir.display(),
+            platform.to_lowercase()
         );
         println!("  systemctl enable --now sagefed-worker@{platform}");
     }
