@@ -7,6 +7,7 @@
 //!   below, each with its reason.
 //! - Every source file (`src/`, `tests/`, `benches/`) starts with a `//!` doc.
 //! - No `allow(clippy::too_many_arguments)`: arguments that could be swapped go in a struct.
+//! - `anyhow` only in the binary (`src/bin/`): the library's errors keep a kind to match on.
 //!
 //! Each check first proves it can fail, on a sample that breaks its rule.
 
@@ -465,4 +466,30 @@ fn no_function_allows_too_many_arguments() {
 /// Whether `text`'s code (comments and strings aside) names the clippy lint `lint`.
 fn uses_lint(text: &str, lint: &str) -> bool {
     lex(text).code.contains(&format!("clippy::{lint}"))
+}
+
+#[test]
+fn only_the_binary_uses_anyhow() {
+    let name = ["any", "how"].concat();
+    assert!(uses_crate(&format!("fn f() -> {name}::Result<()> {{}}"), &name));
+    assert!(!uses_crate(&format!("// {name} is for the binary\nfn f() {{}}"), &name));
+    let library: Vec<PathBuf> = rust_files("src")
+        .into_iter()
+        .filter(|f| !relative(f).starts_with("src/bin/"))
+        .collect();
+    assert!(library.len() > 50, "found only {} library files", library.len());
+    let found: Vec<String> = library
+        .iter()
+        .filter(|f| uses_crate(&fs::read_to_string(f).expect("read"), &name))
+        .map(|f| relative(f))
+        .collect();
+    assert!(
+        found.is_empty(),
+        "library files using {name} (give the boundary a typed error with a kind and its source): {found:?}"
+    );
+}
+
+/// Whether `text`'s code (comments and strings aside) names the crate `name`.
+fn uses_crate(text: &str, name: &str) -> bool {
+    lex(text).code.contains(&format!("{name}::"))
 }

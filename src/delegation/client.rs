@@ -134,8 +134,31 @@ pub enum DelegateError {
     Invalid(String),
     #[error("the proof does not verify: {0}")]
     BadProof(String),
-    #[error(transparent)]
-    Other(#[from] anyhow::Error),
+    /// The platform registry could not be read (transient: a bucket's leader election, or
+    /// the server busy).
+    #[error("cannot read the platform registry ({0}); retry in a moment")]
+    Registry(#[from] crate::state::registry::RegistryError),
+    /// A registry read stalled past the retry window without an error (transient).
+    #[error("the platform registry read stalled; retry in a moment")]
+    RegistryStalled,
+    /// The ledger did not answer or its answer was unreadable (transient: the budget is
+    /// refunded after the task's deadline if it was locked).
+    #[error("the ledger did not answer ({0}); `sagefed status <task-id>` shows whether the budget is locked")]
+    Ledger(#[from] crate::ledger::client::LedgerClientError),
+    /// The ledger keeps no lock for a task this platform settles.
+    #[error("the ledger keeps no lock for task {task_id}: {message}")]
+    NoLock { task_id: TaskId, message: String },
+}
+
+impl DelegateError {
+    /// Whether the same request may succeed later: the bus or the ledger was unreachable or
+    /// busy, as opposed to a refusal that repeats.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::Publish(_) | Self::LinkDown(_) | Self::Registry(_) | Self::RegistryStalled | Self::Ledger(_)
+        )
+    }
 }
 
 /// The metric label for a delegation that failed after its budget was locked.
@@ -149,7 +172,8 @@ fn error_label(error: &DelegateError) -> &'static str {
         DelegateError::LinkDown(_) => "link_down",
         DelegateError::Invalid(_) => "invalid",
         DelegateError::BadProof(_) => "bad_proof",
-        DelegateError::Other(_) => "other",
+        DelegateError::Registry(_) | DelegateError::RegistryStalled => "registry",
+        DelegateError::Ledger(_) | DelegateError::NoLock { .. } => "ledger",
     }
 }
 
@@ -234,10 +258,28 @@ impl SettledMarker {
     }
 }
 
+/// Why a platform's client could not start: which bucket or subscription failed, with the
+/// server's cause.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientStartError {
+    #[error("cannot open the key directory: {0}")]
+    Keys(#[from] crate::identity::directory::DirectoryError),
+    #[error("cannot use the platform registry: {0}")]
+    Registry(#[from] crate::state::registry::RegistryError),
+    #[error("cannot subscribe to this platform's proofs: {0}")]
+    Proofs(#[from] async_nats::SubscribeError),
+    #[error("cannot open the task board: {0}")]
+    Board(#[from] crate::state::task_board::StatusError),
+    #[error("cannot open the reputation bucket: {0}")]
+    Reputation(#[from] crate::state::reputation::ReputationError),
+    #[error("cannot open the ledger bucket: {0}")]
+    Ledger(#[from] crate::ledger::client::LedgerClientError),
+}
+
 impl FederationClient {
     /// Connects the platform `config` describes: publishes its keys, makes sure the registry
     /// knows it (so executors can check its permission), and listens for its proofs.
-    pub async fn new(config: Config, client: Client) -> anyhow::Result<Self> {
+    pub async fn new(config: Config, client: Client) -> Result<Self, ClientStartError> {
         let js = jetstream::new(client.clone());
         let (signer, keys) = KeyDirectory::open_as(&config, &js).await?;
         let keys = Arc::new(keys);
@@ -322,8 +364,11 @@ impl FederationClient {
     }
 
     /// Records a platform in the registry (the seed's `register_platform`).
-    pub async fn register_platform(&self, record: &PlatformRecord) -> anyhow::Result<()> {
-        Ok(self.registry.register_platform(&self.signer, record).await?)
+    pub async fn register_platform(
+        &self,
+        record: &PlatformRecord,
+    ) -> Result<(), crate::state::registry::RegistryError> {
+        self.registry.register_platform(&self.signer, record).await
     }
 
     /// Chooses where `request` goes by the rule in `placement`: the named platform when
@@ -337,7 +382,7 @@ impl FederationClient {
         };
         let no_platform = |e: placement::NoPlatform| DelegateError::NoPlatform(e.to_string());
         if let Some(to) = &request.to {
-            let record = self.registry.get(to).await.map_err(anyhow::Error::from)?;
+            let record = self.registry.get(to).await?;
             return placement::named(to, record, &wanted, now).map_err(no_platform);
         }
         let candidates = placement::candidates(&self.platforms().await?, &wanted, now).map_err(no_platform)?;
@@ -358,7 +403,7 @@ impl FederationClient {
 
     /// Every registered platform, read at most once per [`REGISTRY_CACHE_TTL`]: listing the
     /// bucket costs a consumer, too much for every delegation.
-    async fn platforms(&self) -> anyhow::Result<Vec<PlatformRecord>> {
+    async fn platforms(&self) -> Result<Vec<PlatformRecord>, crate::state::registry::RegistryError> {
         if let Ok(cache) = self.platforms.lock()
             && let Some((at, records)) = cache.as_ref()
             && at.elapsed() < REGISTRY_CACHE_TTL
@@ -425,11 +470,7 @@ impl FederationClient {
             deadline: expires_at,
             expires_at: expires_at + SETTLE_GRACE_SECONDS,
         };
-        let reply = self
-            .ledger
-            .lock_for_task(&terms, &wire, &task.operation)
-            .await
-            .map_err(anyhow::Error::from)?;
+        let reply = self.ledger.lock_for_task(&terms, &wire, &task.operation).await?;
         if reply.outcome == Outcome::Rejected {
             return Err(DelegateError::Lock(reply.message));
         }
@@ -627,16 +668,16 @@ impl FederationClient {
             };
             let failed = tokio::select! {
                 result = self.choose_target(request) => match result {
-                    Err(DelegateError::Other(e)) => e,
+                    Err(e @ DelegateError::Registry(_)) => e,
                     decided => return decided,
                 },
-                () = link_lost => anyhow::anyhow!("the platform registry read stalled"),
+                () = link_lost => DelegateError::RegistryStalled,
             };
             if self.jetstream_unreachable().await {
-                return Err(DelegateError::LinkDown(format!("{failed:#}")));
+                return Err(DelegateError::LinkDown(failed.to_string()));
             }
             if Instant::now() >= give_up {
-                return Err(DelegateError::Other(failed));
+                return Err(failed);
             }
             tracing::debug!(error = %failed, "platform registry busy; retrying");
             tokio::time::sleep(pause).await;
@@ -693,9 +734,7 @@ impl FederationClient {
 
     /// No proof by the deadline: refund, and report what the ledger says.
     async fn time_out(&self, task: &FederationTask) -> Result<DelegationOutcome, DelegateError> {
-        let reply = rollback_timed_out(&self.ledger, &task.task_id)
-            .await
-            .map_err(anyhow::Error::from)?;
+        let reply = rollback_timed_out(&self.ledger, &task.task_id).await?;
         let _ = self
             .board
             .end_delegation(
@@ -731,7 +770,7 @@ impl FederationClient {
                 proof.task_id, proof.delegator_lct
             )));
         }
-        let lock = self.reader.lock(&proof.task_id).await.map_err(anyhow::Error::from)?;
+        let lock = self.reader.lock(&proof.task_id).await?;
         if let Some(lock) = &lock
             && lock.executor.platform() != proof.executor_lct.platform()
         {
@@ -758,8 +797,7 @@ impl FederationClient {
                     self.ledger
                         .rollback(&proof.task_id, RollbackReason::for_proof(proof.status), Some(wire))
                         .await
-                }
-                .map_err(anyhow::Error::from)?;
+                }?;
                 self.final_lock(&proof.task_id, &reply).await?
             }
         };
@@ -775,11 +813,10 @@ impl FederationClient {
         if let Some(lock) = &reply.lock {
             return Ok((**lock).clone());
         }
-        self.reader
-            .lock(task_id)
-            .await
-            .map_err(anyhow::Error::from)?
-            .ok_or_else(|| DelegateError::Other(anyhow::anyhow!("no lock for task {task_id}: {}", reply.message)))
+        self.reader.lock(task_id).await?.ok_or_else(|| DelegateError::NoLock {
+            task_id: task_id.clone(),
+            message: reply.message.clone(),
+        })
     }
 
     /// Settles every proof addressed to this platform that nobody settled: the durable
@@ -794,7 +831,7 @@ impl FederationClient {
         }
     }
 
-    async fn settle_stream(&self) -> anyhow::Result<()> {
+    async fn settle_stream(&self) -> Result<(), async_nats::Error> {
         let stream = self.js.get_stream(subjects::PROOFS_STREAM).await?;
         let consumer = stream
             .create_consumer(pull::Config {
@@ -830,8 +867,8 @@ impl FederationClient {
     }
 
     /// This platform's LCT of `task_type`.
-    pub fn lct(&self, task_type: &str) -> anyhow::Result<Lct> {
-        Ok(self.config.lct(task_type)?)
+    pub fn lct(&self, task_type: &str) -> Result<Lct, crate::protocol::lct::LctError> {
+        self.config.lct(task_type)
     }
 }
 

@@ -142,9 +142,63 @@ struct Shared {
     reputations: Reputations,
 }
 
+/// Why the status service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusStartError {
+    #[error("the status service cannot read the key directory: {0}")]
+    Keys(#[from] crate::identity::directory::DirectoryError),
+    #[error("the status service cannot open the ledger bucket: {0}")]
+    Ledger(#[from] crate::ledger::client::LedgerClientError),
+    #[error("the status service cannot open the task board: {0}")]
+    Board(#[from] crate::state::task_board::StatusError),
+    #[error("the status service cannot open the platform registry: {0}")]
+    Registry(#[from] crate::state::registry::RegistryError),
+    #[error("the status service cannot open the reputation bucket: {0}")]
+    Reputation(#[from] crate::state::reputation::ReputationError),
+    #[error("cannot start the sagefed-status micro service: {0}")]
+    Service(#[source] async_nats::Error),
+    #[error("cannot add the status endpoint {name}: {source}")]
+    Endpoint {
+        name: &'static str,
+        #[source]
+        source: async_nats::Error,
+    },
+}
+
+/// Why a status query or a cancel failed. `Timeout` and `Unreachable` are transient (no
+/// status service answered: start a worker or `sagefed up`, or retry); `Refused` is the
+/// service's own answer and repeats if asked again.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusQueryError {
+    #[error("the status service did not answer in {0:?}; is a `sagefed worker` (or `sagefed up`) running?")]
+    Timeout(Duration),
+    #[error("the status service is unreachable ({0}); is a `sagefed worker` (or `sagefed up`) running?")]
+    Unreachable(#[source] async_nats::RequestError),
+    /// The service's answer: what it refused and why.
+    #[error("{0}")]
+    Refused(String),
+    #[error("the status service's {endpoint} answer does not decode: {source}")]
+    Malformed {
+        endpoint: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot mark the task cancelled on the task board: {0}")]
+    Board(#[from] crate::state::task_board::StatusError),
+    #[error("cannot sign the cancel: {0}")]
+    Sign(#[from] crate::protocol::envelope::EnvelopeError),
+}
+
+impl StatusQueryError {
+    /// Whether asking again later can succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Timeout(_) | Self::Unreachable(_) | Self::Board(_))
+    }
+}
+
 impl StatusService {
     /// Starts answering on `client`, trusting the keys that chain to `root`.
-    pub async fn start(client: Client, root: &ed25519_dalek::VerifyingKey) -> anyhow::Result<Self> {
+    pub async fn start(client: Client, root: &ed25519_dalek::VerifyingKey) -> Result<Self, StatusStartError> {
         let js = jetstream::new(client.clone());
         let keys = Arc::new(KeyDirectory::open(&js, root).await?);
         let shared = Arc::new(Shared {
@@ -161,7 +215,7 @@ impl StatusService {
             .queue_group(subjects::STATUS_SERVICE)
             .start(subjects::STATUS_SERVICE, env!("CARGO_PKG_VERSION"))
             .await
-            .map_err(|e| anyhow::anyhow!("cannot start the {} service: {e}", subjects::STATUS_SERVICE))?;
+            .map_err(StatusStartError::Service)?;
         let group = service.group(subjects::STATUS_ENDPOINT_PREFIX);
         let mut tasks = Vec::new();
         let slots = Arc::new(tokio::sync::Semaphore::new(STATUS_REQUESTS_IN_FLIGHT_MAX));
@@ -169,7 +223,7 @@ impl StatusService {
             let mut endpoint = group
                 .endpoint(name)
                 .await
-                .map_err(|e| anyhow::anyhow!("endpoint {name}: {e}"))?;
+                .map_err(|source| StatusStartError::Endpoint { name, source })?;
             let shared = Arc::clone(&shared);
             let slots = Arc::clone(&slots);
             tasks.push(tokio::spawn(async move {
@@ -438,32 +492,35 @@ async fn request_json<T: serde::de::DeserializeOwned>(
     client: &Client,
     endpoint: &str,
     body: Bytes,
-) -> anyhow::Result<T> {
+) -> Result<T, StatusQueryError> {
     let subject = format!("{}.{endpoint}", subjects::STATUS_ENDPOINT_PREFIX);
     let message = tokio::time::timeout(STATUS_REQUEST_TIMEOUT, client.request(subject, body))
         .await
-        .map_err(|_| anyhow::anyhow!("the status service did not answer in {STATUS_REQUEST_TIMEOUT:?}; is a `sagefed worker` (or `sagefed up`) running?"))?
-        .map_err(|e| anyhow::anyhow!("the status service is unreachable ({e}); is a `sagefed worker` (or `sagefed up`) running?"))?;
+        .map_err(|_| StatusQueryError::Timeout(STATUS_REQUEST_TIMEOUT))?
+        .map_err(StatusQueryError::Unreachable)?;
     if let Ok(error) = serde_json::from_slice::<ErrorReply>(&message.payload) {
-        anyhow::bail!("{}", error.error);
+        return Err(StatusQueryError::Refused(error.error));
     }
-    Ok(serde_json::from_slice(&message.payload)?)
+    serde_json::from_slice(&message.payload).map_err(|source| StatusQueryError::Malformed {
+        endpoint: endpoint.to_owned(),
+        source,
+    })
 }
 
 /// Asks the status service about an LCT.
-pub async fn lct(client: &Client, lct: &Lct) -> anyhow::Result<LctStatus> {
+pub async fn lct(client: &Client, lct: &Lct) -> Result<LctStatus, StatusQueryError> {
     request_json(client, "lct", Bytes::from(lct.to_string())).await
 }
 
 /// Asks the status service about a task.
-pub async fn task(client: &Client, task_id: &TaskId) -> anyhow::Result<TaskReport> {
+pub async fn task(client: &Client, task_id: &TaskId) -> Result<TaskReport, StatusQueryError> {
     request_json(client, "task", Bytes::from(task_id.to_string())).await
 }
 
 /// Cancels `task_id` as its delegator `signer`: marks its own part of the task's status
 /// cancelled (a queued task is then never run; only the delegator may write that part), then
 /// asks the status service to stop it and settle the lock.
-pub async fn cancel_task(client: &Client, signer: &Signer, task_id: &TaskId) -> anyhow::Result<CancelReply> {
+pub async fn cancel_task(client: &Client, signer: &Signer, task_id: &TaskId) -> Result<CancelReply, StatusQueryError> {
     let board = TaskBoard::open(&jetstream::new(client.clone())).await?;
     // Nothing marked (not this signer's task, or no such task): the service says which.
     board
@@ -480,7 +537,8 @@ pub async fn cancel_task(client: &Client, signer: &Signer, task_id: &TaskId) -> 
             evidence: None,
         },
     };
-    let rollback = String::from_utf8(signer.sign(&rollback)?.to_vec())?;
+    // A signed envelope is JSON, so always UTF-8.
+    let rollback = String::from_utf8_lossy(&signer.sign(&rollback)?).into_owned();
     let request = CancelRequest {
         task_id: task_id.clone(),
         requester: signer.platform().to_owned(),

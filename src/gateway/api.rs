@@ -209,7 +209,10 @@ impl From<DelegateError> for ApiError {
             DelegateError::LinkDown(_) => (StatusCode::SERVICE_UNAVAILABLE, "link_down"),
             DelegateError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_task"),
             DelegateError::BadProof(_) => (StatusCode::BAD_GATEWAY, "bad_proof"),
-            DelegateError::Other(_) => (StatusCode::BAD_GATEWAY, "federation_error"),
+            DelegateError::Registry(_)
+            | DelegateError::RegistryStalled
+            | DelegateError::Ledger(_)
+            | DelegateError::NoLock { .. } => (StatusCode::BAD_GATEWAY, "federation_error"),
         };
         Self::new(status, code, format!("{e:#}"))
     }

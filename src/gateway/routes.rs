@@ -262,7 +262,8 @@ pub async fn status(
     State(state): State<AppState>,
     Path(target): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let unavailable = |e: anyhow::Error| ApiError::new(StatusCode::BAD_GATEWAY, "federation_error", format!("{e:#}"));
+    let unavailable =
+        |e: status::StatusQueryError| ApiError::new(StatusCode::BAD_GATEWAY, "federation_error", e.to_string());
     let value = if target.starts_with(LCT_PREFIX) {
         let lct: Lct = target
             .parse()
@@ -290,5 +291,5 @@ pub async fn cancel(State(state): State<AppState>, Path(task_id): Path<String>) 
     status::cancel_task(&state.client, state.federation.signer(), &task_id)
         .await
         .map(Json)
-        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "cancel_refused", format!("{e:#}")))
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "cancel_refused", e.to_string()))
 }

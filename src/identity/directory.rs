@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use anyhow::Context as _;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use ed25519_dalek::VerifyingKey;
@@ -40,6 +39,32 @@ pub enum DirectoryError {
     Kv(String),
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// The platform's own secret key is missing or unreadable.
+    #[error("{source}: create it with `sagefed init` (it is in the platform's bundle as {platform}.key)")]
+    SecretKey {
+        platform: String,
+        #[source]
+        source: KeyError,
+    },
+    /// The secret key does not sign for the platform it claims.
+    #[error("{platform}'s secret key cannot sign: {source}")]
+    Signer {
+        platform: String,
+        #[source]
+        source: crate::protocol::envelope::EnvelopeError,
+    },
+    /// The key file has no record of this key endorsed by the root.
+    #[error(
+        "{records} holds no root-endorsed record of {platform}'s key {key_id}: use the key from the platform's bundle (`sagefed init`), or let `sagefed up` endorse the keys its configs name"
+    )]
+    NotEndorsed {
+        records: std::path::PathBuf,
+        platform: String,
+        key_id: String,
+    },
+    /// The config does not pin a usable root key.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// One entry of the bucket: a key record or a revocation.
@@ -166,25 +191,29 @@ impl KeyDirectory {
     /// Opens the directory as the platform `config` describes, trusting the root its config
     /// pins: reads its secret key and publishes its endorsed key records (the file beside the
     /// key), so others can verify what it signs.
-    pub async fn open_as(config: &crate::config::Config, js: &jetstream::Context) -> anyhow::Result<(Signer, Self)> {
+    pub async fn open_as(
+        config: &crate::config::Config,
+        js: &jetstream::Context,
+    ) -> Result<(Signer, Self), DirectoryError> {
         let key_path = config.keypair_path();
-        let secret = crate::identity::keys::read_secret(&key_path).with_context(|| {
-            format!(
-                "create it with: sagefed init (it is in the platform's bundle as {}.key)",
-                config.platform()
-            )
+        let platform = config.platform().to_owned();
+        let secret = crate::identity::keys::read_secret(&key_path).map_err(|source| DirectoryError::SecretKey {
+            platform: platform.clone(),
+            source,
         })?;
-        let signer = Signer::new(config.platform(), secret)?;
+        let signer = Signer::new(&platform, secret).map_err(|source| DirectoryError::Signer {
+            platform: platform.clone(),
+            source,
+        })?;
         let records = crate::identity::keys::read_records(&key_path)?;
         let own = crate::identity::keys::key_id(&signer.verifying_key());
-        anyhow::ensure!(
-            records
-                .iter()
-                .any(|r| r.key_id == own && r.platform == config.platform()),
-            "{} holds no root-endorsed record of {}'s key {own}: use the key from the platform's bundle (`sagefed init`), or let `sagefed up` endorse the keys its configs name",
-            crate::identity::keys::records_path(&key_path).display(),
-            config.platform()
-        );
+        if !records.iter().any(|r| r.key_id == own && r.platform == platform) {
+            return Err(DirectoryError::NotEndorsed {
+                records: crate::identity::keys::records_path(&key_path),
+                platform,
+                key_id: own,
+            });
+        }
         let directory = Self::open(js, &config.root_public_key()?).await?;
         for record in &records {
             directory.publish(record).await?;

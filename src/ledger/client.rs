@@ -32,6 +32,18 @@ pub enum LedgerClientError {
     Unreachable { attempts: u32, last: String },
     #[error("the ledger's reply could not be read: {0}")]
     BadReply(String),
+    /// The ledger's bucket could not be read (the server or its JetStream unreachable).
+    #[error("cannot read the ledger's bucket ({0}); retry when the server is back")]
+    Bucket(String),
+}
+
+impl LedgerClientError {
+    /// Whether the same request may succeed later: when no ledger answered or its bucket
+    /// could not be read (a reply or record that does not decode, or a request that cannot
+    /// be signed, repeats).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unreachable { .. } | Self::Bucket(_))
+    }
 }
 
 /// Signs and sends ledger requests for one platform.
@@ -266,7 +278,7 @@ impl LedgerReader {
         let kv = js
             .get_key_value(subjects::LEDGER_BUCKET)
             .await
-            .map_err(|e| LedgerClientError::BadReply(format!("ledger bucket: {e}")))?;
+            .map_err(|e| LedgerClientError::Bucket(e.to_string()))?;
         Ok(Self { kv })
     }
 
@@ -275,7 +287,7 @@ impl LedgerReader {
             .kv
             .get(key)
             .await
-            .map_err(|e| LedgerClientError::BadReply(format!("reading {key}: {e}")))?;
+            .map_err(|e| LedgerClientError::Bucket(format!("reading {key}: {e}")))?;
         value
             .map(|v| serde_json::from_slice(&v).map_err(|e| LedgerClientError::BadReply(format!("{key}: {e}"))))
             .transpose()

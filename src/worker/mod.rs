@@ -22,7 +22,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer::pull};
 use async_nats::{Client, jetstream::consumer::AckPolicy};
 use futures::StreamExt;
@@ -136,7 +135,7 @@ pub struct Worker {
 impl Worker {
     /// Starts a worker for the platform `config` describes. The streams and buckets must
     /// exist (`sagefed up` or `sagefed ledger serve` create them).
-    pub async fn start(config: Config, client: Client) -> anyhow::Result<Self> {
+    pub async fn start(config: Config, client: Client) -> Result<Self, WorkerStartError> {
         let js = jetstream::new(client.clone());
         let (signer, keys) = KeyDirectory::open_as(&config, &js).await?;
         let keys = Arc::new(keys);
@@ -200,12 +199,46 @@ impl Worker {
 }
 
 /// Runs a worker until `shutdown` resolves.
-pub async fn serve(config: Config, client: Client, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn serve(config: Config, client: Client, shutdown: impl Future<Output = ()>) -> Result<(), WorkerStartError> {
     let worker = Worker::start(config, client.clone()).await?;
     shutdown.await;
     worker.stop().await;
     client.flush().await?;
     Ok(())
+}
+
+/// Why a worker could not start (or flush its last messages when it stopped): which part,
+/// with the server's cause.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerStartError {
+    #[error("cannot open the key directory: {0}")]
+    Keys(#[from] crate::identity::directory::DirectoryError),
+    #[error("cannot open the ledger bucket: {0}")]
+    Ledger(#[from] crate::ledger::client::LedgerClientError),
+    #[error("cannot open the task board: {0}")]
+    Board(#[from] crate::state::task_board::StatusError),
+    #[error("cannot register in the platform registry: {0}")]
+    Registry(#[from] crate::state::registry::RegistryError),
+    #[error("the config's root key: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("stream {stream} is missing: start `sagefed up` or `sagefed ledger serve` first ({source})")]
+    Stream {
+        stream: &'static str,
+        #[source]
+        source: jetstream::context::GetStreamError,
+    },
+    #[error("cannot create consumer {name}: {source}")]
+    Consumer {
+        name: String,
+        #[source]
+        source: jetstream::stream::ConsumerError,
+    },
+    #[error("the proof settler: {0}")]
+    Settler(#[from] crate::delegation::client::ClientStartError),
+    #[error("the status service: {0}")]
+    Status(#[from] crate::delegation::status::StatusStartError),
+    #[error("cannot flush the last messages to the server: {0}")]
+    Flush(#[from] async_nats::client::FlushError),
 }
 
 /// A durable pull consumer of the tasks stream.
@@ -218,14 +251,16 @@ struct Lanes {
 }
 
 /// Creates (or updates) the platform's durable consumer of `lane`.
-async fn ensure_consumer(ctx: &WorkerContext, lane: Lane) -> anyhow::Result<TaskConsumer> {
+async fn ensure_consumer(ctx: &WorkerContext, lane: Lane) -> Result<TaskConsumer, WorkerStartError> {
     let platform = ctx.config.platform();
-    let stream = ctx.js.get_stream(subjects::TASKS_STREAM).await.with_context(|| {
-        format!(
-            "stream {} is missing: start `sagefed up` or `sagefed ledger serve` first",
-            subjects::TASKS_STREAM
-        )
-    })?;
+    let stream = ctx
+        .js
+        .get_stream(subjects::TASKS_STREAM)
+        .await
+        .map_err(|source| WorkerStartError::Stream {
+            stream: subjects::TASKS_STREAM,
+            source,
+        })?;
     let name = lane.consumer(platform);
     let description = match lane {
         Lane::Normal => format!("Tasks for {platform}, shared by all its workers"),
@@ -247,7 +282,7 @@ async fn ensure_consumer(ctx: &WorkerContext, lane: Lane) -> anyhow::Result<Task
     stream
         .create_consumer(config)
         .await
-        .with_context(|| format!("creating consumer {name}"))
+        .map_err(|source| WorkerStartError::Consumer { name, source })
 }
 
 /// Hands `message` to a task of its own, which releases `permit` when it is done.

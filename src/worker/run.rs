@@ -36,13 +36,30 @@ pub const DEAD_REASON_HEADER: &str = "Sage-Dead-Reason";
 /// Header on a dead letter: the subject it came from.
 pub const DEAD_SUBJECT_HEADER: &str = "Sage-Dead-Subject";
 
-/// A failure that may go away: deliver the task again later.
-#[derive(Debug)]
-struct Transient(String);
+/// Why handling a task failed before it finished. A transient kind (the bus, a bucket or the
+/// ledger unreachable or busy) delivers the task again later; any other kind cannot succeed
+/// on a retry, so the task is dead-lettered at once.
+#[derive(Debug, thiserror::Error)]
+enum TaskFailure {
+    #[error("task board: {0}")]
+    Board(#[from] crate::state::task_board::StatusError),
+    #[error("ledger: {0}")]
+    Ledger(#[from] crate::ledger::client::LedgerClientError),
+    #[error("the ledger is busy: {0}")]
+    LedgerBusy(String),
+    #[error("publishing the proof: {0}")]
+    Publish(#[from] async_nats::jetstream::context::PublishError),
+    #[error("signing the proof: {0}")]
+    Sign(#[from] crate::protocol::envelope::EnvelopeError),
+}
 
-impl<E: std::fmt::Display> From<E> for Transient {
-    fn from(e: E) -> Self {
-        Transient(e.to_string())
+impl TaskFailure {
+    fn is_transient(&self) -> bool {
+        match self {
+            Self::Board(_) | Self::LedgerBusy(_) | Self::Publish(_) => true,
+            Self::Ledger(e) => e.is_transient(),
+            Self::Sign(_) => false,
+        }
     }
 }
 
@@ -76,7 +93,7 @@ pub async fn handle(ctx: Arc<WorkerContext>, message: jetstream::Message) {
                 tracing::warn!(error = %e, sequence, "could not acknowledge a finished task; it will be delivered again and found finished");
             }
         }
-        Err(Transient(why)) if delivered < ctx.config.worker.max_deliver => {
+        Err(why) if why.is_transient() && delivered < ctx.config.worker.max_deliver => {
             let delay = Duration::from_secs(1u64 << delivered.clamp(0, 5) as u32).min(RETRY_DELAY_MAX);
             tracing::warn!(
                 sequence,
@@ -86,7 +103,7 @@ pub async fn handle(ctx: Arc<WorkerContext>, message: jetstream::Message) {
             );
             let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
         }
-        Err(Transient(why)) => {
+        Err(why) if why.is_transient() => {
             tracing::error!(
                 sequence,
                 delivered,
@@ -94,6 +111,14 @@ pub async fn handle(ctx: Arc<WorkerContext>, message: jetstream::Message) {
             );
             let reason = format!("failed on all {delivered} deliveries; last: {why}");
             give_up(&ctx, &message, &reason).await;
+        }
+        Err(why) => {
+            tracing::error!(
+                sequence,
+                delivered,
+                "task failed ({why}); a retry cannot help: dead-lettering it"
+            );
+            give_up(&ctx, &message, &format!("failed: {why}")).await;
         }
     }
 }
@@ -173,7 +198,7 @@ enum Done {
     DeadLettered,
 }
 
-async fn process(ctx: &WorkerContext, message: &Arc<jetstream::Message>, sequence: u64) -> Result<Done, Transient> {
+async fn process(ctx: &WorkerContext, message: &Arc<jetstream::Message>, sequence: u64) -> Result<Done, TaskFailure> {
     // (1) Signature and key. A task that does not verify gets no proof and no ledger call:
     // answering it under its claimed task id would let a forger cancel a genuine task.
     let task = match ctx
@@ -290,7 +315,7 @@ async fn republish(
     task: &FederationTask,
     wire: bytes::Bytes,
     claimed: Option<(TaskStatus, u64)>,
-) -> Result<Done, Transient> {
+) -> Result<Done, TaskFailure> {
     let proof = ctx.keys.verify_ignoring_expiry::<ExecutionProof>(&wire).await?;
     tracing::info!(task = %task.task_id, "task delivered again after its commit; republishing the proof it was paid for");
     publish_and_finish(ctx, task, &proof, wire, claimed).await?;
@@ -304,7 +329,7 @@ async fn refuse(
     refusal: Refusal,
     why: RefusalReason,
     claimed: Option<(TaskStatus, u64)>,
-) -> Result<Done, Transient> {
+) -> Result<Done, TaskFailure> {
     tracing::info!(task = %task.task_id, from = task.source_lct.platform(), reason = %refusal.reason, "refusing a task");
     metrics::refused(Refuser::Worker, why);
     let proof = refusal_proof(task, ProofStatus::Rejected, &refusal.reason);
@@ -405,7 +430,7 @@ async fn conclude(
     proof: &ExecutionProof,
     refusal: Option<RollbackReason>,
     claimed: Option<(TaskStatus, u64)>,
-) -> Result<(), Transient> {
+) -> Result<(), TaskFailure> {
     let wire = ctx.signer.sign(proof)?;
     let reply = if proof.status == ProofStatus::Completed {
         // The task goes with the commit: the ledger pays by its own check of the result.
@@ -424,7 +449,7 @@ async fn conclude(
     };
     log_settlement(task, &reply);
     if reply.code == Some(RejectCode::Busy) {
-        return Err(Transient(reply.message));
+        return Err(TaskFailure::LedgerBusy(reply.message));
     }
     let paid = reply
         .lock
@@ -453,7 +478,7 @@ async fn publish_and_finish(
     proof: &ExecutionProof,
     wire: bytes::Bytes,
     claimed: Option<(TaskStatus, u64)>,
-) -> Result<(), Transient> {
+) -> Result<(), TaskFailure> {
     let mut headers = HeaderMap::new();
     headers.insert(async_nats::header::NATS_MESSAGE_ID, message_id(&wire).as_str());
     let subject = subjects::proof(

@@ -63,7 +63,7 @@ pub async fn worker(args: &WorkerArgs) -> anyhow::Result<()> {
     let (config, client) = args.platform.open("sagefed-worker").await?;
     args.metrics.spawn().await?;
     eprintln!("sagefed worker for {} on {}", config.platform(), config.nats.url);
-    sage_federation::worker::serve(config, client, shutdown_signal()).await
+    Ok(sage_federation::worker::serve(config, client, shutdown_signal()).await?)
 }
 
 #[derive(clap::Args, Debug)]
