@@ -209,6 +209,8 @@ impl From<DelegateError> for ApiError {
             DelegateError::LinkDown(_) => (StatusCode::SERVICE_UNAVAILABLE, "link_down"),
             DelegateError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_task"),
             DelegateError::BadProof(_) => (StatusCode::BAD_GATEWAY, "bad_proof"),
+            DelegateError::WitnessUnsettled(_) => (StatusCode::GATEWAY_TIMEOUT, "witness_unsettled"),
+            DelegateError::LedgerUnreadable(_) => (StatusCode::SERVICE_UNAVAILABLE, "ledger_unreadable"),
             DelegateError::Other(_) => (StatusCode::BAD_GATEWAY, "federation_error"),
         };
         Self::new(status, code, format!("{e:#}"))

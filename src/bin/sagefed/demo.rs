@@ -178,6 +178,7 @@ async fn lying_executor_scenario(federation: &Federation, scenario: &Scenario) -
         result: made_up.result,
         latency_ms: started.elapsed().as_secs_f64() * 1e3,
         proof_envelope: None,
+        witness: settlement.witness.clone(),
     })
 }
 
