@@ -11,7 +11,7 @@ mod common;
 use std::time::Duration;
 
 use common::federation::Processes;
-use common::repo_dir;
+use common::witness::federation_edit;
 use sage_federation::delegation::client::{DelegationOutcome, DelegationRequest};
 use sage_federation::ledger::model::{LockState, RollbackReason};
 use sage_federation::state::reputation::Reputations;
@@ -24,42 +24,6 @@ const SHARE_ATP: f64 = 0.1;
 const TEXT: &str = "the quick brown fox jumps over the lazy dog";
 /// A hold short enough for the test that waits it out.
 const SHORT_HOLD_SECONDS: f64 = 3.0;
-
-/// A program that answers every `wordcount` task with a made-up count and quality 1.0.
-const LYING_PROGRAM: &str = r#"["python3", "-c", "import json, sys; json.load(sys.stdin); print(json.dumps({'result': {'word_count': 1000}, 'quality': 1.0}))"]"#;
-
-/// Gives Sprout the honest `wordcount` program, Legion `legion_command` instead of its own
-/// when given, and Thor a witness hold of `hold_seconds`.
-fn federation_edit(legion_command: Option<&'static str>, hold_seconds: f64) -> impl Fn(&str, String) -> String {
-    move |platform, text| {
-        let honest = format!(
-            "[\"python3\", {:?}]",
-            repo_dir().join("examples/ops/echo_quality.py").display().to_string()
-        );
-        match platform {
-            "Sprout" => {
-                text.replace(
-                    r#"execute = ["perception"]"#,
-                    r#"execute = ["perception", "wordcount"]"#,
-                ) + &format!("\n[operations.wordcount]\ncommand = {honest}\natp_per_second = 1.0\n")
-            }
-            "Legion" => match legion_command {
-                Some(command) => {
-                    let start = text.find("[operations.wordcount]").expect("Legion runs wordcount");
-                    let line = text[start..].find("command = ").expect("its command") + start;
-                    let end = text[line..].find('\n').expect("end of line") + line;
-                    format!("{}command = {command}{}", &text[..line], &text[end..])
-                }
-                None => text,
-            },
-            "Thor" => text.replace(
-                "[settlement]\n",
-                &format!("[settlement]\nwitness_hold_seconds = {hold_seconds}\n"),
-            ),
-            _ => text,
-        }
-    }
-}
 
 fn wordcount_for_legion() -> DelegationRequest {
     DelegationRequest {
@@ -100,7 +64,7 @@ async fn an_honest_executor_is_witnessed_by_a_real_worker_and_the_delegator_gets
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lying_executor_is_caught_by_a_real_witness_worker() {
-    let p = Processes::start_with(&federation_edit(Some(LYING_PROGRAM), 60.0)).await;
+    let p = Processes::start_with(&federation_edit(Some(common::witness::LYING_PROGRAM), 60.0)).await;
     let thor = p.client("Thor").await;
     let outcome = thor.delegate_task(wordcount_for_legion()).await.expect("delegated");
 
