@@ -394,7 +394,7 @@ impl FederationClient {
     /// and the hold from `[settlement]`, the tolerance as this platform declares the
     /// operation. `None` (the task runs unwitnessed) for a checked operation or without a
     /// candidate.
-    async fn witness_terms(
+    pub async fn witness_terms(
         &self,
         request: &DelegationRequest,
         executor: &str,
@@ -616,6 +616,22 @@ impl FederationClient {
     /// it), sends its signed task to the appointed witness, again every
     /// [`WITNESS_RESEND_INTERVAL`], and waits until the lock settles: by the witness's answer
     /// or by the hold's expiry (plus [`WITNESS_WAIT_GRACE_SECONDS`] for the sweeper).
+    /// Follows this platform's signed task `task_wire` (of `task`) whose commit the ledger
+    /// holds for a witness, as a delegation does: sends it to the witness and returns the
+    /// settled outcome (for a caller that locked and published the task itself).
+    pub async fn follow_held_task(
+        &self,
+        task: &FederationTask,
+        task_wire: &Bytes,
+    ) -> Result<DelegationOutcome, DelegateError> {
+        let lock = self.read_lock(&task.task_id).await?;
+        let mut outcome = self
+            .await_witness(task, task_wire, outcome_of(&lock, None, "held for a witness"))
+            .await?;
+        outcome.operation = task.operation.clone();
+        Ok(outcome)
+    }
+
     async fn await_witness(
         &self,
         task: &FederationTask,
