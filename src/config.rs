@@ -488,6 +488,37 @@ impl Config {
     }
 
     /// Checks relations between keys that no single value can check.
+    /// Checks the witness terms this platform names as a delegator against the ledger's
+    /// limits (ARCHITECTURE.md, "Witnesses"), so a bad value fails at load, not at a lock.
+    fn check_witness_terms(&self, invalid: &impl Fn(&str, String) -> ConfigError) -> Result<(), ConfigError> {
+        let share = self.settlement.witness_share.get();
+        if share == 0.0 {
+            return Err(invalid(
+                "settlement.witness_share",
+                "must be more than 0 (a witness is paid for its work) and at most 1".to_owned(),
+            ));
+        }
+        let hold = self.settlement.witness_hold_seconds;
+        if !(hold > 0.0 && hold <= WITNESS_HOLD_SECONDS_MAX) {
+            return Err(invalid(
+                "settlement.witness_hold_seconds",
+                format!("{hold} is outside the ledger's limit, more than 0 and at most {WITNESS_HOLD_SECONDS_MAX}"),
+            ));
+        }
+        for (name, op) in &self.operations {
+            if !(0.0..=WITNESS_TOLERANCE_MAX).contains(&op.witness_tolerance) {
+                return Err(invalid(
+                    &format!("operations.{}.witness_tolerance", name.as_str()),
+                    format!(
+                        "{} is outside the ledger's limit 0..={WITNESS_TOLERANCE_MAX}",
+                        op.witness_tolerance
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn check(&self, figment: &Figment) -> Result<(), ConfigError> {
         let invalid = |key: &str, why: String| ConfigError::Invalid {
             key: key.to_owned(),
@@ -524,30 +555,8 @@ impl Config {
                 "must be at least 1".to_owned(),
             ));
         }
-        let share = self.settlement.witness_share.get();
-        if share == 0.0 {
-            return Err(invalid(
-                "settlement.witness_share",
-                "must be more than 0 (a witness is paid for its work) and at most 1".to_owned(),
-            ));
-        }
-        let hold = self.settlement.witness_hold_seconds;
-        if !(hold > 0.0 && hold <= WITNESS_HOLD_SECONDS_MAX) {
-            return Err(invalid(
-                "settlement.witness_hold_seconds",
-                format!("{hold} is outside the ledger's limit, more than 0 and at most {WITNESS_HOLD_SECONDS_MAX}"),
-            ));
-        }
+        self.check_witness_terms(&invalid)?;
         for (name, op) in &self.operations {
-            if !(0.0..=WITNESS_TOLERANCE_MAX).contains(&op.witness_tolerance) {
-                return Err(invalid(
-                    &format!("operations.{}.witness_tolerance", name.as_str()),
-                    format!(
-                        "{} is outside the ledger's limit 0..={WITNESS_TOLERANCE_MAX}",
-                        op.witness_tolerance
-                    ),
-                ));
-            }
             if op.command.is_empty() {
                 return Err(invalid(
                     &format!("operations.{}.command", name.as_str()),
@@ -724,6 +733,16 @@ capabilities = ["consciousness", "consciousness.sage"]
                 "federation.lct_context",
             ),
             ("[[platforms]]", "[[platformz]]", "platformz"),
+            (
+                "[[platforms]]",
+                "[settlement]\nwitness_hold_seconds = 601.0\n\n[[platforms]]",
+                "settlement.witness_hold_seconds",
+            ),
+            (
+                "[[platforms]]",
+                "[settlement]\nwitness_share = 0.0\n\n[[platforms]]",
+                "settlement.witness_share",
+            ),
         ];
         for (from, to, key) in cases {
             Jail::expect_with(|jail| {
