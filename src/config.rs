@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use ed25519_dalek::VerifyingKey;
 
 use crate::identity::keys::parse_public_key;
+use crate::ledger::witness::{WITNESS_HOLD_SECONDS_MAX, WITNESS_TOLERANCE_MAX};
 use crate::protocol::atp::Atp;
 use crate::protocol::lct::{Lct, check_platform, check_task_type, token_problem};
 use crate::protocol::limits::{LCT_NAME_CHARS_MAX, OPERATION_CHARS_MAX};
@@ -305,6 +306,22 @@ pub struct Settlement {
     /// refused before any work.
     #[serde(default = "default_accepted_threshold_max")]
     pub accepted_threshold_max: Fraction,
+    /// As a delegator: the share of a task's budget a witness is paid when the ledger samples
+    /// the task for one (operations without a cheap check; ARCHITECTURE.md, "Witnesses").
+    #[serde(default = "default_witness_share")]
+    pub witness_share: Fraction,
+    /// As a delegator: how long a sampled commit is held for its witness's answer before the
+    /// executor is paid anyway (at most the ledger's `WITNESS_HOLD_SECONDS_MAX`).
+    #[serde(default = "default_witness_hold_seconds")]
+    pub witness_hold_seconds: f64,
+}
+
+fn default_witness_share() -> Fraction {
+    Fraction(0.1)
+}
+
+fn default_witness_hold_seconds() -> f64 {
+    60.0
 }
 
 fn default_accepted_threshold_max() -> Fraction {
@@ -320,6 +337,8 @@ impl Default for Settlement {
         Self {
             quality_threshold: default_quality_threshold(),
             accepted_threshold_max: default_accepted_threshold_max(),
+            witness_share: default_witness_share(),
+            witness_hold_seconds: default_witness_hold_seconds(),
         }
     }
 }
@@ -345,6 +364,10 @@ pub struct ExternalOperation {
     /// cannot read the platform's secret key. A worker that is not root runs it as itself.
     #[serde(default = "default_run_as")]
     pub run_as: String,
+    /// Relative difference under which a witness's numbers agree with the executor's (0:
+    /// exact), named in the witness terms of the tasks this platform delegates for it.
+    #[serde(default)]
+    pub witness_tolerance: f64,
 }
 
 fn default_atp_per_second() -> AtpAmount {
@@ -465,6 +488,37 @@ impl Config {
     }
 
     /// Checks relations between keys that no single value can check.
+    /// Checks the witness terms this platform names as a delegator against the ledger's
+    /// limits (ARCHITECTURE.md, "Witnesses"), so a bad value fails at load, not at a lock.
+    fn check_witness_terms(&self, invalid: &impl Fn(&str, String) -> ConfigError) -> Result<(), ConfigError> {
+        let share = self.settlement.witness_share.get();
+        if share == 0.0 {
+            return Err(invalid(
+                "settlement.witness_share",
+                "must be more than 0 (a witness is paid for its work) and at most 1".to_owned(),
+            ));
+        }
+        let hold = self.settlement.witness_hold_seconds;
+        if !(hold > 0.0 && hold <= WITNESS_HOLD_SECONDS_MAX) {
+            return Err(invalid(
+                "settlement.witness_hold_seconds",
+                format!("{hold} is outside the ledger's limit, more than 0 and at most {WITNESS_HOLD_SECONDS_MAX}"),
+            ));
+        }
+        for (name, op) in &self.operations {
+            if !(0.0..=WITNESS_TOLERANCE_MAX).contains(&op.witness_tolerance) {
+                return Err(invalid(
+                    &format!("operations.{}.witness_tolerance", name.as_str()),
+                    format!(
+                        "{} is outside the ledger's limit 0..={WITNESS_TOLERANCE_MAX}",
+                        op.witness_tolerance
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn check(&self, figment: &Figment) -> Result<(), ConfigError> {
         let invalid = |key: &str, why: String| ConfigError::Invalid {
             key: key.to_owned(),
@@ -501,6 +555,7 @@ impl Config {
                 "must be at least 1".to_owned(),
             ));
         }
+        self.check_witness_terms(&invalid)?;
         for (name, op) in &self.operations {
             if op.command.is_empty() {
                 return Err(invalid(
@@ -526,6 +581,15 @@ impl Config {
 
     pub fn platform(&self) -> &str {
         self.federation.platform_name.as_str()
+    }
+
+    /// The tolerance a witness's result of `operation` is compared with, as this platform
+    /// declares it (an external program's `witness_tolerance`; 0, exact, otherwise).
+    pub fn witness_tolerance(&self, operation: &str) -> f64 {
+        self.operations
+            .iter()
+            .find(|(name, _)| name.as_str() == operation)
+            .map_or(0.0, |(_, op)| op.witness_tolerance)
     }
 
     /// This platform's LCT for `task_type`.
@@ -669,6 +733,16 @@ capabilities = ["consciousness", "consciousness.sage"]
                 "federation.lct_context",
             ),
             ("[[platforms]]", "[[platformz]]", "platformz"),
+            (
+                "[[platforms]]",
+                "[settlement]\nwitness_hold_seconds = 601.0\n\n[[platforms]]",
+                "settlement.witness_hold_seconds",
+            ),
+            (
+                "[[platforms]]",
+                "[settlement]\nwitness_share = 0.0\n\n[[platforms]]",
+                "settlement.witness_share",
+            ),
         ];
         for (from, to, key) in cases {
             Jail::expect_with(|jail| {

@@ -63,6 +63,7 @@ fn up_runs_every_seed_scenario_as_expected_and_exits_0() {
         "9 external program",
         "10 lying executor caught",
         "11 critical overtakes a backlog",
+        "12 witness catches a lying external program",
     ] {
         let lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with(scenario)).collect();
         assert!(!lines.is_empty(), "{scenario} missing:\n{stdout}");
@@ -75,6 +76,10 @@ fn up_runs_every_seed_scenario_as_expected_and_exits_0() {
     assert!(
         stdout.contains("the critical task settled while"),
         "the priority scenario says what it overtook:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("ran the program again: witness Sprout disagreed"),
+        "the witness scenario says who caught the lie:\n{stdout}"
     );
     assert!(stdout.contains("audit: ok"), "{stdout}");
     assert!(stdout.contains("dashboard  http://127.0.0.1:"), "{stdout}");

@@ -23,8 +23,9 @@ use crate::delegation::placement::{self, Wanted};
 use crate::identity::directory::KeyDirectory;
 use crate::ledger::COMMIT_WINDOW_SECONDS;
 use crate::ledger::client::{LedgerClient, LedgerReader, LockTerms};
-use crate::ledger::model::{Lock, LockState, RollbackReason};
-use crate::ledger::protocol::{LedgerReply, Outcome, RejectCode};
+use crate::ledger::model::{Lock, LockState, RollbackReason, WitnessSettlement};
+use crate::ledger::protocol::{LedgerReply, Outcome, RejectCode, WitnessRequest};
+use crate::ledger::witness::WITNESS_CANDIDATES_MAX;
 use crate::nats::subjects;
 use crate::observe::metrics;
 use crate::protocol::atp::Atp;
@@ -105,6 +106,10 @@ pub struct DelegationOutcome {
     /// arrived), so that a caller can keep or re-verify what the executor signed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proof_envelope: Option<String>,
+    /// The witness the ledger appointed when it sampled the task, what it was paid and
+    /// whether it agreed (`agreed: None`: it did not answer before the hold expired).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub witness: Option<WitnessSettlement>,
 }
 
 /// Why a delegation could not be made. The budget is never left locked for good: an error
@@ -148,6 +153,12 @@ pub enum DelegateError {
     /// The ledger keeps no lock for a task this platform settles.
     #[error("the ledger keeps no lock for task {task_id}: {message}")]
     NoLock { task_id: TaskId, message: String },
+    #[error(
+        "the ledger did not settle task {0}'s commit held for its witness by the hold's expiry: its sweeper may be down; `sagefed status <task-id>` shows the lock"
+    )]
+    WitnessUnsettled(TaskId),
+    #[error("the ledger could not be read: {0}")]
+    LedgerUnreadable(String),
 }
 
 impl DelegateError {
@@ -156,7 +167,13 @@ impl DelegateError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Self::Publish(_) | Self::LinkDown(_) | Self::Registry(_) | Self::RegistryStalled | Self::Ledger(_)
+            Self::Publish(_)
+                | Self::LinkDown(_)
+                | Self::Registry(_)
+                | Self::RegistryStalled
+                | Self::Ledger(_)
+                | Self::LedgerUnreadable(_)
+                | Self::WitnessUnsettled(_)
         )
     }
 }
@@ -174,6 +191,8 @@ fn error_label(error: &DelegateError) -> &'static str {
         DelegateError::BadProof(_) => "bad_proof",
         DelegateError::Registry(_) | DelegateError::RegistryStalled => "registry",
         DelegateError::Ledger(_) | DelegateError::NoLock { .. } => "ledger",
+        DelegateError::WitnessUnsettled(_) => "witness_unsettled",
+        DelegateError::LedgerUnreadable(_) => "ledger_unreadable",
     }
 }
 
@@ -192,6 +211,14 @@ fn settlement_label(state: LockState) -> &'static str {
         LockState::Expired => "expired",
     }
 }
+
+/// How often a delegator waiting for its witness reads the lock.
+const WITNESS_POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// How often a delegator sends its held task to the witness again while the lock stays held
+/// (the request is not stored: a witness that was restarting gets the next one).
+const WITNESS_RESEND_INTERVAL: Duration = Duration::from_secs(5);
+/// How long past the hold's expiry the delegator waits for the ledger's sweeper to settle it.
+const WITNESS_WAIT_GRACE_SECONDS: f64 = 5.0;
 
 /// Proofs a waiting delegation may hold unread before the listener drops more: a flood of
 /// forged proofs under one task id must not grow memory.
@@ -386,10 +413,21 @@ impl FederationClient {
             return placement::named(to, record, &wanted, now).map_err(no_platform);
         }
         let candidates = placement::candidates(&self.platforms().await?, &wanted, now).map_err(no_platform)?;
+        let scored = self.scored(candidates, &request.operation, now).await;
+        placement::best(scored).ok_or_else(|| DelegateError::NoPlatform("no candidate".into()))
+    }
+
+    /// `candidates` with their reputation standing for `operation`.
+    async fn scored(
+        &self,
+        candidates: Vec<PlatformRecord>,
+        operation: &str,
+        now: f64,
+    ) -> Vec<(PlatformRecord, Standing)> {
         let mut scored = Vec::with_capacity(candidates.len());
         for record in candidates {
             // An unreadable record ranks the platform as unknown rather than failing the task.
-            let standing = match self.reputations.get(&record.platform, &request.operation).await {
+            let standing = match self.reputations.get(&record.platform, operation).await {
                 Ok(reputation) => Standing::of(&reputation, now),
                 Err(e) => {
                     tracing::warn!(platform = %record.platform, error = %e, "reputation unreadable; ranked as unknown");
@@ -398,7 +436,54 @@ impl FederationClient {
             };
             scored.push((record, standing));
         }
-        placement::best(scored).ok_or_else(|| DelegateError::NoPlatform("no candidate".into()))
+        scored
+    }
+
+    /// The witness terms for a task of `request` run by `executor`: for an operation without
+    /// a cheap check, the live platforms that hold it, neither this one nor the executor,
+    /// best first by the placement ranking, at most [`WITNESS_CANDIDATES_MAX`]; the share
+    /// and the hold from `[settlement]`, the tolerance as this platform declares the
+    /// operation. `None` (the task runs unwitnessed) for a checked operation or without a
+    /// candidate.
+    pub async fn witness_terms(
+        &self,
+        request: &DelegationRequest,
+        executor: &str,
+        budget: Atp,
+    ) -> Result<Option<WitnessRequest>, DelegateError> {
+        if crate::worker::ops::has_check(&request.operation) {
+            return Ok(None);
+        }
+        let now = now_seconds();
+        let wanted = Wanted {
+            delegator: self.platform(),
+            task_type: &request.task_type,
+            operation: &request.operation,
+        };
+        let others: Vec<PlatformRecord> = match placement::candidates(&self.platforms().await?, &wanted, now) {
+            Ok(records) => records.into_iter().filter(|r| r.platform != executor).collect(),
+            Err(_) => Vec::new(),
+        };
+        let mut candidates: Vec<String> = placement::ranked(self.scored(others, &request.operation, now).await)
+            .into_iter()
+            .map(|r| r.platform)
+            .collect();
+        candidates.truncate(WITNESS_CANDIDATES_MAX);
+        if candidates.is_empty() {
+            tracing::info!(
+                operation = %request.operation,
+                executor,
+                "no other platform holds the operation: the task runs unwitnessed"
+            );
+            return Ok(None);
+        }
+        let settlement = &self.config.settlement;
+        Ok(Some(WitnessRequest {
+            candidates,
+            share: budget.as_f64() * settlement.witness_share.get(),
+            tolerance: self.config.witness_tolerance(&request.operation),
+            hold_seconds: settlement.witness_hold_seconds,
+        }))
     }
 
     /// Every registered platform, read at most once per [`REGISTRY_CACHE_TTL`]: listing the
@@ -446,6 +531,8 @@ impl FederationClient {
             return Err(DelegateError::CriticalNotPermitted(self.platform().to_owned()));
         }
         let target = self.choose_target_unless_link_down(&request).await?;
+        let budget = Atp::from_f64(request.budget, "budget").map_err(|e| DelegateError::Invalid(e.to_string()))?;
+        let witness = self.witness_terms(&request, &target.platform, budget).await?;
         let task = self.task_for(request, &target.platform, lane)?;
         let (task_id, source_lct, target_lct, expires_at) = (
             task.task_id.clone(),
@@ -470,7 +557,14 @@ impl FederationClient {
             deadline: expires_at,
             expires_at: expires_at + SETTLE_GRACE_SECONDS,
         };
-        let reply = self.ledger.lock_for_task(&terms, &wire, &task.operation).await?;
+        let reply = match witness {
+            Some(witness) => {
+                self.ledger
+                    .lock_with_witness(&terms, &wire, &task.operation, witness)
+                    .await
+            }
+            None => self.ledger.lock_for_task(&terms, &wire, &task.operation).await,
+        }?;
         if reply.outcome == Outcome::Rejected {
             return Err(DelegateError::Lock(reply.message));
         }
@@ -557,10 +651,121 @@ impl FederationClient {
                 _ => break self.stored_proof(task).await,
             }
         };
-        match proof {
-            Some(proof) => self.settle_with_task(&proof, Some(&task_wire)).await,
-            None => self.time_out(task).await,
+        let outcome = match proof {
+            Some(proof) => self.settle_with_task(&proof, Some(&task_wire)).await?,
+            None => return self.time_out(task).await,
+        };
+        if outcome.settlement == LockState::AwaitingWitness {
+            return self.await_witness(task, &task_wire, outcome).await;
         }
+        Ok(outcome)
+    }
+
+    /// The ledger sampled the executor's commit and holds it for a witness: this delegator,
+    /// the party that wants the check (the executor would rather the hold expired and paid
+    /// it), sends its signed task to the appointed witness, again every
+    /// [`WITNESS_RESEND_INTERVAL`], and waits until the lock settles: by the witness's answer
+    /// or by the hold's expiry (plus [`WITNESS_WAIT_GRACE_SECONDS`] for the sweeper).
+    /// Follows this platform's signed task `task_wire` (of `task`) whose commit the ledger
+    /// holds for a witness, as a delegation does: sends it to the witness and returns the
+    /// settled outcome (for a caller that locked and published the task itself).
+    pub async fn follow_held_task(
+        &self,
+        task: &FederationTask,
+        task_wire: &Bytes,
+    ) -> Result<DelegationOutcome, DelegateError> {
+        let lock = self.read_lock(&task.task_id).await?;
+        let mut outcome = self
+            .await_witness(task, task_wire, outcome_of(&lock, None, "held for a witness"))
+            .await?;
+        outcome.operation = task.operation.clone();
+        Ok(outcome)
+    }
+
+    async fn await_witness(
+        &self,
+        task: &FederationTask,
+        task_wire: &Bytes,
+        held: DelegationOutcome,
+    ) -> Result<DelegationOutcome, DelegateError> {
+        let mut sent: Option<Instant> = None;
+        loop {
+            let lock = self.read_lock(&task.task_id).await?;
+            let hold = match (lock.state, lock.hold.as_deref()) {
+                (LockState::AwaitingWitness, Some(hold)) => hold,
+                (state, _) if state.is_terminal() => return self.witnessed_outcome(task, &lock, held).await,
+                _ => return Ok(held),
+            };
+            if now_seconds() > hold.until + WITNESS_WAIT_GRACE_SECONDS {
+                return Err(DelegateError::WitnessUnsettled(task.task_id.clone()));
+            }
+            if sent.is_none_or(|at| at.elapsed() >= WITNESS_RESEND_INTERVAL) {
+                tracing::info!(task = %task.task_id, witness = %hold.witness, "the ledger holds the commit for a witness; sending it the task");
+                if let Err(e) = self
+                    .client
+                    .publish(subjects::witness_request(&hold.witness), task_wire.clone())
+                    .await
+                {
+                    tracing::warn!(task = %task.task_id, error = %e, "could not send the task to its witness; retrying");
+                }
+                sent = Some(Instant::now());
+            }
+            tokio::time::sleep(WITNESS_POLL_INTERVAL).await;
+        }
+    }
+
+    /// The outcome of a witnessed task, settled as `lock`: the result from the executor's
+    /// proof the ledger paid (verified again here), or none when the witness disagreed.
+    async fn witnessed_outcome(
+        &self,
+        task: &FederationTask,
+        lock: &Lock,
+        held: DelegationOutcome,
+    ) -> Result<DelegationOutcome, DelegateError> {
+        self.settled.mark(&task.task_id);
+        let paid = self
+            .reader
+            .paid_proof(&task.task_id)
+            .await
+            .map_err(|e| DelegateError::LedgerUnreadable(e.to_string()))?
+            .map(|paid| paid.wire());
+        let (proof, envelope) = match paid {
+            Some(wire) => {
+                self.check_proof(task, &wire).await.map_err(DelegateError::BadProof)?;
+                let proof: Verified<ExecutionProof> = self
+                    .keys
+                    .verify_ignoring_expiry(&wire)
+                    .await
+                    .map_err(|e| DelegateError::BadProof(e.to_string()))?;
+                (Some(proof), Some(String::from_utf8_lossy(&wire).into_owned()))
+            }
+            None => (None, held.proof_envelope.clone()),
+        };
+        let witness = lock.settlement.as_ref().and_then(|s| s.witness.as_ref());
+        let reason = match witness {
+            Some(w) if w.agreed == Some(true) => format!("witness {} agreed", w.witness),
+            Some(w) if w.agreed == Some(false) => format!("witness {} disagreed: refunded but its share", w.witness),
+            Some(w) => format!(
+                "witness {} did not answer before the hold expired: paid as claimed",
+                w.witness
+            ),
+            None => held.reason.clone(),
+        };
+        let mut outcome = outcome_of(lock, proof.as_deref(), &reason);
+        if proof.is_none() {
+            outcome.proof_status = held.proof_status;
+            outcome.quality = held.quality;
+        }
+        outcome.proof_envelope = envelope;
+        Ok(outcome)
+    }
+
+    async fn read_lock(&self, task_id: &TaskId) -> Result<Lock, DelegateError> {
+        self.reader
+            .lock(task_id)
+            .await
+            .map_err(|e| DelegateError::LedgerUnreadable(e.to_string()))?
+            .ok_or_else(|| DelegateError::LedgerUnreadable(format!("task {task_id} has no lock")))
     }
 
     /// A task whose publish failed may still have been stored. Marking it cancelled keeps a
@@ -783,7 +988,8 @@ impl FederationClient {
         // The executor settles before it publishes, so the lock is usually settled already:
         // then there is nothing to ask the ledger.
         let lock = match lock {
-            Some(lock) if lock.state.is_terminal() => lock,
+            // Held for a witness: the executor's commit is in; the witness settles it.
+            Some(lock) if lock.state.is_terminal() || lock.state == LockState::AwaitingWitness => lock,
             lock => {
                 let threshold = lock
                     .as_ref()
@@ -906,5 +1112,6 @@ fn outcome_of(lock: &Lock, proof: Option<&ExecutionProof>, reason: &str) -> Dele
         result: proof.map(|p| p.result.clone()).unwrap_or_default(),
         latency_ms: 0.0,
         proof_envelope: None,
+        witness: settlement.and_then(|s| s.witness.clone()),
     }
 }

@@ -136,17 +136,28 @@ pub fn candidates(
 /// every delegator. A platform on probation (caught lying) comes after every other, however
 /// idle it is.
 pub fn best(scored: Vec<(PlatformRecord, Standing)>) -> Option<PlatformRecord> {
-    scored
-        .into_iter()
-        .min_by(|(a, a_standing), (b, b_standing)| {
-            a_standing
-                .on_probation
-                .cmp(&b_standing.on_probation)
-                .then(a.utilisation().total_cmp(&b.utilisation()))
-                .then(b_standing.score.total_cmp(&a_standing.score))
-                .then(a.platform.cmp(&b.platform))
-        })
-        .map(|(record, _)| record)
+    scored.into_iter().min_by(rank).map(|(record, _)| record)
+}
+
+/// All of `scored`, best first by the order [`best`] picks by (the witnesses a delegator
+/// names for a sampled task, in that order).
+pub fn ranked(mut scored: Vec<(PlatformRecord, Standing)>) -> Vec<PlatformRecord> {
+    scored.sort_by(rank);
+    scored.into_iter().map(|(record, _)| record).collect()
+}
+
+/// Placement's order: off probation first, then the least utilised, the better
+/// reputation, the name.
+fn rank(
+    (a, a_standing): &(PlatformRecord, Standing),
+    (b, b_standing): &(PlatformRecord, Standing),
+) -> std::cmp::Ordering {
+    a_standing
+        .on_probation
+        .cmp(&b_standing.on_probation)
+        .then(a.utilisation().total_cmp(&b.utilisation()))
+        .then(b_standing.score.total_cmp(&a_standing.score))
+        .then(a.platform.cmp(&b.platform))
 }
 
 #[cfg(test)]

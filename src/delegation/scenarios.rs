@@ -153,6 +153,25 @@ pub fn lying_executor() -> Scenario {
     }
 }
 
+/// The witness scenario (issue #13, item 2): Legion, holding its own valid key, answers
+/// Thor's `wordcount` tasks (an external program, which the ledger cannot check) with a
+/// made-up count and commits it itself; Thor's lock names Sprout, which runs `wordcount`
+/// too, as witness. The ledger samples Legion's commits; Thor sends a held one to Sprout,
+/// whose worker runs the program and disagrees: Thor is refunded but Sprout's share.
+pub fn witness_catches_a_lie() -> Scenario {
+    Scenario {
+        name: "12 witness catches a lying external program",
+        from: "Thor",
+        to: Some("Legion"),
+        task_type: "consciousness",
+        operation: "wordcount",
+        budget: 5.0,
+        timeout_seconds: 30,
+        parameters: json!({"text": "a witness runs the program again"}),
+        expected: rolled_back(RollbackReason::WitnessDisagreed),
+    }
+}
+
 /// Normal tasks the priority scenario queues at Sprout (two places) ahead of its critical one.
 pub const CRITICAL_BACKLOG: usize = 12;
 /// Samples of each perception frame in the priority scenario: large enough that the backlog

@@ -103,6 +103,17 @@ pub struct DelegateResponse {
     pub latency_ms: f64,
     /// The whole signed proof envelope, to keep or verify independently.
     pub proof_envelope: Option<String>,
+    /// The witness the ledger appointed when it sampled the task (`None`: not sampled).
+    pub witness: Option<WitnessView>,
+}
+
+/// Who witnessed a sampled task, what it was paid and whether it agreed (`None`: it did not
+/// answer before the hold expired, and the executor was paid as it claimed).
+#[derive(Debug, Serialize)]
+pub struct WitnessView {
+    pub platform: String,
+    pub atp_paid: f64,
+    pub agreed: Option<bool>,
 }
 
 /// The envelope fields the response reads from an already verified proof.
@@ -139,6 +150,11 @@ impl From<DelegationOutcome> for DelegateResponse {
             result: o.result,
             latency_ms: o.latency_ms,
             proof_envelope: o.proof_envelope,
+            witness: o.witness.map(|w| WitnessView {
+                platform: w.witness,
+                atp_paid: w.paid_uatp.as_f64(),
+                agreed: w.agreed,
+            }),
         }
     }
 }
@@ -213,6 +229,8 @@ impl From<DelegateError> for ApiError {
             | DelegateError::RegistryStalled
             | DelegateError::Ledger(_)
             | DelegateError::NoLock { .. } => (StatusCode::BAD_GATEWAY, "federation_error"),
+            DelegateError::WitnessUnsettled(_) => (StatusCode::GATEWAY_TIMEOUT, "witness_unsettled"),
+            DelegateError::LedgerUnreadable(_) => (StatusCode::SERVICE_UNAVAILABLE, "ledger_unreadable"),
         };
         Self::new(status, code, format!("{e:#}"))
     }

@@ -113,7 +113,11 @@ fn schemas() -> Value {
             "atp_refunded": {"type": "number"}, "quality": {"type": ["number", "null"]},
             "proof_status": {"type": ["string", "null"]}, "reason": {"type": "string"},
             "result": {"type": "object"}, "latency_ms": {"type": "number"},
-            "proof_envelope": {"type": ["string", "null"], "description": "the executor's signed envelope, verbatim"}
+            "proof_envelope": {"type": ["string", "null"], "description": "the executor's signed envelope, verbatim"},
+            "witness": {"oneOf": [{"type": "null"}, {"type": "object", "description": "the witness the ledger appointed for a sampled task", "properties": {
+                "platform": {"type": "string"}, "atp_paid": {"type": "number"},
+                "agreed": {"type": ["boolean", "null"], "description": "null: no answer before the hold expired; the executor was paid"}
+            }}]}
         }},
         "LctStatus": {"type": "object", "properties": {
             "lct": {"type": "string"}, "active": {"type": "boolean"}, "atp_consumed": {"type": "number"},

@@ -155,7 +155,9 @@ fn role_permissions(role: Role, name: &str) -> Permissions {
 fn platform_permissions(role: Role, name: &str, p: &mut Permissions) {
     if role.delegates() {
         // federation:delegate: queue tasks for others and lock ATP for them.
-        p.publish.extend([s::delegate_any(), s::ledger_endpoint("lock")]);
+        // And hand a held task to the witness the ledger appointed for it.
+        p.publish
+            .extend([s::delegate_any(), s::ledger_endpoint("lock"), s::witness_request_any()]);
     }
     if role.critical() {
         // federation:critical: queue tasks on others' critical lanes.
@@ -197,6 +199,7 @@ fn platform_permissions(role: Role, name: &str, p: &mut Permissions) {
     p.subscribe.extend([
         s::proofs_for(name),
         s::abort(name),
+        s::witness_request(name),
         s::status_any(),
         s::SERVICE_DISCOVERY_ALL.to_owned(),
     ]);

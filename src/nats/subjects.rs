@@ -131,6 +131,19 @@ pub fn critical_consumer(platform: &str) -> String {
     format!("critical-{platform}")
 }
 
+/// Core subject on which a delegator hands its signed task to `platform`, the witness the
+/// ledger appointed for the task's held commit; `platform`'s workers listen here. Not a
+/// stream: a request is worth nothing after the hold, and the delegator sends it again while
+/// it waits (ARCHITECTURE.md, "Witnesses").
+pub fn witness_request(platform: &str) -> String {
+    format!("sage.witness.{platform}")
+}
+
+/// Any platform's witness requests (a delegator may appoint any platform).
+pub fn witness_request_any() -> String {
+    "sage.witness.*".to_owned()
+}
+
 /// Durable pull consumer through which `platform` settles the proofs addressed to it.
 pub fn settle_consumer(platform: &str) -> String {
     format!("settle-{platform}")
@@ -439,6 +452,7 @@ mod tests {
             LEDGER_WITNESS_PREFIX,
             LEDGER_SUPPLY,
             "sage.abort.",
+            "sage.witness.",
             "worker-",
             "settle-",
             "sage.status.lct",
@@ -469,6 +483,7 @@ mod tests {
         assert_eq!(task_queue("Thor", true), critical("Thor"));
         assert_eq!(task_queue("Thor", false), delegate("Thor"));
         assert_eq!(critical_consumer("Thor"), "critical-Thor");
+        assert_eq!(witness_request("Thor"), "sage.witness.Thor");
         assert_eq!(proof("Legion", "Thor", "t-1"), "sage.proof.Legion.Thor.t-1");
         assert_eq!(proof_subject_parts("sage.proof.Legion.Thor.t-1"), Some(("Thor", "t-1")));
         assert_eq!(proof_subject_parts("sage.proof.Legion.t-1"), None);

@@ -17,6 +17,7 @@ mod checks;
 mod checks_table;
 pub mod ops;
 mod run;
+pub mod witness;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -163,6 +164,7 @@ impl Worker {
         let mut tasks = vec![
             tokio::spawn(heartbeat(Arc::clone(&ctx))),
             tokio::spawn(listen_for_aborts(Arc::clone(&ctx), client.clone())),
+            tokio::spawn(witness::listen(Arc::clone(&ctx), client.clone())),
         ];
         let settler = FederationClient::new(ctx.config.clone(), client.clone()).await?;
         tasks.push(tokio::spawn(async move { settler.settle_orphaned_proofs().await }));

@@ -141,3 +141,27 @@ pub async fn run_task(parties: &Parties, claimed: f64, witnessed: f64, tolerance
 pub fn uatp(atp: f64) -> u64 {
     (atp * 1e6).round() as u64
 }
+
+/// A program that answers every `wordcount` task with a made-up count and quality 1.0.
+pub const LYING_PROGRAM: &str = r#"["python3", "-c", "import json, sys; json.load(sys.stdin); print(json.dumps({'result': {'word_count': 1000}, 'quality': 1.0}))"]"#;
+
+/// Gives Legion `legion_command` instead of its own `wordcount` program when given, and Thor
+/// a witness hold of `hold_seconds` (Sprout runs the honest program, as its config says).
+pub fn federation_edit(legion_command: Option<&'static str>, hold_seconds: f64) -> impl Fn(&str, String) -> String {
+    move |platform, text| match platform {
+        "Legion" => match legion_command {
+            Some(command) => {
+                let start = text.find("[operations.wordcount]").expect("Legion runs wordcount");
+                let line = text[start..].find("command = ").expect("its command") + start;
+                let end = text[line..].find('\n').expect("end of line") + line;
+                format!("{}command = {command}{}", &text[..line], &text[end..])
+            }
+            None => text,
+        },
+        "Thor" => text.replace(
+            "[settlement]\n",
+            &format!("[settlement]\nwitness_hold_seconds = {hold_seconds}\n"),
+        ),
+        _ => text,
+    }
+}

@@ -81,7 +81,9 @@ class ExecutionProof:
     ``rolled_back`` / ``expired`` (the delegator got its budget back; ``rollback_reason``
     says why: ``low_quality``, ``timeout``, ``cancelled``, ...). ``signature`` is the
     executor's Ed25519 signature (empty when no proof arrived before the deadline);
-    ``envelope`` the whole signed proof, verbatim.
+    ``envelope`` the whole signed proof, verbatim. ``witness`` (``None`` unless the ledger
+    sampled the task for a witness): ``{"platform", "atp_paid", "agreed"}``, ``agreed``
+    ``None`` when the witness did not answer before the hold expired.
     """
 
     task_id: str
@@ -100,6 +102,7 @@ class ExecutionProof:
     atp_refunded: float = 0.0
     latency_ms: float = 0.0
     envelope: Optional[str] = None
+    witness: Optional[Dict[str, Any]] = None
 
     @property
     def paid(self) -> bool:
@@ -127,6 +130,7 @@ class ExecutionProof:
             atp_refunded=float(body.get("atp_refunded", 0.0)),
             latency_ms=float(body.get("latency_ms", 0.0)),
             envelope=body.get("proof_envelope"),
+            witness=body.get("witness"),
         )
 
 

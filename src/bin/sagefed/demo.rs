@@ -1,7 +1,8 @@
 //! The seed's scenarios (the table in `delegation::scenarios`), run once by `sagefed up`: Thor->Legion, Sprout->Legion,
 //! Legion->Thor, 10 concurrent delegations from two clients, a low-quality result, a timeout,
 //! a permission denial, a cancel, an external program, a lying executor caught by the
-//! ledger's check, and a critical task overtaking a backlog. Prints each delegation and the
+//! ledger's check, a critical task overtaking a backlog, and a lying external program caught
+//! by a witness (scenario 9's program is witnessed by Sprout when the ledger samples it). Prints each delegation and the
 //! balances before and after, then runs the audit.
 
 use std::time::Duration;
@@ -16,7 +17,7 @@ use sage_federation::delegation::status;
 use sage_federation::ledger::audit::audit;
 use sage_federation::ledger::client::{LedgerClient, LockTerms};
 use sage_federation::ledger::model::LockState;
-use sage_federation::ledger::protocol::Outcome;
+use sage_federation::ledger::protocol::{Outcome, WitnessRequest};
 use sage_federation::ledger::snapshot::LedgerSnapshot;
 use sage_federation::nats::subjects;
 use sage_federation::protocol::atp::Atp;
@@ -30,6 +31,9 @@ use serde_json::json;
 /// The quality threshold of the lying-executor scenario's lock.
 const LYING_SCENARIO_THRESHOLD: f64 = 0.7;
 
+/// Made-up results the witness scenario commits at most before it gives up: even at the
+/// lowest sampling rate (0.1) all of them escape with probability 0.9^200, below 1e-9.
+const WITNESS_SCENARIO_LIES_MAX: u32 = 200;
 /// How long the cancel scenario waits for its task to start running.
 const CANCEL_START_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -99,6 +103,12 @@ pub async fn run(federation: &Federation, url: &str) -> anyhow::Result<bool> {
         expected: critical.expected,
         outcome: critical_scenario(federation).await,
     });
+    let witnessed = scenarios::witness_catches_a_lie();
+    rows.push(Row {
+        scenario: witnessed.name,
+        expected: witnessed.expected,
+        outcome: witness_scenario(federation, &witnessed).await,
+    });
 
     let mut all_ok = print_rows(&rows);
     let after = LedgerSnapshot::read(&js).await?;
@@ -126,7 +136,7 @@ async fn lying_executor_scenario(federation: &Federation, scenario: &Scenario) -
     let liar_name = scenario.to.ok_or("the scenario names its liar")?;
     let liar = client(federation, liar_name).map_err(|e| e.to_string())?;
     let started = std::time::Instant::now();
-    let (task, wire) = locked_task(delegator, liar, scenario).await?;
+    let (task, wire) = locked_task(delegator, liar, scenario, None).await?;
     let made_up = made_up_proof(&task, scenario.budget);
     let signed = liar.signer().sign(&made_up).map_err(|e| e.to_string())?;
     let reply = LedgerClient::new(liar.nats().clone(), liar.signer().clone())
@@ -178,7 +188,54 @@ async fn lying_executor_scenario(federation: &Federation, scenario: &Scenario) -
         result: made_up.result,
         latency_ms: started.elapsed().as_secs_f64() * 1e3,
         proof_envelope: None,
+        witness: settlement.witness.clone(),
     })
+}
+
+/// Has the scenario's executor commit made-up results for the delegator's tasks of an
+/// operation the ledger cannot check, each locked with the witness terms the delegator's
+/// client names, until the ledger samples one; the delegator sends that one to its witness,
+/// whose worker runs the program, and the outcome is the settlement it leads to.
+async fn witness_scenario(federation: &Federation, scenario: &Scenario) -> Result<DelegationOutcome, String> {
+    let delegator = client(federation, scenario.from).map_err(|e| e.to_string())?;
+    let liar_name = scenario.to.ok_or("the scenario names its liar")?;
+    let liar = client(federation, liar_name).map_err(|e| e.to_string())?;
+    let liar_ledger = LedgerClient::new(liar.nats().clone(), liar.signer().clone());
+    let budget = Atp::from_f64(scenario.budget, "budget").map_err(|e| e.to_string())?;
+    let started = std::time::Instant::now();
+    for lie in 1..=WITNESS_SCENARIO_LIES_MAX {
+        let terms = delegator
+            .witness_terms(&scenario.request(), liar_name, budget)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("no other live platform runs {}: nobody can witness", scenario.operation))?;
+        let (task, wire) = locked_task(delegator, liar, scenario, Some(terms)).await?;
+        let signed = liar
+            .signer()
+            .sign(&made_up_proof(&task, scenario.budget))
+            .map_err(|e| e.to_string())?;
+        let reply = liar_ledger
+            .commit_with_task(&task.task_id, &signed, &wire)
+            .await
+            .map_err(|e| e.to_string())?;
+        if reply.lock.as_deref().map(|l| l.state) != Some(LockState::AwaitingWitness) {
+            continue; // Not sampled this time: paid, as any unsampled commit.
+        }
+        let mut outcome = delegator
+            .follow_held_task(&task, &wire)
+            .await
+            .map_err(|e| e.to_string())?;
+        outcome.latency_ms = started.elapsed().as_secs_f64() * 1e3;
+        let witness = outcome.witness.as_ref().map_or("nobody", |w| w.witness.as_str());
+        println!(
+            "  ({liar_name} made up a {} result; the ledger sampled lie {lie} and {witness} ran the program again: {})",
+            scenario.operation, outcome.reason
+        );
+        return Ok(outcome);
+    }
+    Err(format!(
+        "the ledger sampled none of {WITNESS_SCENARIO_LIES_MAX} made-up results"
+    ))
 }
 
 /// The scenario's task, signed by the delegator and locked for `executor` naming it: what
@@ -187,6 +244,7 @@ async fn locked_task(
     delegator: &FederationClient,
     executor: &FederationClient,
     scenario: &Scenario,
+    witness: Option<WitnessRequest>,
 ) -> Result<(FederationTask, bytes::Bytes), String> {
     let error = |e: &dyn std::fmt::Display| e.to_string();
     let task_id = TaskId::random().map_err(|e| error(&e))?;
@@ -216,10 +274,12 @@ async fn locked_task(
         deadline: task.expires_at,
         expires_at: task.expires_at + SETTLE_GRACE_SECONDS,
     };
-    let locked = LedgerClient::new(delegator.nats().clone(), delegator.signer().clone())
-        .lock_for_task(&terms, &wire, &task.operation)
-        .await
-        .map_err(|e| error(&e))?;
+    let ledger = LedgerClient::new(delegator.nats().clone(), delegator.signer().clone());
+    let locked = match witness {
+        Some(witness) => ledger.lock_with_witness(&terms, &wire, &task.operation, witness).await,
+        None => ledger.lock_for_task(&terms, &wire, &task.operation).await,
+    }
+    .map_err(|e| error(&e))?;
     if locked.outcome != Outcome::Applied {
         return Err(format!("the lock was refused: {}", locked.message));
     }
@@ -337,7 +397,7 @@ async fn critical_scenario(federation: &Federation) -> Result<DelegationOutcome,
 
 fn print_rows(rows: &[Row]) -> bool {
     println!(
-        "\n{:<34} {:<18} {:<11} {:>7} {:>13} {:>8} {:<32} {:<4}",
+        "\n{:<44} {:<18} {:<11} {:>7} {:>13} {:>8} {:<32} {:<4}",
         "scenario", "route", "operation", "quality", "ATP consumed", "ms", "outcome", "as expected"
     );
     let mut all_ok = true;
@@ -356,7 +416,7 @@ fn print_rows(rows: &[Row]) -> bool {
                     (state, None) => format!("{state:?}"),
                 };
                 println!(
-                    "{:<34} {:<18} {:<11} {:>7} {:>13} {:>8.1} {:<32} {}",
+                    "{:<44} {:<18} {:<11} {:>7} {:>13} {:>8.1} {:<32} {}",
                     row.scenario,
                     format!("{} -> {}", o.from, o.to),
                     o.operation,
@@ -374,7 +434,7 @@ fn print_rows(rows: &[Row]) -> bool {
             }
             Err(e) => {
                 all_ok = false;
-                println!("{:<34} FAILED: {e} (expected {expected})", row.scenario);
+                println!("{:<44} FAILED: {e} (expected {expected})", row.scenario);
             }
         }
     }

@@ -85,6 +85,12 @@ pub struct Operations {
     by_name: BTreeMap<String, Arc<dyn Operation>>,
 }
 
+/// Whether [`verify`] has a check for `operation`'s results (one of the three built-in
+/// names); any other operation is only checked by a witness re-running it.
+pub fn has_check(operation: &str) -> bool {
+    matches!(operation, "planning" | "execution" | "perception")
+}
+
 /// The verdict of a party other than the executor on `result`, returned for a task of
 /// `operation` with `parameters` and `budget`. The three built-in operation names have a
 /// defined result and a check of it (a platform that runs one of them as an external program
