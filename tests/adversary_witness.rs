@@ -15,7 +15,7 @@ use bytes::Bytes;
 use common::attacker::Attacker;
 use common::federation::Processes;
 use common::lct;
-use common::witness::{C, Parties, WORDS, lock_of, locked_task, proof_of, terms};
+use common::witness::{C, Parties, WORDS, ledger_state, lock_of, locked_task, proof_of, terms};
 use sage_federation::ledger::model::{LockState, RollbackReason};
 use sage_federation::ledger::protocol::{LedgerReply, Outcome, RejectCode, WitnessRequest};
 use sage_federation::ledger::snapshot::LedgerSnapshot;
@@ -26,27 +26,16 @@ use serde_json::Value;
 /// How long a sampled commit is held here: short, so the test sees the sweeper pass.
 const HOLD_SECONDS: f64 = 3.0;
 
-/// The parts of the ledger an attempt could change.
-fn state(snapshot: &LedgerSnapshot) -> impl PartialEq + std::fmt::Debug + use<> {
-    (
-        snapshot.accounts.clone(),
-        snapshot.locks.clone(),
-        snapshot.journal.clone(),
-        snapshot.witness_records.clone(),
-        snapshot.supply,
-    )
-}
-
 /// Sends each attempt and checks it is rejected with its code and changes nothing.
 async fn refused(p: &Processes, what: &str, code: RejectCode, attempt: impl std::future::Future<Output = LedgerReply>) {
-    let before = state(&p.snapshot().await);
+    let before = ledger_state(&p.snapshot().await);
     let reply = attempt.await;
     assert_eq!(
         (reply.outcome, reply.code),
         (Outcome::Rejected, Some(code)),
         "{what}: {reply:?}"
     );
-    assert_eq!(state(&p.snapshot().await), before, "{what} changed the ledger");
+    assert_eq!(ledger_state(&p.snapshot().await), before, "{what} changed the ledger");
 }
 
 /// Each account's balance + locked, in micro-ATP.
@@ -241,7 +230,7 @@ async fn no_party_can_get_around_the_witness() {
     assert_eq!(lock_of(&reply).state, LockState::RolledBack);
     // Paid once: the answer again, the commit again, and the sweeper past the hold change
     // nothing.
-    let settled = state(&p.snapshot().await);
+    let settled = ledger_state(&p.snapshot().await);
     let again = parties.sprout.witness(&task_id, &truth).await.expect("reply");
     assert_eq!(again.outcome, Outcome::AlreadyApplied, "{again:?}");
     let recommit = parties
@@ -253,7 +242,7 @@ async fn no_party_can_get_around_the_witness() {
     // (The other task's hold is 60 s: nothing else moves meanwhile.)
     tokio::time::sleep(Duration::from_secs_f64(HOLD_SECONDS + 1.5)).await;
     assert_eq!(
-        state(&p.snapshot().await),
+        ledger_state(&p.snapshot().await),
         settled,
         "a settled answer paid or refunded again"
     );

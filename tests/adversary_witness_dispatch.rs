@@ -11,24 +11,14 @@ mod common;
 use std::time::Duration;
 
 use common::federation::Processes;
-use common::witness::{C, OPERATION, Parties, WORDS, federation_edit, lock_of, locked_task, proof_of, terms};
+use common::witness::{
+    C, OPERATION, Parties, WORDS, federation_edit, ledger_state, lock_of, locked_task, proof_of, terms,
+};
 use sage_federation::ledger::model::LockState;
 use sage_federation::ledger::protocol::WitnessRequest;
-use sage_federation::ledger::snapshot::LedgerSnapshot;
 use sage_federation::nats::subjects;
 use sage_federation::protocol::task::{FederationTask, TaskId};
 use serde_json::json;
-
-/// The parts of the ledger a witness's answer would change.
-fn state(snapshot: &LedgerSnapshot) -> impl PartialEq + std::fmt::Debug + use<> {
-    (
-        snapshot.accounts.clone(),
-        snapshot.locks.clone(),
-        snapshot.journal.clone(),
-        snapshot.witness_records.clone(),
-        snapshot.supply,
-    )
-}
 
 /// Legion commits Thor's `task` by hand with an honest count: the ledger holds it (a new
 /// executor is sampled at rate 1.0).
@@ -75,7 +65,7 @@ async fn a_witness_runs_nothing_it_was_not_appointed_for() {
     let swapped = parties.thor_key.sign(&other_work).expect("sign");
     assert_eq!(other_work.source_lct, common::lct("Thor", C));
 
-    let before = state(&p.snapshot().await);
+    let before = ledger_state(&p.snapshot().await);
     let attempts = [
         (pending, format!("task {pending_id} is Pending, not held for a witness")),
         (
@@ -117,7 +107,7 @@ async fn a_witness_runs_nothing_it_was_not_appointed_for() {
         "Sprout answered a request it was not appointed for:\n{log}"
     );
     assert_eq!(
-        state(&p.snapshot().await),
+        ledger_state(&p.snapshot().await),
         before,
         "a refused witness request changed the ledger"
     );

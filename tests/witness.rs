@@ -20,7 +20,6 @@ use sage_federation::ledger::protocol::Outcome;
 use sage_federation::ledger::witness::{WITNESS_RATE_FLOOR, WITNESS_RATE_HALVING_AGREEMENTS, WITNESS_RATE_MAX};
 use sage_federation::nats::subjects;
 use sage_federation::protocol::task::TaskId;
-use sage_federation::state::reputation::Reputations;
 
 /// The witnesses compare word counts exactly (a deterministic program).
 const EXACT: f64 = 0.0;
@@ -131,20 +130,7 @@ async fn a_lying_executor_is_caught_within_the_tasks_its_sampling_rate_predicts(
     eprintln!("honest record: {sampled} of {honest} tasks sampled; the liar was caught at lie {lies}");
     // Reputation counts the disagreement as a refuted result: Legion is on probation for
     // this operation (placed last; placement is tested in adversary_reputation.rs).
-    let reputations = Reputations::open(&p.nats.js().await).await.expect("bucket");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let reputation = reputations.get("Legion", OPERATION).await.expect("readable");
-        if reputation.refuted >= 1 {
-            assert!(reputation.on_probation(), "{reputation:?}");
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the ledger never recorded the disagreement in Legion's reputation: {reputation:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::witness::await_probation(&p, "Legion").await;
 
     // 3. Caught: sampled at the maximum until it earns its way back. Its next lies are
     //    each held (rate 1.0) and refunded.

@@ -8,13 +8,10 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::federation::Processes;
 use common::witness::federation_edit;
 use sage_federation::delegation::client::{DelegationOutcome, DelegationRequest};
 use sage_federation::ledger::model::{LockState, RollbackReason};
-use sage_federation::state::reputation::Reputations;
 use serde_json::json;
 
 const OPERATION: &str = "wordcount";
@@ -82,20 +79,7 @@ async fn a_lying_executor_is_caught_by_a_real_witness_worker() {
     assert!(outcome.result.is_empty(), "{outcome:?}");
     assert_conserved(&outcome);
 
-    let reputations = Reputations::open(&p.nats.js().await).await.expect("bucket");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let reputation = reputations.get("Legion", OPERATION).await.expect("readable");
-        if reputation.refuted >= 1 {
-            assert!(reputation.on_probation(), "{reputation:?}");
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "Legion's reputation never recorded the refuted result: {reputation:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::witness::await_probation(&p, "Legion").await;
     p.assert_audit_clean();
 }
 

@@ -7,9 +7,11 @@ use bytes::Bytes;
 use sage_federation::ledger::client::{LedgerClient, LockTerms};
 use sage_federation::ledger::model::{Lock, LockState};
 use sage_federation::ledger::protocol::{LedgerReply, Outcome, WitnessRequest};
+use sage_federation::ledger::snapshot::LedgerSnapshot;
 use sage_federation::protocol::envelope::Signer;
 use sage_federation::protocol::proof::{ExecutionProof, ProofStatus};
 use sage_federation::protocol::task::{FederationTask, TaskId};
+use sage_federation::state::reputation::Reputations;
 use serde_json::{Map, Value, json};
 
 use super::federation::{Processes, hand_task};
@@ -163,5 +165,35 @@ pub fn federation_edit(legion_command: Option<&'static str>, hold_seconds: f64) 
             &format!("[settlement]\nwitness_hold_seconds = {hold_seconds}\n"),
         ),
         _ => text,
+    }
+}
+
+/// The parts of the ledger a witness's request or answer could change.
+pub fn ledger_state(snapshot: &LedgerSnapshot) -> impl PartialEq + std::fmt::Debug + use<> {
+    (
+        snapshot.accounts.clone(),
+        snapshot.locks.clone(),
+        snapshot.journal.clone(),
+        snapshot.witness_records.clone(),
+        snapshot.supply,
+    )
+}
+
+/// Waits (at most 20 s) until the ledger's reputation writer has counted a refuted result of
+/// `platform` for `OPERATION` and put it on probation (placed last).
+pub async fn await_probation(p: &Processes, platform: &str) {
+    let reputations = Reputations::open(&p.nats.js().await).await.expect("bucket");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let reputation = reputations.get(platform, OPERATION).await.expect("readable");
+        if reputation.refuted >= 1 {
+            assert!(reputation.on_probation(), "{reputation:?}");
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the ledger never recorded {platform}'s refuted result in its reputation: {reputation:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
