@@ -356,7 +356,13 @@ pub fn endorse_key_file(
 ) -> Result<KeyRecord, InitError> {
     let key = keys::read_or_create_secret(key_path)?;
     let id = keys::key_id(&key.verifying_key());
-    let existing = keys::read_records(key_path).unwrap_or_default();
+    // No records yet is normal (a key made just now); a file that cannot be read or does not
+    // decode is refused, not overwritten: it may hold endorsements worth keeping.
+    let existing = match keys::read_records(key_path) {
+        Ok(records) => records,
+        Err(keys::KeyError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
     if let Some(record) = existing.iter().find(|r| {
         r.key_id == id && r.platform == identity && r.delegate == grants.delegate && r.critical == grants.critical
     }) {
@@ -556,4 +562,38 @@ fn write_outputs(fed: &FederationDir, manifest: &Manifest) -> Result<(), InitErr
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grants() -> Grants {
+        Grants {
+            delegate: true,
+            critical: false,
+        }
+    }
+
+    #[test]
+    fn a_key_without_records_is_endorsed_and_a_corrupt_records_file_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = keys::generate().expect("root key");
+        let key_path = dir.path().join("Thor.key");
+        let record = endorse_key_file(&root, "Thor", &key_path, grants()).expect("a new key is endorsed");
+        assert_eq!(record.platform, "Thor");
+        // The same key again: the record on file is kept.
+        assert_eq!(
+            endorse_key_file(&root, "Thor", &key_path, grants()).expect("kept"),
+            record
+        );
+        let records = keys::records_path(&key_path);
+        fs::write(&records, "{ not json").expect("corrupt the records");
+        let refused = endorse_key_file(&root, "Thor", &key_path, grants()).expect_err("corrupt file refused");
+        assert!(
+            refused.to_string().contains(&records.display().to_string()),
+            "the error names the file: {refused}"
+        );
+        assert_eq!(fs::read_to_string(&records).expect("still there"), "{ not json");
+    }
 }
