@@ -231,7 +231,6 @@ impl From<DelegateError> for ApiError {
             | DelegateError::NoLock { .. }
             | DelegateError::WitnessedTask(_) => (StatusCode::BAD_GATEWAY, "federation_error"),
             DelegateError::WitnessUnsettled(_) => (StatusCode::GATEWAY_TIMEOUT, "witness_unsettled"),
-            DelegateError::LedgerUnreadable(_) => (StatusCode::SERVICE_UNAVAILABLE, "ledger_unreadable"),
         };
         Self::new(status, code, format!("{e:#}"))
     }
