@@ -11,29 +11,11 @@ mod common;
 use std::time::Duration;
 
 use common::federation::Processes;
-use common::witness::{
-    C, OPERATION, Parties, WORDS, federation_edit, ledger_state, lock_of, locked_task, proof_of, terms,
-};
-use sage_federation::ledger::model::LockState;
+use common::witness::{C, OPERATION, Parties, federation_edit, held, ledger_state, locked_task, terms};
 use sage_federation::ledger::protocol::WitnessRequest;
 use sage_federation::nats::subjects;
 use sage_federation::protocol::task::{FederationTask, TaskId};
 use serde_json::json;
-
-/// Legion commits Thor's `task` by hand with an honest count: the ledger holds it (a new
-/// executor is sampled at rate 1.0).
-async fn held(parties: &Parties, task_id: &TaskId, task: &bytes::Bytes, witness: &str) {
-    let proof = proof_of(&parties.legion_key, task_id, WORDS);
-    let lock = lock_of(
-        &parties
-            .legion
-            .commit_with_task(task_id, &proof, task)
-            .await
-            .expect("commit"),
-    );
-    assert_eq!(lock.state, LockState::AwaitingWitness, "{lock:?}");
-    assert_eq!(lock.hold.as_ref().map(|h| h.witness.as_str()), Some(witness));
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_witness_runs_nothing_it_was_not_appointed_for() {

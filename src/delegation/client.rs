@@ -14,6 +14,7 @@ use async_nats::jetstream::{self, AckKind, consumer::pull};
 use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
 use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
@@ -25,19 +26,22 @@ use crate::ledger::COMMIT_WINDOW_SECONDS;
 use crate::ledger::client::{LedgerClient, LedgerReader, LockTerms};
 use crate::ledger::model::{Lock, LockState, RollbackReason, WitnessSettlement};
 use crate::ledger::protocol::{LedgerReply, Outcome, RejectCode, WitnessRequest};
-use crate::ledger::witness::WITNESS_CANDIDATES_MAX;
+use crate::ledger::witness::{WITNESS_CANDIDATES_MAX, WITNESS_HOLD_SECONDS_MAX};
+use crate::nats::infra::WITNESSED_TASK_MAX_AGE;
 use crate::nats::subjects;
 use crate::observe::metrics;
 use crate::protocol::atp::Atp;
 use crate::protocol::clock::now_seconds;
 use crate::protocol::envelope::{Signer, Verified};
 use crate::protocol::lct::Lct;
+use crate::protocol::limits::TASK_TIMEOUT_SECONDS_MAX;
 use crate::protocol::proof::{ExecutionProof, ProofStatus};
 pub use crate::protocol::task::Lane;
 use crate::protocol::task::{FederationTask, TaskId, message_id as task_message_id};
 use crate::state::registry::{PlatformRecord, Registry};
 use crate::state::reputation::{Reputations, Standing};
 use crate::state::task_board::{TaskBoard, TaskState, TaskStatus};
+use crate::state::witnessed_tasks::{WitnessedTaskError, WitnessedTasks};
 
 /// Time a task may wait in the queue before a worker starts it, on top of its timeout.
 pub const QUEUE_WAIT_SECONDS: f64 = 30.0;
@@ -52,6 +56,20 @@ const PROOF_WAIT_GRACE: Duration = Duration::from_secs(1);
 const TIMEOUT_ROLLBACK_ATTEMPTS_MAX: u32 = 5;
 /// Deliveries of one proof to the settler before it gives up on it.
 const SETTLE_DELIVERIES_MAX: i64 = 20;
+/// How long the settler may keep a proof unacknowledged before the server redelivers it.
+const SETTLE_ACK_WAIT: Duration = Duration::from_secs(30);
+/// How often the settler tells the server it still works on a proof whose held task it
+/// dispatches (well within [`SETTLE_ACK_WAIT`]).
+const SETTLE_PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a proof the settler could not settle waits before it is delivered again.
+const SETTLE_RETRY_PAUSE: Duration = Duration::from_secs(5);
+// A kept witnessed task outlives its lock: the lock expires at most the queue wait, the
+// longest timeout and the settle grace after the task was made, and the hold then lasts at
+// most its maximum.
+const _: () = assert!(
+    QUEUE_WAIT_SECONDS + TASK_TIMEOUT_SECONDS_MAX as f64 + SETTLE_GRACE_SECONDS + WITNESS_HOLD_SECONDS_MAX
+        <= WITNESSED_TASK_MAX_AGE.as_secs() as f64
+);
 /// How long a listing of the platform registry is reused when placing tasks.
 pub const REGISTRY_CACHE_TTL: Duration = Duration::from_secs(1);
 /// How long a delegation keeps retrying its board entry and its publish before giving up and
@@ -157,6 +175,11 @@ pub enum DelegateError {
         "the ledger did not settle task {0}'s commit held for its witness by the hold's expiry: its sweeper may be down; `sagefed status <task-id>` shows the lock"
     )]
     WitnessUnsettled(TaskId),
+    /// The signed task could not be kept for its witness (before any ATP moved), or read
+    /// back by a restarted delegator (transient: the bucket's leader election, or the server
+    /// busy).
+    #[error(transparent)]
+    WitnessedTask(#[from] WitnessedTaskError),
 }
 
 impl DelegateError {
@@ -170,6 +193,7 @@ impl DelegateError {
                 | Self::Registry(_)
                 | Self::RegistryStalled
                 | Self::WitnessUnsettled(_)
+                | Self::WitnessedTask(_)
         ) || matches!(self, Self::Ledger(e) if e.is_transient())
     }
 }
@@ -188,6 +212,7 @@ fn error_label(error: &DelegateError) -> &'static str {
         DelegateError::Registry(_) | DelegateError::RegistryStalled => "registry",
         DelegateError::Ledger(_) | DelegateError::NoLock { .. } => "ledger",
         DelegateError::WitnessUnsettled(_) => "witness_unsettled",
+        DelegateError::WitnessedTask(_) => "witnessed_task",
     }
 }
 
@@ -233,6 +258,9 @@ pub struct FederationClient {
     registry: Registry,
     reputations: Reputations,
     board: TaskBoard,
+    /// This platform's signed tasks whose locks name witness terms, for a restarted
+    /// delegator's orphan settler.
+    witnessed: WitnessedTasks,
     waiters: Waiters,
     listener: tokio::task::JoinHandle<()>,
     settled: SettledMarker,
@@ -296,6 +324,8 @@ pub enum ClientStartError {
     Reputation(#[from] crate::state::reputation::ReputationError),
     #[error("cannot open the ledger bucket: {0}")]
     Ledger(#[from] crate::ledger::client::LedgerClientError),
+    #[error("cannot open the witnessed-task bucket: {0}")]
+    WitnessedTasks(#[from] WitnessedTaskError),
 }
 
 impl FederationClient {
@@ -351,6 +381,7 @@ impl FederationClient {
         Ok(Self {
             ledger: LedgerClient::new(client.clone(), signer.clone()),
             reader: LedgerReader::open(&js).await?,
+            witnessed: WitnessedTasks::open(&js, config.platform()).await?,
             settled: SettledMarker::start(board.clone(), signer.platform().to_owned()),
             platforms: Mutex::new(None),
             reputations,
@@ -554,6 +585,10 @@ impl FederationClient {
         };
         let reply = match witness {
             Some(witness) => {
+                // Before the lock, so that no held lock lacks its task: a delegator restarted
+                // while the commit is held reads it back to dispatch it (an unwitnessed
+                // delegation pays no such write).
+                self.witnessed.keep(&task_id, wire.clone()).await?;
                 self.ledger
                     .lock_with_witness(&terms, &wire, &task.operation, witness)
                     .await
@@ -1038,7 +1073,7 @@ impl FederationClient {
                 durable_name: Some(subjects::settle_consumer(self.platform())),
                 description: Some(format!("Proofs addressed to {}, settled by it", self.platform())),
                 filter_subject: subjects::proofs_for(self.platform()),
-                ack_wait: Duration::from_secs(30),
+                ack_wait: SETTLE_ACK_WAIT,
                 // A proof that keeps failing to settle (its lock gone) stops coming back; the
                 // lock itself expires and is refunded by the ledger.
                 max_deliver: SETTLE_DELIVERIES_MAX,
@@ -1046,24 +1081,109 @@ impl FederationClient {
             })
             .await?;
         let mut messages = consumer.messages().await?;
-        while let Some(message) = messages.next().await {
-            let message = message?;
-            match self.settle(&message.payload).await {
-                Ok(outcome) => {
-                    tracing::debug!(task = %outcome.task_id, settlement = ?outcome.settlement, "settled a proof");
-                    let _ = message.ack().await;
+        // Held tasks being dispatched to their witnesses, each until its lock settles, while
+        // the settler goes on with the next proofs.
+        let mut following = FuturesUnordered::new();
+        loop {
+            tokio::select! {
+                message = messages.next() => {
+                    let Some(message) = message else { break };
+                    let message = message?;
+                    if let Some(held) = self.settle_message(&message).await {
+                        following.push(self.follow_orphaned(message, held));
+                    }
                 }
-                Err(e @ (DelegateError::BadProof(_) | DelegateError::Invalid(_))) => {
-                    tracing::warn!(subject = %message.subject, error = %e, "dropping a proof that does not verify");
-                    let _ = message.ack_with(AckKind::Term).await;
-                }
-                Err(e) => {
-                    tracing::warn!(subject = %message.subject, error = %e, "could not settle a proof; retrying later");
-                    let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(5)))).await;
-                }
+                Some(()) = following.next(), if !following.is_empty() => {}
             }
         }
+        while following.next().await.is_some() {}
         Ok(())
+    }
+
+    /// Settles one stored proof and acknowledges it; returns the outcome, unacknowledged,
+    /// when the lock is held for a witness and no delegation of this client follows it:
+    /// then this settler dispatches the task ([`Self::follow_orphaned`]).
+    async fn settle_message(&self, message: &jetstream::Message) -> Option<DelegationOutcome> {
+        match self.settle(&message.payload).await {
+            Ok(outcome) if outcome.settlement == LockState::AwaitingWitness && !self.is_waiting(&outcome.task_id) => {
+                Some(outcome)
+            }
+            Ok(outcome) => {
+                tracing::debug!(task = %outcome.task_id, settlement = ?outcome.settlement, "settled a proof");
+                let _ = message.ack().await;
+                None
+            }
+            Err(e @ (DelegateError::BadProof(_) | DelegateError::Invalid(_))) => {
+                tracing::warn!(subject = %message.subject, error = %e, "dropping a proof that does not verify");
+                let _ = message.ack_with(AckKind::Term).await;
+                None
+            }
+            Err(e) => {
+                tracing::warn!(subject = %message.subject, error = %e, "could not settle a proof; retrying later");
+                let _ = message.ack_with(AckKind::Nak(Some(SETTLE_RETRY_PAUSE))).await;
+                None
+            }
+        }
+    }
+
+    /// Whether a delegation of this client waits for `task_id` (it dispatches its own task).
+    fn is_waiting(&self, task_id: &TaskId) -> bool {
+        self.waiters.lock().is_ok_and(|w| w.contains_key(task_id))
+    }
+
+    /// A proof whose commit the ledger holds for a witness, found by the orphan settler (this
+    /// delegator was away, or another process of it delegated): reads the signed task this
+    /// platform kept at lock time and dispatches it as a live delegation does
+    /// ([`Self::await_witness`]) until the lock settles, keeping the proof unacknowledged
+    /// meanwhile (a settler that stops hands it to the next one).
+    async fn follow_orphaned(&self, message: jetstream::Message, held: DelegationOutcome) {
+        let task_id = held.task_id.clone();
+        let followed = async {
+            let Some(wire) = self.witnessed.get(&task_id).await? else {
+                // Delegated by a version that kept no task: nothing to send, the hold expires.
+                tracing::warn!(task = %task_id, "no kept task to hand to the witness; the hold expires and pays the executor");
+                return Ok(None);
+            };
+            let task: Verified<FederationTask> = self
+                .keys
+                .verify_ignoring_expiry(&wire)
+                .await
+                .map_err(|e| DelegateError::Invalid(format!("the kept task {task_id} does not verify: {e}")))?;
+            if task.task_id != task_id || task.source_lct.platform() != self.platform() {
+                return Err(DelegateError::Invalid(format!(
+                    "the task kept under {task_id} is {}'s task {}",
+                    task.source_lct, task.task_id
+                )));
+            }
+            self.await_witness(&task, &wire, held).await.map(Some)
+        };
+        tokio::pin!(followed);
+        let mut progress = tokio::time::interval(SETTLE_PROGRESS_INTERVAL);
+        progress.tick().await;
+        let result = loop {
+            tokio::select! {
+                result = &mut followed => break result,
+                _ = progress.tick() => {
+                    let _ = message.ack_with(AckKind::Progress).await;
+                }
+            }
+        };
+        match result {
+            Ok(settled) => {
+                if let Some(outcome) = settled {
+                    tracing::info!(task = %task_id, settlement = ?outcome.settlement, "settled a held task after dispatching it to its witness");
+                }
+                let _ = message.ack().await;
+            }
+            Err(e) if e.is_transient() => {
+                tracing::warn!(task = %task_id, error = %e, "could not follow a held task; retrying later");
+                let _ = message.ack_with(AckKind::Nak(Some(SETTLE_RETRY_PAUSE))).await;
+            }
+            Err(e) => {
+                tracing::warn!(task = %task_id, error = %e, "cannot dispatch a held task; the hold expires and pays the executor");
+                let _ = message.ack().await;
+            }
+        }
     }
 
     /// This platform's LCT of `task_type`.

@@ -228,7 +228,8 @@ impl From<DelegateError> for ApiError {
             DelegateError::Registry(_)
             | DelegateError::RegistryStalled
             | DelegateError::Ledger(_)
-            | DelegateError::NoLock { .. } => (StatusCode::BAD_GATEWAY, "federation_error"),
+            | DelegateError::NoLock { .. }
+            | DelegateError::WitnessedTask(_) => (StatusCode::BAD_GATEWAY, "federation_error"),
             DelegateError::WitnessUnsettled(_) => (StatusCode::GATEWAY_TIMEOUT, "witness_unsettled"),
         };
         Self::new(status, code, format!("{e:#}"))

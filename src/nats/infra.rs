@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv, stream};
 
 use crate::nats::subjects;
-use crate::protocol::limits::ENVELOPE_BYTES_MAX;
+use crate::protocol::limits::{ENVELOPE_BYTES_MAX, TASK_TIMEOUT_SECONDS_MAX};
 
 /// Bytes of headers we allow on top of an envelope in a stream message.
 const HEADERS_BYTES_MAX: usize = 4 * 1024;
@@ -31,6 +31,12 @@ pub const PROOFS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEAD_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How long a finished task's status record is kept.
 pub const TASK_STATUS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// How long a delegator's signed task whose lock names witness terms is kept: longer than
+/// any such lock can stay unsettled (queue wait, the longest timeout and the settle grace to
+/// the lock's expiry, then the longest hold: `delegation::client` asserts it), so the
+/// bucket's age limit is its only clean-up.
+pub const WITNESSED_TASK_MAX_AGE: Duration = Duration::from_secs(TASK_TIMEOUT_SECONDS_MAX + 30 * 60);
 
 /// One stream or bucket as [`ensure`] found or made it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -146,6 +152,20 @@ fn bucket_configs(replicas: usize) -> Vec<(kv::Config, bool)> {
         ),
         (
             bucket(subjects::TASKS_BUCKET, "Task status", 1, TASK_STATUS_MAX_AGE),
+            false,
+        ),
+        // Read back by direct gets (every bucket allows them) that name the key, so that
+        // permissions confine each delegator to its own tasks; a task is at most an envelope.
+        (
+            kv::Config {
+                max_value_size: i32::try_from(ENVELOPE_BYTES_MAX).unwrap_or(i32::MAX),
+                ..bucket(
+                    subjects::WITNESSED_TASKS_BUCKET,
+                    "Delegators' signed tasks held for a witness, kept until their locks settle",
+                    1,
+                    WITNESSED_TASK_MAX_AGE,
+                )
+            },
             false,
         ),
     ]

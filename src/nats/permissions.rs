@@ -158,6 +158,16 @@ fn platform_permissions(role: Role, name: &str, p: &mut Permissions) {
         // And hand a held task to the witness the ledger appointed for it.
         p.publish
             .extend([s::delegate_any(), s::ledger_endpoint("lock"), s::witness_request_any()]);
+        // Keep and read back its own witnessed tasks (a restarted delegator dispatches them);
+        // the direct get names the key, so no platform reads or writes another's.
+        let own_tasks = s::witnessed_task_keys_of(name);
+        p.publish.extend([
+            s::kv_pattern(s::WITNESSED_TASKS_BUCKET, &own_tasks),
+            s::js_direct_get_subject(
+                &s::kv_stream(s::WITNESSED_TASKS_BUCKET),
+                &s::kv_subject(s::WITNESSED_TASKS_BUCKET, &own_tasks),
+            ),
+        ]);
     }
     if role.critical() {
         // federation:critical: queue tasks on others' critical lanes.

@@ -35,6 +35,10 @@ pub const PLATFORMS_BUCKET: &str = "sage_platforms";
 pub const REPUTATION_BUCKET: &str = "sage_reputation";
 /// KV bucket holding each task's status (queued, running, finished, cancelled).
 pub const TASKS_BUCKET: &str = "sage_tasks";
+/// KV bucket holding each delegator's signed tasks whose locks name witness terms, keyed
+/// [`witnessed_task_key`], so that a delegator restarted while its lock is held can still
+/// hand the task to the appointed witness (ARCHITECTURE.md, "Witnesses").
+pub const WITNESSED_TASKS_BUCKET: &str = "sage_witnessed_tasks";
 
 /// Name of the micro service answering ledger requests.
 pub const LEDGER_SERVICE: &str = "sagefed-ledger";
@@ -142,6 +146,16 @@ pub fn witness_request(platform: &str) -> String {
 /// Any platform's witness requests (a delegator may appoint any platform).
 pub fn witness_request_any() -> String {
     "sage.witness.*".to_owned()
+}
+
+/// Key of `delegator`'s signed task `task_id` in [`WITNESSED_TASKS_BUCKET`].
+pub fn witnessed_task_key(delegator: &str, task_id: &str) -> String {
+    format!("{delegator}.{task_id}")
+}
+
+/// Every key of `delegator`'s tasks in [`WITNESSED_TASKS_BUCKET`]: only it writes or reads them.
+pub fn witnessed_task_keys_of(delegator: &str) -> String {
+    witnessed_task_key(delegator, "*")
 }
 
 /// Durable pull consumer through which `platform` settles the proofs addressed to it.
@@ -443,6 +457,7 @@ mod tests {
             PLATFORMS_BUCKET,
             REPUTATION_BUCKET,
             TASKS_BUCKET,
+            WITNESSED_TASKS_BUCKET,
             LEDGER_SERVICE,
             STATUS_SERVICE,
             LEDGER_ACCOUNT_PREFIX,

@@ -4,3 +4,4 @@
 pub mod registry;
 pub mod reputation;
 pub mod task_board;
+pub mod witnessed_tasks;

@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::identity::keys::KeyRecord;
 use crate::ledger::COMMIT_WINDOW_SECONDS;
 use crate::ledger::model::{Lock, LockState, RollbackReason};
+use crate::protocol::atp::Atp;
 use crate::protocol::task::FederationTask;
 use crate::worker::admission::{Admissions, Admitted, RateLimiter};
 use crate::worker::ops::Operations;
@@ -163,17 +164,28 @@ pub fn check_budget(
         }
         Some(lock) => check_lock_times(task, lock, config).map_err(rejected)?,
     }
+    admit_resources(task, budget, config, admissions).map_err(rejected)
+}
+
+/// A place for `task` (holding `budget`) within this platform's concurrency and budget caps
+/// for its task type.
+fn admit_resources(
+    task: &FederationTask,
+    budget: Atp,
+    config: &Config,
+    admissions: &Admissions,
+) -> Result<Admitted, String> {
     let Some(resource) = config
         .resources
         .iter()
         .find(|(t, _)| t.as_str() == task.task_type)
         .map(|(_, r)| r)
     else {
-        return Err(rejected(format!(
+        return Err(format!(
             "{} does not execute {} tasks",
             config.platform(),
             task.task_type
-        )));
+        ));
     };
     admissions
         .admit(
@@ -182,7 +194,26 @@ pub fn check_budget(
             resource.max_concurrent,
             resource.atp_budget.atp(),
         )
-        .map_err(|why| rejected(format!("{}: {why}", config.platform())))
+        .map_err(|why| format!("{}: {why}", config.platform()))
+}
+
+/// A witness run's admission: what (4) to (6) ask of a task, the held lock standing for the
+/// budget check (the witness's caller checked it names this platform): a place within the
+/// task type's concurrency and budget caps, the delegator within its rate, the platform's
+/// limits. A refused request is sent again by its delegator while the hold lasts.
+pub fn admit_witness(
+    task: &FederationTask,
+    config: &Config,
+    admissions: &Admissions,
+    limiter: &RateLimiter,
+    now: Instant,
+) -> Result<Admitted, Refusal> {
+    let rejected = |why: String| refuse(RollbackReason::Rejected, why);
+    let budget = task.budget().map_err(rejected)?;
+    let admitted = admit_resources(task, budget, config, admissions).map_err(rejected)?;
+    check_rate(task, limiter, config, now)?;
+    check_limits(task, config)?;
+    Ok(admitted)
 }
 
 /// (5) The delegator is within its rate at `now`.

@@ -23,6 +23,7 @@ use crate::protocol::envelope::{Verified, digest};
 use crate::protocol::proof::{ExecutionProof, ProofStatus};
 use crate::protocol::task::{FederationTask, TaskId};
 use crate::worker::WorkerContext;
+use crate::worker::checks;
 use crate::worker::ops::OperationInput;
 
 /// Why this platform refused a witness request without running anything.
@@ -48,6 +49,10 @@ pub enum WitnessRefusal {
     HoldExpired(TaskId),
     #[error("task {0} is being witnessed already")]
     InFlight(TaskId),
+    /// Over this platform's concurrency or budget cap, its rate for the delegator, or its
+    /// limits: the delegator sends the request again while the hold lasts.
+    #[error("task {task} not admitted now: {why}")]
+    NotAdmitted { task: TaskId, why: String },
 }
 
 /// What became of a witness request this platform accepted.
@@ -80,6 +85,9 @@ pub async fn listen(ctx: Arc<WorkerContext>, client: Client) {
                     tracing::warn!("a witnessed run failed ({why}); no answer, the hold expires")
                 }
                 Err(WitnessRefusal::InFlight(task)) => tracing::debug!(%task, "witness request repeated while it runs"),
+                Err(refusal @ WitnessRefusal::NotAdmitted { .. }) => {
+                    tracing::info!("witness request deferred, nothing run ({refusal}); the delegator sends it again")
+                }
                 Err(refusal) => tracing::warn!("refused a witness request, nothing run: {refusal}"),
             }
         });
@@ -101,11 +109,23 @@ pub async fn witness(
     if !fresh {
         return Err(WitnessRefusal::InFlight(task.task_id.clone()));
     }
-    let answered = run_and_answer(ctx, &task, &hold).await;
+    // The same admission as a task from the queue: a flood of valid witness requests runs
+    // no more at once than this platform's caps allow.
+    let answered = match checks::admit_witness(&task, &ctx.config, &ctx.admissions, &ctx.limiter, Instant::now()) {
+        Ok(admitted) => {
+            let answered = run_and_answer(ctx, &task, &hold).await;
+            drop(admitted);
+            Ok(answered)
+        }
+        Err(refusal) => Err(WitnessRefusal::NotAdmitted {
+            task: task.task_id.clone(),
+            why: refusal.reason,
+        }),
+    };
     if let Ok(mut running) = running.lock() {
         running.remove(&task.task_id);
     }
-    Ok(answered)
+    answered
 }
 
 /// The task and the hold it is witnessed for, when the signed task and the ledger's lock

@@ -66,6 +66,15 @@ pub fn terms(tolerance: f64, hold_seconds: f64) -> WitnessRequest {
 /// Thor signs a `wordcount` task for Legion and locks `BUDGET_ATP` for it with `witness`;
 /// the task's signed bytes.
 pub async fn locked_task(parties: &Parties, task_id: &TaskId, witness: WitnessRequest) -> Bytes {
+    locked_task_and_wire(parties, task_id, witness).await.1
+}
+
+/// [`locked_task`], with the task itself besides its signed bytes.
+pub async fn locked_task_and_wire(
+    parties: &Parties,
+    task_id: &TaskId,
+    witness: WitnessRequest,
+) -> (FederationTask, Bytes) {
     let task = FederationTask {
         operation: OPERATION.into(),
         atp_budget: BUDGET_ATP,
@@ -83,7 +92,22 @@ pub async fn locked_task(parties: &Parties, task_id: &TaskId, witness: WitnessRe
         .await
         .expect("lock");
     assert_eq!(reply.outcome, Outcome::Applied, "{reply:?}");
-    wire
+    (task, wire)
+}
+
+/// Legion commits Thor's `task` by hand with an honest count: the ledger holds it (a new
+/// executor is sampled at rate 1.0).
+pub async fn held(parties: &Parties, task_id: &TaskId, task: &bytes::Bytes, witness: &str) {
+    let proof = proof_of(&parties.legion_key, task_id, WORDS);
+    let lock = lock_of(
+        &parties
+            .legion
+            .commit_with_task(task_id, &proof, task)
+            .await
+            .expect("commit"),
+    );
+    assert_eq!(lock.state, LockState::AwaitingWitness, "{lock:?}");
+    assert_eq!(lock.hold.as_ref().map(|h| h.witness.as_str()), Some(witness));
 }
 
 /// `signer`'s signed completed proof of Thor's `task_id`, answering `words`.
