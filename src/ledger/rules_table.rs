@@ -1177,22 +1177,11 @@ fn witness_rows(p: &Proofs) -> Vec<Row> {
     ]
 }
 
-#[test]
-fn every_witness_transition_and_rejection_conserves_atp() {
-    let (book, seen) = run(witness_rows(&Proofs::new()));
-    for code in [
-        "HeldForWitness",
-        "NotAuthorized",
-        "ProofMismatch",
-        "LockExpired",
-        "AlreadySettled",
-    ] {
-        assert!(seen.contains(code), "no witness row is rejected with {code}");
-    }
-    let account = |p: &str| book.account(&lct(p)).expect(p);
+/// Each witnessed lock's (executor's pay, witness's pay, delegator's refund) after
+/// [`witness_rows`]: on agreement the executor keeps all it consumed and the share comes out
+/// of the refund, as much of it as the refund holds.
+fn assert_witness_splits(book: &MemoryBook) {
     let micro = Atp::from_micros;
-    // Each lock's (executor's pay, witness's pay, delegator's refund): on agreement the
-    // executor keeps all it consumed and the share comes out of the refund.
     let split = |id: &str| {
         let s = book.locks[id].settlement.clone().expect("settled");
         (s.paid_uatp, WitnessSettlement::paid(&s), s.refunded_uatp)
@@ -1212,6 +1201,23 @@ fn every_witness_transition_and_rejection_conserves_atp() {
         "an expensive executor"
     );
     assert_eq!(split("w8"), (atp(10), atp(0), atp(0)), "the whole lock consumed");
+}
+
+#[test]
+fn every_witness_transition_and_rejection_conserves_atp() {
+    let (book, seen) = run(witness_rows(&Proofs::new()));
+    for code in [
+        "HeldForWitness",
+        "NotAuthorized",
+        "ProofMismatch",
+        "LockExpired",
+        "AlreadySettled",
+    ] {
+        assert!(seen.contains(code), "no witness row is rejected with {code}");
+    }
+    let account = |p: &str| book.account(&lct(p)).expect(p);
+    assert_witness_splits(&book);
+    let micro = Atp::from_micros;
     let (thor, legion) = (account("Thor"), account("Legion"));
     // Thor: w1 cost 5 (4 + 1), w2 4, w3 1 (the witness), w4 4, w6 1.5, w7 10, w8 10; w5
     // still locked.
