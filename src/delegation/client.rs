@@ -130,11 +130,11 @@ pub enum DelegateError {
     #[error(
         "the task could not be published ({0}); if the server stored it anyway (a lost acknowledgement) it runs and settles as usual, otherwise its budget is refunded after the task's deadline: `sagefed status <task-id>` tells which"
     )]
-    Publish(String),
+    Publish(#[source] async_nats::Error),
     #[error(
         "JetStream does not answer on this platform's server ({0}): on a machine with a leaf server, its link to the hub is down (docs/troubleshooting.md); if the task was stored before the link went down it runs and settles as usual, otherwise its budget is refunded after the task's deadline: `sagefed status <task-id>` tells which"
     )]
-    LinkDown(String),
+    LinkDown(#[source] async_nats::Error),
     #[error("invalid task: {0}")]
     Invalid(String),
     #[error("the proof does not verify: {0}")]
@@ -157,8 +157,6 @@ pub enum DelegateError {
         "the ledger did not settle task {0}'s commit held for its witness by the hold's expiry: its sweeper may be down; `sagefed status <task-id>` shows the lock"
     )]
     WitnessUnsettled(TaskId),
-    #[error("the ledger could not be read: {0}")]
-    LedgerUnreadable(String),
 }
 
 impl DelegateError {
@@ -171,10 +169,8 @@ impl DelegateError {
                 | Self::LinkDown(_)
                 | Self::Registry(_)
                 | Self::RegistryStalled
-                | Self::Ledger(_)
-                | Self::LedgerUnreadable(_)
                 | Self::WitnessUnsettled(_)
-        )
+        ) || matches!(self, Self::Ledger(e) if e.is_transient())
     }
 }
 
@@ -192,7 +188,6 @@ fn error_label(error: &DelegateError) -> &'static str {
         DelegateError::Registry(_) | DelegateError::RegistryStalled => "registry",
         DelegateError::Ledger(_) | DelegateError::NoLock { .. } => "ledger",
         DelegateError::WitnessUnsettled(_) => "witness_unsettled",
-        DelegateError::LedgerUnreadable(_) => "ledger_unreadable",
     }
 }
 
@@ -723,12 +718,7 @@ impl FederationClient {
         held: DelegationOutcome,
     ) -> Result<DelegationOutcome, DelegateError> {
         self.settled.mark(&task.task_id);
-        let paid = self
-            .reader
-            .paid_proof(&task.task_id)
-            .await
-            .map_err(|e| DelegateError::LedgerUnreadable(e.to_string()))?
-            .map(|paid| paid.wire());
+        let paid = self.reader.paid_proof(&task.task_id).await?.map(|paid| paid.wire());
         let (proof, envelope) = match paid {
             Some(wire) => {
                 self.check_proof(task, &wire).await.map_err(DelegateError::BadProof)?;
@@ -761,11 +751,10 @@ impl FederationClient {
     }
 
     async fn read_lock(&self, task_id: &TaskId) -> Result<Lock, DelegateError> {
-        self.reader
-            .lock(task_id)
-            .await
-            .map_err(|e| DelegateError::LedgerUnreadable(e.to_string()))?
-            .ok_or_else(|| DelegateError::LedgerUnreadable(format!("task {task_id} has no lock")))
+        self.reader.lock(task_id).await?.ok_or_else(|| DelegateError::NoLock {
+            task_id: task_id.clone(),
+            message: "no lock record under its key".to_owned(),
+        })
     }
 
     /// A task whose publish failed may still have been stored. Marking it cancelled keeps a
@@ -808,9 +797,9 @@ impl FederationClient {
                 Ok(()) => break,
                 // Someone else's entry under this id is final; anything else may be an election.
                 Err(e @ crate::state::task_board::StatusError::TaskIdInUse(_)) => {
-                    return Err(DelegateError::Publish(e.to_string()));
+                    return Err(DelegateError::Publish(e.into()));
                 }
-                Err(e) => self.retry_or_fail(task, give_up, &e.to_string()).await?,
+                Err(e) => self.retry_or_fail(task, give_up, e.into()).await?,
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(PUBLISH_RETRY_PAUSE_MAX);
@@ -828,11 +817,11 @@ impl FederationClient {
                     // The id is the digest of these bytes: a `duplicate` ack means they are
                     // stored (an earlier attempt whose ack was lost), whoever sent them.
                     Ok(_) => return Ok(()),
-                    Err(e) => e.to_string(),
+                    Err(e) => async_nats::Error::from(e),
                 },
-                Err(e) => e.to_string(),
+                Err(e) => e.into(),
             };
-            self.retry_or_fail(task, give_up, &failed).await?;
+            self.retry_or_fail(task, give_up, failed).await?;
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(PUBLISH_RETRY_PAUSE_MAX);
         }
@@ -840,14 +829,19 @@ impl FederationClient {
 
     /// After a failed board entry or publish: `Ok` to retry (a leader election may be under
     /// way and the window is open), else why the delegation fails.
-    async fn retry_or_fail(&self, task: &FederationTask, give_up: Instant, failed: &str) -> Result<(), DelegateError> {
+    async fn retry_or_fail(
+        &self,
+        task: &FederationTask,
+        give_up: Instant,
+        failed: async_nats::Error,
+    ) -> Result<(), DelegateError> {
         if self.jetstream_unreachable().await {
-            return Err(DelegateError::LinkDown(failed.to_owned()));
+            return Err(DelegateError::LinkDown(failed));
         }
         if Instant::now() >= give_up {
-            return Err(DelegateError::Publish(failed.to_owned()));
+            return Err(DelegateError::Publish(failed));
         }
-        tracing::debug!(task = %task.task_id, error = failed, "task board or stream busy; retrying");
+        tracing::debug!(task = %task.task_id, error = %failed, "task board or stream busy; retrying");
         Ok(())
     }
 
@@ -879,7 +873,7 @@ impl FederationClient {
                 () = link_lost => DelegateError::RegistryStalled,
             };
             if self.jetstream_unreachable().await {
-                return Err(DelegateError::LinkDown(failed.to_string()));
+                return Err(DelegateError::LinkDown(Box::new(failed)));
             }
             if Instant::now() >= give_up {
                 return Err(failed);

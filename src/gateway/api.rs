@@ -230,7 +230,6 @@ impl From<DelegateError> for ApiError {
             | DelegateError::Ledger(_)
             | DelegateError::NoLock { .. } => (StatusCode::BAD_GATEWAY, "federation_error"),
             DelegateError::WitnessUnsettled(_) => (StatusCode::GATEWAY_TIMEOUT, "witness_unsettled"),
-            DelegateError::LedgerUnreadable(_) => (StatusCode::SERVICE_UNAVAILABLE, "ledger_unreadable"),
         };
         Self::new(status, code, format!("{e:#}"))
     }

@@ -35,8 +35,17 @@ const KEY_ID_CHARS_MAX: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DirectoryError {
-    #[error("key bucket sage_keys: {0}")]
-    Kv(String),
+    /// The key bucket could not be opened, read or written (the server or its JetStream
+    /// unreachable, or this identity lacks the permission).
+    #[error("key bucket sage_keys: cannot {action}: {source}")]
+    Kv {
+        action: &'static str,
+        #[source]
+        source: async_nats::Error,
+    },
+    /// A thread panicked while holding the key cache; this process must restart.
+    #[error("the key cache was poisoned by a panic; restart the process")]
+    CachePoisoned,
     #[error(transparent)]
     Key(#[from] KeyError),
     /// The platform's own secret key is missing or unreadable.
@@ -148,12 +157,12 @@ impl KeyDirectory {
         let kv = js
             .get_key_value(subjects::KEYS_BUCKET)
             .await
-            .map_err(|e| DirectoryError::Kv(e.to_string()))?;
+            .map_err(|e| kv_error("open the bucket", e))?;
         let cache = Arc::new(RwLock::new(KeyRegistry::new()));
         // Follow changes (new keys, revocations) from now on; `refresh` below reads what is
         // already there. A watch that ends (server restart) is started again, with history,
         // so nothing written meanwhile is missed.
-        let mut watch = kv.watch_all().await.map_err(|e| DirectoryError::Kv(e.to_string()))?;
+        let mut watch = kv.watch_all().await.map_err(|e| kv_error("watch the bucket", e))?;
         let shared = Arc::clone(&cache);
         let store = kv.clone();
         let root = *root;
@@ -223,11 +232,11 @@ impl KeyDirectory {
 
     /// Reloads every record and revocation from the bucket.
     pub async fn refresh(&self) -> Result<(), DirectoryError> {
-        let mut keys = self.kv.keys().await.map_err(|e| DirectoryError::Kv(e.to_string()))?;
+        let mut keys = self.kv.keys().await.map_err(|e| kv_error("list the keys", e))?;
         let mut entries = Vec::new();
         while let Some(key) = keys.next().await {
-            let key = key.map_err(|e| DirectoryError::Kv(e.to_string()))?;
-            if let Some(value) = self.kv.get(&key).await.map_err(|e| DirectoryError::Kv(e.to_string()))?
+            let key = key.map_err(|e| kv_error("list the keys", e))?;
+            if let Some(value) = self.kv.get(&key).await.map_err(|e| kv_error("read a record", e))?
                 && let Some(entry) = decode(&key, &value)
             {
                 entries.push((key, entry));
@@ -241,23 +250,20 @@ impl KeyDirectory {
     /// published first). Writes nothing when the bucket already holds the same.
     pub async fn publish(&self, record: &KeyRecord) -> Result<(), DirectoryError> {
         {
-            let mut registry = self
-                .cache
-                .write()
-                .map_err(|_| DirectoryError::Kv("key cache poisoned".to_owned()))?;
+            let mut registry = self.cache.write().map_err(|_| DirectoryError::CachePoisoned)?;
             registry.admit(record.clone(), &self.root)?;
         }
         let key = subjects::key_entry(&record.platform, &record.key_id);
-        let current = self.kv.get(&key).await.map_err(|e| DirectoryError::Kv(e.to_string()))?;
+        let current = self.kv.get(&key).await.map_err(|e| kv_error("read a record", e))?;
         let same = current
             .and_then(|v| serde_json::from_slice::<KeyRecord>(&v).ok())
             .is_some_and(|old| &old == record);
         if !same {
-            let value = serde_json::to_vec(record).map_err(|e| DirectoryError::Kv(e.to_string()))?;
+            let value = serde_json::to_vec(record).map_err(|e| kv_error("encode a key record", e))?;
             self.kv
                 .put(&key, value.into())
                 .await
-                .map_err(|e| DirectoryError::Kv(e.to_string()))?;
+                .map_err(|e| kv_error("write a key record", e))?;
         }
         Ok(())
     }
@@ -266,11 +272,11 @@ impl KeyDirectory {
     pub async fn publish_revocation(&self, revocation: &Revocation) -> Result<(), DirectoryError> {
         revocation.check(&self.root)?;
         let key = subjects::key_revocation_entry(&revocation.platform, &revocation.key_id);
-        let value = serde_json::to_vec(revocation).map_err(|e| DirectoryError::Kv(e.to_string()))?;
+        let value = serde_json::to_vec(revocation).map_err(|e| kv_error("encode a revocation", e))?;
         self.kv
             .put(&key, value.into())
             .await
-            .map_err(|e| DirectoryError::Kv(e.to_string()))?;
+            .map_err(|e| kv_error("write a revocation", e))?;
         admit_all(
             &self.cache,
             &self.root,
@@ -397,5 +403,13 @@ impl KeyDirectory {
             unknown.absent(&platform, &signer_key_id, Instant::now());
         }
         Ok(())
+    }
+}
+
+/// A key-bucket failure, naming what was being done.
+fn kv_error(action: &'static str, source: impl std::error::Error + Send + Sync + 'static) -> DirectoryError {
+    DirectoryError::Kv {
+        action,
+        source: Box::new(source),
     }
 }

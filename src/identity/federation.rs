@@ -59,10 +59,24 @@ pub enum InitError {
     Read { path: PathBuf, why: String },
     #[error("cannot make the TLS certificates: {0}")]
     Certificate(#[from] rcgen::Error),
-    #[error("cannot make a key: {0}")]
-    Key(String),
+    #[error("cannot make or read a signing key: {0}")]
+    Key(#[from] keys::KeyError),
+    #[error("the system's random source failed: {0}")]
+    Random(#[source] getrandom::Error),
+    #[error("cannot make an nkey: {0}")]
+    Nkey(#[source] nkeys::error::Error),
+    #[error("cannot read a machine's nkey: {0}")]
+    Creds(#[source] crate::nats::connection::ConnectError),
+    #[error("cannot encode {what}: {source}")]
+    Encode {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("cannot lay out the machines: {0}")]
-    Topology(String),
+    Topology(#[from] crate::identity::topology::PlanError),
+    #[error("the topology plan names no machine {0}")]
+    UnknownMachine(String),
 }
 
 /// The public manifest of a federation.
@@ -214,7 +228,7 @@ pub(crate) fn read_text(path: &Path) -> Result<String, InitError> {
 fn new_identity(fed: &FederationDir, name: &str, role: Role) -> Result<NatsUser, InitError> {
     check_name(name)?;
     let pair = nkeys::KeyPair::new_user();
-    let seed = pair.seed().map_err(|e| InitError::Key(e.to_string()))?;
+    let seed = pair.seed().map_err(InitError::Nkey)?;
     write_file(&fed.creds(name), &format!("{seed}\n"), true)?;
     Ok(NatsUser {
         name: name.to_owned(),
@@ -294,7 +308,7 @@ pub fn throwaway_server(dir: &Path) -> Result<ThrowawayServer, InitError> {
     let hosts: Vec<String> = LOOPBACK_HOSTS.iter().map(|h| (*h).to_owned()).collect();
     make_certificates(&fed, &hosts)?;
     let pair = nkeys::KeyPair::new_user();
-    let seed = pair.seed().map_err(|e| InitError::Key(e.to_string()))?;
+    let seed = pair.seed().map_err(InitError::Nkey)?;
     let creds = fed.creds("throwaway");
     write_file(&creds, &format!("{seed}\n"), true)?;
     Ok(ThrowawayServer {
@@ -340,10 +354,15 @@ pub fn endorse_key_file(
     key_path: &Path,
     grants: Grants,
 ) -> Result<KeyRecord, InitError> {
-    let key_err = |e: keys::KeyError| InitError::Key(e.to_string());
-    let key = keys::read_or_create_secret(key_path).map_err(key_err)?;
+    let key = keys::read_or_create_secret(key_path)?;
     let id = keys::key_id(&key.verifying_key());
-    let existing = keys::read_records(key_path).unwrap_or_default();
+    // No records yet is normal (a key made just now); a file that cannot be read or does not
+    // decode is refused, not overwritten: it may hold endorsements worth keeping.
+    let existing = match keys::read_records(key_path) {
+        Ok(records) => records,
+        Err(keys::KeyError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
     if let Some(record) = existing.iter().find(|r| {
         r.key_id == id && r.platform == identity && r.delegate == grants.delegate && r.critical == grants.critical
     }) {
@@ -353,7 +372,7 @@ pub fn endorse_key_file(
     record.delegate = grants.delegate;
     record.critical = grants.critical;
     let record = chain::endorse(record, Endorser::Root, root);
-    keys::write_records(key_path, std::slice::from_ref(&record)).map_err(key_err)?;
+    keys::write_records(key_path, std::slice::from_ref(&record))?;
     Ok(record)
 }
 
@@ -376,7 +395,7 @@ pub fn endorse_identity_key(fed: &FederationDir, identity: &str, key_path: &Path
 
 /// Reads the root key of the federation in `fed`.
 pub fn read_root(fed: &FederationDir) -> Result<ed25519_dalek::SigningKey, InitError> {
-    keys::read_secret(&fed.root_key()).map_err(|e| InitError::Key(e.to_string()))
+    keys::read_secret(&fed.root_key()).map_err(InitError::Key)
 }
 
 /// A certificate for one more server of the federation (a leaf, a cluster node), signed by
@@ -416,8 +435,8 @@ pub fn init(options: &InitOptions) -> Result<Manifest, InitError> {
             source: e,
         });
     }
-    let root = keys::generate().map_err(|e| InitError::Key(e.to_string()))?;
-    keys::write_secret(&fed.root_key(), &root, true).map_err(|e| InitError::Key(e.to_string()))?;
+    let root = keys::generate().map_err(InitError::Random)?;
+    keys::write_secret(&fed.root_key(), &root, true)?;
     let mut hosts: Vec<String> = LOOPBACK_HOSTS.iter().map(|h| (*h).to_owned()).collect();
     hosts.extend(
         options
@@ -493,7 +512,10 @@ pub fn write_platform_nats_toml(fed: &FederationDir, platform: &str, url: &str) 
 
 /// The manifest, the server config and every bundle, from the manifest.
 fn write_outputs(fed: &FederationDir, manifest: &Manifest) -> Result<(), InitError> {
-    let manifest_text = serde_json::to_string_pretty(manifest).map_err(|e| InitError::Key(e.to_string()))?;
+    let manifest_text = serde_json::to_string_pretty(manifest).map_err(|source| InitError::Encode {
+        what: "the manifest",
+        source,
+    })?;
     write_file(&fed.manifest(), &(manifest_text + "\n"), false)?;
     let base = read_text(&fed.server_base())?;
     let absolute = |p: PathBuf| fs::canonicalize(&p).unwrap_or(p);
@@ -540,4 +562,38 @@ fn write_outputs(fed: &FederationDir, manifest: &Manifest) -> Result<(), InitErr
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grants() -> Grants {
+        Grants {
+            delegate: true,
+            critical: false,
+        }
+    }
+
+    #[test]
+    fn a_key_without_records_is_endorsed_and_a_corrupt_records_file_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = keys::generate().expect("root key");
+        let key_path = dir.path().join("Thor.key");
+        let record = endorse_key_file(&root, "Thor", &key_path, grants()).expect("a new key is endorsed");
+        assert_eq!(record.platform, "Thor");
+        // The same key again: the record on file is kept.
+        assert_eq!(
+            endorse_key_file(&root, "Thor", &key_path, grants()).expect("kept"),
+            record
+        );
+        let records = keys::records_path(&key_path);
+        fs::write(&records, "{ not json").expect("corrupt the records");
+        let refused = endorse_key_file(&root, "Thor", &key_path, grants()).expect_err("corrupt file refused");
+        assert!(
+            refused.to_string().contains(&records.display().to_string()),
+            "the error names the file: {refused}"
+        );
+        assert_eq!(fs::read_to_string(&records).expect("still there"), "{ not json");
+    }
 }

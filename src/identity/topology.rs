@@ -250,16 +250,34 @@ pub fn add_platform(
     let fed = FederationDir::new(dir);
     let Some(mut plan) = load_plan(&fed)? else {
         if machine.is_some() {
-            return Err(plan_error(PlanError::NoMachineHere("single-server", "the one server")));
+            return Err(InitError::Topology(PlanError::NoMachineHere(
+                "single-server",
+                "the one server",
+            )));
         }
         return federation::add_platform(dir, platform, role);
     };
     if let Some(machine) = machine {
         match plan.topology {
             Topology::HubLeaf if machine.name == platform => plan.machines.push(machine),
-            Topology::HubLeaf => return Err(plan_error(PlanError::MachineName(platform.to_owned(), machine.name))),
-            Topology::Cluster => return Err(plan_error(PlanError::NoMachineHere("cluster", "the first node"))),
-            Topology::Single => return Err(plan_error(PlanError::NoMachineHere("single-server", "the one server"))),
+            Topology::HubLeaf => {
+                return Err(InitError::Topology(PlanError::MachineName(
+                    platform.to_owned(),
+                    machine.name,
+                )));
+            }
+            Topology::Cluster => {
+                return Err(InitError::Topology(PlanError::NoMachineHere(
+                    "cluster",
+                    "the first node",
+                )));
+            }
+            Topology::Single => {
+                return Err(InitError::Topology(PlanError::NoMachineHere(
+                    "single-server",
+                    "the one server",
+                )));
+            }
         }
     }
     // Checked before anything is written: a bad plan leaves the federation as it was.
@@ -269,14 +287,10 @@ pub fn add_platform(
         role,
         nkey: String::new(),
     });
-    plan.check(&identities).map_err(plan_error)?;
+    plan.check(&identities)?;
     let manifest = federation::add_platform(dir, platform, role)?;
     write_topology(&fed, &manifest, &plan, Certificates::KeepExisting)?;
     Ok(manifest)
-}
-
-fn plan_error(e: PlanError) -> InitError {
-    InitError::Topology(e.to_string())
 }
 
 /// Writes the servers' files of `plan` into the bundles of the federation in `fed`, and the
@@ -287,11 +301,14 @@ pub fn write_topology(
     plan: &TopologyPlan,
     certificates: Certificates,
 ) -> Result<(), InitError> {
-    plan.check(&manifest.identities).map_err(plan_error)?;
+    plan.check(&manifest.identities)?;
     if plan.topology == Topology::Single {
         return Ok(());
     }
-    let plan_text = serde_json::to_string_pretty(plan).map_err(|e| InitError::Topology(e.to_string()))?;
+    let plan_text = serde_json::to_string_pretty(plan).map_err(|source| InitError::Encode {
+        what: "the topology plan",
+        source,
+    })?;
     federation::write_file(&fed.topology_plan(), &(plan_text + "\n"), false)?;
     let ca = federation::read_text(&fed.ca_cert())?;
     for server in plan.render(fed, &manifest.identities) {
@@ -299,7 +316,7 @@ pub fn write_topology(
             .machines
             .iter()
             .find(|m| m.name == server.machine)
-            .ok_or_else(|| InitError::Topology(format!("no machine {}", server.machine)))?;
+            .ok_or_else(|| InitError::UnknownMachine(server.machine.clone()))?;
         let bundle = fed.bundle(&server.bundle);
         let has_certificate = bundle.join(SERVER_CERT_FILE).is_file() && bundle.join(SERVER_KEY_FILE).is_file();
         if certificates == Certificates::Issue || !has_certificate {
@@ -311,8 +328,7 @@ pub fn write_topology(
         federation::write_file(&bundle.join(CA_FILE), &ca, false)?;
         federation::write_file(&bundle.join(SERVER_CONFIG_FILE), &server.text, false)?;
         if plan.topology == Topology::HubLeaf && server.bundle != HUB_BUNDLE {
-            let (seed, _) = crate::nats::connection::read_nkey(&fed.creds(&machine.name))
-                .map_err(|e| InitError::Key(e.to_string()))?;
+            let (seed, _) = crate::nats::connection::read_nkey(&fed.creds(&machine.name)).map_err(InitError::Creds)?;
             federation::write_file(&bundle.join(LEAF_LINK_FILE), &topology::leaf_seed_include(&seed), true)?;
         }
     }

@@ -170,7 +170,10 @@ pub enum BatchError {
     /// fails with WrongLastSequence if the first attempt went through).
     Timeout { stage: &'static str },
     /// Connection / client-side failure (publish failed, max_payload, ...).
-    Transport { stage: &'static str, source: String },
+    Transport {
+        stage: &'static str,
+        source: async_nats::Error,
+    },
     /// Reply we could not interpret.
     Protocol { stage: &'static str, detail: String },
 }
@@ -209,7 +212,14 @@ impl fmt::Display for BatchError {
     }
 }
 
-impl std::error::Error for BatchError {}
+impl std::error::Error for BatchError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            BatchError::Transport { source, .. } => Some(source.as_ref()),
+            _ => None,
+        }
+    }
+}
 
 /// Raw reply: either a PubAck or an error.
 #[derive(Debug, Deserialize)]
@@ -261,7 +271,7 @@ async fn request(
         RequestErrorKind::NoResponders => BatchError::NoStream { stage },
         _ => BatchError::Transport {
             stage,
-            source: e.to_string(),
+            source: e.into(),
         },
     })
 }
@@ -408,7 +418,7 @@ pub async fn publish_atomic_with_options(
                 .await
                 .map_err(|e| BatchError::Transport {
                     stage: "publish",
-                    source: e.to_string(),
+                    source: e.into(),
                 })?;
         }
     }

@@ -27,14 +27,52 @@ const RETRY_PAUSE_FIRST: Duration = Duration::from_millis(50);
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerClientError {
     #[error("cannot sign the ledger request: {0}")]
-    Sign(String),
+    Sign(#[source] crate::protocol::envelope::EnvelopeError),
+    /// A signed proof to embed in a request is not a JSON envelope (it repeats: not transient).
+    #[error("the proof to embed is not a JSON envelope: {0}")]
+    Embed(#[source] serde_json::Error),
     #[error("the ledger service did not answer after {attempts} attempts ({last}); is `sagefed ledger serve` running?")]
-    Unreachable { attempts: u32, last: String },
-    #[error("the ledger's reply could not be read: {0}")]
-    BadReply(String),
-    /// The ledger's bucket could not be read (the server or its JetStream unreachable).
-    #[error("cannot read the ledger's bucket ({0}); retry when the server is back")]
-    Bucket(String),
+    Unreachable {
+        attempts: u32,
+        #[source]
+        last: LastAttempt,
+    },
+    #[error("the ledger's reply could not be read ({source}): {payload}")]
+    BadReply {
+        /// The reply as received (lossy UTF-8), to show what came back.
+        payload: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The ledger's bucket could not be opened (the server or its JetStream unreachable).
+    #[error("cannot open the ledger's bucket ({0}); retry when the server is back")]
+    Bucket(#[source] async_nats::jetstream::context::KeyValueError),
+    /// A record could not be read from the ledger's bucket.
+    #[error("cannot read {key} from the ledger's bucket ({source}); retry when the server is back")]
+    Read {
+        key: String,
+        #[source]
+        source: async_nats::jetstream::kv::EntryError,
+    },
+    /// A record in the ledger's bucket does not decode: corrupt or from another version.
+    #[error("the ledger record {key} does not decode: {source}")]
+    Corrupt {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Why the last attempt of a ledger request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LastAttempt {
+    /// The ledger answered that it is busy (its group commit full); its message.
+    #[error("the ledger was busy: {0}")]
+    Busy(String),
+    #[error("the request failed: {0}")]
+    Request(#[source] async_nats::RequestError),
+    #[error("no reply within {0:?}")]
+    Timeout(Duration),
 }
 
 impl LedgerClientError {
@@ -42,7 +80,7 @@ impl LedgerClientError {
     /// could not be read (a reply or record that does not decode, or a request that cannot
     /// be signed, repeats).
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Unreachable { .. } | Self::Bucket(_))
+        matches!(self, Self::Unreachable { .. } | Self::Bucket(_) | Self::Read { .. })
     }
 }
 
@@ -94,7 +132,7 @@ impl LedgerClient {
     pub async fn request(&self, operation: Operation) -> Result<LedgerReply, LedgerClientError> {
         let subject = subjects::ledger_endpoint(operation.name());
         let mut pause = RETRY_PAUSE_FIRST;
-        let mut last = String::new();
+        let mut last = LastAttempt::Timeout(self.timeout);
         for attempt in 1..=LEDGER_ATTEMPTS_MAX {
             let created_at = now_seconds();
             let request = LedgerRequest {
@@ -103,23 +141,22 @@ impl LedgerClient {
                 expires_at: created_at + REQUEST_TTL_SECONDS,
                 operation: operation.clone(),
             };
-            let wire = self
-                .signer
-                .sign(&request)
-                .map_err(|e| LedgerClientError::Sign(e.to_string()))?;
+            let wire = self.signer.sign(&request).map_err(LedgerClientError::Sign)?;
             let sent = tokio::time::timeout(self.timeout, self.client.request(subject.clone(), wire)).await;
             match sent {
                 Ok(Ok(message)) => {
-                    let reply: LedgerReply = serde_json::from_slice(&message.payload).map_err(|e| {
-                        LedgerClientError::BadReply(format!("{e}: {}", String::from_utf8_lossy(&message.payload)))
-                    })?;
+                    let reply: LedgerReply =
+                        serde_json::from_slice(&message.payload).map_err(|source| LedgerClientError::BadReply {
+                            payload: String::from_utf8_lossy(&message.payload).into_owned(),
+                            source,
+                        })?;
                     if reply.code != Some(RejectCode::Busy) || attempt == LEDGER_ATTEMPTS_MAX {
                         return Ok(reply);
                     }
-                    last = reply.message;
+                    last = LastAttempt::Busy(reply.message);
                 }
-                Ok(Err(e)) => last = e.to_string(),
-                Err(_) => last = format!("no reply within {:?}", self.timeout),
+                Ok(Err(e)) => last = LastAttempt::Request(e),
+                Err(_) => last = LastAttempt::Timeout(self.timeout),
             }
             tokio::time::sleep(pause).await;
             pause *= 2;
@@ -261,10 +298,9 @@ impl LedgerClient {
 /// A signed envelope's wire bytes as a JSON value to embed in a request, verbatim (its
 /// signature covers these exact bytes).
 fn embedded_envelope(wire: &Bytes) -> Result<Box<RawValue>, LedgerClientError> {
-    let text = String::from_utf8(wire.to_vec())
-        .map_err(|e| LedgerClientError::Sign(format!("the proof to embed is not UTF-8: {e}")))?;
-    RawValue::from_string(text)
-        .map_err(|e| LedgerClientError::Sign(format!("the proof to embed is not a JSON envelope: {e}")))
+    // from_slice checks UTF-8 and JSON at once; the copy keeps the signed bytes verbatim.
+    let raw: &RawValue = serde_json::from_slice(wire).map_err(LedgerClientError::Embed)?;
+    Ok(raw.to_owned())
 }
 
 /// Read-only access to ledger records, for platforms (only the ledger service writes).
@@ -278,18 +314,22 @@ impl LedgerReader {
         let kv = js
             .get_key_value(subjects::LEDGER_BUCKET)
             .await
-            .map_err(|e| LedgerClientError::Bucket(e.to_string()))?;
+            .map_err(LedgerClientError::Bucket)?;
         Ok(Self { kv })
     }
 
     async fn read<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, LedgerClientError> {
-        let value = self
-            .kv
-            .get(key)
-            .await
-            .map_err(|e| LedgerClientError::Bucket(format!("reading {key}: {e}")))?;
+        let value = self.kv.get(key).await.map_err(|source| LedgerClientError::Read {
+            key: key.to_owned(),
+            source,
+        })?;
         value
-            .map(|v| serde_json::from_slice(&v).map_err(|e| LedgerClientError::BadReply(format!("{key}: {e}"))))
+            .map(|v| {
+                serde_json::from_slice(&v).map_err(|source| LedgerClientError::Corrupt {
+                    key: key.to_owned(),
+                    source,
+                })
+            })
             .transpose()
     }
 

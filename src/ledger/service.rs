@@ -56,14 +56,14 @@ pub struct LedgerOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
-    #[error("ledger bucket sage_ledger: {0}")]
-    Bucket(String),
+    #[error("cannot open the ledger bucket sage_ledger ({0}); is NATS up and the ledger created (`sagefed up`)?")]
+    Bucket(#[source] async_nats::jetstream::context::KeyValueError),
     #[error(transparent)]
     Keys(#[from] crate::identity::directory::DirectoryError),
     #[error(transparent)]
     Reputation(#[from] crate::state::reputation::ReputationError),
     #[error("cannot start the sagefed-ledger service: {0}")]
-    Service(String),
+    Service(#[source] async_nats::Error),
 }
 
 /// A running ledger service instance.
@@ -81,7 +81,7 @@ impl LedgerService {
         let kv = js
             .get_key_value(subjects::LEDGER_BUCKET)
             .await
-            .map_err(|e| ServiceError::Bucket(e.to_string()))?;
+            .map_err(ServiceError::Bucket)?;
         let keys = Arc::new(KeyDirectory::open(&js, &options.root).await?);
         let reputations = Reputations::open(&js).await?;
         let (reputation, reputation_task) =
@@ -97,16 +97,13 @@ impl LedgerService {
             .queue_group(subjects::LEDGER_QUEUE_GROUP)
             .start(subjects::LEDGER_SERVICE, env!("CARGO_PKG_VERSION"))
             .await
-            .map_err(|e| ServiceError::Service(e.to_string()))?;
+            .map_err(ServiceError::Service)?;
         let group = service.group(subjects::LEDGER_ENDPOINT_PREFIX);
         let admin_keys = Arc::new(options.admin_keys.clone());
         let slots = Arc::new(tokio::sync::Semaphore::new(LEDGER_REQUESTS_IN_FLIGHT_MAX));
         let mut tasks = Vec::new();
         for name in ENDPOINTS {
-            let mut endpoint = group
-                .endpoint(name)
-                .await
-                .map_err(|e| ServiceError::Service(e.to_string()))?;
+            let mut endpoint = group.endpoint(name).await.map_err(ServiceError::Service)?;
             let keys = Arc::clone(&keys);
             let handle = handle.clone();
             let admin_keys = Arc::clone(&admin_keys);

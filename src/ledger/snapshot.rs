@@ -19,8 +19,15 @@ pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    #[error("ledger bucket sage_ledger: {0}; is NATS up and the ledger created (`sagefed up`)?")]
-    Bucket(String),
+    #[error("ledger bucket sage_ledger: cannot {action} ({source}); is NATS up and the ledger created (`sagefed up`)?")]
+    Bucket {
+        action: &'static str,
+        #[source]
+        source: async_nats::Error,
+    },
+    /// The bucket's history ended before the watch caught up with its last revision.
+    #[error("ledger bucket sage_ledger: the watch ended before catching up; read again")]
+    WatchEnded,
     #[error("the ledger did not settle for a consistent read within {0:?}")]
     Timeout(Duration),
 }
@@ -72,25 +79,34 @@ impl LedgerSnapshot {
         let store = js
             .get_key_value(subjects::LEDGER_BUCKET)
             .await
-            .map_err(|e| SnapshotError::Bucket(e.to_string()))?;
+            .map_err(|e| bucket("open the bucket", e))?;
         tokio::time::timeout(SNAPSHOT_TIMEOUT, Self::follow(js, &store))
             .await
             .map_err(|_| SnapshotError::Timeout(SNAPSHOT_TIMEOUT))?
     }
 
     async fn follow(js: &jetstream::Context, store: &kv::Store) -> Result<Self, SnapshotError> {
-        let bucket = |e: &dyn std::fmt::Display| SnapshotError::Bucket(e.to_string());
         let mut stream = js
             .get_stream(subjects::kv_stream(subjects::LEDGER_BUCKET))
             .await
-            .map_err(|e| bucket(&e))?;
+            .map_err(|e| bucket("open its stream", e))?;
         let mut snapshot = Self::default();
-        if stream.info().await.map_err(|e| bucket(&e))?.state.messages == 0 {
+        if stream
+            .info()
+            .await
+            .map_err(|e| bucket("read its stream's state", e))?
+            .state
+            .messages
+            == 0
+        {
             return Ok(snapshot);
         }
-        let mut watch = store.watch_with_history(">").await.map_err(|e| bucket(&e))?;
+        let mut watch = store
+            .watch_with_history(">")
+            .await
+            .map_err(|e| bucket("watch its history", e))?;
         while let Some(entry) = watch.next().await {
-            let entry = entry.map_err(|e| bucket(&e))?;
+            let entry = entry.map_err(|e| bucket("read an entry", e))?;
             if entry.operation == kv::Operation::Put {
                 snapshot.insert(&entry.key, &entry.value, entry.revision);
             }
@@ -98,6 +114,14 @@ impl LedgerSnapshot {
                 return Ok(snapshot);
             }
         }
-        Err(bucket(&"the watch ended before catching up"))
+        Err(SnapshotError::WatchEnded)
+    }
+}
+
+/// A bucket failure, naming what was being done.
+fn bucket(action: &'static str, source: impl std::error::Error + Send + Sync + 'static) -> SnapshotError {
+    SnapshotError::Bucket {
+        action,
+        source: Box::new(source),
     }
 }

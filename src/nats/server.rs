@@ -46,7 +46,12 @@ pub enum NatsServerError {
     #[error("installing nats-server {NATS_SERVER_VERSION_PINNED} into {dir} failed: {why}")]
     Install { dir: PathBuf, why: String },
     #[error("cannot start nats-server: {0}")]
-    Spawn(String),
+    Spawn(#[source] std::io::Error),
+    #[error("nats-server exited with {status} before it was ready; see its log {log}")]
+    Exited {
+        status: std::process::ExitStatus,
+        log: PathBuf,
+    },
     #[error("nats-server did not become ready within {timeout:?}; its log is {log}")]
     NotReady { timeout: Duration, log: PathBuf },
 }
@@ -294,7 +299,7 @@ fn terminate(child: &Child) {
 fn terminate(_child: &Child) {}
 
 async fn spawn(binary: &Path, options: &ServerOptions) -> Result<(Child, u16), NatsServerError> {
-    let spawn_err = |e: std::io::Error| NatsServerError::Spawn(e.to_string());
+    let spawn_err = NatsServerError::Spawn;
     fs::create_dir_all(&options.store_dir).map_err(spawn_err)?;
     // The server writes `<name>_<pid>.ports` here once it listens: how we learn a random port.
     let ports_dir = options.store_dir.join("ports");
@@ -333,10 +338,10 @@ async fn spawn(binary: &Path, options: &ServerOptions) -> Result<(Child, u16), N
             return Ok((child, port));
         }
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(NatsServerError::Spawn(format!(
-                "nats-server exited with {status}; see {}",
-                options.log_file.display()
-            )));
+            return Err(NatsServerError::Exited {
+                status,
+                log: options.log_file.clone(),
+            });
         }
         if Instant::now() > deadline {
             let _ = child.kill();

@@ -29,9 +29,9 @@ use crate::worker::ops::OperationInput;
 #[derive(Debug, thiserror::Error)]
 pub enum WitnessRefusal {
     #[error("the task does not verify: {0}")]
-    Signature(String),
+    Signature(#[source] crate::protocol::envelope::EnvelopeError),
     #[error("the ledger could not be read ({0}); the delegator sends the request again")]
-    LedgerUnreadable(String),
+    LedgerUnreadable(#[source] crate::ledger::client::LedgerClientError),
     #[error("task {0} has no lock")]
     NoLock(TaskId),
     #[error("task {task} is {state:?}, not held for a witness")]
@@ -119,13 +119,13 @@ async fn appointed(
         .keys
         .verify_ignoring_expiry(payload)
         .await
-        .map_err(|e| WitnessRefusal::Signature(e.to_string()))?;
+        .map_err(WitnessRefusal::Signature)?;
     let id = task.task_id.clone();
     let lock = ctx
         .reader
         .lock(&id)
         .await
-        .map_err(|e| WitnessRefusal::LedgerUnreadable(e.to_string()))?
+        .map_err(WitnessRefusal::LedgerUnreadable)?
         .ok_or_else(|| WitnessRefusal::NoLock(id.clone()))?;
     let hold = match (lock.state, lock.hold.as_deref()) {
         (LockState::AwaitingWitness, Some(hold)) => hold.clone(),
