@@ -307,7 +307,8 @@ pub struct Settlement {
     #[serde(default = "default_accepted_threshold_max")]
     pub accepted_threshold_max: Fraction,
     /// As a delegator: the share of a task's budget a witness is paid when the ledger samples
-    /// the task for one (operations without a cheap check; ARCHITECTURE.md, "Witnesses").
+    /// the task for one (operations without a cheap check; ARCHITECTURE.md, "Witnesses"),
+    /// out of this delegator's refund: on agreement at most what the executor left.
     #[serde(default = "default_witness_share")]
     pub witness_share: Fraction,
     /// As a delegator: how long a sampled commit is held for its witness's answer before the

@@ -40,6 +40,28 @@ fn up(dir: &std::path::Path, extra: &[&str]) -> Command {
     command
 }
 
+/// Scenario 9 on fresh data: Legion's first `wordcount` is sampled (a new executor: rate 1)
+/// and Sprout agrees. Legion is paid all its signed proof says it consumed, more than
+/// nothing; Sprout's share comes out of Thor's refund, not out of Legion's pay.
+fn assert_external_program_witnessed_and_paid_in_full(stdout: &str) {
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("the ledger sampled Legion's wordcount and witness Sprout agreed"))
+        .unwrap_or_else(|| panic!("scenario 9 was not witnessed:\n{stdout}"));
+    let number = |after: &str, before: &str| -> f64 {
+        let start = line.find(after).expect(after) + after.len();
+        let end = start + line[start..].find(before).expect(before);
+        line[start..end].parse().unwrap_or_else(|e| panic!("{line}: {e}"))
+    };
+    let (paid, consumed) = (
+        number("Legion paid ", " ATP for "),
+        number(" ATP for ", " ATP consumed"),
+    );
+    let share = number("; Sprout ", " ATP out of Thor's refund");
+    assert!(consumed > 0.0 && paid == consumed, "{line}");
+    assert!(share > 0.0, "{line}");
+}
+
 #[test]
 fn up_runs_every_seed_scenario_as_expected_and_exits_0() {
     common::server_binary();
@@ -81,6 +103,7 @@ fn up_runs_every_seed_scenario_as_expected_and_exits_0() {
         stdout.contains("ran the program again: witness Sprout disagreed"),
         "the witness scenario says who caught the lie:\n{stdout}"
     );
+    assert_external_program_witnessed_and_paid_in_full(&stdout);
     assert!(stdout.contains("audit: ok"), "{stdout}");
     assert!(stdout.contains("dashboard  http://127.0.0.1:"), "{stdout}");
 

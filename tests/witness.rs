@@ -15,7 +15,7 @@ use common::witness::{
     BUDGET_ATP, C, CONSUMED_ATP, OPERATION, Parties, SHARE_ATP, WORDS, lock_of, locked_task, proof_of, run_task, terms,
     uatp,
 };
-use sage_federation::ledger::model::{LockState, RollbackReason, WitnessRecord};
+use sage_federation::ledger::model::{LockState, RollbackReason, WitnessRecord, WitnessSettlement};
 use sage_federation::ledger::protocol::Outcome;
 use sage_federation::ledger::witness::{WITNESS_RATE_FLOOR, WITNESS_RATE_HALVING_AGREEMENTS, WITNESS_RATE_MAX};
 use sage_federation::nats::subjects;
@@ -62,7 +62,8 @@ async fn a_lying_executor_is_caught_within_the_tasks_its_sampling_rate_predicts(
     let before = p.balances().await;
 
     // 1. Honest: Legion earns a record until its rate is at the floor. Unsampled tasks are
-    //    paid exactly what they consumed, sampled ones that less the witness's share.
+    //    paid exactly what they consumed, sampled ones too: the witness's share comes out of
+    //    Thor's refund.
     let floor_after = agreements_to_the_floor();
     let (mut honest, mut sampled) = (0u32, 0u32);
     while record_if_any(&p).await.map_or(0, |r| r.agreed_streak) < floor_after {
@@ -72,13 +73,21 @@ async fn a_lying_executor_is_caught_within_the_tasks_its_sampling_rate_predicts(
         sampled += u32::from(run.held);
         let settlement = run.lock.settlement.expect("settled");
         assert_eq!(run.lock.state, LockState::Committed);
-        let paid = if run.held {
-            uatp(CONSUMED_ATP - SHARE_ATP)
+        let (witness_paid, refunded) = if run.held {
+            (uatp(SHARE_ATP), uatp(BUDGET_ATP - CONSUMED_ATP - SHARE_ATP))
         } else {
-            uatp(CONSUMED_ATP)
+            (0, uatp(BUDGET_ATP - CONSUMED_ATP))
         };
-        assert_eq!(settlement.paid_uatp.micros(), paid, "honest task {honest}");
-        assert_eq!(settlement.refunded_uatp.micros(), uatp(BUDGET_ATP - CONSUMED_ATP));
+        assert_eq!(
+            (
+                settlement.paid_uatp.micros(),
+                WitnessSettlement::paid(&settlement).micros(),
+                settlement.refunded_uatp.micros()
+            ),
+            (uatp(CONSUMED_ATP), witness_paid, refunded),
+            "honest task {honest} (sampled: {})",
+            run.held
+        );
     }
     let honest_record = record(&p).await;
     assert_eq!(
@@ -159,10 +168,21 @@ async fn a_witness_that_disagrees_within_the_tolerance_does_not_penalise() {
     assert!(run.held, "a new executor is sampled at the maximum");
     let settlement = run.lock.settlement.expect("settled");
     assert_eq!(
-        (run.lock.state, settlement.paid_uatp.micros()),
-        (LockState::Committed, uatp(CONSUMED_ATP - SHARE_ATP))
+        (
+            run.lock.state,
+            settlement.paid_uatp.micros(),
+            settlement.refunded_uatp.micros()
+        ),
+        (
+            LockState::Committed,
+            uatp(CONSUMED_ATP),
+            uatp(BUDGET_ATP - CONSUMED_ATP - SHARE_ATP)
+        )
     );
-    assert_eq!(settlement.witness.and_then(|w| w.agreed), Some(true));
+    assert_eq!(
+        settlement.witness.map(|w| (w.agreed, w.paid_uatp.micros())),
+        Some((Some(true), uatp(SHARE_ATP)))
+    );
     let agreed = record(&p).await;
     assert_eq!((agreed.agreed_streak, agreed.disagreements), (1, 0));
 
@@ -225,6 +245,8 @@ async fn a_witness_that_never_answers_lets_the_sweeper_pay_the_executor_at_the_h
         (settled.state, settlement.paid_uatp.micros(), settlement.by.as_str()),
         (LockState::Committed, uatp(CONSUMED_ATP), "ledger")
     );
+    // The share is not paid: it stays in Thor's refund.
+    assert_eq!(settlement.refunded_uatp.micros(), uatp(BUDGET_ATP - CONSUMED_ATP));
     let witness = settlement.witness.expect("the witness's part");
     assert_eq!((witness.agreed, witness.paid_uatp.micros()), (None, 0));
     // The late answer changes nothing; the record neither gains nor loses.

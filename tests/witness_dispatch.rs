@@ -11,7 +11,8 @@ mod common;
 use common::federation::Processes;
 use common::witness::federation_edit;
 use sage_federation::delegation::client::{DelegationOutcome, DelegationRequest};
-use sage_federation::ledger::model::{LockState, RollbackReason};
+use sage_federation::ledger::model::{LockState, RollbackReason, SignedProof};
+use sage_federation::protocol::proof::ExecutionProof;
 use serde_json::json;
 
 const OPERATION: &str = "wordcount";
@@ -51,7 +52,21 @@ async fn an_honest_executor_is_witnessed_by_a_real_worker_and_the_delegator_gets
     let witness = outcome.witness.clone().expect("the ledger sampled a new executor");
     assert_eq!(witness.witness, "Sprout");
     assert_eq!(witness.agreed, Some(true), "{outcome:?}");
-    assert!(witness.paid_uatp.as_f64() > 0.0 && witness.paid_uatp.as_f64() <= SHARE_ATP);
+    // Legion is paid all it claimed to consume, as if unsampled; Sprout's whole share comes
+    // out of Thor's refund (the program is cheap: the refund holds the share).
+    let envelope = outcome.proof_envelope.as_deref().expect("the executor's proof");
+    let claimed = SignedProof::from_wire(envelope.as_bytes())
+        .expect("an envelope")
+        .body::<ExecutionProof>()
+        .expect("a proof")
+        .atp_consumed;
+    assert!(claimed > 0.0 && claimed <= BUDGET_ATP - SHARE_ATP, "{outcome:?}");
+    assert!((outcome.atp_consumed - claimed).abs() < 1e-6, "{outcome:?}");
+    assert!((witness.paid_uatp.as_f64() - SHARE_ATP).abs() < 1e-6, "{outcome:?}");
+    assert!(
+        (outcome.atp_refunded - (BUDGET_ATP - claimed - SHARE_ATP)).abs() < 1e-6,
+        "{outcome:?}"
+    );
     // The result is the executor's, from the proof the ledger paid for (not the result-less
     // proof Legion published while the commit was held).
     assert_eq!(outcome.result.get("word_count"), Some(&json!(9)), "{outcome:?}");
@@ -97,6 +112,11 @@ async fn a_witness_whose_worker_is_down_lets_the_hold_expire_and_the_executor_is
     assert_eq!((witness.witness.as_str(), witness.agreed), ("Sprout", None));
     assert_eq!(witness.paid_uatp.as_f64(), 0.0);
     assert!(outcome.atp_consumed > 0.0, "{outcome:?}");
+    // The unpaid share stays in Thor's refund.
+    assert!(
+        (outcome.atp_refunded - (BUDGET_ATP - outcome.atp_consumed)).abs() < 1e-6,
+        "{outcome:?}"
+    );
     assert_eq!(outcome.result.get("word_count"), Some(&json!(9)), "{outcome:?}");
     assert_conserved(&outcome);
     p.assert_audit_clean();

@@ -170,14 +170,15 @@ impl WitnessSettlement {
 
 /// The delegator's terms for witnesses, named in its lock: a commit of an operation without
 /// a cheap check may be sampled, and then one of `candidates` re-executes the task for
-/// `share_uatp` out of the lock.
+/// `share_uatp` out of the delegator's part of the lock (`ledger::witness::payments`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WitnessTerms {
     /// Platforms that hold the capability, neither the delegator nor the executor; the
     /// ledger picks one at random when it samples.
     pub candidates: Vec<String>,
-    /// What the witness is paid out of the lock when it answers.
+    /// What the witness is paid when it answers: out of what the delegator would get back
+    /// (the lock less what the executor consumed), at most that.
     pub share_uatp: Atp,
     /// How far two results' numbers may differ and still agree, relative to the larger
     /// magnitude (at least 1): 0 is exact (deterministic programs). Everything but numbers

@@ -922,7 +922,8 @@ fn witness_rows(p: &Proofs) -> Vec<Row> {
     use ProofStatus::{Completed, Failed};
     use RejectCode::*;
     use RollbackReason as Why;
-    let claim = |id| p.by("Legion", id, Completed, 1.0, 4.0, words(100.0));
+    let costing = |id, consumed| p.by("Legion", id, Completed, 1.0, consumed, words(100.0));
+    let claim = |id| costing(id, 4.0);
     let witness = |by, id, count| p.by(by, id, Completed, 1.0, 2.0, words(count));
     vec![
         row("grant", T0, grant(ADMIN, "g1", "Thor", atp(100)), Applied),
@@ -1051,7 +1052,7 @@ fn witness_rows(p: &Proofs) -> Vec<Row> {
             Rejected(InvalidRequest),
         ),
         row(
-            "the witness agrees within the tolerance: 3 to the executor, 1 to the witness",
+            "the witness agrees within the tolerance: 4 to the executor, 1 to the witness, 5 refunded",
             T0 + 1.0,
             answer("Sprout", "w1", witness("Sprout", "w1", 100.5)),
             Applied,
@@ -1131,7 +1132,75 @@ fn witness_rows(p: &Proofs) -> Vec<Row> {
             answer("Sprout", "w4", witness("Sprout", "w4", 100.0)),
             Rejected(AlreadySettled),
         ),
+        // The share's basis: the delegator's refund, never the executor's pay. After w3's
+        // disagreement (w4's expiry leaves the record) the rate is 1 again.
+        row("lock w6", T0, lock_witnessed("w6", |_| {}), Applied),
+        row(
+            "commit w6 by a cheap executor (0.5, under the share): sampled, held",
+            T0,
+            commit_drawn("w6", costing("w6", 0.5), 0.5),
+            Applied,
+        ),
+        row(
+            "the witness agrees: 0.5 to the executor, 1 to the witness, 8.5 refunded",
+            T0,
+            answer("Sprout", "w6", witness("Sprout", "w6", 100.0)),
+            Applied,
+        ),
+        // One agreement in a row: rate 0.71.
+        row("lock w7", T0, lock_witnessed("w7", |_| {}), Applied),
+        row(
+            "commit w7 by an expensive executor (9.5 of 10): sampled, held",
+            T0,
+            commit_drawn("w7", costing("w7", 9.5), 0.1),
+            Applied,
+        ),
+        row(
+            "the witness agrees: 9.5 to the executor, the remaining 0.5 to the witness",
+            T0,
+            answer("Sprout", "w7", witness("Sprout", "w7", 100.0)),
+            Applied,
+        ),
+        row("lock w8", T0, lock_witnessed("w8", |_| {}), Applied),
+        row(
+            "commit w8 consuming the whole lock: sampled, held",
+            T0,
+            commit_drawn("w8", costing("w8", 10.0), 0.1),
+            Applied,
+        ),
+        row(
+            "the witness agrees: 10 to the executor, nothing left for the witness",
+            T0,
+            answer("Sprout", "w8", witness("Sprout", "w8", 100.0)),
+            Applied,
+        ),
     ]
+}
+
+/// Each witnessed lock's (executor's pay, witness's pay, delegator's refund) after
+/// [`witness_rows`]: on agreement the executor keeps all it consumed and the share comes out
+/// of the refund, as much of it as the refund holds.
+fn assert_witness_splits(book: &MemoryBook) {
+    let micro = Atp::from_micros;
+    let split = |id: &str| {
+        let s = book.locks[id].settlement.clone().expect("settled");
+        (s.paid_uatp, WitnessSettlement::paid(&s), s.refunded_uatp)
+    };
+    assert_eq!(split("w1"), (atp(4), atp(1), atp(5)), "agreement");
+    assert_eq!(split("w2"), (atp(4), atp(0), atp(6)), "not sampled");
+    assert_eq!(split("w3"), (atp(0), atp(1), atp(9)), "disagreement");
+    assert_eq!(split("w4"), (atp(4), atp(0), atp(6)), "no answer: the share refunded");
+    assert_eq!(
+        split("w6"),
+        (micro(500_000), atp(1), micro(8_500_000)),
+        "a cheap executor"
+    );
+    assert_eq!(
+        split("w7"),
+        (micro(9_500_000), micro(500_000), atp(0)),
+        "an expensive executor"
+    );
+    assert_eq!(split("w8"), (atp(10), atp(0), atp(0)), "the whole lock consumed");
 }
 
 #[test]
@@ -1147,15 +1216,26 @@ fn every_witness_transition_and_rejection_conserves_atp() {
         assert!(seen.contains(code), "no witness row is rejected with {code}");
     }
     let account = |p: &str| book.account(&lct(p)).expect(p);
+    assert_witness_splits(&book);
+    let micro = Atp::from_micros;
     let (thor, legion) = (account("Thor"), account("Legion"));
-    // Thor: w1 cost 4 (3 + 1), w2 4, w3 1 (the witness), w4 4; w5 still locked.
+    // Thor: w1 cost 5 (4 + 1), w2 4, w3 1 (the witness), w4 4, w6 1.5, w7 10, w8 10; w5
+    // still locked.
     assert_eq!(
         (thor.balance_uatp, thor.locked_uatp, thor.spent_uatp),
-        (atp(77), atp(10), atp(13))
+        (micro(54_500_000), atp(10), micro(35_500_000))
     );
-    assert_eq!(legion.earned_uatp, atp(11), "3 for w1, 4 for w2 and w4, nothing for w3");
+    assert_eq!(
+        legion.earned_uatp,
+        atp(32),
+        "4 for w1, w2 and w4, 0.5 for w6, 9.5 for w7, 10 for w8, nothing for w3"
+    );
     let sprout = account("Sprout");
-    assert_eq!((sprout.balance_uatp, sprout.earned_uatp), (atp(2), atp(2)));
+    assert_eq!(
+        (sprout.balance_uatp, sprout.earned_uatp),
+        (micro(3_500_000), micro(3_500_000)),
+        "1 for w1, w3 and w6, 0.5 for w7"
+    );
     let settled = |id: &str| {
         let lock = &book.locks[id];
         let s = lock.settlement.clone().expect("settled");
@@ -1172,6 +1252,9 @@ fn every_witness_transition_and_rejection_conserves_atp() {
         )
     );
     assert_eq!(settled("w4"), (LockState::Committed, None, None));
+    for id in ["w6", "w7", "w8"] {
+        assert_eq!(settled(id), (LockState::Committed, None, Some(true)), "{id}");
+    }
     let record = &book.witness_records["witness.Legion.wordcount"];
     assert_eq!(
         (
@@ -1181,7 +1264,7 @@ fn every_witness_transition_and_rejection_conserves_atp() {
             record.disagreements,
             record.agreed_streak
         ),
-        (4, 3, 2, 1, 0)
+        (7, 6, 5, 1, 3)
     );
 }
 

@@ -171,9 +171,51 @@ pub fn hold(mut lock: Lock, hold: WitnessHold, record: WitnessRecord) -> Decisio
     )
 }
 
-/// The appointed witness's answer: agreement pays the executor what it claimed less the
-/// witness's share and the witness its share; disagreement refunds the delegator but the
-/// witness's share and records the executor as wrong.
+/// What a witnessed lock pays out of its `amount`, the rest refunded to the delegator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Payments {
+    /// To the executor.
+    pub paid: Atp,
+    /// To the witness.
+    pub witness_paid: Atp,
+}
+
+/// The split of a lock of `amount` whose executor claimed `consumed` (at most `amount`,
+/// the commit's ceiling) once its witness answered. Agreement: the executor is paid all it
+/// consumed, as unsampled; the witness's `share` comes out of what the delegator would get
+/// back (`amount - consumed`), all of it when that is enough, else that remainder (the
+/// check is the delegator's wish, so the delegator pays for it, and only out of its own
+/// lock: the executor's ceiling stays the budget and nothing is paid beyond the lock).
+/// Disagreement: the executor nothing, the witness its share (at most the lock, by the
+/// terms' check), the delegator the rest.
+pub fn payments(agreed: bool, consumed: Atp, share: Atp, amount: Atp) -> Payments {
+    let split = if agreed {
+        let remainder = amount.checked_sub(consumed).unwrap_or(Atp::ZERO);
+        Payments {
+            paid: consumed.min(amount),
+            witness_paid: share.min(remainder),
+        }
+    } else {
+        Payments {
+            paid: Atp::ZERO,
+            witness_paid: share.min(amount),
+        }
+    };
+    debug_assert!(
+        split
+            .paid
+            .checked_add(split.witness_paid)
+            .is_some_and(|spent| spent <= amount),
+        "paid + witness paid = {} + {} exceeds the lock's {amount}",
+        split.paid,
+        split.witness_paid
+    );
+    split
+}
+
+/// The appointed witness's answer: agreement pays the executor all it claimed and the
+/// witness its share out of the delegator's refund; disagreement refunds the delegator but
+/// the witness's share and records the executor as wrong ([`payments`]).
 pub fn answer(
     requester: &str,
     task_id: &TaskId,
@@ -204,15 +246,7 @@ pub fn answer(
         terms.tolerance,
     );
     let record = judged(book, lock.executor.platform(), &hold.operation, agreed, now);
-    let (witness_paid, paid) = if agreed {
-        let witness_paid = terms.share_uatp.min(hold.consumed_uatp);
-        (
-            witness_paid,
-            hold.consumed_uatp.checked_sub(witness_paid).unwrap_or(Atp::ZERO),
-        )
-    } else {
-        (terms.share_uatp, Atp::ZERO)
-    };
+    let Payments { paid, witness_paid } = payments(agreed, hold.consumed_uatp, terms.share_uatp, lock.amount_uatp);
     let closing = Closing {
         state: if agreed {
             LockState::Committed
@@ -225,7 +259,9 @@ pub fn answer(
         proof: agreed.then(|| hold.proof.clone()),
         by: requester,
         message: if agreed {
-            format!("witness {requester} agreed: task {task_id} paid {paid} ATP, the witness {witness_paid} ATP")
+            format!(
+                "witness {requester} agreed: task {task_id} paid {paid} ATP, the witness {witness_paid} ATP out of the refund"
+            )
         } else {
             format!(
                 "witness {requester} disagreed: task {task_id} refunded but the witness's {witness_paid} ATP; the executor is recorded as wrong"
@@ -327,7 +363,7 @@ fn judged(book: &impl Book, executor: &str, operation: &str, agreed: bool, now: 
 }
 
 /// The hold's expiry without an answer: the executor is paid what it claimed, the witness
-/// nothing, the record unchanged. The executor did its part and cannot make the witness
+/// nothing (the share stays in the delegator's refund), the record unchanged. The executor did its part and cannot make the witness
 /// answer; refunding instead would give a delegator whose candidate stays silent the work
 /// for free. (A liar is not helped: its rate stays where it was, so it is sampled again.)
 pub fn expire_hold(lock: Lock, task_id: &TaskId, book: &impl Book, now: f64) -> Decision {
@@ -378,6 +414,25 @@ mod tests {
         assert_eq!(sampling_rate(Some(&with(4))), 0.25);
         assert_eq!(sampling_rate(Some(&with(7))), WITNESS_RATE_FLOOR);
         assert_eq!(sampling_rate(Some(&with(u32::MAX))), WITNESS_RATE_FLOOR);
+    }
+
+    #[test]
+    fn the_share_comes_out_of_the_delegators_refund() {
+        let atp = Atp::from_micros;
+        let (share, amount) = (atp(1_000_000), atp(10_000_000));
+        let split = |agreed, consumed| {
+            let p = payments(agreed, consumed, share, amount);
+            (p.paid, p.witness_paid)
+        };
+        // A cheap executor (consumed below the share) keeps all it consumed.
+        assert_eq!(split(true, atp(90_000)), (atp(90_000), atp(1_000_000)));
+        assert_eq!(split(true, atp(4_000_000)), (atp(4_000_000), atp(1_000_000)));
+        // An expensive one is paid up to the budget; the witness gets what remains of it.
+        assert_eq!(split(true, atp(9_500_000)), (atp(9_500_000), atp(500_000)));
+        assert_eq!(split(true, amount), (amount, Atp::ZERO));
+        // Disagreement: the executor nothing, the witness its share whatever was claimed.
+        assert_eq!(split(false, atp(90_000)), (Atp::ZERO, atp(1_000_000)));
+        assert_eq!(split(false, amount), (Atp::ZERO, atp(1_000_000)));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use sage_federation::delegation::scenarios::{self, CONCURRENT_DELEGATIONS, CRITI
 use sage_federation::delegation::status;
 use sage_federation::ledger::audit::audit;
 use sage_federation::ledger::client::{LedgerClient, LockTerms};
-use sage_federation::ledger::model::LockState;
+use sage_federation::ledger::model::{LockState, SignedProof};
 use sage_federation::ledger::protocol::{Outcome, WitnessRequest};
 use sage_federation::ledger::snapshot::LedgerSnapshot;
 use sage_federation::nats::subjects;
@@ -90,7 +90,11 @@ pub async fn run(federation: &Federation, url: &str) -> anyhow::Result<bool> {
         expected: cancel.expected,
         outcome: cancel_scenario(federation, &cancel).await,
     });
-    rows.push(run_one(federation, &scenarios::external_program()).await?);
+    let external = run_one(federation, &scenarios::external_program()).await?;
+    if let Ok(outcome) = &external.outcome {
+        print_witnessed(outcome);
+    }
+    rows.push(external);
     let lying = scenarios::lying_executor();
     rows.push(Row {
         scenario: lying.name,
@@ -190,6 +194,37 @@ async fn lying_executor_scenario(federation: &Federation, scenario: &Scenario) -
         proof_envelope: None,
         witness: settlement.witness.clone(),
     })
+}
+
+/// Says how a sampled task settled with its witness (nothing for an unsampled one): what
+/// the executor was paid against what its signed proof says it consumed, and the witness's
+/// pay, which comes out of the delegator's refund.
+fn print_witnessed(outcome: &DelegationOutcome) {
+    let Some(witness) = &outcome.witness else {
+        return;
+    };
+    let claimed = outcome
+        .proof_envelope
+        .as_deref()
+        .and_then(|envelope| SignedProof::from_wire(envelope.as_bytes()))
+        .and_then(|proof| proof.body::<ExecutionProof>().ok())
+        .map_or_else(|| "?".to_owned(), |proof| proof.atp_consumed.to_string());
+    let verdict = match witness.agreed {
+        Some(true) => "agreed",
+        Some(false) => "disagreed",
+        None => "did not answer",
+    };
+    println!(
+        "  (the ledger sampled {}'s {} and witness {} {verdict}: {} paid {} ATP for {claimed} ATP consumed; {} {} ATP out of {}'s refund)",
+        outcome.to,
+        outcome.operation,
+        witness.witness,
+        outcome.to,
+        outcome.atp_consumed,
+        witness.witness,
+        witness.paid_uatp,
+        outcome.from
+    );
 }
 
 /// Has the scenario's executor commit made-up results for the delegator's tasks of an
