@@ -560,44 +560,13 @@ impl FederationClient {
         let budget = Atp::from_f64(request.budget, "budget").map_err(|e| DelegateError::Invalid(e.to_string()))?;
         let witness = self.witness_terms(&request, &target.platform, budget).await?;
         let task = self.task_for(request, &target.platform, lane)?;
-        let (task_id, source_lct, target_lct, expires_at) = (
-            task.task_id.clone(),
-            task.source_lct.clone(),
-            task.target_lct.clone(),
-            task.expires_at,
-        );
+        let task_id = task.task_id.clone();
         // Sign first: an invalid task is refused before any ATP moves.
         let wire = self
             .signer
             .sign(&task)
             .map_err(|e| DelegateError::Invalid(e.to_string()))?;
-        let budget = task.budget().map_err(DelegateError::Invalid)?;
-        let threshold = self.config.settlement.quality_threshold.get();
-        // The lock names the signed task, so the ledger pays by its own check of the result.
-        let terms = LockTerms {
-            task_id: task_id.clone(),
-            delegator: source_lct.clone(),
-            executor: target_lct.clone(),
-            amount: budget,
-            quality_threshold: threshold,
-            deadline: expires_at,
-            expires_at: expires_at + SETTLE_GRACE_SECONDS,
-        };
-        let reply = match witness {
-            Some(witness) => {
-                // Before the lock, so that no held lock lacks its task: a delegator restarted
-                // while the commit is held reads it back to dispatch it (an unwitnessed
-                // delegation pays no such write).
-                self.witnessed.keep(&task_id, wire.clone()).await?;
-                self.ledger
-                    .lock_with_witness(&terms, &wire, &task.operation, witness)
-                    .await
-            }
-            None => self.ledger.lock_for_task(&terms, &wire, &task.operation).await,
-        }?;
-        if reply.outcome == Outcome::Rejected {
-            return Err(DelegateError::Lock(reply.message));
-        }
+        self.lock(&task, &wire, witness).await?;
         let (tx, rx) = mpsc::channel(PROOFS_QUEUED_PER_TASK_MAX);
         if let Ok(mut waiters) = self.waiters.lock() {
             waiters.insert(task_id.clone(), tx);
@@ -623,6 +592,44 @@ impl FederationClient {
             micros(outcome.atp_refunded),
         );
         Ok(outcome)
+    }
+
+    /// Locks the budget of the signed `task` (`wire`), with `witness` terms when it may be
+    /// sampled.
+    async fn lock(
+        &self,
+        task: &FederationTask,
+        wire: &Bytes,
+        witness: Option<WitnessRequest>,
+    ) -> Result<(), DelegateError> {
+        let budget = task.budget().map_err(DelegateError::Invalid)?;
+        let threshold = self.config.settlement.quality_threshold.get();
+        // The lock names the signed task, so the ledger pays by its own check of the result.
+        let terms = LockTerms {
+            task_id: task.task_id.clone(),
+            delegator: task.source_lct.clone(),
+            executor: task.target_lct.clone(),
+            amount: budget,
+            quality_threshold: threshold,
+            deadline: task.expires_at,
+            expires_at: task.expires_at + SETTLE_GRACE_SECONDS,
+        };
+        let reply = match witness {
+            Some(witness) => {
+                // Before the lock, so that no held lock lacks its task: a delegator restarted
+                // while the commit is held reads it back to dispatch it (an unwitnessed
+                // delegation pays no such write).
+                self.witnessed.keep(&task.task_id, wire.clone()).await?;
+                self.ledger
+                    .lock_with_witness(&terms, wire, &task.operation, witness)
+                    .await
+            }
+            None => self.ledger.lock_for_task(&terms, wire, &task.operation).await,
+        }?;
+        if reply.outcome == Outcome::Rejected {
+            return Err(DelegateError::Lock(reply.message));
+        }
+        Ok(())
     }
 
     /// The task `request` asks of `target` on `lane`, created now (not signed yet).
