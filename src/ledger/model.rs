@@ -187,7 +187,7 @@ pub struct WitnessTerms {
     /// must match exactly.
     pub tolerance: f64,
     /// How long a sampled commit is held for the witness's answer; after it the sweeper
-    /// settles the hold without one.
+    /// settles the hold without one. Seconds, as stored; in-process use [`WitnessTerms::hold`].
     pub hold_seconds: f64,
 }
 

@@ -97,6 +97,7 @@ pub struct WitnessRequest {
     pub candidates: Vec<String>,
     pub share: f64,
     pub tolerance: f64,
+    /// Seconds, as the wire carries the span (checked against `WITNESS_HOLD_SECONDS_MAX`).
     pub hold_seconds: f64,
 }
 

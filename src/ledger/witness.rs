@@ -28,7 +28,8 @@ pub const WITNESS_RATE_FLOOR: f64 = 0.1;
 pub const WITNESS_RATE_HALVING_AGREEMENTS: u32 = 2;
 /// Most candidate witnesses a lock may name.
 pub const WITNESS_CANDIDATES_MAX: usize = 8;
-/// Longest a sampled commit may be held for its witness.
+/// Longest a sampled commit may be held for its witness, in seconds: it bounds the wire's and
+/// the config's `hold_seconds` numbers where they are checked.
 pub const WITNESS_HOLD_SECONDS_MAX: f64 = 600.0;
 /// Largest relative tolerance a lock may name for comparing results.
 pub const WITNESS_TOLERANCE_MAX: f64 = 1.0;

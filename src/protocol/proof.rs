@@ -41,7 +41,7 @@ pub struct ExecutionProof {
     pub reason: String,
     /// ATP the execution used, never above the task's budget.
     pub atp_consumed: f64,
-    /// Seconds spent executing.
+    /// Seconds spent executing: a span on the wire, as the seed's proofs carry it.
     pub execution_time: f64,
     /// 0.0 ..= 1.0, computed from the result by the operation's handler.
     pub quality_score: f64,

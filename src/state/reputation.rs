@@ -52,7 +52,8 @@ pub struct Reputation {
     pub caught_lying_at: Option<Timestamp>,
     /// Tasks paid since it was last caught lying.
     pub paid_since_caught: u64,
-    /// The half-life the weights decay with (the ledger's setting when it wrote this).
+    /// The half-life the weights decay with (the ledger's setting when it wrote this), in
+    /// seconds as stored; [`Reputation::record`] takes it as a `Duration`.
     pub half_life_seconds: f64,
     /// When the weights were last brought up to date (Unix seconds).
     pub updated_at: Timestamp,
