@@ -7,6 +7,7 @@ use criterion::{Criterion, black_box, criterion_group, criterion_main};
 use ed25519_dalek::Signer as _;
 use sage_federation::identity::keys::{self, KeyRecord, KeyRegistry};
 use sage_federation::nats::subjects;
+use sage_federation::protocol::clock::Timestamp;
 use sage_federation::protocol::envelope::{Signer, verify};
 use sage_federation::protocol::lct::Lct;
 use sage_federation::protocol::task::{FederationTask, TaskId};
@@ -27,8 +28,8 @@ fn task() -> FederationTask {
             .as_object()
             .cloned()
             .expect("object"),
-        created_at: 1_000.0,
-        expires_at: 2_000.0,
+        created_at: Timestamp::from_secs(1000),
+        expires_at: Timestamp::from_secs(2000),
         critical: false,
     }
 }
@@ -38,7 +39,7 @@ fn envelopes(c: &mut Criterion) {
     let raw = secret.clone();
     let signer = Signer::new("Thor", secret).expect("signer");
     let mut registry = KeyRegistry::new();
-    registry.insert(KeyRecord::new("Thor", &signer.verifying_key(), 0.0));
+    registry.insert(KeyRecord::new("Thor", &signer.verifying_key(), Timestamp::EPOCH));
     let task = task();
     let wire = signer.sign(&task).expect("sign");
 
@@ -56,7 +57,7 @@ fn envelopes(c: &mut Criterion) {
         b.iter(|| signer.sign(black_box(&task)).expect("sign"))
     });
     c.bench_function("envelope: verify a task (all checks)", |b| {
-        b.iter(|| verify::<FederationTask>(black_box(&wire), &registry, 1_500.0).expect("verify"))
+        b.iter(|| verify::<FederationTask>(black_box(&wire), &registry, Timestamp::from_secs(1_500)).expect("verify"))
     });
 }
 

@@ -312,7 +312,8 @@ pub struct Settlement {
     #[serde(default = "default_witness_share")]
     pub witness_share: Fraction,
     /// As a delegator: how long a sampled commit is held for its witness's answer before the
-    /// executor is paid anyway (at most the ledger's `WITNESS_HOLD_SECONDS_MAX`).
+    /// executor is paid anyway (at most the ledger's `WITNESS_HOLD_SECONDS_MAX`). Seconds, as
+    /// the config file and the lock request spell the span.
     #[serde(default = "default_witness_hold_seconds")]
     pub witness_hold_seconds: f64,
 }

@@ -5,7 +5,8 @@
 //!
 //! Each folder is one area; its `mod.rs` says what it holds.
 //! - [`protocol`]: the wire and its values, pure (no `async_nats`, no `tokio`): LCT identities
-//!   ([`protocol::lct`]), ATP amounts ([`protocol::atp`]), time ([`protocol::clock`]), bounds
+//!   ([`protocol::lct`]), ATP amounts ([`protocol::atp`]), time ([`protocol::clock`]: a
+//!   `Timestamp` for every instant, `Duration` for every span), bounds
 //!   (`protocol::limits`), the FederationTask and ExecutionProof ([`protocol::task`],
 //!   [`protocol::proof`]), signing and verifying wire bytes ([`protocol::envelope`], the
 //!   only builder of [`Verified`]), and a check's verdict on a result ([`protocol::verdict`]).

@@ -122,7 +122,7 @@ async fn the_aarch64_worker_settles_a_delegation_under_qemu() {
     let registry = Registry::open(&p.nats.js().await, p.nats.key_directory().await)
         .await
         .expect("registry");
-    let started = sage_federation::protocol::clock::now_seconds();
+    let started = sage_federation::protocol::clock::Timestamp::now();
     let deadline = Instant::now() + WORKER_UP_TIMEOUT;
     loop {
         if let Ok(Some(record)) = registry.get("Legion").await

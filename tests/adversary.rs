@@ -18,11 +18,12 @@ use sage_federation::ledger::model::LockState;
 use sage_federation::ledger::protocol::Outcome;
 use sage_federation::nats::connection;
 use sage_federation::nats::subjects as s;
-use sage_federation::protocol::clock::now_seconds;
+use sage_federation::protocol::clock::Timestamp;
 use sage_federation::protocol::envelope::Signer;
 use sage_federation::protocol::task::TaskId;
 use sage_federation::state::registry::Registry;
 use serde_json::json;
+use std::time::Duration;
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Kind {
@@ -226,12 +227,12 @@ async fn every_attack_is_refused_the_ledger_is_untouched_and_delegation_still_wo
     // Mallory's signed lock on Legion's account: the server lets it ask, the ledger refuses.
     let mallory_client = p.nats.client_as("Mallory").await;
     let mallory = init_signer(&p, &mallory_client, "Mallory").await;
-    let now = now_seconds();
+    let now = Timestamp::now();
     let reply = LedgerClient::new(mallory_client, mallory)
         .lock(&LockTerms {
             quality_threshold: 0.0,
-            deadline: now + 60.0,
-            expires_at: now + 120.0,
+            deadline: now + Duration::from_secs(60),
+            expires_at: now + Duration::from_secs(120),
             ..common::lock_terms(
                 &TaskId::random().expect("id"),
                 &lct("Legion", "consciousness"),
@@ -281,7 +282,7 @@ async fn every_attack_is_refused_the_ledger_is_untouched_and_delegation_still_wo
     // The record carries no root endorsement: every verifier refuses it, whoever wrote it.
     let stolen = p.nats.client_as("Treasury").await;
     let forger = Signer::new("Treasury", keys::generate().expect("random")).expect("signer");
-    let record = KeyRecord::new("Treasury", &forger.verifying_key(), 0.0);
+    let record = KeyRecord::new("Treasury", &forger.verifying_key(), Timestamp::EPOCH);
     async_nats::jetstream::new(stolen.clone())
         .get_key_value(s::KEYS_BUCKET)
         .await

@@ -15,12 +15,10 @@ use sage_federation::identity::chain::{self, Endorser, Succession};
 use sage_federation::identity::directory::KeyDirectory;
 use sage_federation::identity::keys::{self, KEY_RECORDS_PER_PLATFORM_MAX, KeyRecord, KeyRegistry};
 use sage_federation::identity::unknown_keys::{UNKNOWN_KEY_RECHECK_INTERVAL, UNKNOWN_KEYS_REMEMBERED_MAX};
-use sage_federation::ledger::protocol::{
-    LedgerReply, LedgerRequest, Operation, Outcome, REQUEST_TTL_SECONDS, RejectCode,
-};
+use sage_federation::ledger::protocol::{LedgerReply, LedgerRequest, Operation, Outcome, REQUEST_TTL, RejectCode};
 use sage_federation::ledger::service::{LEDGER_REQUESTS_IN_FLIGHT_MAX, busy_reply};
 use sage_federation::nats::subjects;
-use sage_federation::protocol::clock::now_seconds;
+use sage_federation::protocol::clock::Timestamp;
 use sage_federation::protocol::envelope::Signer;
 use sage_federation::protocol::task::TaskId;
 
@@ -41,21 +39,21 @@ async fn a_flood_of_signed_requests_meets_the_ledgers_limit_and_honest_requests_
 
     // Signed before sending, so that they arrive as one burst.
     let mallory = f.signer("Mallory");
-    let now = now_seconds();
+    let now = Timestamp::now();
     let wires: Vec<_> = (0..FLOOD_REQUESTS)
         .map(|_| {
             let request = LedgerRequest {
                 requester: "Mallory".to_owned(),
                 created_at: now,
-                expires_at: now + REQUEST_TTL_SECONDS,
+                expires_at: now + REQUEST_TTL,
                 operation: Operation::Lock {
                     task_id: TaskId::random().expect("id"),
                     delegator: lct("Mallory", C),
                     executor: lct("Legion", C),
                     amount: 1.0,
                     quality_threshold: 0.5,
-                    deadline: now + 60.0,
-                    expires_at: now + 120.0,
+                    deadline: now + Duration::from_secs(60),
+                    expires_at: now + Duration::from_secs(120),
                     task_digest: None,
                     witness: None,
                     operation: None,
@@ -165,11 +163,11 @@ const MESSAGES_PER_MADE_UP_ID: usize = 25;
 
 /// A grant request signed by `signer`: a message that verifies completely once its key is known.
 fn signed_request(signer: &Signer) -> bytes::Bytes {
-    let now = now_seconds();
+    let now = Timestamp::now();
     let request = LedgerRequest {
         requester: signer.platform().to_owned(),
         created_at: now,
-        expires_at: now + REQUEST_TTL_SECONDS / 2.0,
+        expires_at: now + REQUEST_TTL / 2,
         operation: Operation::Grant {
             grant_id: "g".to_owned(),
             account: lct(signer.platform(), C),
@@ -275,9 +273,9 @@ async fn a_platform_rotating_without_end_is_refused_at_the_registry_bound_and_ot
                 delegate: true,
                 replaces: Some(Succession {
                     key_id: keys::key_id(&old.verifying_key()),
-                    old_key_ends: now_seconds() + 3600.0,
+                    old_key_ends: Timestamp::now() + Duration::from_secs(3600),
                 }),
-                ..KeyRecord::new("Mallory", &new.verifying_key(), 0.0)
+                ..KeyRecord::new("Mallory", &new.verifying_key(), Timestamp::EPOCH)
             },
             Endorser::Key {
                 key_id: keys::key_id(&old.verifying_key()),

@@ -21,11 +21,12 @@ use sage_federation::identity::keys::{self, KeyError, KeyRecord};
 use sage_federation::ledger::client::LedgerClient;
 use sage_federation::ledger::protocol::{Outcome, RejectCode};
 use sage_federation::nats::subjects as s;
-use sage_federation::protocol::clock::now_seconds;
+use sage_federation::protocol::clock::Timestamp;
 use sage_federation::protocol::envelope::{EnvelopeError, Signer};
 use sage_federation::protocol::task::{FederationTask, TaskId};
 use sage_federation::state::registry::{PlatformRecord, Registry};
 use sage_federation::state::task_board::{TaskBoard, TaskParties};
+use std::time::Duration;
 
 /// The keys bucket as `identity` may write it.
 async fn keys_bucket(p: &Processes, identity: &str) -> kv::Store {
@@ -56,10 +57,10 @@ async fn fresh_verifier(p: &Processes) -> KeyDirectory {
 
 /// A lock `signer` asks for on Mallory's account, and the ledger's reply.
 async fn lock_as_mallory(p: &Processes, signer: Signer) -> sage_federation::ledger::protocol::LedgerReply {
-    let now = now_seconds();
+    let now = Timestamp::now();
     let terms = sage_federation::ledger::client::LockTerms {
-        deadline: now + 60.0,
-        expires_at: now + 120.0,
+        deadline: now + Duration::from_secs(60),
+        expires_at: now + Duration::from_secs(120),
         ..common::lock_terms(
             &TaskId::random().expect("id"),
             &lct("Mallory", "consciousness"),
@@ -111,7 +112,7 @@ async fn keys_that_do_not_chain_to_the_root_are_refused_whoever_writes_them() {
     let stranger = fresh_signer("Treasury");
     for victim in ["Treasury", "Legion"] {
         let forged = chain::endorse(
-            KeyRecord::new(victim, &stranger.verifying_key(), 0.0),
+            KeyRecord::new(victim, &stranger.verifying_key(), Timestamp::EPOCH),
             Endorser::Root,
             &mallory_key,
         );
@@ -128,20 +129,20 @@ async fn keys_that_do_not_chain_to_the_root_are_refused_whoever_writes_them() {
     // In its own namespace (the server allows it): a key signed by no one, a key "endorsed
     // by the root" with Mallory's own key, and a record claiming to be Legion's.
     let unsigned = fresh_signer("Mallory");
-    let record = KeyRecord::new("Mallory", &unsigned.verifying_key(), 0.0);
+    let record = KeyRecord::new("Mallory", &unsigned.verifying_key(), Timestamp::EPOCH);
     write_raw(&p, "Mallory", &s::key_entry("Mallory", &record.key_id), &record).await;
     let self_made = fresh_signer("Mallory");
     let record = chain::endorse(
-        KeyRecord::new("Mallory", &self_made.verifying_key(), 0.0),
+        KeyRecord::new("Mallory", &self_made.verifying_key(), Timestamp::EPOCH),
         Endorser::Root,
         &mallory_key,
     );
     write_raw(&p, "Mallory", &s::key_entry("Mallory", &record.key_id), &record).await;
     let as_legion = fresh_signer("Legion");
-    let mut record = KeyRecord::new("Legion", &as_legion.verifying_key(), 0.0);
+    let mut record = KeyRecord::new("Legion", &as_legion.verifying_key(), Timestamp::EPOCH);
     record.replaces = Some(Succession {
         key_id: mallory_id.clone(),
-        old_key_ends: now_seconds() + 3600.0,
+        old_key_ends: Timestamp::now() + Duration::from_secs(3600),
     });
     let record = chain::endorse(
         record,
@@ -153,10 +154,10 @@ async fn keys_that_do_not_chain_to_the_root_are_refused_whoever_writes_them() {
     write_raw(&p, "Mallory", &s::key_entry("Mallory", &record.key_id), &record).await;
     // With the treasury's NATS credentials: a Treasury key that Mallory's key endorses.
     let treasury_forger = fresh_signer("Treasury");
-    let mut record = KeyRecord::new("Treasury", &treasury_forger.verifying_key(), 0.0);
+    let mut record = KeyRecord::new("Treasury", &treasury_forger.verifying_key(), Timestamp::EPOCH);
     record.replaces = Some(Succession {
         key_id: mallory_id.clone(),
-        old_key_ends: now_seconds() + 3600.0,
+        old_key_ends: Timestamp::now() + Duration::from_secs(3600),
     });
     let record = chain::endorse(
         record,
@@ -205,7 +206,7 @@ async fn keys_that_do_not_chain_to_the_root_are_refused_whoever_writes_them() {
 
     // The root revokes Mallory's key; an admin writes it where no platform may.
     let root_key = keys::read_secret(&fed.root_key()).expect("root");
-    let revocation = Revocation::signed("Mallory", &mallory_id, now_seconds(), &root_key);
+    let revocation = Revocation::signed("Mallory", &mallory_id, Timestamp::now(), &root_key);
     KeyDirectory::open(
         &async_nats::jetstream::new(p.nats.client_as("Treasury").await),
         &p.nats.root(),
@@ -224,10 +225,10 @@ async fn keys_that_do_not_chain_to_the_root_are_refused_whoever_writes_them() {
         write_raw(&p, "Mallory", &s::key_entry("Mallory", &record.key_id), &record).await;
     }
     let escape = fresh_signer("Mallory");
-    let mut record = KeyRecord::new("Mallory", &escape.verifying_key(), 0.0);
+    let mut record = KeyRecord::new("Mallory", &escape.verifying_key(), Timestamp::EPOCH);
     record.replaces = Some(Succession {
         key_id: mallory_id.clone(),
-        old_key_ends: now_seconds() + 3600.0,
+        old_key_ends: Timestamp::now() + Duration::from_secs(3600),
     });
     let record = chain::endorse(
         record,
@@ -306,7 +307,7 @@ async fn federation_delegate_is_granted_by_the_root_not_claimed_in_the_registry(
                 key_id: keys::key_id(&signer.verifying_key()),
                 load: 0,
                 capacity: 10,
-                heartbeat_at: now_seconds(),
+                heartbeat_at: Timestamp::now(),
             },
         )
         .await

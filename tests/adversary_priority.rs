@@ -70,7 +70,7 @@ async fn a_platform_without_federation_critical_cannot_jump_the_queue() {
     let nats = p.nats.client_as("Sprout").await;
     let terms = LockTerms {
         deadline: task.expires_at,
-        expires_at: task.expires_at + 60.0,
+        expires_at: task.expires_at + Duration::from_secs(60),
         ..common::lock_terms(&task_id, &lct("Sprout", C), &lct("Legion", C), task.atp_budget)
     };
     let locked = LedgerClient::new(nats.clone(), signer)

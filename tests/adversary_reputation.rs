@@ -83,7 +83,7 @@ async fn a_liar_caught_by_the_ledgers_check_is_placed_last_and_nobody_but_the_le
     let wire = p.thor().sign(&task).expect("sign");
     let terms = LockTerms {
         deadline: task.expires_at,
-        expires_at: task.expires_at + 60.0,
+        expires_at: task.expires_at + Duration::from_secs(60),
         ..common::lock_terms(&task_id, &lct("Thor", C), &lct("Legion", C), BUDGET_ATP)
     };
     let thor_ledger = LedgerClient::new(p.nats.client_as("Thor").await, p.thor());

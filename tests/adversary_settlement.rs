@@ -16,6 +16,7 @@ use sage_federation::ledger::client::{LedgerClient, LockTerms};
 use sage_federation::ledger::model::{LockState, RollbackReason};
 use sage_federation::ledger::protocol::{Outcome, RejectCode};
 use sage_federation::nats::subjects;
+use sage_federation::protocol::clock::Timestamp;
 use sage_federation::protocol::envelope::Verified;
 use sage_federation::protocol::proof::{ExecutionProof, ProofStatus};
 use sage_federation::protocol::task::TaskId;
@@ -73,7 +74,7 @@ async fn lock_and_publish(p: &Processes, ledger: &LedgerClient, task_id: &TaskId
     );
     let mut terms = LockTerms {
         deadline: task.expires_at,
-        expires_at: task.expires_at + 60.0,
+        expires_at: task.expires_at + Duration::from_secs(60),
         ..common::lock_terms(task_id, &lct("Thor", C), &lct("Legion", C), 5.0)
     };
     edit(&mut terms);
@@ -128,15 +129,15 @@ async fn a_lock_whose_terms_contradict_the_task_is_refused_before_any_work() {
         (
             "a lock expiring in 2 s",
             |t| {
-                let now = sage_federation::protocol::clock::now_seconds();
-                t.deadline = now + 1.0;
-                t.expires_at = now + 2.0;
+                let now = sage_federation::protocol::clock::Timestamp::now();
+                t.deadline = now + Duration::from_secs(1);
+                t.expires_at = now + Duration::from_secs(2);
             },
             "before the task's expiry",
         ),
         (
             "a lock expiring inside the executor's commit window",
-            |t| t.expires_at = t.deadline + 0.5,
+            |t| t.expires_at = t.deadline + Duration::from_secs_f64(0.5),
             "commit window",
         ),
         (
@@ -164,13 +165,13 @@ async fn a_lock_whose_terms_contradict_the_task_is_refused_before_any_work() {
 /// A signed cancel of `task_id` by Thor, carrying Thor's signed ledger rollback of
 /// `rollback_of` (the status service must forward only the rollback of the task cancelled).
 fn cancel_request(p: &Processes, task_id: &TaskId, rollback_of: &TaskId) -> bytes::Bytes {
-    use sage_federation::ledger::protocol::{LedgerRequest, Operation, REQUEST_TTL_SECONDS};
+    use sage_federation::ledger::protocol::{LedgerRequest, Operation, REQUEST_TTL};
     let thor = p.thor();
-    let now = sage_federation::protocol::clock::now_seconds();
+    let now = sage_federation::protocol::clock::Timestamp::now();
     let rollback = LedgerRequest {
         requester: "Thor".into(),
         created_at: now,
-        expires_at: now + REQUEST_TTL_SECONDS,
+        expires_at: now + REQUEST_TTL,
         operation: Operation::Rollback {
             task_id: rollback_of.clone(),
             reason: RollbackReason::Cancelled,
@@ -181,7 +182,7 @@ fn cancel_request(p: &Processes, task_id: &TaskId, rollback_of: &TaskId) -> byte
         task_id: task_id.clone(),
         requester: "Thor".into(),
         created_at: now,
-        expires_at: now + REQUEST_TTL_SECONDS,
+        expires_at: now + REQUEST_TTL,
         rollback: String::from_utf8(thor.sign(&rollback).expect("sign").to_vec()).expect("utf8"),
     };
     thor.sign(&request).expect("sign")
@@ -290,7 +291,7 @@ async fn a_replayed_expired_task_is_dead_lettered_and_makes_the_executor_sign_no
     let reply = thor
         .lock(&LockTerms {
             deadline: task.expires_at,
-            expires_at: task.expires_at + 60.0,
+            expires_at: task.expires_at + Duration::from_secs(60),
             ..common::lock_terms(&task_id, &lct("Thor", C), &lct("Legion", C), 5.0)
         })
         .await
@@ -304,8 +305,8 @@ async fn a_replayed_expired_task_is_dead_lettered_and_makes_the_executor_sign_no
     assert_eq!(proof.status, ProofStatus::Completed, "{proof:?}");
 
     // Once it has expired, the attacker replays it under another message id.
-    let wait = task.expires_at - sage_federation::protocol::clock::now_seconds() + 0.5;
-    tokio::time::sleep(Duration::from_secs_f64(wait.max(0.0))).await;
+    let wait = Timestamp::now().until(task.expires_at + Duration::from_millis(500));
+    tokio::time::sleep(wait).await;
     publish_to_legion(&js, wire, &format!("{task_id}-again")).await;
     let operator = async_nats::jetstream::new(p.nats.client_as("Treasury").await);
     let mut dead = operator.get_stream(subjects::DEAD_STREAM).await.expect("dead letters");

@@ -10,12 +10,12 @@ use common::federation::Processes;
 use common::lct;
 use sage_federation::delegation::status;
 use sage_federation::fault;
-use sage_federation::ledger::COMMIT_WINDOW_SECONDS;
+use sage_federation::ledger::COMMIT_WINDOW;
 use sage_federation::ledger::client::{LedgerClient, LockTerms};
 use sage_federation::ledger::model::{Lock, LockState, RollbackReason};
 use sage_federation::ledger::protocol::Outcome;
 use sage_federation::nats::subjects;
-use sage_federation::protocol::clock::now_seconds;
+use sage_federation::protocol::clock::Timestamp;
 use sage_federation::protocol::task::TaskId;
 use sage_federation::state::task_board::{TaskBoard, TaskState, TaskStatus};
 
@@ -64,22 +64,22 @@ async fn after_a_failed_publish_the_delegator_is_refunded_after_the_deadline_not
     let lock = lock_of(&p, &task_id).await;
     assert_eq!(lock.state, LockState::Pending);
     assert_eq!(p.balance("Thor", C).await, before - BUDGET_UATP);
-    let due = lock.deadline + COMMIT_WINDOW_SECONDS;
+    let due = lock.deadline + COMMIT_WINDOW;
     assert!(
-        lock.expires_at >= due + 4.0 * REFUND_SLACK_SECONDS,
+        lock.expires_at >= due + 4 * Duration::from_secs_f64(REFUND_SLACK_SECONDS),
         "the lock expires at {} but the refund is due at {due}: the test could not tell them apart",
         lock.expires_at
     );
 
     // The delegator's own rollback lands once the deadline and the commit window passed.
-    let give_up = due + REFUND_SLACK_SECONDS;
+    let give_up = due + Duration::from_secs_f64(REFUND_SLACK_SECONDS);
     let lock = loop {
         let lock = lock_of(&p, &task_id).await;
         if lock.state != LockState::Pending {
             break lock;
         }
         assert!(
-            now_seconds() < give_up,
+            Timestamp::now() < give_up,
             "still locked {REFUND_SLACK_SECONDS} s after the deadline and commit window (the lock expires only at {})",
             lock.expires_at
         );
@@ -108,11 +108,11 @@ async fn a_busy_reply_to_the_forwarded_rollback_is_retried_and_the_cancel_refund
     let before = p.balance("Thor", C).await;
     let thor = LedgerClient::new(p.nats.client_as("Thor").await, p.thor());
     let task_id = TaskId::random().expect("id");
-    let deadline = now_seconds() + DEADLINE_IN_SECONDS;
+    let deadline = Timestamp::now() + Duration::from_secs_f64(DEADLINE_IN_SECONDS);
     let reply = thor
         .lock(&LockTerms {
             deadline,
-            expires_at: deadline + LOCK_GRACE_SECONDS,
+            expires_at: deadline + Duration::from_secs_f64(LOCK_GRACE_SECONDS),
             ..common::lock_terms(&task_id, &lct("Thor", C), &lct("Legion", C), BUDGET_ATP)
         })
         .await
@@ -128,7 +128,7 @@ async fn a_busy_reply_to_the_forwarded_rollback_is_retried_and_the_cancel_refund
             executor: lct("Legion", C),
             operation: "execution".into(),
             state: TaskState::Queued,
-            updated_at: now_seconds(),
+            updated_at: Timestamp::now(),
             stream_sequence: None,
             worker: None,
             quality: None,
@@ -140,8 +140,8 @@ async fn a_busy_reply_to_the_forwarded_rollback_is_retried_and_the_cancel_refund
         .expect("queue");
     assert_eq!(p.balance("Thor", C).await, before - BUDGET_UATP);
     // The ledger accepts a delegator's cancel only after the deadline and the commit window.
-    let due = deadline + COMMIT_WINDOW_SECONDS + 0.5;
-    tokio::time::sleep(Duration::from_secs_f64((due - now_seconds()).max(0.0))).await;
+    let due = deadline + COMMIT_WINDOW + Duration::from_millis(500);
+    tokio::time::sleep(Timestamp::now().until(due)).await;
 
     let answer = status::cancel_task(&p.nats.client_as("Thor").await, &p.thor(), &task_id)
         .await

@@ -20,7 +20,7 @@ use sage_federation::delegation::client::{DelegationRequest, FederationClient};
 use sage_federation::ledger::audit::audit;
 use sage_federation::ledger::model::LockState;
 use sage_federation::nats::topology::Topology;
-use sage_federation::protocol::clock::now_seconds;
+use sage_federation::protocol::clock::Timestamp;
 use sage_federation::protocol::task::TaskId;
 use serde_json::json;
 
@@ -184,7 +184,7 @@ async fn chaos_loses_no_atp_and_settles_nothing_twice() {
     let seed: u64 = std::env::var(SEED_ENV)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| now_seconds().to_bits() | 1);
+        .unwrap_or_else(|| Timestamp::now().as_unix_seconds().to_bits() | 1);
     let mut d = Deployment::start(Topology::HubLeaf).await;
     assert!(d.plan.install_dir.is_none(), "a deployment of its own");
     let supply_before = d.snapshot().await.supply.total_uatp;
@@ -240,7 +240,7 @@ async fn chaos_loses_no_atp_and_settles_nothing_twice() {
         assert!(Instant::now() < deadline, "{pending} locks never settled");
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
-    let report = audit(&snapshot, now_seconds());
+    let report = audit(&snapshot, Timestamp::now());
     let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
     let mut longest_hold = (0.0f64, 0.0f64);
     let mut longest_held: Option<TaskId> = None;
@@ -256,9 +256,9 @@ async fn chaos_loses_no_atp_and_settles_nothing_twice() {
             None => "never locked (failed before locking)".to_owned(),
             Some(l) => {
                 let settlement = l.settlement.as_ref().expect("settled lock has its settlement");
-                let held = settlement.at - l.created_at;
+                let held = settlement.at.seconds_since(l.created_at);
                 if held > longest_hold.0 {
-                    longest_hold = (held, l.expires_at - l.created_at);
+                    longest_hold = (held, l.expires_at.seconds_since(l.created_at));
                     longest_held = Some(l.task_id.clone());
                 }
                 format!("{:?} {:?} by {}", l.state, settlement.reason, settlement.by)

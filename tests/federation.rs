@@ -14,7 +14,7 @@ use sage_federation::delegation::client::{DelegationOutcome, DelegationRequest};
 use sage_federation::delegation::scenarios::{self, Scenario};
 use sage_federation::ledger::client::{LedgerClient, LockTerms};
 use sage_federation::ledger::model::{LockState, RollbackReason};
-use sage_federation::protocol::clock::now_seconds;
+use sage_federation::protocol::clock::Timestamp;
 use sage_federation::protocol::envelope::Signer;
 use sage_federation::protocol::proof::ProofStatus;
 use sage_federation::protocol::task::TaskId;
@@ -286,11 +286,11 @@ async fn forged_replayed_and_malformed_tasks_are_refused_and_the_ledger_is_untou
     let genuine = TaskId::random().expect("id");
     let wire = thor.sign(&task(&genuine)).expect("sign");
     let ledger = LedgerClient::new(client.clone(), thor.clone());
-    let now = now_seconds();
+    let now = Timestamp::now();
     let reply = ledger
         .lock(&LockTerms {
-            deadline: now + 60.0,
-            expires_at: now + 120.0,
+            deadline: now + Duration::from_secs(60),
+            expires_at: now + Duration::from_secs(120),
             ..common::lock_terms(&genuine, &lct("Thor", C), &lct("Legion", C), 5.0)
         })
         .await

@@ -11,8 +11,10 @@ use sage_federation::identity::directory::KeyDirectory;
 use sage_federation::identity::keys::{self, KeyError};
 use sage_federation::nats::infra;
 use sage_federation::nats::subjects;
+use sage_federation::protocol::clock::Timestamp;
 use sage_federation::protocol::envelope::{EnvelopeError, Signer};
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 
 #[tokio::test]
 async fn infrastructure_is_created_once_with_atomic_ledger() {
@@ -44,7 +46,7 @@ async fn infrastructure_is_created_once_with_atomic_ledger() {
 #[derive(Debug, Serialize, Deserialize)]
 struct Hello {
     from: String,
-    created_at: f64,
+    created_at: Timestamp,
 }
 
 impl sage_federation::protocol::envelope::Signable for Hello {
@@ -53,10 +55,10 @@ impl sage_federation::protocol::envelope::Signable for Hello {
     fn signer_platform(&self) -> &str {
         &self.from
     }
-    fn created_at(&self) -> f64 {
+    fn created_at(&self) -> Timestamp {
         self.created_at
     }
-    fn expires_at(&self) -> Option<f64> {
+    fn expires_at(&self) -> Option<Timestamp> {
         None
     }
     fn validate(&self) -> Result<(), String> {
@@ -77,7 +79,7 @@ async fn keys_published_to_kv_verify_elsewhere_until_revoked() {
     let signer = Signer::new("Thor", keys::generate().expect("random")).expect("signer");
     let hello = Hello {
         from: "Thor".into(),
-        created_at: sage_federation::protocol::clock::now_seconds(),
+        created_at: sage_federation::protocol::clock::Timestamp::now(),
     };
     let wire = signer.sign(&hello).expect("sign");
     let unknown = legion_side.verify::<Hello>(&wire).await.expect_err("not published yet");
@@ -105,7 +107,7 @@ async fn keys_published_to_kv_verify_elsewhere_until_revoked() {
     assert!(thor_side.publish(&forged).await.is_err());
 
     // The root's revocation reaches the other side through the watch.
-    let revocation = Revocation::signed("Thor", &record.key_id, 1.0, &root);
+    let revocation = Revocation::signed("Thor", &record.key_id, Timestamp::from_secs(1), &root);
     thor_side.publish_revocation(&revocation).await.expect("revoke");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
@@ -309,10 +311,10 @@ async fn a_record_that_does_not_decode_is_an_error_naming_its_key_and_stays_as_i
         paid: true,
         quality: 0.9,
         refuted: false,
-        at: 1.0,
+        at: Timestamp::from_secs(1),
     };
     let err = reputations
-        .record_many("t-Legion", "planning", &[settled], 3600.0)
+        .record_many("t-Legion", "planning", &[settled], Duration::from_secs(3600))
         .await
         .expect_err("corrupt");
     assert!(err.to_string().contains(&format!("sage_reputation key {key}")), "{err}");

@@ -6,11 +6,11 @@ mod common;
 use std::time::Duration;
 
 use common::{LedgerFixture, lct, lock_terms, signed_proof};
-use sage_federation::ledger::COMMIT_WINDOW_SECONDS;
+use sage_federation::ledger::COMMIT_WINDOW;
 use sage_federation::ledger::client::{LedgerClient, LockTerms};
 use sage_federation::ledger::model::{LockState, RollbackReason};
 use sage_federation::ledger::protocol::{LedgerReply, Operation, Outcome, RejectCode};
-use sage_federation::protocol::clock::now_seconds;
+use sage_federation::protocol::clock::Timestamp;
 use sage_federation::protocol::proof::ProofStatus;
 use sage_federation::protocol::task::TaskId;
 
@@ -31,7 +31,7 @@ async fn balance(f: &LedgerFixture, platform: &str, task_type: &str) -> (f64, f6
 }
 
 async fn lock(client: &LedgerClient, task: &str, from: &str, to: &str, amount: f64) -> LedgerReply {
-    let now = now_seconds();
+    let now = Timestamp::now();
     // The raw operation: the wire's decimal amount, so that hostile values reach the service.
     client
         .request(Operation::Lock {
@@ -40,8 +40,8 @@ async fn lock(client: &LedgerClient, task: &str, from: &str, to: &str, amount: f
             executor: lct(to, CS),
             amount,
             quality_threshold: 0.7,
-            deadline: now + 30.0,
-            expires_at: now + 60.0,
+            deadline: now + Duration::from_secs(30),
+            expires_at: now + Duration::from_secs(60),
             task_digest: None,
             witness: None,
             operation: None,
@@ -211,11 +211,11 @@ async fn rollbacks_refund_everything_and_need_a_reason_the_ledger_can_check() {
 
     // Timeout: not before the deadline and the executor's commit window after it, unless the
     // executor's proof says it timed out.
-    let now = now_seconds();
+    let now = Timestamp::now();
     let reply = thor
         .lock(&LockTerms {
-            deadline: now + 1.0,
-            expires_at: now + 60.0,
+            deadline: now + Duration::from_secs(1),
+            expires_at: now + Duration::from_secs(60),
             ..lock_terms(&id("t-slow"), &delegator, &executor, 10.0)
         })
         .await
@@ -236,7 +236,7 @@ async fn rollbacks_refund_everything_and_need_a_reason_the_ledger_can_check() {
             .expect("rb"),
         RejectCode::EvidenceRequired,
     );
-    tokio::time::sleep(Duration::from_secs_f64(COMMIT_WINDOW_SECONDS)).await;
+    tokio::time::sleep(COMMIT_WINDOW).await;
     assert_applied(
         &thor
             .rollback(&id("t-slow"), RollbackReason::Timeout, None)
@@ -338,7 +338,7 @@ async fn invalid_calls_leave_the_ledger_unchanged_and_say_why() {
             ProofStatus::Completed,
         )
     };
-    let now = now_seconds();
+    let now = Timestamp::now();
     let cases: Vec<(&str, LedgerReply, RejectCode)> = vec![
         (
             "commit of an unknown lock",
@@ -460,7 +460,7 @@ async fn invalid_calls_leave_the_ledger_unchanged_and_say_why() {
         (
             "expiry too far",
             thor.lock(&LockTerms {
-                expires_at: now + 1e6,
+                expires_at: now + Duration::from_secs(1_000_000),
                 ..lock_terms(&id("t-far"), &delegator, &executor, 1.0)
             })
             .await
@@ -522,8 +522,8 @@ async fn invalid_calls_leave_the_ledger_unchanged_and_say_why() {
     );
     let request = sage_federation::ledger::protocol::LedgerRequest {
         requester: "Treasury".into(),
-        created_at: now_seconds(),
-        expires_at: now_seconds() + 60.0,
+        created_at: Timestamp::now(),
+        expires_at: Timestamp::now() + Duration::from_secs(60),
         operation: sage_federation::ledger::protocol::Operation::Grant {
             grant_id: "g-x".into(),
             account: lct("Thor", C),
@@ -546,12 +546,12 @@ async fn expired_locks_are_swept_and_an_executor_can_settle_before_expiry() {
     let thor = f.client("Thor").await;
     let legion = f.client("Legion").await;
     let (delegator, executor) = (lct("Thor", C), lct("Legion", CS));
-    let now = now_seconds();
+    let now = Timestamp::now();
     assert_applied(
         &thor
             .lock(&LockTerms {
-                deadline: now + 0.5,
-                expires_at: now + 1.0,
+                deadline: now + Duration::from_secs_f64(0.5),
+                expires_at: now + Duration::from_secs(1),
                 ..lock_terms(&id("t-gone"), &delegator, &executor, 10.0)
             })
             .await
@@ -560,8 +560,8 @@ async fn expired_locks_are_swept_and_an_executor_can_settle_before_expiry() {
     assert_applied(
         &thor
             .lock(&LockTerms {
-                deadline: now + 0.5,
-                expires_at: now + 30.0,
+                deadline: now + Duration::from_secs_f64(0.5),
+                expires_at: now + Duration::from_secs(30),
                 ..lock_terms(&id("t-paid"), &delegator, &executor, 10.0)
             })
             .await

@@ -8,14 +8,13 @@ use bytes::Bytes;
 use common::{LedgerFixture, lct, signed_proof};
 use futures::future::join_all;
 use sage_federation::ledger::model::LockState;
-use sage_federation::ledger::protocol::{
-    LedgerReply, LedgerRequest, Operation, Outcome, REQUEST_TTL_SECONDS, RejectCode,
-};
+use sage_federation::ledger::protocol::{LedgerReply, LedgerRequest, Operation, Outcome, REQUEST_TTL, RejectCode};
 use sage_federation::nats::subjects;
-use sage_federation::protocol::clock::now_seconds;
+use sage_federation::protocol::clock::Timestamp;
 use sage_federation::protocol::envelope::Signer;
 use sage_federation::protocol::proof::ProofStatus;
 use sage_federation::protocol::task::TaskId;
+use std::time::Duration;
 
 const C: &str = "consciousness";
 /// Pairs sent at once: enough that most pairs share a group with their own lock.
@@ -23,12 +22,12 @@ const PAIRS: usize = 40;
 
 /// One request, one reply: no retry of a busy answer, so that a failed group shows.
 async fn once(client: &async_nats::Client, signer: &Signer, operation: Operation) -> LedgerReply {
-    let created_at = now_seconds();
+    let created_at = Timestamp::now();
     let subject = subjects::ledger_endpoint(operation.name());
     let request = LedgerRequest {
         requester: signer.platform().to_owned(),
         created_at,
-        expires_at: created_at + REQUEST_TTL_SECONDS,
+        expires_at: created_at + REQUEST_TTL,
         operation,
     };
     let wire = signer.sign(&request).expect("sign");
@@ -42,15 +41,15 @@ fn executor(pair: usize) -> sage_federation::protocol::lct::Lct {
 }
 
 fn lock_of(task_id: &TaskId, pair: usize) -> Operation {
-    let now = now_seconds();
+    let now = Timestamp::now();
     Operation::Lock {
         task_id: task_id.clone(),
         delegator: lct("Thor", C),
         executor: executor(pair),
         amount: 10.0,
         quality_threshold: 0.5,
-        deadline: now + 60.0,
-        expires_at: now + 120.0,
+        deadline: now + Duration::from_secs(60),
+        expires_at: now + Duration::from_secs(120),
         task_digest: None,
         witness: None,
         operation: None,

@@ -13,7 +13,7 @@ use sage_federation::identity::keys;
 use sage_federation::ledger::client::{LedgerClient, LockTerms};
 use sage_federation::ledger::model::{LockState, RollbackReason};
 use sage_federation::ledger::protocol::{LedgerReply, Outcome, RejectCode};
-use sage_federation::protocol::clock::now_seconds;
+use sage_federation::protocol::clock::Timestamp;
 use sage_federation::protocol::envelope::Signer;
 use sage_federation::protocol::proof::ProofStatus;
 use sage_federation::protocol::task::TaskId;
@@ -122,10 +122,10 @@ async fn run_plan(
     };
     let delegator = lct(&plan.delegator, C);
     let executor = lct(&plan.executor, CS);
-    let now = now_seconds();
+    let now = Timestamp::now();
     let terms = LockTerms {
-        deadline: now + 60.0,
-        expires_at: now + 120.0,
+        deadline: now + Duration::from_secs(60),
+        expires_at: now + Duration::from_secs(120),
         ..common::lock_terms(&plan.task_id, &delegator, &executor, plan.amount)
     };
     let locks = futures::future::join_all((0..plan.lock_copies).map(|_| clients[&plan.delegator].lock(&terms))).await;

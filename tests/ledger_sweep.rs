@@ -12,7 +12,7 @@ use common::{LedgerFixture, lct, lock_terms};
 use sage_federation::ledger::client::LockTerms;
 use sage_federation::ledger::model::LockState;
 use sage_federation::ledger::protocol::Outcome;
-use sage_federation::protocol::clock::now_seconds;
+use sage_federation::protocol::clock::Timestamp;
 use sage_federation::protocol::task::TaskId;
 
 const C: &str = "consciousness";
@@ -54,10 +54,10 @@ async fn a_lock_made_after_a_server_crash_is_refunded_soon_after_its_expiry() {
         // The ledger service reconnects on its own; the lock goes through once it has.
         let give_up = Instant::now() + RECOVER_WITHIN;
         let expires_at = loop {
-            let now = now_seconds();
+            let now = Timestamp::now();
             let terms = LockTerms {
-                deadline: now + LOCK_LIFE_SECONDS / 2.0,
-                expires_at: now + LOCK_LIFE_SECONDS,
+                deadline: now + Duration::from_secs_f64(LOCK_LIFE_SECONDS / 2.0),
+                expires_at: now + Duration::from_secs_f64(LOCK_LIFE_SECONDS),
                 ..lock_terms(&task_id, &lct("Thor", C), &lct("Legion", C), 1.0)
             };
             match thor.lock(&terms).await {
@@ -78,14 +78,14 @@ async fn a_lock_made_after_a_server_crash_is_refunded_soon_after_its_expiry() {
                 break lock;
             }
             assert!(
-                now_seconds() < expires_at + 30.0,
+                Timestamp::now() < expires_at + Duration::from_secs(30),
                 "crash {crash}: the sweeper never refunded the lock"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         assert_eq!(lock.state, LockState::Expired, "crash {crash}: {lock:?}");
         let settled_at = lock.settlement.as_ref().expect("a settlement").at;
-        let lag = settled_at - lock.expires_at;
+        let lag = settled_at.seconds_since(lock.expires_at);
         eprintln!("crash {crash}: refunded {lag:.2} s after its expiry");
         assert!(
             lag <= REFUND_LAG_MAX_SECONDS,

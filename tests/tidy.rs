@@ -8,6 +8,10 @@
 //! - Every source file (`src/`, `tests/`, `benches/`) starts with a `//!` doc.
 //! - No `allow(clippy::too_many_arguments)`: arguments that could be swapped go in a struct.
 //! - `anyhow` only in the binary (`src/bin/`): the library's errors keep a kind to match on.
+//! - No instant as `f64` seconds in `src/` (`now: f64`, `created_at: f64`, `deadline: f64`):
+//!   an instant is a `Timestamp`, which only does arithmetic with `Duration`, so seconds and
+//!   instants, or a deadline and a timeout, cannot be mixed up. The wire keeps its numbers
+//!   because `Timestamp` serialises as one.
 //!
 //! Each check first proves it can fail, on a sample that breaks its rule.
 
@@ -325,6 +329,33 @@ fn uses_io_runtime(text: &str) -> bool {
     })
 }
 
+/// Names that hold an instant: `now`, `deadline`, `until`, and anything `_at`.
+fn names_an_instant(name: &str) -> bool {
+    matches!(name, "now" | "deadline" | "until" | "at") || name.ends_with("_at")
+}
+
+/// Fields and parameters in `text` that name an instant yet are typed `f64` seconds, as
+/// (line, name). Comments, strings and unit tests aside.
+fn instants_in_seconds(text: &str) -> Vec<(usize, String)> {
+    let code = lex(text).code;
+    let mut found = Vec::new();
+    for (number, line) in code.lines().enumerate() {
+        for pattern in [": f64", ": Option<f64>"] {
+            for (at, _) in line.match_indices(pattern) {
+                let before = &line[..at];
+                let start = before
+                    .rfind(|c: char| !(c.is_alphanumeric() || c == '_'))
+                    .map_or(0, |i| i + 1);
+                let name = &before[start..];
+                if names_an_instant(name) {
+                    found.push((number + 1, name.to_owned()));
+                }
+            }
+        }
+    }
+    found
+}
+
 fn starts_with_module_doc(text: &str) -> bool {
     text.trim_start().starts_with("//!")
 }
@@ -359,6 +390,17 @@ fn the_checks_catch_what_they_forbid() {
     assert!(!uses_io_runtime(
         "// no tokio here\nlet s = \"tokio\"; let my_tokio_thing = 1;"
     ));
+    assert_eq!(
+        instants_in_seconds(
+            "struct T {\n    pub created_at: f64,\n    until: Option<f64>,\n    quality: f64,\n}\nfn f(now: f64, x: f64) {}\n"
+        ),
+        [
+            (2, "created_at".to_owned()),
+            (3, "until".to_owned()),
+            (6, "now".to_owned())
+        ]
+    );
+    assert!(instants_in_seconds("// now: f64 in a comment\nlet s = \"at: f64\"; fn f(now: Timestamp) {}").is_empty());
     assert!(!starts_with_module_doc("use std::fs;\n//! late"));
     assert!(starts_with_module_doc("\n//! The doc.\nuse std::fs;"));
 }
@@ -383,6 +425,25 @@ fn only_the_subjects_module_spells_names_on_nats() {
     assert!(
         found.is_empty(),
         "names on NATS spelled outside {SUBJECTS_FILE} (add a constant or builder there):\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn no_instant_is_f64_seconds() {
+    let files = rust_files("src");
+    assert!(files.iter().any(|f| relative(f) == "src/protocol/clock.rs"));
+    let mut found = Vec::new();
+    for file in files {
+        let text = fs::read_to_string(&file).expect("read");
+        for (line, name) in instants_in_seconds(without_unit_tests(&text)) {
+            found.push(format!("{}:{line}: {name}: f64", relative(&file)));
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "instants as f64 seconds (use protocol::clock::Timestamp; a wire number of seconds that is \
+         a span, not an instant, takes a name that says so, such as `hold_seconds`):\n{}",
         found.join("\n")
     );
 }

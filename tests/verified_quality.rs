@@ -14,6 +14,7 @@ use sage_federation::ledger::protocol::{LedgerReply, Outcome, RejectCode};
 use sage_federation::protocol::envelope::Signer;
 use sage_federation::protocol::task::TaskId;
 use serde_json::{Map, Value, json};
+use std::time::Duration;
 
 const C: &str = "consciousness";
 const BUDGET_ATP: f64 = 5.0;
@@ -36,7 +37,7 @@ async fn locked_planning_task(p: &Processes, thor: &LedgerClient, task_id: &Task
     let wire = p.thor().sign(&task).expect("sign");
     let terms = LockTerms {
         deadline: task.expires_at,
-        expires_at: task.expires_at + 60.0,
+        expires_at: task.expires_at + Duration::from_secs(60),
         ..common::lock_terms(task_id, &lct("Thor", C), &lct("Legion", C), BUDGET_ATP)
     };
     let reply = thor.lock_for_task(&terms, &wire, &task.operation).await.expect("lock");

@@ -13,7 +13,7 @@ use sage_federation::delegation::client::DelegationRequest;
 use sage_federation::ledger::client::{LedgerClient, LockTerms};
 use sage_federation::ledger::model::{LockState, RollbackReason};
 use sage_federation::nats::subjects;
-use sage_federation::protocol::clock::now_seconds;
+use sage_federation::protocol::clock::Timestamp;
 use sage_federation::protocol::task::TaskId;
 use sage_federation::state::task_board::{TaskBoard, TaskState};
 use serde_json::json;
@@ -107,11 +107,11 @@ async fn a_task_whose_deliveries_run_out_is_dead_lettered_and_refunded() {
         120,
         300.0,
     );
-    let now = now_seconds();
+    let now = Timestamp::now();
     let reply = LedgerClient::new(client.clone(), thor.clone())
         .lock(&LockTerms {
-            deadline: now + 300.0,
-            expires_at: now + 360.0,
+            deadline: now + Duration::from_secs(300),
+            expires_at: now + Duration::from_secs(360),
             ..common::lock_terms(&task_id, &lct("Thor", C), &lct("Legion", C), 5.0)
         })
         .await

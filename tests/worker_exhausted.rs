@@ -13,7 +13,7 @@ use futures::StreamExt;
 use sage_federation::ledger::client::{LedgerClient, LockTerms};
 use sage_federation::ledger::model::{LockState, RollbackReason};
 use sage_federation::nats::subjects;
-use sage_federation::protocol::clock::now_seconds;
+use sage_federation::protocol::clock::Timestamp;
 use sage_federation::protocol::task::TaskId;
 use serde_json::json;
 
@@ -28,11 +28,11 @@ async fn an_exhausted_task_is_dead_lettered_once_by_two_workers() {
     let thor = p.thor();
     let task_id = TaskId::random().expect("id");
     let task = hand_task(&task_id, json!({"steps": [{"op": "wait", "args": [10]}]}), 60, 300.0);
-    let now = now_seconds();
+    let now = Timestamp::now();
     let reply = LedgerClient::new(p.nats.client().await, thor.clone())
         .lock(&LockTerms {
-            deadline: now + 300.0,
-            expires_at: now + 360.0,
+            deadline: now + Duration::from_secs(300),
+            expires_at: now + Duration::from_secs(360),
             ..common::lock_terms(&task_id, &lct("Thor", C), &lct("Legion", C), 5.0)
         })
         .await

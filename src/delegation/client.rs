@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use crate::config::Config;
 use crate::delegation::placement::{self, Wanted};
 use crate::identity::directory::KeyDirectory;
-use crate::ledger::COMMIT_WINDOW_SECONDS;
+use crate::ledger::COMMIT_WINDOW;
 use crate::ledger::client::{LedgerClient, LedgerReader, LockTerms};
 use crate::ledger::model::{Lock, LockState, RollbackReason, WitnessSettlement};
 use crate::ledger::protocol::{LedgerReply, Outcome, RejectCode, WitnessRequest};
@@ -31,7 +31,7 @@ use crate::nats::infra::WITNESSED_TASK_MAX_AGE;
 use crate::nats::subjects;
 use crate::observe::metrics;
 use crate::protocol::atp::Atp;
-use crate::protocol::clock::now_seconds;
+use crate::protocol::clock::Timestamp;
 use crate::protocol::envelope::{Signer, Verified};
 use crate::protocol::lct::Lct;
 use crate::protocol::limits::TASK_TIMEOUT_SECONDS_MAX;
@@ -44,10 +44,10 @@ use crate::state::task_board::{TaskBoard, TaskState, TaskStatus};
 use crate::state::witnessed_tasks::{WitnessedTaskError, WitnessedTasks};
 
 /// Time a task may wait in the queue before a worker starts it, on top of its timeout.
-pub const QUEUE_WAIT_SECONDS: f64 = 30.0;
+pub const QUEUE_WAIT: Duration = Duration::from_secs(30);
 /// Time after a task's deadline in which its lock may still be settled (an executor whose
 /// delegator vanished settles in this window), before the sweeper refunds it.
-pub const SETTLE_GRACE_SECONDS: f64 = 60.0;
+pub const SETTLE_GRACE: Duration = Duration::from_secs(60);
 /// How long past the deadline and the executor's commit window the delegator waits for a
 /// proof in flight (clock skew between it and the ledger).
 const PROOF_WAIT_GRACE: Duration = Duration::from_secs(1);
@@ -67,7 +67,10 @@ const SETTLE_RETRY_PAUSE: Duration = Duration::from_secs(5);
 // longest timeout and the settle grace after the task was made, and the hold then lasts at
 // most its maximum.
 const _: () = assert!(
-    QUEUE_WAIT_SECONDS + TASK_TIMEOUT_SECONDS_MAX as f64 + SETTLE_GRACE_SECONDS + WITNESS_HOLD_SECONDS_MAX
+    QUEUE_WAIT.as_secs() as f64
+        + TASK_TIMEOUT_SECONDS_MAX as f64
+        + SETTLE_GRACE.as_secs() as f64
+        + WITNESS_HOLD_SECONDS_MAX
         <= WITNESSED_TASK_MAX_AGE.as_secs() as f64
 );
 /// How long a listing of the platform registry is reused when placing tasks.
@@ -238,7 +241,7 @@ const WITNESS_POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// (the request is not stored: a witness that was restarting gets the next one).
 const WITNESS_RESEND_INTERVAL: Duration = Duration::from_secs(5);
 /// How long past the hold's expiry the delegator waits for the ledger's sweeper to settle it.
-const WITNESS_WAIT_GRACE_SECONDS: f64 = 5.0;
+const WITNESS_WAIT_GRACE: Duration = Duration::from_secs(5);
 
 /// Proofs a waiting delegation may hold unread before the listener drops more: a flood of
 /// forged proofs under one task id must not grow memory.
@@ -349,7 +352,7 @@ impl FederationClient {
                         key_id: signer.key_id().to_owned(),
                         load: 0,
                         capacity: 0,
-                        heartbeat_at: 0.0,
+                        heartbeat_at: Timestamp::EPOCH,
                     },
                 )
                 .await?;
@@ -427,7 +430,7 @@ impl FederationClient {
     /// Chooses where `request` goes by the rule in `placement`: the named platform when
     /// there is one, else the least loaded eligible platform, better reputation first.
     pub async fn choose_target(&self, request: &DelegationRequest) -> Result<PlatformRecord, DelegateError> {
-        let now = now_seconds();
+        let now = Timestamp::now();
         let wanted = Wanted {
             delegator: self.platform(),
             task_type: &request.task_type,
@@ -448,7 +451,7 @@ impl FederationClient {
         &self,
         candidates: Vec<PlatformRecord>,
         operation: &str,
-        now: f64,
+        now: Timestamp,
     ) -> Vec<(PlatformRecord, Standing)> {
         let mut scored = Vec::with_capacity(candidates.len());
         for record in candidates {
@@ -480,7 +483,7 @@ impl FederationClient {
         if crate::worker::ops::has_check(&request.operation) {
             return Ok(None);
         }
-        let now = now_seconds();
+        let now = Timestamp::now();
         let wanted = Wanted {
             delegator: self.platform(),
             task_type: &request.task_type,
@@ -612,7 +615,7 @@ impl FederationClient {
             amount: budget,
             quality_threshold: threshold,
             deadline: task.expires_at,
-            expires_at: task.expires_at + SETTLE_GRACE_SECONDS,
+            expires_at: task.expires_at + SETTLE_GRACE,
         };
         let reply = match witness {
             Some(witness) => {
@@ -641,7 +644,7 @@ impl FederationClient {
             Some(task_id) => task_id,
             None => TaskId::random().map_err(|e| invalid(&e))?,
         };
-        let created_at = now_seconds();
+        let created_at = Timestamp::now();
         Ok(FederationTask {
             reply_to: subjects::proof(self.platform(), target_lct.platform(), task_id.as_str()),
             task_id,
@@ -653,7 +656,7 @@ impl FederationClient {
             timeout_seconds: request.timeout_seconds,
             parameters: request.parameters,
             created_at,
-            expires_at: created_at + QUEUE_WAIT_SECONDS + request.timeout_seconds as f64,
+            expires_at: created_at + QUEUE_WAIT + Duration::from_secs(request.timeout_seconds),
             critical: lane == Lane::Critical,
         })
     }
@@ -671,8 +674,7 @@ impl FederationClient {
             self.refund_unpublished(task).await;
             return Err(e);
         }
-        let wait = Duration::from_secs_f64((task.expires_at + COMMIT_WINDOW_SECONDS - now_seconds()).max(0.0))
-            + PROOF_WAIT_GRACE;
+        let wait = Timestamp::now().until(task.expires_at + COMMIT_WINDOW) + PROOF_WAIT_GRACE;
         let deadline = tokio::time::Instant::now() + wait;
         let proof = loop {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
@@ -702,7 +704,7 @@ impl FederationClient {
     /// the party that wants the check (the executor would rather the hold expired and paid
     /// it), sends its signed task to the appointed witness, again every
     /// [`WITNESS_RESEND_INTERVAL`], and waits until the lock settles: by the witness's answer
-    /// or by the hold's expiry (plus [`WITNESS_WAIT_GRACE_SECONDS`] for the sweeper).
+    /// or by the hold's expiry (plus [`WITNESS_WAIT_GRACE`] for the sweeper).
     /// Follows this platform's signed task `task_wire` (of `task`) whose commit the ledger
     /// holds for a witness, as a delegation does: sends it to the witness and returns the
     /// settled outcome (for a caller that locked and published the task itself).
@@ -733,7 +735,7 @@ impl FederationClient {
                 (state, _) if state.is_terminal() => return self.witnessed_outcome(task, &lock, held).await,
                 _ => return Ok(held),
             };
-            if now_seconds() > hold.until + WITNESS_WAIT_GRACE_SECONDS {
+            if Timestamp::now() > hold.until + WITNESS_WAIT_GRACE {
                 return Err(DelegateError::WitnessUnsettled(task.task_id.clone()));
             }
             if sent.is_none_or(|at| at.elapsed() >= WITNESS_RESEND_INTERVAL) {
@@ -813,8 +815,7 @@ impl FederationClient {
         }
         let ledger = self.ledger.clone();
         let task_id = task.task_id.clone();
-        let due = Duration::from_secs_f64((task.expires_at + COMMIT_WINDOW_SECONDS - now_seconds()).max(0.0))
-            + PROOF_WAIT_GRACE;
+        let due = Timestamp::now().until(task.expires_at + COMMIT_WINDOW) + PROOF_WAIT_GRACE;
         tokio::spawn(async move {
             tokio::time::sleep(due).await;
             match rollback_timed_out(&ledger, &task_id).await {

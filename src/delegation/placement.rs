@@ -9,6 +9,7 @@
 //! The executor's own permission check is the one that protects it; the record is only what
 //! the platform says about itself.
 
+use crate::protocol::clock::Timestamp;
 use crate::state::registry::PlatformRecord;
 use crate::state::reputation::Standing;
 
@@ -27,6 +28,7 @@ pub enum Ineligible {
     #[error("it is the delegator itself")]
     Delegator,
     #[error("no live worker (last heartbeat {seconds_ago:.0} s ago)")]
+    /// Signed seconds (negative for a heartbeat from the future), for the message only.
     NotLive { seconds_ago: f64 },
     #[error("does not execute {task_type} tasks")]
     TaskType { task_type: String },
@@ -59,13 +61,13 @@ fn considered_text(considered: &[(String, Ineligible)]) -> String {
 }
 
 /// Whether `record` may execute the task at `now` (Unix seconds), the operation aside.
-pub fn eligibility(record: &PlatformRecord, wanted: &Wanted<'_>, now: f64) -> Result<(), Ineligible> {
+pub fn eligibility(record: &PlatformRecord, wanted: &Wanted<'_>, now: Timestamp) -> Result<(), Ineligible> {
     if record.platform == wanted.delegator {
         return Err(Ineligible::Delegator);
     }
     if !record.is_healthy(now) {
         return Err(Ineligible::NotLive {
-            seconds_ago: now - record.heartbeat_at,
+            seconds_ago: now.seconds_since(record.heartbeat_at),
         });
     }
     if !record.capabilities.iter().any(|c| c == wanted.task_type) {
@@ -81,7 +83,7 @@ pub fn named(
     platform: &str,
     record: Option<PlatformRecord>,
     wanted: &Wanted<'_>,
-    now: f64,
+    now: Timestamp,
 ) -> Result<PlatformRecord, NoPlatform> {
     let Some(record) = record else {
         return Err(NoPlatform::NotRegistered {
@@ -101,7 +103,7 @@ pub fn named(
 pub fn candidates(
     records: &[PlatformRecord],
     wanted: &Wanted<'_>,
-    now: f64,
+    now: Timestamp,
 ) -> Result<Vec<PlatformRecord>, NoPlatform> {
     let mut considered = Vec::new();
     let mut eligible = Vec::new();
@@ -163,9 +165,10 @@ fn rank(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::registry::HEARTBEAT_STALE_SECONDS;
+    use crate::state::registry::HEARTBEAT_STALE;
+    use std::time::Duration;
 
-    const NOW: f64 = 1_000.0;
+    const NOW: Timestamp = Timestamp::from_secs(1000);
     const WANTED: Wanted<'static> = Wanted {
         delegator: "Thor",
         task_type: "consciousness",
@@ -200,15 +203,15 @@ mod tests {
             ),
             (
                 "a heartbeat just within the staleness bound",
-                |r| r.heartbeat_at = NOW - HEARTBEAT_STALE_SECONDS,
+                |r| r.heartbeat_at = NOW - HEARTBEAT_STALE,
                 None,
                 true,
             ),
             (
                 "a stale heartbeat",
-                |r| r.heartbeat_at = NOW - HEARTBEAT_STALE_SECONDS - 1.0,
+                |r| r.heartbeat_at = NOW - HEARTBEAT_STALE - Duration::from_secs(1),
                 Some(Ineligible::NotLive {
-                    seconds_ago: HEARTBEAT_STALE_SECONDS + 1.0,
+                    seconds_ago: HEARTBEAT_STALE.as_secs_f64() + 1.0,
                 }),
                 false,
             ),
@@ -262,7 +265,7 @@ mod tests {
         let mut sprout = record("Sprout", 0);
         sprout.operations = vec!["perception".into()];
         let mut legion = record("Legion", 0);
-        legion.heartbeat_at = 0.0;
+        legion.heartbeat_at = Timestamp::from_secs(0);
         let err = candidates(&[record("Thor", 0), sprout, legion], &WANTED, NOW).expect_err("none");
         assert_eq!(
             err.to_string(),

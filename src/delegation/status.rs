@@ -24,9 +24,9 @@ use serde::{Deserialize, Serialize};
 use crate::identity::directory::KeyDirectory;
 use crate::ledger::client::LedgerReader;
 use crate::ledger::model::{Lock, LockState, RollbackReason};
-use crate::ledger::protocol::{LedgerReply, LedgerRequest, Operation, REQUEST_TTL_SECONDS, RejectCode};
+use crate::ledger::protocol::{LedgerReply, LedgerRequest, Operation, REQUEST_TTL, RejectCode};
 use crate::nats::subjects;
-use crate::protocol::clock::now_seconds;
+use crate::protocol::clock::Timestamp;
 use crate::protocol::envelope::{Signable, Signer};
 use crate::protocol::lct::{Lct, check_platform};
 use crate::protocol::limits::ENVELOPE_BYTES_MAX;
@@ -94,8 +94,8 @@ pub struct CancelReply {
 pub struct CancelRequest {
     pub task_id: TaskId,
     pub requester: String,
-    pub created_at: f64,
-    pub expires_at: f64,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
     /// The requester's signed ledger rollback (reason `cancelled`) of the task.
     pub rollback: String,
 }
@@ -106,10 +106,10 @@ impl Signable for CancelRequest {
     fn signer_platform(&self) -> &str {
         &self.requester
     }
-    fn created_at(&self) -> f64 {
+    fn created_at(&self) -> Timestamp {
         self.created_at
     }
-    fn expires_at(&self) -> Option<f64> {
+    fn expires_at(&self) -> Option<Timestamp> {
         Some(self.expires_at)
     }
     fn validate(&self) -> Result<(), String> {
@@ -293,7 +293,7 @@ async fn answer(endpoint: &str, payload: &Bytes, shared: &Shared) -> Result<Vec<
 async fn lct_status(lct: &Lct, shared: &Shared) -> Result<LctStatus, String> {
     let account = shared.reader.account(lct).await.map_err(|e| e.to_string())?;
     let record = shared.registry.get(lct.platform()).await.map_err(|e| e.to_string())?;
-    let now = now_seconds();
+    let now = Timestamp::now();
     let active = record.is_some_and(|r| r.is_healthy(now));
     let reputation = shared
         .reputations
@@ -526,11 +526,11 @@ pub async fn cancel_task(client: &Client, signer: &Signer, task_id: &TaskId) -> 
     board
         .cancel(task_id, signer.platform(), "cancelled by the delegator")
         .await?;
-    let now = now_seconds();
+    let now = Timestamp::now();
     let rollback = LedgerRequest {
         requester: signer.platform().to_owned(),
         created_at: now,
-        expires_at: now + REQUEST_TTL_SECONDS,
+        expires_at: now + REQUEST_TTL,
         operation: Operation::Rollback {
             task_id: task_id.clone(),
             reason: RollbackReason::Cancelled,
@@ -543,7 +543,7 @@ pub async fn cancel_task(client: &Client, signer: &Signer, task_id: &TaskId) -> 
         task_id: task_id.clone(),
         requester: signer.platform().to_owned(),
         created_at: now,
-        expires_at: now + REQUEST_TTL_SECONDS,
+        expires_at: now + REQUEST_TTL,
         rollback,
     };
     request_json(client, "cancel", signer.sign(&request)?).await

@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::delegation::client::{DelegateError, DelegationOutcome};
 use crate::ledger::model::{LockState, RollbackReason};
+use crate::protocol::clock::Timestamp;
 use crate::protocol::proof::{ExecutionProof, ProofStatus};
 
 /// Seconds a task may run when the request does not say.
@@ -57,7 +58,7 @@ pub struct TaskSpec {
     pub parameters: Map<String, Value>,
     /// Accepted for the seed's shape; the gateway stamps its own time.
     #[serde(default)]
-    pub created_at: Option<f64>,
+    pub created_at: Option<Timestamp>,
     /// A critical task, ahead of the executor's queue: the platform needs
     /// `federation:critical` (else `403 critical_not_permitted`).
     #[serde(default)]

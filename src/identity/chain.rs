@@ -14,6 +14,7 @@ use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, Verifying
 use serde::{Deserialize, Serialize};
 
 use crate::identity::keys::{KeyError, KeyRecord};
+use crate::protocol::clock::Timestamp;
 
 /// Domain tag of the bytes an endorsement signs, so no other signed message can pass as one.
 const ENDORSEMENT_TAG: &[u8] = b"sagefed-key-record-v1\n";
@@ -46,7 +47,7 @@ pub struct Endorsement {
 pub struct Succession {
     pub key_id: String,
     /// Unix seconds after which the replaced key signs nothing.
-    pub old_key_ends: f64,
+    pub old_key_ends: Timestamp,
 }
 
 /// A root-signed statement that a key signs nothing any more.
@@ -56,7 +57,7 @@ pub struct Revocation {
     pub key_id: String,
     /// Unix seconds at which the revocation was made (shown to users; it applies to every
     /// message, whatever its age).
-    pub revoked_at: f64,
+    pub revoked_at: Timestamp,
     /// Base64 of the root's Ed25519 signature over the fields above.
     #[serde(default)]
     pub signature: String,
@@ -93,8 +94,8 @@ fn check_signature(key: &VerifyingKey, bytes: &[u8], signature: &str) -> bool {
 /// `t` in whole seconds, earlier or equal. The signature covers the record as it is
 /// serialized again after a read, and serde_json parses a number with a fraction to the
 /// nearest f64 only approximately, so a signed time must be one it reads back bit for bit.
-fn whole_seconds(t: f64) -> f64 {
-    t.floor()
+fn whole_seconds(t: Timestamp) -> Timestamp {
+    t.whole_seconds()
 }
 
 /// `record` endorsed by `signer`, who is `endorser`. Its times are cut to whole seconds
@@ -121,7 +122,7 @@ pub fn endorsement_signed_by(record: &KeyRecord, endorsement: &Endorsement, key:
 impl Revocation {
     /// A revocation of `platform`'s key `key_id` at `revoked_at` (whole seconds), signed by
     /// `root`.
-    pub fn signed(platform: &str, key_id: &str, revoked_at: f64, root: &SigningKey) -> Self {
+    pub fn signed(platform: &str, key_id: &str, revoked_at: Timestamp, root: &SigningKey) -> Self {
         let mut revocation = Self {
             platform: platform.to_owned(),
             key_id: key_id.to_owned(),
@@ -150,16 +151,21 @@ impl Revocation {
 mod tests {
     use super::*;
     use crate::identity::keys::generate;
+    use std::time::Duration;
 
     #[test]
     fn an_endorsement_covers_every_field() {
         let root = generate().expect("random");
         let key = generate().expect("random").verifying_key();
-        let record = endorse(KeyRecord::new("Thor", &key, 10.0), Endorser::Root, &root);
+        let record = endorse(
+            KeyRecord::new("Thor", &key, Timestamp::from_secs(10)),
+            Endorser::Root,
+            &root,
+        );
         let endorsement = record.endorsement.clone().expect("endorsed");
         assert!(endorsement_signed_by(&record, &endorsement, &root.verifying_key()));
         let mut moved = record.clone();
-        moved.not_before = 0.0;
+        moved.not_before = Timestamp::from_secs(0);
         assert!(!endorsement_signed_by(&moved, &endorsement, &root.verifying_key()));
         let mut renamed = record.clone();
         renamed.platform = "Legion".into();
@@ -176,16 +182,16 @@ mod tests {
         // for bit, and the signature would fail at random.
         for i in 0..2000 {
             let t = 1_795_810_869.613_108_6 + f64::from(i) * 0.001_37;
-            let mut record = KeyRecord::new("Thor", &key, t);
+            let mut record = KeyRecord::new("Thor", &key, Timestamp::from_unix_seconds(t).expect("a time"));
             record.replaces = Some(Succession {
                 key_id: "00".into(),
-                old_key_ends: t + 3600.5,
+                old_key_ends: Timestamp::from_unix_seconds(t).expect("a time") + Duration::from_secs_f64(3600.5),
             });
             let record = endorse(record, Endorser::Root, &root);
             let read: KeyRecord = serde_json::from_slice(&serde_json::to_vec(&record).expect("json")).expect("read");
             let endorsement = read.endorsement.clone().expect("endorsed");
             assert!(endorsement_signed_by(&read, &endorsement, &root.verifying_key()), "{t}");
-            let revocation = Revocation::signed("Thor", "00", t, &root);
+            let revocation = Revocation::signed("Thor", "00", Timestamp::from_unix_seconds(t).expect("a time"), &root);
             let read: Revocation =
                 serde_json::from_slice(&serde_json::to_vec(&revocation).expect("json")).expect("read");
             read.check(&root.verifying_key()).expect("round trip");
@@ -195,12 +201,12 @@ mod tests {
     #[test]
     fn a_revocation_is_checked_against_the_root() {
         let root = generate().expect("random");
-        let revocation = Revocation::signed("Thor", "00", 5.0, &root);
+        let revocation = Revocation::signed("Thor", "00", Timestamp::from_secs(5), &root);
         revocation.check(&root.verifying_key()).expect("root-signed");
         let mut later = revocation.clone();
         later.key_id = "01".into();
         assert!(later.check(&root.verifying_key()).is_err());
-        let forged = Revocation::signed("Thor", "00", 5.0, &generate().expect("random"));
+        let forged = Revocation::signed("Thor", "00", Timestamp::from_secs(5), &generate().expect("random"));
         assert!(forged.check(&root.verifying_key()).is_err());
     }
 }

@@ -21,7 +21,7 @@ use crate::identity::chain::{Endorser, ROTATION_CHAIN_MAX, Revocation};
 use crate::identity::keys::{KeyError, KeyRecord, KeyRegistry};
 use crate::identity::unknown_keys::UnknownKeys;
 use crate::nats::subjects;
-use crate::protocol::clock::now_seconds;
+use crate::protocol::clock::Timestamp;
 use crate::protocol::envelope::{
     EnvelopeError, Signable, Signer, Verified, peek_signer, verify, verify_ignoring_expiry,
 };
@@ -308,7 +308,7 @@ impl KeyDirectory {
             .cache
             .read()
             .map_err(|_| EnvelopeError::Malformed("key cache poisoned".to_owned()))?;
-        verify(bytes, &guard, now_seconds())
+        verify(bytes, &guard, Timestamp::now())
     }
 
     /// Like [`KeyDirectory::verify`] with only the keys cached now (no bucket read): for
@@ -318,7 +318,7 @@ impl KeyDirectory {
             .cache
             .read()
             .map_err(|_| EnvelopeError::Malformed("key cache poisoned".to_owned()))?;
-        verify(bytes, &guard, now_seconds())
+        verify(bytes, &guard, Timestamp::now())
     }
 
     /// Like [`KeyDirectory::verify`], without the expiry check (see
@@ -329,7 +329,7 @@ impl KeyDirectory {
             .cache
             .read()
             .map_err(|_| EnvelopeError::Malformed("key cache poisoned".to_owned()))?;
-        verify_ignoring_expiry(bytes, &guard, now_seconds())
+        verify_ignoring_expiry(bytes, &guard, Timestamp::now())
     }
 
     /// Makes sure the key that signed `bytes` is cached when the bucket has it: reads its

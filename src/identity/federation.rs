@@ -25,6 +25,7 @@ use crate::identity::chain::{self, Endorser};
 use crate::identity::keys::{self, KeyRecord};
 use crate::nats::permissions::Role;
 use crate::nats::server_config::{self, NatsUser};
+use crate::protocol::clock::Timestamp;
 use crate::protocol::lct::token_problem;
 
 /// The ledger service's identity name.
@@ -368,7 +369,7 @@ pub fn endorse_key_file(
     }) {
         return Ok(record.clone());
     }
-    let mut record = KeyRecord::new(identity, &key.verifying_key(), 0.0);
+    let mut record = KeyRecord::new(identity, &key.verifying_key(), Timestamp::EPOCH);
     record.delegate = grants.delegate;
     record.critical = grants.critical;
     let record = chain::endorse(record, Endorser::Root, root);

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::identity::chain::{self, Endorsement, Endorser, ROTATION_CHAIN_MAX, Revocation, Succession};
+use crate::protocol::clock::Timestamp;
 use crate::protocol::lct::check_platform;
 
 /// Header line of a secret key file, so a wrong file is recognised as such.
@@ -42,15 +43,15 @@ pub enum KeyError {
     OutsideWindow {
         platform: String,
         key_id: String,
-        at: f64,
-        not_before: f64,
+        at: Timestamp,
+        not_before: Timestamp,
         not_after: String,
     },
     #[error("key {key_id} of platform {platform} was revoked at {revoked_at:.3}")]
     Revoked {
         platform: String,
         key_id: String,
-        revoked_at: f64,
+        revoked_at: Timestamp,
     },
     #[error("key record {platform}/{key_id} does not chain to the federation root: {why}")]
     NotEndorsed {
@@ -215,10 +216,10 @@ pub struct KeyRecord {
     /// Base64 of the 32-byte Ed25519 public key.
     pub public_key: String,
     /// Unix seconds from which the key may sign.
-    pub not_before: f64,
+    pub not_before: Timestamp,
     /// Unix seconds after which the key may no longer sign; `None` = no end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub not_after: Option<f64>,
+    pub not_after: Option<Timestamp>,
     /// `federation:delegate`, granted by the endorser: the root at `sagefed init` (platforms
     /// not made `--executor-only`), or a previous key that holds it. Never claimed: a worker
     /// reads it from the record of the key that signed the task.
@@ -239,7 +240,7 @@ pub struct KeyRecord {
 
 impl KeyRecord {
     /// A record for `key` valid from `not_before` with no end.
-    pub fn new(platform: &str, key: &VerifyingKey, not_before: f64) -> Self {
+    pub fn new(platform: &str, key: &VerifyingKey, not_before: Timestamp) -> Self {
         Self {
             platform: platform.to_owned(),
             key_id: key_id(key),
@@ -274,10 +275,10 @@ impl KeyRecord {
     }
 
     /// The key, if it may sign a message created at `at`.
-    pub fn key_valid_at(&self, at: f64) -> Result<VerifyingKey, KeyError> {
+    pub fn key_valid_at(&self, at: Timestamp) -> Result<VerifyingKey, KeyError> {
         let key = self.verifying_key()?;
         let after_end = self.not_after.is_some_and(|end| at > end);
-        if at < self.not_before || after_end || !at.is_finite() {
+        if at < self.not_before || after_end {
             return Err(KeyError::OutsideWindow {
                 platform: self.platform.clone(),
                 key_id: self.key_id.clone(),
@@ -310,7 +311,7 @@ pub const KEY_RECORDS_MAX: usize = 16 * 1024;
 pub struct KeyRegistry {
     records: HashMap<(String, String), KeyRecord>,
     /// Revoked keys and when; never removed, so nothing un-revokes a key in a running verifier.
-    revoked: HashMap<(String, String), f64>,
+    revoked: HashMap<(String, String), Timestamp>,
 }
 
 fn id(platform: &str, key_id: &str) -> (String, String) {
@@ -415,7 +416,7 @@ impl KeyRegistry {
     }
 
     /// When `platform`'s key `key_id` was revoked, if it was (itself, not through its chain).
-    pub fn revoked_at(&self, platform: &str, key_id: &str) -> Option<f64> {
+    pub fn revoked_at(&self, platform: &str, key_id: &str) -> Option<Timestamp> {
         self.revoked.get(&id(platform, key_id)).copied()
     }
 
@@ -461,7 +462,13 @@ impl KeyRegistry {
     /// `now`: known, not revoked (nor any key up its chain), inside its window at `at`, and
     /// not past the end its successor set at `now` (after a rotation's overlap the old key
     /// verifies nothing, whatever date a message claims).
-    pub fn lookup(&self, platform: &str, key_id: &str, at: f64, now: f64) -> Result<VerifyingKey, KeyError> {
+    pub fn lookup(
+        &self,
+        platform: &str,
+        key_id: &str,
+        at: Timestamp,
+        now: Timestamp,
+    ) -> Result<VerifyingKey, KeyError> {
         let record = self.get(platform, key_id).ok_or_else(|| KeyError::Unknown {
             platform: platform.to_owned(),
             key_id: key_id.to_owned(),
@@ -538,22 +545,27 @@ mod tests {
     #[test]
     fn registry_enforces_windows() {
         let key = generate().expect("random").verifying_key();
-        let mut record = KeyRecord::new("Thor", &key, 100.0);
-        record.not_after = Some(200.0);
+        let mut record = KeyRecord::new("Thor", &key, Timestamp::from_secs(100));
+        record.not_after = Some(Timestamp::from_secs(200));
         let mut registry = KeyRegistry::new();
         registry.insert(record);
         let id = key_id(&key);
-        assert_eq!(registry.lookup("Thor", &id, 150.0, 150.0).expect("in window"), key);
+        assert_eq!(
+            registry
+                .lookup("Thor", &id, Timestamp::from_secs(150), Timestamp::from_secs(150))
+                .expect("in window"),
+            key
+        );
         assert!(matches!(
-            registry.lookup("Thor", &id, 99.0, 99.0),
+            registry.lookup("Thor", &id, Timestamp::from_secs(99), Timestamp::from_secs(99)),
             Err(KeyError::OutsideWindow { .. })
         ));
         assert!(matches!(
-            registry.lookup("Thor", &id, 201.0, 201.0),
+            registry.lookup("Thor", &id, Timestamp::from_secs(201), Timestamp::from_secs(201)),
             Err(KeyError::OutsideWindow { .. })
         ));
         assert!(matches!(
-            registry.lookup("Legion", &id, 150.0, 150.0),
+            registry.lookup("Legion", &id, Timestamp::from_secs(150), Timestamp::from_secs(150)),
             Err(KeyError::Unknown { .. })
         ));
     }
@@ -564,7 +576,7 @@ mod tests {
         let first = generate().expect("random");
         let mut registry = KeyRegistry::new();
         let record = chain::endorse(
-            KeyRecord::new("Thor", &first.verifying_key(), 0.0),
+            KeyRecord::new("Thor", &first.verifying_key(), Timestamp::EPOCH),
             Endorser::Root,
             &root,
         );
@@ -573,8 +585,8 @@ mod tests {
     }
 
     /// `next` as the successor of `old`, endorsed by `old`, the old key ending at `ends`.
-    fn successor(old: &SigningKey, next: &SigningKey, ends: f64) -> KeyRecord {
-        let mut record = KeyRecord::new("Thor", &next.verifying_key(), 0.0);
+    fn successor(old: &SigningKey, next: &SigningKey, ends: Timestamp) -> KeyRecord {
+        let mut record = KeyRecord::new("Thor", &next.verifying_key(), Timestamp::EPOCH);
         record.replaces = Some(Succession {
             key_id: key_id(&old.verifying_key()),
             old_key_ends: ends,
@@ -593,7 +605,7 @@ mod tests {
         let (root, first, mut registry) = rooted();
         let root = root.verifying_key();
         let stranger = generate().expect("random");
-        let unsigned = KeyRecord::new("Thor", &stranger.verifying_key(), 0.0);
+        let unsigned = KeyRecord::new("Thor", &stranger.verifying_key(), Timestamp::EPOCH);
         assert!(matches!(
             registry.admit(unsigned.clone(), &root),
             Err(KeyError::NotEndorsed { .. })
@@ -609,21 +621,21 @@ mod tests {
         registry
             .admit(
                 chain::endorse(
-                    KeyRecord::new("Legion", &legion.verifying_key(), 0.0),
+                    KeyRecord::new("Legion", &legion.verifying_key(), Timestamp::EPOCH),
                     Endorser::Root,
                     &first,
                 ),
                 &root,
             )
             .expect_err("Thor's key is not the root");
-        let mut cross = successor(&legion, &stranger, 10.0);
+        let mut cross = successor(&legion, &stranger, Timestamp::from_secs(10));
         cross.platform = "Thor".into();
         assert!(registry.admit(cross, &root).is_err());
         // A self-endorsement.
-        let mut own = KeyRecord::new("Thor", &stranger.verifying_key(), 0.0);
+        let mut own = KeyRecord::new("Thor", &stranger.verifying_key(), Timestamp::EPOCH);
         own.replaces = Some(Succession {
             key_id: key_id(&stranger.verifying_key()),
-            old_key_ends: 0.0,
+            old_key_ends: Timestamp::from_secs(0),
         });
         let own = chain::endorse(
             own,
@@ -641,26 +653,45 @@ mod tests {
         let (root, first, mut registry) = rooted();
         let next = generate().expect("random");
         registry
-            .admit(successor(&first, &next, 500.0), &root.verifying_key())
+            .admit(
+                successor(&first, &next, Timestamp::from_secs(500)),
+                &root.verifying_key(),
+            )
             .expect("a successor endorsed by the current key");
         let (old_id, new_id) = (key_id(&first.verifying_key()), key_id(&next.verifying_key()));
-        assert!(registry.lookup("Thor", &old_id, 499.0, 499.0).is_ok(), "the overlap");
-        assert!(registry.lookup("Thor", &new_id, 499.0, 499.0).is_ok(), "the overlap");
+        assert!(
+            registry
+                .lookup("Thor", &old_id, Timestamp::from_secs(499), Timestamp::from_secs(499))
+                .is_ok(),
+            "the overlap"
+        );
+        assert!(
+            registry
+                .lookup("Thor", &new_id, Timestamp::from_secs(499), Timestamp::from_secs(499))
+                .is_ok(),
+            "the overlap"
+        );
         assert!(matches!(
-            registry.lookup("Thor", &old_id, 501.0, 501.0),
+            registry.lookup("Thor", &old_id, Timestamp::from_secs(501), Timestamp::from_secs(501)),
             Err(KeyError::OutsideWindow { .. })
         ));
-        assert!(registry.lookup("Thor", &new_id, 501.0, 501.0).is_ok());
         assert!(
-            registry.lookup("Thor", &old_id, 499.0, 501.0).is_err(),
+            registry
+                .lookup("Thor", &new_id, Timestamp::from_secs(501), Timestamp::from_secs(501))
+                .is_ok()
+        );
+        assert!(
+            registry
+                .lookup("Thor", &old_id, Timestamp::from_secs(499), Timestamp::from_secs(501))
+                .is_err(),
             "a message dated inside the overlap but verified after it"
         );
         // A successor cannot grant itself more than its endorser holds.
-        let mut greedy = KeyRecord::new("Thor", &generate().expect("random").verifying_key(), 0.0);
+        let mut greedy = KeyRecord::new("Thor", &generate().expect("random").verifying_key(), Timestamp::EPOCH);
         greedy.delegate = true;
         greedy.replaces = Some(Succession {
             key_id: new_id.clone(),
-            old_key_ends: 9e9,
+            old_key_ends: Timestamp::from_secs(9000000000),
         });
         let greedy = chain::endorse(greedy, Endorser::Key { key_id: new_id.clone() }, &next);
         assert!(matches!(
@@ -668,11 +699,11 @@ mod tests {
             Err(KeyError::NotEndorsed { .. })
         ));
         // Nor federation:critical (its endorser holds neither).
-        let mut pushy = KeyRecord::new("Thor", &generate().expect("random").verifying_key(), 0.0);
+        let mut pushy = KeyRecord::new("Thor", &generate().expect("random").verifying_key(), Timestamp::EPOCH);
         pushy.critical = true;
         pushy.replaces = Some(Succession {
             key_id: new_id.clone(),
-            old_key_ends: 9e9,
+            old_key_ends: Timestamp::from_secs(9000000000),
         });
         let pushy = chain::endorse(pushy, Endorser::Key { key_id: new_id.clone() }, &next);
         assert!(matches!(
@@ -682,7 +713,10 @@ mod tests {
         // One successor per key: a second one (a thief's) is refused.
         let thief = generate().expect("random");
         assert!(matches!(
-            registry.admit(successor(&first, &thief, 9e9), &root.verifying_key()),
+            registry.admit(
+                successor(&first, &thief, Timestamp::from_unix_seconds(9e9).expect("a time")),
+                &root.verifying_key()
+            ),
             Err(KeyError::NotEndorsed { .. })
         ));
     }
@@ -692,21 +726,36 @@ mod tests {
         let (root, first, mut registry) = rooted();
         let next = generate().expect("random");
         registry
-            .admit(successor(&first, &next, 9e9), &root.verifying_key())
+            .admit(
+                successor(&first, &next, Timestamp::from_unix_seconds(9e9).expect("a time")),
+                &root.verifying_key(),
+            )
             .expect("successor");
         let old_id = key_id(&first.verifying_key());
-        let forged = Revocation::signed("Thor", &old_id, 1.0, &first);
+        let forged = Revocation::signed("Thor", &old_id, Timestamp::from_secs(1), &first);
         assert!(
             registry.revoke(&forged, &root.verifying_key()).is_err(),
             "only the root revokes"
         );
-        assert!(registry.lookup("Thor", &old_id, 10.0, 10.0).is_ok());
+        assert!(
+            registry
+                .lookup("Thor", &old_id, Timestamp::from_secs(10), Timestamp::from_secs(10))
+                .is_ok()
+        );
         registry
-            .revoke(&Revocation::signed("Thor", &old_id, 1.0, &root), &root.verifying_key())
+            .revoke(
+                &Revocation::signed("Thor", &old_id, Timestamp::from_secs(1), &root),
+                &root.verifying_key(),
+            )
             .expect("root-signed");
         for key in [&first, &next] {
             assert!(matches!(
-                registry.lookup("Thor", &key_id(&key.verifying_key()), 10.0, 10.0),
+                registry.lookup(
+                    "Thor",
+                    &key_id(&key.verifying_key()),
+                    Timestamp::from_secs(10),
+                    Timestamp::from_secs(10)
+                ),
                 Err(KeyError::Revoked { .. })
             ));
         }
@@ -714,7 +763,7 @@ mod tests {
         let thief = generate().expect("random");
         let mut registry_without_successor = KeyRegistry::new();
         let record = chain::endorse(
-            KeyRecord::new("Thor", &first.verifying_key(), 0.0),
+            KeyRecord::new("Thor", &first.verifying_key(), Timestamp::EPOCH),
             Endorser::Root,
             &root,
         );
@@ -722,10 +771,16 @@ mod tests {
             .admit(record, &root.verifying_key())
             .expect("root");
         registry_without_successor
-            .revoke(&Revocation::signed("Thor", &old_id, 1.0, &root), &root.verifying_key())
+            .revoke(
+                &Revocation::signed("Thor", &old_id, Timestamp::from_secs(1), &root),
+                &root.verifying_key(),
+            )
             .expect("revoke");
         assert!(matches!(
-            registry_without_successor.admit(successor(&first, &thief, 9e9), &root.verifying_key()),
+            registry_without_successor.admit(
+                successor(&first, &thief, Timestamp::from_unix_seconds(9e9).expect("a time")),
+                &root.verifying_key()
+            ),
             Err(KeyError::Revoked { .. })
         ));
     }
@@ -733,7 +788,7 @@ mod tests {
     #[test]
     fn record_with_wrong_key_id_is_refused() {
         let key = generate().expect("random").verifying_key();
-        let mut record = KeyRecord::new("Thor", &key, 0.0);
+        let mut record = KeyRecord::new("Thor", &key, Timestamp::EPOCH);
         record.key_id = "0000000000000000".into();
         assert!(matches!(record.verifying_key(), Err(KeyError::IdMismatch { .. })));
     }

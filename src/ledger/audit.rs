@@ -18,10 +18,12 @@ use crate::ledger::model::{Lock, LockState, Transition, WitnessSettlement};
 use crate::ledger::snapshot::LedgerSnapshot;
 use crate::nats::subjects;
 use crate::protocol::atp::Atp;
+use crate::protocol::clock::Timestamp;
+use std::time::Duration;
 
 /// How long a pending lock may stay past its expiry before the audit calls it stuck: the
 /// sweeper checks twice a second, so this only trips when no ledger service is sweeping.
-pub const EXPIRY_GRACE_SECONDS: f64 = 30.0;
+pub const EXPIRY_GRACE: Duration = Duration::from_secs(30);
 
 /// One broken invariant, with the key it was found at.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -55,7 +57,7 @@ fn micros(atp: Atp) -> u128 {
 }
 
 /// Checks every invariant of `snapshot` at time `now`.
-pub fn audit(snapshot: &LedgerSnapshot, now: f64) -> AuditReport {
+pub fn audit(snapshot: &LedgerSnapshot, now: Timestamp) -> AuditReport {
     let mut violations: Vec<Violation> = snapshot
         .invalid
         .iter()
@@ -118,13 +120,13 @@ pub fn audit(snapshot: &LedgerSnapshot, now: f64) -> AuditReport {
             pending += 1;
             *expected_locked.entry(lock.delegator.to_string()).or_default() += micros(lock.amount_uatp);
             *expected_pending.entry(lock.delegator.to_string()).or_default() += 1;
-            if now > lock.settles_at() + EXPIRY_GRACE_SECONDS {
+            if now > lock.settles_at() + EXPIRY_GRACE {
                 violate(
                     key,
                     format!(
                         "{:?} {:.0} s past its expiry: is a ledger service sweeping?",
                         lock.state,
-                        now - lock.settles_at()
+                        now.duration_since(lock.settles_at()).as_secs_f64()
                     ),
                 );
             }

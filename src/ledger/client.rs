@@ -9,10 +9,10 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 
 use crate::ledger::model::{JournalEntry, RollbackReason, SignedProof, Transition};
-use crate::ledger::protocol::{LedgerReply, LedgerRequest, Operation, REQUEST_TTL_SECONDS, RejectCode, WitnessRequest};
+use crate::ledger::protocol::{LedgerReply, LedgerRequest, Operation, REQUEST_TTL, RejectCode, WitnessRequest};
 use crate::nats::subjects;
 use crate::protocol::atp::Atp;
-use crate::protocol::clock::now_seconds;
+use crate::protocol::clock::Timestamp;
 use crate::protocol::envelope::Signer;
 use crate::protocol::lct::Lct;
 use crate::protocol::task::TaskId;
@@ -97,9 +97,9 @@ pub struct LockTerms {
     /// A proof at or above this quality may be committed.
     pub quality_threshold: f64,
     /// Unix seconds after which the delegator may roll back for timeout.
-    pub deadline: f64,
+    pub deadline: Timestamp,
     /// Unix seconds after which nobody may commit and the sweeper refunds the lock.
-    pub expires_at: f64,
+    pub expires_at: Timestamp,
 }
 
 #[derive(Clone)]
@@ -134,11 +134,11 @@ impl LedgerClient {
         let mut pause = RETRY_PAUSE_FIRST;
         let mut last = LastAttempt::Timeout(self.timeout);
         for attempt in 1..=LEDGER_ATTEMPTS_MAX {
-            let created_at = now_seconds();
+            let created_at = Timestamp::now();
             let request = LedgerRequest {
                 requester: self.signer.platform().to_owned(),
                 created_at,
-                expires_at: created_at + REQUEST_TTL_SECONDS,
+                expires_at: created_at + REQUEST_TTL,
                 operation: operation.clone(),
             };
             let wire = self.signer.sign(&request).map_err(LedgerClientError::Sign)?;

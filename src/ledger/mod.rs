@@ -26,7 +26,7 @@ pub mod model;
 pub mod protocol;
 mod reputation_writer;
 mod rules;
-pub use rules::COMMIT_WINDOW_SECONDS;
+pub use rules::COMMIT_WINDOW;
 #[cfg(test)]
 mod rules_table;
 mod sequencer;

@@ -1,10 +1,13 @@
 //! The records the ledger keeps in the `sage_ledger` bucket, one JSON value per key.
 //! Amounts are integer micro-ATP (`*_uatp`), so sums are exact.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use crate::nats::subjects;
 use crate::protocol::atp::Atp;
+use crate::protocol::clock::Timestamp;
 use crate::protocol::lct::Lct;
 use crate::protocol::task::TaskId;
 
@@ -136,7 +139,7 @@ pub struct Settlement {
     pub quality: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<RollbackReason>,
-    pub at: f64,
+    pub at: Timestamp,
     /// The platform whose request settled it (`ledger` for the sweeper).
     pub by: String,
     /// What the witness of a sampled task was paid and found.
@@ -185,7 +188,7 @@ pub struct WitnessTerms {
     /// must match exactly.
     pub tolerance: f64,
     /// How long a sampled commit is held for the witness's answer; after it the sweeper
-    /// settles the hold without one.
+    /// settles the hold without one. Seconds, as stored; in-process use [`WitnessTerms::hold`].
     pub hold_seconds: f64,
 }
 
@@ -198,7 +201,7 @@ pub struct WitnessHold {
     /// The task's operation (its witness record is per executor and operation).
     pub operation: String,
     /// After this the sweeper settles the hold without the witness (the executor is paid).
-    pub until: f64,
+    pub until: Timestamp,
     /// The sampling rate the executor's record gave when it was sampled.
     pub rate: f64,
     /// What the executor's proof claims it consumed, and its quality.
@@ -218,11 +221,11 @@ pub struct Lock {
     pub amount_uatp: Atp,
     /// A proof at or above this quality may be committed.
     pub quality_threshold: f64,
-    pub created_at: f64,
+    pub created_at: Timestamp,
     /// After this the delegator may roll back for timeout.
-    pub deadline: f64,
+    pub deadline: Timestamp,
     /// After this nobody may commit, and the sweeper rolls the lock back.
-    pub expires_at: f64,
+    pub expires_at: Timestamp,
     pub state: LockState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settlement: Option<Settlement>,
@@ -243,10 +246,18 @@ pub struct Lock {
     pub operation: Option<String>,
 }
 
+impl WitnessTerms {
+    /// How long a sampled commit is held, from `hold_seconds` (checked against
+    /// `WITNESS_HOLD_SECONDS_MAX` when the lock was taken; anything else holds for no time).
+    pub fn hold(&self) -> Duration {
+        Duration::try_from_secs_f64(self.hold_seconds).unwrap_or(Duration::ZERO)
+    }
+}
+
 impl Lock {
     /// When the sweeper settles this lock if nobody does: the hold's own expiry while held
     /// for a witness, else the lock's.
-    pub fn settles_at(&self) -> f64 {
+    pub fn settles_at(&self) -> Timestamp {
         match (&self.state, &self.hold) {
             (LockState::AwaitingWitness, Some(hold)) => hold.until,
             _ => self.expires_at,
@@ -296,7 +307,7 @@ pub struct JournalEntry {
     pub quality: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<RollbackReason>,
-    pub at: f64,
+    pub at: Timestamp,
     pub by: String,
     /// The executor's signed proof a commit paid for, verbatim: a task delivered again after
     /// its commit landed republishes exactly this proof, so the delegator gets what it paid for.
@@ -323,7 +334,7 @@ pub struct WitnessRecord {
     pub witnessed: u64,
     pub disagreements: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_disagreement_at: Option<f64>,
+    pub last_disagreement_at: Option<Timestamp>,
 }
 
 impl WitnessRecord {
@@ -391,7 +402,7 @@ pub struct GrantRecord {
     pub grant_id: String,
     pub account: Lct,
     pub amount_uatp: Atp,
-    pub at: f64,
+    pub at: Timestamp,
     pub by: String,
 }
 

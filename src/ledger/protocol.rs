@@ -9,14 +9,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::ledger::model::{Account, Lock, RollbackReason};
+use crate::protocol::clock::Timestamp;
 use crate::protocol::envelope::Signable;
 use crate::protocol::lct::{Lct, check_platform, token_problem};
 use crate::protocol::limits::{ENVELOPE_BYTES_MAX, LEDGER_REQUEST_BYTES_MAX, TASK_ID_CHARS_MAX};
 use crate::protocol::task::TaskId;
+use std::time::Duration;
 
 /// How long a signed ledger request stays acceptable. Requests are idempotent, so a replay
 /// inside this window changes nothing; the window only bounds how long one is worth keeping.
-pub const REQUEST_TTL_SECONDS: f64 = 120.0;
+pub const REQUEST_TTL: Duration = Duration::from_secs(120);
 
 /// A signed request to the ledger.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -24,8 +26,8 @@ pub const REQUEST_TTL_SECONDS: f64 = 120.0;
 pub struct LedgerRequest {
     /// The platform that signs the request.
     pub requester: String,
-    pub created_at: f64,
-    pub expires_at: f64,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
     pub operation: Operation,
 }
 
@@ -46,8 +48,8 @@ pub enum Operation {
         executor: Lct,
         amount: f64,
         quality_threshold: f64,
-        deadline: f64,
-        expires_at: f64,
+        deadline: Timestamp,
+        expires_at: Timestamp,
         /// The SHA-256 (hex) of the signed task the lock pays for: commits must carry it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         task_digest: Option<String>,
@@ -95,6 +97,7 @@ pub struct WitnessRequest {
     pub candidates: Vec<String>,
     pub share: f64,
     pub tolerance: f64,
+    /// Seconds, as the wire carries the span (checked against `WITNESS_HOLD_SECONDS_MAX`).
     pub hold_seconds: f64,
 }
 
@@ -127,11 +130,11 @@ impl Signable for LedgerRequest {
         &self.requester
     }
 
-    fn created_at(&self) -> f64 {
+    fn created_at(&self) -> Timestamp {
         self.created_at
     }
 
-    fn expires_at(&self) -> Option<f64> {
+    fn expires_at(&self) -> Option<Timestamp> {
         Some(self.expires_at)
     }
 
@@ -139,9 +142,10 @@ impl Signable for LedgerRequest {
 
     fn validate(&self) -> Result<(), String> {
         check_platform(&self.requester).map_err(|e| e.to_string())?;
-        if !(self.expires_at > self.created_at && self.expires_at - self.created_at <= REQUEST_TTL_SECONDS) {
+        if !(self.expires_at > self.created_at && self.expires_at.duration_since(self.created_at) <= REQUEST_TTL) {
             return Err(format!(
-                "expires_at must be within {REQUEST_TTL_SECONDS} s after created_at"
+                "expires_at must be within {} s after created_at",
+                REQUEST_TTL.as_secs()
             ));
         }
         match &self.operation {

@@ -9,6 +9,7 @@
 //! reputation, not ATP.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
@@ -28,7 +29,7 @@ pub struct ReputationWriter {
 
 impl ReputationWriter {
     /// Starts the writing task; it ends when every writer is dropped and the queue is empty.
-    pub fn start(reputations: Reputations, half_life_seconds: f64) -> (Self, tokio::task::JoinHandle<()>) {
+    pub fn start(reputations: Reputations, half_life: Duration) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, mut rx) = mpsc::channel::<Lock>(REPUTATION_QUEUE_MAX);
         let task = tokio::spawn(async move {
             let mut batch = Vec::new();
@@ -48,7 +49,7 @@ impl ReputationWriter {
                 }
                 for ((platform, operation), settled) in by_key {
                     if let Err(e) = reputations
-                        .record_many(&platform, &operation, &settled, half_life_seconds)
+                        .record_many(&platform, &operation, &settled, half_life)
                         .await
                     {
                         tracing::warn!(%platform, %operation, error = %e, "reputation not updated");

@@ -12,19 +12,21 @@ use crate::ledger::protocol::{LedgerReply, Outcome, RejectCode};
 use crate::ledger::witness::{self, Draw};
 use crate::nats::subjects;
 use crate::protocol::atp::Atp;
+use crate::protocol::clock::Timestamp;
 use crate::protocol::envelope::Verified;
 use crate::protocol::lct::Lct;
 use crate::protocol::proof::{ExecutionProof, ProofStatus};
 use crate::protocol::task::TaskId;
 use crate::protocol::verdict::Verdict;
+use std::time::Duration;
 
 /// Longest a lock may live (from now to its expiry).
-pub const LOCK_TTL_SECONDS_MAX: f64 = 2.0 * 3600.0;
+pub const LOCK_TTL_MAX: Duration = Duration::from_secs(2 * 3600);
 
 /// Seconds after a lock's deadline in which only the executor may settle it: work finished
 /// by the deadline is committed in this window, and the delegator may roll back for a timeout
 /// or an unacknowledged cancel only after it.
-pub const COMMIT_WINDOW_SECONDS: f64 = 5.0;
+pub const COMMIT_WINDOW: Duration = Duration::from_secs(5);
 
 /// Who settles expired locks, in journal entries.
 pub const SWEEPER: &str = "ledger";
@@ -192,7 +194,7 @@ fn inconsistent(what: &str) -> Decision {
 }
 
 /// Decides what `command` does to `book` at time `now`. `admins` may grant.
-pub fn decide(command: &Command, book: &impl Book, admins: &BTreeSet<String>, now: f64) -> Decision {
+pub fn decide(command: &Command, book: &impl Book, admins: &BTreeSet<String>, now: Timestamp) -> Decision {
     let decision = match command {
         Command::Grant {
             requester,
@@ -255,7 +257,7 @@ fn grant(
     amount: Atp,
     book: &impl Book,
     admins: &BTreeSet<String>,
-    now: f64,
+    now: Timestamp,
 ) -> Decision {
     if !admins.contains(requester) {
         return reject(
@@ -307,7 +309,7 @@ fn grant(
 
 /// Checks a lock's terms on their own: who asks, the accounts, the amount, the threshold
 /// and the times.
-fn check_lock_terms(requester: &str, new: &Lock, now: f64) -> Result<(), Decision> {
+fn check_lock_terms(requester: &str, new: &Lock, now: Timestamp) -> Result<(), Decision> {
     if requester != new.delegator.platform() {
         return Err(reject(
             RejectCode::NotAuthorized,
@@ -337,21 +339,20 @@ fn check_lock_terms(requester: &str, new: &Lock, now: f64) -> Result<(), Decisio
             format!("quality_threshold {} is outside 0..=1", new.quality_threshold),
         ));
     }
-    let times_ok = new.deadline.is_finite()
-        && new.expires_at.is_finite()
-        && now < new.deadline
-        && new.deadline <= new.expires_at
-        && new.expires_at <= now + LOCK_TTL_SECONDS_MAX;
+    let times_ok = now < new.deadline && new.deadline <= new.expires_at && new.expires_at <= now + LOCK_TTL_MAX;
     if !times_ok {
         return Err(reject(
             RejectCode::InvalidRequest,
-            format!("need now < deadline <= expires_at <= now + {LOCK_TTL_SECONDS_MAX} s"),
+            format!(
+                "need now < deadline <= expires_at <= now + {} s",
+                LOCK_TTL_MAX.as_secs()
+            ),
         ));
     }
     witness::check_terms(new).map_err(|why| reject(RejectCode::InvalidRequest, why))
 }
 
-fn lock(requester: &str, new: &Lock, book: &impl Book, now: f64) -> Decision {
+fn lock(requester: &str, new: &Lock, book: &impl Book, now: Timestamp) -> Decision {
     if let Err(decision) = check_lock_terms(requester, new, now) {
         return decision;
     }
@@ -441,7 +442,7 @@ fn commit(
     proof: &Verified<ExecutionProof>,
     work: Option<&CheckedWork>,
     book: &impl Book,
-    now: f64,
+    now: Timestamp,
 ) -> Decision {
     let Some(lock) = book.lock(task_id) else {
         return reject(RejectCode::UnknownLock, format!("no lock exists for task {task_id}"));
@@ -628,7 +629,7 @@ fn refuse_payment(
     requester: &str,
     why: String,
     book: &impl Book,
-    now: f64,
+    now: Timestamp,
 ) -> Decision {
     let message = format!("refunded task {} unpaid ({reason}): {why}", lock.task_id);
     refund(lock, reason, quality, requester, message, book, now)
@@ -642,7 +643,7 @@ fn refund(
     by: &str,
     message: String,
     book: &impl Book,
-    now: f64,
+    now: Timestamp,
 ) -> Decision {
     let closing = Closing {
         state: LockState::RolledBack,
@@ -664,7 +665,7 @@ fn rollback(
     reason: RollbackReason,
     evidence: Option<&Verified<ExecutionProof>>,
     book: &impl Book,
-    now: f64,
+    now: Timestamp,
 ) -> Decision {
     let Some(lock) = book.lock(task_id) else {
         return reject(RejectCode::UnknownLock, format!("no lock exists for task {task_id}"));
@@ -717,7 +718,10 @@ fn rollback(
             format!(
                 "a delegator's rollback for {reason} needs the executor's signed proof showing it{}",
                 if matches!(reason, RollbackReason::Timeout | RollbackReason::Cancelled) {
-                    format!(", or the deadline plus the executor's {COMMIT_WINDOW_SECONDS} s commit window to pass")
+                    format!(
+                        ", or the deadline plus the executor's {} s commit window to pass",
+                        COMMIT_WINDOW.as_secs()
+                    )
                 } else {
                     String::new()
                 }
@@ -733,8 +737,13 @@ fn rollback(
 /// or for a timeout or a cancel by the deadline and the executor's commit window having
 /// passed. A cancel is shown by the executor's acknowledgement (its signed `cancelled` proof),
 /// so a delegator cannot cancel a task that runs, keep its result and the ATP.
-fn delegator_shows(reason: RollbackReason, evidence: Option<&Verified<ExecutionProof>>, lock: &Lock, now: f64) -> bool {
-    let window_passed = now >= lock.deadline + COMMIT_WINDOW_SECONDS;
+fn delegator_shows(
+    reason: RollbackReason,
+    evidence: Option<&Verified<ExecutionProof>>,
+    lock: &Lock,
+    now: Timestamp,
+) -> bool {
+    let window_passed = now >= lock.deadline + COMMIT_WINDOW;
     match reason {
         RollbackReason::Cancelled => window_passed || evidence.is_some_and(|p| p.status == ProofStatus::Cancelled),
         RollbackReason::Timeout => window_passed || evidence.is_some_and(|p| p.status == ProofStatus::TimedOut),
@@ -748,7 +757,7 @@ fn delegator_shows(reason: RollbackReason, evidence: Option<&Verified<ExecutionP
     }
 }
 
-fn expire(task_id: &TaskId, book: &impl Book, now: f64) -> Decision {
+fn expire(task_id: &TaskId, book: &impl Book, now: Timestamp) -> Decision {
     let Some(lock) = book.lock(task_id) else {
         return reject(RejectCode::UnknownLock, format!("no lock exists for task {task_id}"));
     };
@@ -837,7 +846,7 @@ fn credited(book: &impl Book, lct: &Lct, amount: Atp) -> Result<Account, Decisio
 
 /// Closes `lock` as `closing` says: pays the executor and the witness, and refunds the rest
 /// to the delegator.
-pub(crate) fn settle(mut lock: Lock, closing: Closing<'_>, book: &impl Book, now: f64) -> Decision {
+pub(crate) fn settle(mut lock: Lock, closing: Closing<'_>, book: &impl Book, now: Timestamp) -> Decision {
     let Closing {
         state,
         paid,

@@ -5,6 +5,7 @@
 //! exactly as it was, and a settled lock must split its amount exactly (paid + refunded).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use crate::identity::keys::{KeyRecord, KeyRegistry, generate};
 use crate::ledger::model::{
@@ -12,11 +13,10 @@ use crate::ledger::model::{
     WitnessSettlement, WitnessTerms,
 };
 use crate::ledger::protocol::{Outcome, RejectCode};
-use crate::ledger::rules::{
-    Book, COMMIT_WINDOW_SECONDS, CheckedWork, Command, Decision, LOCK_TTL_SECONDS_MAX, conserves, decide,
-};
+use crate::ledger::rules::{Book, COMMIT_WINDOW, CheckedWork, Command, Decision, LOCK_TTL_MAX, conserves, decide};
 use crate::ledger::witness::Draw;
 use crate::protocol::atp::Atp;
+use crate::protocol::clock::Timestamp;
 use crate::protocol::envelope::{Signer, Verified, verify};
 use crate::protocol::lct::Lct;
 use crate::protocol::proof::{ExecutionProof, ProofStatus};
@@ -150,16 +150,16 @@ enum Expect {
 /// One case: a command at a time, and its expected outcome.
 struct Row {
     name: &'static str,
-    now: f64,
+    now: Timestamp,
     command: Command,
     expect: Expect,
 }
 
 const ADMIN: &str = "admin";
-const T0: f64 = 1_000.0;
-/// A lock's deadline and expiry in the rows, relative to [`T0`].
-const DEADLINE: f64 = T0 + 30.0;
-const EXPIRES: f64 = T0 + 90.0;
+const T0: Timestamp = Timestamp::from_secs(1_000);
+/// A lock's deadline and expiry in the rows, relative to [`T0`] (30 s and 90 s after it).
+const DEADLINE: Timestamp = Timestamp::from_secs(1_030);
+const EXPIRES: Timestamp = Timestamp::from_secs(1_090);
 
 fn atp(whole: u64) -> Atp {
     Atp::from_micros(whole * 1_000_000)
@@ -185,7 +185,7 @@ impl Proofs {
         let mut keys = KeyRegistry::new();
         for platform in ["Thor", "Legion", "Sprout", "Odin"] {
             let signer = Signer::new(platform, generate().expect("random")).expect("signer");
-            keys.insert(KeyRecord::new(platform, &signer.verifying_key(), 0.0));
+            keys.insert(KeyRecord::new(platform, &signer.verifying_key(), Timestamp::EPOCH));
             signers.insert(platform, signer);
         }
         Self { signers, keys }
@@ -250,7 +250,7 @@ fn lock_with(id: &str, amount: Atp, edit: impl FnOnce(&mut Lock)) -> Command {
         executor: lct("Legion"),
         amount_uatp: amount,
         quality_threshold: 0.7,
-        created_at: 0.0,
+        created_at: Timestamp::from_secs(0),
         deadline: DEADLINE,
         expires_at: EXPIRES,
         state: LockState::Pending,
@@ -322,7 +322,7 @@ fn expire(id: &str) -> Command {
     Command::Expire { task_id: task(id) }
 }
 
-fn row(name: &'static str, now: f64, command: Command, expect: Expect) -> Row {
+fn row(name: &'static str, now: Timestamp, command: Command, expect: Expect) -> Row {
     Row {
         name,
         now,
@@ -406,19 +406,25 @@ fn rows(p: &Proofs) -> Vec<Row> {
         row(
             "lock expiring before its deadline",
             T0,
-            lock_with("t1", atp(10), |l| l.expires_at = DEADLINE - 1.0),
+            lock_with("t1", atp(10), |l| l.expires_at = DEADLINE - Duration::from_secs(1)),
             Rejected(InvalidRequest),
         ),
         row(
             "lock living longer than the maximum",
             T0,
-            lock_with("t1", atp(10), |l| l.expires_at = T0 + LOCK_TTL_SECONDS_MAX + 1.0),
+            lock_with("t1", atp(10), |l| {
+                l.expires_at = T0 + LOCK_TTL_MAX + Duration::from_secs(1)
+            }),
             Rejected(InvalidRequest),
         ),
         row(
-            "lock with an infinite expiry",
+            // An infinite expiry is no `Timestamp` (refused where decoded, see `clock.rs`);
+            // the latest one there is must still be refused here.
+            "lock with an expiry at the end of time",
             T0,
-            lock_with("t1", atp(10), |l| l.expires_at = f64::INFINITY),
+            lock_with("t1", atp(10), |l| {
+                l.expires_at = Timestamp::from_unix_seconds(f64::MAX).expect("a time")
+            }),
             Rejected(InvalidRequest),
         ),
         row(
@@ -434,7 +440,12 @@ fn rows(p: &Proofs) -> Vec<Row> {
             Rejected(InsufficientAtp),
         ),
         row("lock", T0, lock("t1", atp(10)), Applied),
-        row("lock replayed", T0 + 1.0, lock("t1", atp(10)), Already),
+        row(
+            "lock replayed",
+            T0 + Duration::from_secs(1),
+            lock("t1", atp(10)),
+            Already,
+        ),
         row(
             "lock id reused, other terms",
             T0,
@@ -478,10 +489,15 @@ fn rows(p: &Proofs) -> Vec<Row> {
             commit("Legion", "t1", p.by_legion("t1", Completed, 0.9, 10.5)),
             Rejected(ConsumedExceedsLocked),
         ),
-        row("commit", T0 + 2.0, commit("Legion", "t1", good("t1")), Applied),
+        row(
+            "commit",
+            T0 + Duration::from_secs(2),
+            commit("Legion", "t1", good("t1")),
+            Applied,
+        ),
         row(
             "commit replayed by the delegator",
-            T0 + 3.0,
+            T0 + Duration::from_secs(3),
             commit("Thor", "t1", good("t1")),
             Already,
         ),
@@ -525,7 +541,7 @@ fn rows(p: &Proofs) -> Vec<Row> {
         ),
         row(
             "delegator's timeout rollback before the deadline",
-            DEADLINE - 1.0,
+            DEADLINE - Duration::from_secs(1),
             rollback("Thor", "t2", Why::Timeout, None),
             Rejected(EvidenceRequired),
         ),
@@ -568,26 +584,26 @@ fn rows(p: &Proofs) -> Vec<Row> {
         row("lock t4", T0, lock("t4", atp(10)), Applied),
         row(
             "delegator's timeout rollback in the executor's commit window",
-            DEADLINE + COMMIT_WINDOW_SECONDS - 0.5,
+            DEADLINE + COMMIT_WINDOW - Duration::from_millis(500),
             rollback("Thor", "t4", Why::Timeout, None),
             Rejected(EvidenceRequired),
         ),
         row(
             "delegator's timeout rollback after the commit window",
-            DEADLINE + COMMIT_WINDOW_SECONDS,
+            DEADLINE + COMMIT_WINDOW,
             rollback("Thor", "t4", Why::Timeout, None),
             Applied,
         ),
         row("lock t4w", T0, lock("t4w", atp(10)), Applied),
         row(
             "delegator's timeout rollback past the deadline, in the commit window",
-            DEADLINE + 0.5,
+            DEADLINE + Duration::from_millis(500),
             rollback("Thor", "t4w", Why::Timeout, None),
             Rejected(EvidenceRequired),
         ),
         row(
             "executor commits work finished by the deadline, in its commit window",
-            DEADLINE + COMMIT_WINDOW_SECONDS - 0.5,
+            DEADLINE + COMMIT_WINDOW - Duration::from_millis(500),
             commit("Legion", "t4w", good("t4w")),
             Applied,
         ),
@@ -613,7 +629,7 @@ fn rows(p: &Proofs) -> Vec<Row> {
         ),
         row(
             "delegator's cancel in the executor's commit window",
-            DEADLINE + 1.0,
+            DEADLINE + Duration::from_secs(1),
             rollback("Thor", "t6", Why::Cancelled, None),
             Rejected(EvidenceRequired),
         ),
@@ -725,26 +741,36 @@ fn rows(p: &Proofs) -> Vec<Row> {
         ),
         row(
             "commit after the expiry",
-            EXPIRES + 1.0,
+            EXPIRES + Duration::from_secs(1),
             commit("Legion", "t7", good("t7")),
             Rejected(LockExpired),
         ),
-        row("expire", EXPIRES + 1.0, expire("t7"), Applied),
-        row("expire replayed", EXPIRES + 2.0, expire("t7"), Already),
+        row("expire", EXPIRES + Duration::from_secs(1), expire("t7"), Applied),
+        row(
+            "expire replayed",
+            EXPIRES + Duration::from_secs(2),
+            expire("t7"),
+            Already,
+        ),
         row(
             "rollback of an expired lock",
-            EXPIRES + 2.0,
+            EXPIRES + Duration::from_secs(2),
             rollback("Legion", "t7", Why::Failure, None),
             Already,
         ),
         row(
             "commit of an expired lock",
-            EXPIRES + 2.0,
+            EXPIRES + Duration::from_secs(2),
             commit("Legion", "t7", good("t7")),
             Rejected(AlreadySettled),
         ),
         row("expire of an unknown lock", T0, expire("t9"), Rejected(UnknownLock)),
-        row("expire of a committed lock", EXPIRES + 2.0, expire("t1"), Already),
+        row(
+            "expire of a committed lock",
+            EXPIRES + Duration::from_secs(2),
+            expire("t1"),
+            Already,
+        ),
         // Overflow.
         row(
             "grant overflowing the supply",
@@ -1005,7 +1031,7 @@ fn witness_rows(p: &Proofs) -> Vec<Row> {
         ),
         row(
             "the delegator's rollback of a held lock, after the commit window",
-            DEADLINE + COMMIT_WINDOW_SECONDS,
+            DEADLINE + COMMIT_WINDOW,
             rollback("Thor", "w1", Why::Timeout, None),
             Rejected(HeldForWitness),
         ),
@@ -1017,7 +1043,7 @@ fn witness_rows(p: &Proofs) -> Vec<Row> {
         ),
         row(
             "the sweeper before the hold's expiry",
-            T0 + 29.0,
+            T0 + Duration::from_secs(29),
             expire("w1"),
             Rejected(InvalidRequest),
         ),
@@ -1053,17 +1079,22 @@ fn witness_rows(p: &Proofs) -> Vec<Row> {
         ),
         row(
             "the witness agrees within the tolerance: 4 to the executor, 1 to the witness, 5 refunded",
-            T0 + 1.0,
+            T0 + Duration::from_secs(1),
             answer("Sprout", "w1", witness("Sprout", "w1", 100.5)),
             Applied,
         ),
         row(
             "the answer replayed",
-            T0 + 2.0,
+            T0 + Duration::from_secs(2),
             answer("Sprout", "w1", witness("Sprout", "w1", 100.5)),
             Already,
         ),
-        row("the sweeper after the answer", EXPIRES + 1.0, expire("w1"), Already),
+        row(
+            "the sweeper after the answer",
+            EXPIRES + Duration::from_secs(1),
+            expire("w1"),
+            Already,
+        ),
         // One agreement: rate 0.71, so a draw of 0.9 is not sampled: paid at once.
         row("lock w2", T0, lock_witnessed("w2", |_| {}), Applied),
         row(
@@ -1115,20 +1146,25 @@ fn witness_rows(p: &Proofs) -> Vec<Row> {
         ),
         row(
             "an answer after the hold's expiry",
-            T0 + 31.0,
+            T0 + Duration::from_secs(31),
             answer("Sprout", "w4", witness("Sprout", "w4", 100.0)),
             Rejected(LockExpired),
         ),
         row(
             "the sweeper at the hold's expiry: paid",
-            T0 + 31.0,
+            T0 + Duration::from_secs(31),
             expire("w4"),
             Applied,
         ),
-        row("the sweeper replayed", T0 + 32.0, expire("w4"), Already),
+        row(
+            "the sweeper replayed",
+            T0 + Duration::from_secs(32),
+            expire("w4"),
+            Already,
+        ),
         row(
             "the witness answers after the sweeper",
-            T0 + 32.0,
+            T0 + Duration::from_secs(32),
             answer("Sprout", "w4", witness("Sprout", "w4", 100.0)),
             Rejected(AlreadySettled),
         ),

@@ -20,7 +20,7 @@ use crate::ledger::reputation_writer::ReputationWriter;
 use crate::ledger::rules::{Book, Command, Decision, decide};
 use crate::ledger::store::LedgerStore;
 use crate::nats::subjects;
-use crate::protocol::clock::now_seconds;
+use crate::protocol::clock::Timestamp;
 
 /// Most commands decided and written in one batch (each writes at most 6 keys: a witness's
 /// answer writes three accounts, the lock, the journal entry and the executor's witness
@@ -183,7 +183,7 @@ async fn attempt(
         .collect();
     fresh.extend(store.load(&second, &assume_absent).await.map_err(|e| (e, Vec::new()))?);
 
-    let now = now_seconds();
+    let now = Timestamp::now();
     let mut overlay: HashMap<String, Record> = HashMap::new();
     let mut order: Vec<String> = Vec::new();
     let mut replies = Vec::with_capacity(commands.len());

@@ -84,8 +84,7 @@ impl LedgerService {
             .map_err(ServiceError::Bucket)?;
         let keys = Arc::new(KeyDirectory::open(&js, &options.root).await?);
         let reputations = Reputations::open(&js).await?;
-        let (reputation, reputation_task) =
-            ReputationWriter::start(reputations, options.reputation_half_life.as_secs_f64());
+        let (reputation, reputation_task) = ReputationWriter::start(reputations, options.reputation_half_life);
         let (handle, sequencer) = sequencer::spawn(
             LedgerStore::new(client.clone(), kv.clone()),
             options.admins.clone(),

@@ -14,7 +14,7 @@ use crate::ledger::protocol::Outcome;
 use crate::ledger::rules::Command;
 use crate::ledger::sequencer::SequencerHandle;
 use crate::nats::subjects;
-use crate::protocol::clock::now_seconds;
+use crate::protocol::clock::Timestamp;
 use crate::protocol::task::TaskId;
 
 /// How often pending locks are checked for expiry.
@@ -35,7 +35,7 @@ pub async fn run(kv: kv::Store, sequencer: SequencerHandle) {
 async fn sweep(kv: &kv::Store, sequencer: &SequencerHandle) -> Result<(), String> {
     let filter = format!("{}>", subjects::LEDGER_LOCK_PREFIX);
     let mut watch = kv.watch_with_history(&filter).await.map_err(|e| e.to_string())?;
-    let mut pending: HashMap<TaskId, f64> = HashMap::new();
+    let mut pending: HashMap<TaskId, Timestamp> = HashMap::new();
     let mut in_flight: HashSet<TaskId> = HashSet::new();
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<TaskId>();
     let mut tick = tokio::time::interval(SWEEP_INTERVAL);
@@ -69,7 +69,7 @@ async fn sweep(kv: &kv::Store, sequencer: &SequencerHandle) -> Result<(), String
                 in_flight.remove(&task_id);
             }
             _ = tick.tick() => {
-                let now = now_seconds();
+                let now = Timestamp::now();
                 for (task_id, _) in pending.iter().filter(|(_, expires_at)| now > **expires_at) {
                     if !in_flight.insert(task_id.clone()) {
                         continue;

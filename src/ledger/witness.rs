@@ -12,6 +12,7 @@ use crate::ledger::model::{
 use crate::ledger::protocol::RejectCode;
 use crate::ledger::rules::{Book, CheckedWork, Closing, Decision, SWEEPER, already, applied, reject, settle};
 use crate::protocol::atp::Atp;
+use crate::protocol::clock::Timestamp;
 use crate::protocol::envelope::Verified;
 use crate::protocol::lct::check_platform;
 use crate::protocol::proof::{ExecutionProof, ProofStatus};
@@ -27,7 +28,8 @@ pub const WITNESS_RATE_FLOOR: f64 = 0.1;
 pub const WITNESS_RATE_HALVING_AGREEMENTS: u32 = 2;
 /// Most candidate witnesses a lock may name.
 pub const WITNESS_CANDIDATES_MAX: usize = 8;
-/// Longest a sampled commit may be held for its witness.
+/// Longest a sampled commit may be held for its witness, in seconds: it bounds the wire's and
+/// the config's `hold_seconds` numbers where they are checked.
 pub const WITNESS_HOLD_SECONDS_MAX: f64 = 600.0;
 /// Largest relative tolerance a lock may name for comparing results.
 pub const WITNESS_TOLERANCE_MAX: f64 = 1.0;
@@ -123,7 +125,7 @@ pub fn sample(
     proof: &Verified<ExecutionProof>,
     claimed: (Atp, f64),
     book: &impl Book,
-    now: f64,
+    now: Timestamp,
 ) -> Option<(WitnessRecord, Option<WitnessHold>)> {
     let (terms, work) = (lock.witness_terms.as_ref()?, work?);
     if work.verdict != Verdict::Unverifiable {
@@ -142,7 +144,7 @@ pub fn sample(
             terms.candidates.get(index).map(|witness| WitnessHold {
                 witness: witness.clone(),
                 operation: work.operation.clone(),
-                until: now + terms.hold_seconds,
+                until: now + terms.hold(),
                 rate,
                 consumed_uatp: claimed.0,
                 quality: claimed.1,
@@ -221,7 +223,7 @@ pub fn answer(
     task_id: &TaskId,
     proof: &Verified<ExecutionProof>,
     book: &impl Book,
-    now: f64,
+    now: Timestamp,
 ) -> Decision {
     let Some(lock) = book.lock(task_id) else {
         return reject(RejectCode::UnknownLock, format!("no lock exists for task {task_id}"));
@@ -279,7 +281,7 @@ pub fn answer(
 }
 
 /// Checks that `requester` may answer for `lock` with `proof` now; the hold it answers.
-fn answerable(requester: &str, lock: &Lock, proof: &ExecutionProof, now: f64) -> Result<WitnessHold, Decision> {
+fn answerable(requester: &str, lock: &Lock, proof: &ExecutionProof, now: Timestamp) -> Result<WitnessHold, Decision> {
     let task_id = &lock.task_id;
     let Some(hold) = lock.hold.as_deref().cloned() else {
         return Err(reject(
@@ -347,7 +349,7 @@ fn answerable(requester: &str, lock: &Lock, proof: &ExecutionProof, now: f64) ->
 
 /// The executor's record after a witnessed result: an agreement lengthens its streak (and
 /// lowers its rate), a disagreement resets it (rate back to the maximum).
-fn judged(book: &impl Book, executor: &str, operation: &str, agreed: bool, now: f64) -> WitnessRecord {
+fn judged(book: &impl Book, executor: &str, operation: &str, agreed: bool, now: Timestamp) -> WitnessRecord {
     let mut record = book
         .witness_record(executor, operation)
         .unwrap_or_else(|| WitnessRecord::new(executor, operation));
@@ -366,7 +368,7 @@ fn judged(book: &impl Book, executor: &str, operation: &str, agreed: bool, now: 
 /// nothing (the share stays in the delegator's refund), the record unchanged. The executor did its part and cannot make the witness
 /// answer; refunding instead would give a delegator whose candidate stays silent the work
 /// for free. (A liar is not helped: its rate stays where it was, so it is sampled again.)
-pub fn expire_hold(lock: Lock, task_id: &TaskId, book: &impl Book, now: f64) -> Decision {
+pub fn expire_hold(lock: Lock, task_id: &TaskId, book: &impl Book, now: Timestamp) -> Decision {
     let Some(hold) = lock.hold.as_deref().cloned() else {
         return reject(RejectCode::InvalidRequest, format!("task {task_id} holds no commit"));
     };

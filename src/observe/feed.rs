@@ -20,7 +20,7 @@ use crate::ledger::snapshot::LedgerSnapshot;
 use crate::nats::subjects;
 use crate::observe::metrics;
 use crate::protocol::atp::Atp;
-use crate::protocol::clock::now_seconds;
+use crate::protocol::clock::Timestamp;
 use crate::state::registry::PlatformRecord;
 use crate::state::reputation::Reputation;
 use crate::state::task_board::{TaskParties, TaskStatus};
@@ -38,7 +38,7 @@ pub const DEAD_LETTERS_SHOWN: usize = 50;
 /// as a lock pending past its expiry, come with time alone).
 const AUDIT_INTERVAL: Duration = Duration::from_secs(5);
 /// The window over which delegations per second are counted, in seconds.
-pub const RATE_WINDOW_SECONDS: f64 = 10.0;
+pub const RATE_WINDOW: Duration = Duration::from_secs(10);
 
 /// Why the feed could not start.
 #[derive(Debug, thiserror::Error)]
@@ -110,7 +110,7 @@ pub struct OutcomeView {
     pub latency_ms: f64,
     pub paid: f64,
     pub refunded: f64,
-    pub at: f64,
+    pub at: Timestamp,
 }
 
 /// A task message the workers gave up on.
@@ -124,7 +124,7 @@ pub struct DeadLetterView {
 /// Everything the page shows, pushed whole (it is small: lists are capped).
 #[derive(Debug, Clone, Serialize)]
 pub struct View {
-    pub now: f64,
+    pub now: Timestamp,
     pub ledger_revision: u64,
     pub platforms: Vec<PlatformView>,
     pub accounts: Vec<AccountView>,
@@ -344,7 +344,7 @@ async fn publish(
         let _ = tokio::time::timeout(REFRESH_INTERVAL, changed.notified()).await;
         let view = match picture.lock() {
             Ok(picture) => {
-                let now = now_seconds();
+                let now = Timestamp::now();
                 let supply = match &audited {
                     // Mid-batch (a refresh while the ledger is busy): keep the last verdict.
                     Some((_, _, supply)) if !picture.ledger_settled => supply.clone(),
@@ -386,7 +386,7 @@ fn to_micros(atp: f64) -> u64 {
 
 /// The page's view of a picture, at `now`.
 /// The supply and the audit's verdict on `ledger`, at `now`.
-fn supply_view(ledger: &LedgerSnapshot, now: f64) -> SupplyView {
+fn supply_view(ledger: &LedgerSnapshot, now: Timestamp) -> SupplyView {
     let report = audit::audit(ledger, now);
     SupplyView {
         total: micros_to_atp(report.supply_uatp),
@@ -409,7 +409,7 @@ struct PlatformStanding {
     on_probation: bool,
 }
 
-fn standing_of<'a>(records: impl Iterator<Item = &'a Reputation>, now: f64) -> PlatformStanding {
+fn standing_of<'a>(records: impl Iterator<Item = &'a Reputation>, now: Timestamp) -> PlatformStanding {
     let (mut settled, mut refuted, mut on_probation) = (0, 0, false);
     let (mut weighted, mut weights) = (0.0, 0.0);
     for r in records {
@@ -432,7 +432,7 @@ fn standing_of<'a>(records: impl Iterator<Item = &'a Reputation>, now: f64) -> P
     }
 }
 
-fn view(picture: &Picture, supply: SupplyView, cancel_as: Option<String>, now: f64) -> View {
+fn view(picture: &Picture, supply: SupplyView, cancel_as: Option<String>, now: Timestamp) -> View {
     let ledger = &picture.ledger;
     let platforms = picture
         .platforms
@@ -491,7 +491,7 @@ fn view(picture: &Picture, supply: SupplyView, cancel_as: Option<String>, now: f
                     .and_then(|v| v.as_str().map(str::to_owned))
                     .unwrap_or_else(|| "locked".to_owned()),
                 budget: atp(lock.amount_uatp),
-                age_seconds: (now - lock.created_at).max(0.0),
+                age_seconds: now.duration_since(lock.created_at).as_secs_f64(),
             }),
             (Some(settlement), state) => recent.push(OutcomeView {
                 task_id: task_id.to_owned(),
@@ -504,15 +504,18 @@ fn view(picture: &Picture, supply: SupplyView, cancel_as: Option<String>, now: f
                     .unwrap_or_default(),
                 reason: settlement.reason.map(|r| r.to_string()).unwrap_or_default(),
                 quality: settlement.quality,
-                latency_ms: ((settlement.at - lock.created_at) * 1e3).max(0.0),
+                latency_ms: settlement.at.duration_since(lock.created_at).as_secs_f64() * 1e3,
                 paid: atp(settlement.paid_uatp),
                 refunded: atp(settlement.refunded_uatp),
                 at: settlement.at,
             }),
         }
     }
-    let settled_lately = recent.iter().filter(|o| now - o.at <= RATE_WINDOW_SECONDS).count();
-    recent.sort_by(|a, b| b.at.total_cmp(&a.at));
+    let settled_lately = recent
+        .iter()
+        .filter(|o| now.duration_since(o.at) <= RATE_WINDOW)
+        .count();
+    recent.sort_by_key(|o| std::cmp::Reverse(o.at));
     recent.truncate(RECENT_OUTCOMES_SHOWN);
     in_flight.sort_by(|a, b| b.age_seconds.total_cmp(&a.age_seconds));
     View {
@@ -525,7 +528,8 @@ fn view(picture: &Picture, supply: SupplyView, cancel_as: Option<String>, now: f
         recent,
         dead_letters: picture.dead.iter().cloned().collect(),
         dead_letters_unreadable: picture.dead_letters_unreadable.clone(),
-        delegations_per_second: settled_lately as f64 / RATE_WINDOW_SECONDS,
+        // A rate per second: the one place seconds are an f64 on purpose.
+        delegations_per_second: settled_lately as f64 / RATE_WINDOW.as_secs_f64(),
         cancel_as,
     }
 }

@@ -22,8 +22,9 @@ use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use crate::identity::keys::{KeyError, KeyRegistry, key_id};
+use crate::protocol::clock::Timestamp;
 use crate::protocol::lct::check_platform;
-use crate::protocol::limits::{CLOCK_SKEW_SECONDS_MAX, ENVELOPE_BYTES_MAX, LEDGER_REQUEST_BYTES_MAX};
+use crate::protocol::limits::{CLOCK_SKEW_MAX, ENVELOPE_BYTES_MAX, LEDGER_REQUEST_BYTES_MAX};
 
 /// A message kind that travels signed.
 pub trait Signable: Serialize + DeserializeOwned {
@@ -34,9 +35,9 @@ pub trait Signable: Serialize + DeserializeOwned {
     /// The platform whose key must have signed this message.
     fn signer_platform(&self) -> &str;
     /// When the signer created the message (Unix seconds).
-    fn created_at(&self) -> f64;
+    fn created_at(&self) -> Timestamp;
     /// When the message stops being acceptable (Unix seconds); `None` = no expiry.
-    fn expires_at(&self) -> Option<f64>;
+    fn expires_at(&self) -> Option<Timestamp>;
     /// Checks the message's own fields (amounts, sizes, names); says what is wrong.
     fn validate(&self) -> Result<(), String>;
     /// The largest envelope of this kind, on the wire.
@@ -61,9 +62,9 @@ pub enum EnvelopeError {
     #[error("message was signed by {signer} but claims to come from {claimed}")]
     SignerMismatch { signer: String, claimed: String },
     #[error("message expired at {expires_at:.3} (now {now:.3})")]
-    Expired { expires_at: f64, now: f64 },
+    Expired { expires_at: Timestamp, now: Timestamp },
     #[error("message claims to be created at {created_at:.3}, in the future (now {now:.3})")]
-    FromFuture { created_at: f64, now: f64 },
+    FromFuture { created_at: Timestamp, now: Timestamp },
     #[error("message body is invalid: {0}")]
     Invalid(String),
     #[error("cannot sign: {0}")]
@@ -215,10 +216,10 @@ impl<T> Deref for Verified<T> {
 /// known and signature valid (`verify_strict`), body, signer matches the body's author, key
 /// valid when the message was created and not revoked, message not expired or from the future,
 /// body fields valid. Nothing of the body is trusted before the signature checks out.
-pub fn verify<T: Signable>(bytes: &Bytes, keys: &KeyRegistry, now: f64) -> Result<Verified<T>, EnvelopeError> {
+pub fn verify<T: Signable>(bytes: &Bytes, keys: &KeyRegistry, now: Timestamp) -> Result<Verified<T>, EnvelopeError> {
     let verified = verify_ignoring_expiry::<T>(bytes, keys, now)?;
     if let Some(expires_at) = verified.message.expires_at()
-        && (!expires_at.is_finite() || now > expires_at)
+        && now > expires_at
     {
         return Err(EnvelopeError::Expired { expires_at, now });
     }
@@ -231,7 +232,7 @@ pub fn verify<T: Signable>(bytes: &Bytes, keys: &KeyRegistry, now: f64) -> Resul
 pub fn verify_ignoring_expiry<T: Signable>(
     bytes: &Bytes,
     keys: &KeyRegistry,
-    now: f64,
+    now: Timestamp,
 ) -> Result<Verified<T>, EnvelopeError> {
     let wire = parse_wire(bytes, T::BYTES_MAX)?;
     if wire.kind != T::KIND {
@@ -269,7 +270,7 @@ pub fn verify_ignoring_expiry<T: Signable>(
     let created_at = message.created_at();
     // Window, rotation end and revocations (the key's own and its chain's).
     keys.lookup(wire.signer, wire.key_id, created_at, now)?;
-    if !created_at.is_finite() || created_at > now + CLOCK_SKEW_SECONDS_MAX {
+    if created_at > now + CLOCK_SKEW_MAX {
         return Err(EnvelopeError::FromFuture { created_at, now });
     }
     message.validate().map_err(EnvelopeError::Invalid)?;
@@ -308,8 +309,8 @@ mod tests {
     struct Note {
         from: String,
         text: String,
-        created_at: f64,
-        expires_at: f64,
+        created_at: Timestamp,
+        expires_at: Timestamp,
     }
 
     impl Signable for Note {
@@ -318,10 +319,10 @@ mod tests {
         fn signer_platform(&self) -> &str {
             &self.from
         }
-        fn created_at(&self) -> f64 {
+        fn created_at(&self) -> Timestamp {
             self.created_at
         }
-        fn expires_at(&self) -> Option<f64> {
+        fn expires_at(&self) -> Option<Timestamp> {
             Some(self.expires_at)
         }
         fn validate(&self) -> Result<(), String> {
@@ -337,8 +338,8 @@ mod tests {
     struct OtherNote {
         from: String,
         text: String,
-        created_at: f64,
-        expires_at: f64,
+        created_at: Timestamp,
+        expires_at: Timestamp,
     }
 
     impl Signable for OtherNote {
@@ -347,10 +348,10 @@ mod tests {
         fn signer_platform(&self) -> &str {
             &self.from
         }
-        fn created_at(&self) -> f64 {
+        fn created_at(&self) -> Timestamp {
             self.created_at
         }
-        fn expires_at(&self) -> Option<f64> {
+        fn expires_at(&self) -> Option<Timestamp> {
             Some(self.expires_at)
         }
         fn validate(&self) -> Result<(), String> {
@@ -358,10 +359,74 @@ mod tests {
         }
     }
 
+    /// A note as the wire carried it before [`Timestamp`]: times as plain `f64` seconds.
+    #[derive(Serialize, Deserialize)]
+    struct NoteInSeconds {
+        from: String,
+        text: String,
+        created_at: f64,
+        expires_at: f64,
+    }
+
+    impl Signable for NoteInSeconds {
+        const DOMAIN: &'static [u8] = Note::DOMAIN;
+        const KIND: &'static str = Note::KIND;
+        fn signer_platform(&self) -> &str {
+            &self.from
+        }
+        fn created_at(&self) -> Timestamp {
+            Timestamp::EPOCH
+        }
+        fn expires_at(&self) -> Option<Timestamp> {
+            None
+        }
+        fn validate(&self) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    fn in_seconds(created_at: f64, expires_at: f64) -> NoteInSeconds {
+        NoteInSeconds {
+            from: "Thor".into(),
+            text: "hello".into(),
+            created_at,
+            expires_at,
+        }
+    }
+
+    #[test]
+    fn timestamps_sign_the_same_bytes_as_seconds_did() {
+        let (signer, keys) = setup();
+        for (created, expires) in [(1000.0, 1100.0), (1_795_810_869.613_108_6, 1_795_810_989.613_108_6)] {
+            let note = Note {
+                created_at: Timestamp::from_unix_seconds(created).expect("a time"),
+                expires_at: Timestamp::from_unix_seconds(expires).expect("a time"),
+                ..note()
+            };
+            let before = signer.sign(&in_seconds(created, expires)).expect("sign");
+            assert_eq!(signer.sign(&note).expect("sign"), before, "the wire changed");
+            let verified = verify::<Note>(&before, &keys, note.created_at).expect("verify");
+            assert_eq!(verified.message(), &note);
+        }
+    }
+
+    #[test]
+    fn a_signed_negative_time_is_refused_as_malformed() {
+        let (signer, keys) = setup();
+        for (created, expires) in [(-1.0, 1100.0), (1000.0, -5.0)] {
+            let wire = signer.sign(&in_seconds(created, expires)).expect("sign");
+            let err = verify::<Note>(&wire, &keys, Timestamp::from_secs(1050)).expect_err("negative time");
+            assert!(
+                matches!(&err, EnvelopeError::Malformed(why) if why.contains("is not a time")),
+                "{err}"
+            );
+        }
+    }
+
     fn setup() -> (Signer, KeyRegistry) {
         let signer = Signer::new("Thor", generate().expect("random")).expect("signer");
         let mut keys = KeyRegistry::new();
-        keys.insert(KeyRecord::new("Thor", &signer.verifying_key(), 0.0));
+        keys.insert(KeyRecord::new("Thor", &signer.verifying_key(), Timestamp::EPOCH));
         (signer, keys)
     }
 
@@ -369,8 +434,8 @@ mod tests {
         Note {
             from: "Thor".into(),
             text: "hello".into(),
-            created_at: 1000.0,
-            expires_at: 1100.0,
+            created_at: Timestamp::from_secs(1000),
+            expires_at: Timestamp::from_secs(1100),
         }
     }
 
@@ -378,7 +443,7 @@ mod tests {
     fn round_trip() {
         let (signer, keys) = setup();
         let wire = signer.sign(&note()).expect("sign");
-        let verified = verify::<Note>(&wire, &keys, 1050.0).expect("verify");
+        let verified = verify::<Note>(&wire, &keys, Timestamp::from_secs(1050)).expect("verify");
         assert_eq!(verified.message(), &note());
         assert_eq!(verified.key_id(), signer.key_id());
         assert_eq!(verified.wire(), &wire);
@@ -392,7 +457,7 @@ mod tests {
             for mask in [0x01u8, 0x20, 0x80] {
                 let mut bytes = wire.to_vec();
                 bytes[i] ^= mask;
-                let result = verify::<Note>(&Bytes::from(bytes), &keys, 1050.0);
+                let result = verify::<Note>(&Bytes::from(bytes), &keys, Timestamp::from_secs(1050));
                 assert!(result.is_err(), "flipping byte {i} with {mask:#x} still verified");
             }
         }
@@ -403,7 +468,7 @@ mod tests {
         let (signer, keys) = setup();
         let wire = signer.sign(&note()).expect("sign");
         // Same kind string and same body shape: only the domain tag differs.
-        let err = verify::<OtherNote>(&wire, &keys, 1050.0).expect_err("cross-domain");
+        let err = verify::<OtherNote>(&wire, &keys, Timestamp::from_secs(1050)).expect_err("cross-domain");
         assert!(matches!(err, EnvelopeError::BadSignature { .. }), "{err}");
     }
 
@@ -413,23 +478,23 @@ mod tests {
         let impostor = Signer::new("Thor", generate().expect("random")).expect("signer");
         let forged = impostor.sign(&note()).expect("sign");
         assert!(matches!(
-            verify::<Note>(&forged, &keys, 1050.0),
+            verify::<Note>(&forged, &keys, Timestamp::from_secs(1050)),
             Err(EnvelopeError::Key(KeyError::Unknown { .. }))
         ));
 
         // A known key id whose key did not make the signature.
         let mut text = String::from_utf8(forged.to_vec()).expect("utf8");
         text = text.replace(impostor.key_id(), signer.key_id());
-        let err = verify::<Note>(&Bytes::from(text), &keys, 1050.0).expect_err("wrong key");
+        let err = verify::<Note>(&Bytes::from(text), &keys, Timestamp::from_secs(1050)).expect_err("wrong key");
         assert!(matches!(err, EnvelopeError::BadSignature { .. }), "{err}");
 
         let wire = signer.sign(&note()).expect("sign");
         assert!(matches!(
-            verify::<Note>(&wire, &keys, 1100.5),
+            verify::<Note>(&wire, &keys, Timestamp::from_unix_seconds(1100.5).expect("a time")),
             Err(EnvelopeError::Expired { .. })
         ));
         assert!(matches!(
-            verify::<Note>(&wire, &keys, 900.0),
+            verify::<Note>(&wire, &keys, Timestamp::from_secs(900)),
             Err(EnvelopeError::FromFuture { .. })
         ));
 
@@ -448,9 +513,9 @@ mod tests {
         let wire = signer.sign(&note()).expect("sign");
         let root = crate::identity::keys::generate().expect("random");
         let id = crate::identity::keys::key_id(&signer.verifying_key());
-        let revocation = crate::identity::chain::Revocation::signed("Thor", &id, 1020.0, &root);
+        let revocation = crate::identity::chain::Revocation::signed("Thor", &id, Timestamp::from_secs(1020), &root);
         keys.revoke(&revocation, &root.verifying_key()).expect("root-signed");
-        let err = verify::<Note>(&wire, &keys, 1050.0).expect_err("revoked");
+        let err = verify::<Note>(&wire, &keys, Timestamp::from_secs(1050)).expect_err("revoked");
         assert!(matches!(err, EnvelopeError::Key(KeyError::Revoked { .. })), "{err}");
     }
 
@@ -459,11 +524,11 @@ mod tests {
         let (_, keys) = setup();
         let big = Bytes::from(vec![b' '; ENVELOPE_BYTES_MAX + 1]);
         assert!(matches!(
-            verify::<Note>(&big, &keys, 0.0),
+            verify::<Note>(&big, &keys, Timestamp::from_secs(0)),
             Err(EnvelopeError::TooLarge { .. })
         ));
         for junk in ["", "{}", "null", "[1,2]", "{\"kind\":\"note\"}", "\u{0}\u{1}"] {
-            let result = verify::<Note>(&Bytes::from(junk), &keys, 0.0);
+            let result = verify::<Note>(&Bytes::from(junk), &keys, Timestamp::from_secs(0));
             assert!(matches!(result, Err(EnvelopeError::Malformed(_))), "{junk:?}");
         }
     }

@@ -36,7 +36,7 @@ pub const OPERATION_CHARS_MAX: usize = 64;
 pub const TASK_TIMEOUT_SECONDS_MAX: u64 = 3600;
 
 /// Clock skew tolerated between platforms when checking `created_at` and `expires_at`.
-pub const CLOCK_SKEW_SECONDS_MAX: f64 = 30.0;
+pub const CLOCK_SKEW_MAX: Duration = Duration::from_secs(30);
 
 /// Largest ATP amount in one task or grant: 10^12 ATP, far below the u64 micro-ATP range
 /// (1.8 * 10^13 ATP), so sums of many amounts cannot overflow in practice and overflow is

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::protocol::atp::Atp;
+use crate::protocol::clock::Timestamp;
 use crate::protocol::envelope::{Signable, dedupe_id};
 use crate::protocol::lct::Lct;
 use crate::protocol::limits::PROOF_RESULT_BYTES_MAX;
@@ -40,12 +41,12 @@ pub struct ExecutionProof {
     pub reason: String,
     /// ATP the execution used, never above the task's budget.
     pub atp_consumed: f64,
-    /// Seconds spent executing.
+    /// Seconds spent executing: a span on the wire, as the seed's proofs carry it.
     pub execution_time: f64,
     /// 0.0 ..= 1.0, computed from the result by the operation's handler.
     pub quality_score: f64,
     pub result: Map<String, Value>,
-    pub created_at: f64,
+    pub created_at: Timestamp,
 }
 
 impl ExecutionProof {
@@ -71,12 +72,12 @@ impl Signable for ExecutionProof {
         self.executor_lct.platform()
     }
 
-    fn created_at(&self) -> f64 {
+    fn created_at(&self) -> Timestamp {
         self.created_at
     }
 
     /// A proof stays valid as long as its lock: the ledger decides whether it is too late.
-    fn expires_at(&self) -> Option<f64> {
+    fn expires_at(&self) -> Option<Timestamp> {
         None
     }
 
@@ -123,7 +124,7 @@ pub(crate) mod tests {
             execution_time: 0.02,
             quality_score: 0.9,
             result: Map::new(),
-            created_at: 1010.0,
+            created_at: Timestamp::from_secs(1010),
         }
     }
 
@@ -155,23 +156,24 @@ pub(crate) mod tests {
         let legion = Signer::new("Legion", generate().expect("random")).expect("signer");
         let thor = Signer::new("Thor", generate().expect("random")).expect("signer");
         let mut keys = KeyRegistry::new();
-        keys.insert(KeyRecord::new("Legion", &legion.verifying_key(), 0.0));
-        keys.insert(KeyRecord::new("Thor", &thor.verifying_key(), 0.0));
+        keys.insert(KeyRecord::new("Legion", &legion.verifying_key(), Timestamp::EPOCH));
+        keys.insert(KeyRecord::new("Thor", &thor.verifying_key(), Timestamp::EPOCH));
 
         let task_wire = thor.sign(&sample_task("Thor", "Legion")).expect("sign task");
         let proof_wire = legion.sign(&sample_proof()).expect("sign proof");
-        verify::<FederationTask>(&task_wire, &keys, 1030.0).expect("task verifies");
-        verify::<ExecutionProof>(&proof_wire, &keys, 1030.0).expect("proof verifies");
+        verify::<FederationTask>(&task_wire, &keys, Timestamp::from_secs(1030)).expect("task verifies");
+        verify::<ExecutionProof>(&proof_wire, &keys, Timestamp::from_secs(1030)).expect("proof verifies");
 
         // Relabel the task envelope as a proof: the domain tag makes the signature fail.
         let relabeled =
             String::from_utf8(task_wire.to_vec())
                 .expect("utf8")
                 .replacen("\"kind\":\"task\"", "\"kind\":\"proof\"", 1);
-        let err = verify::<ExecutionProof>(&bytes::Bytes::from(relabeled), &keys, 1030.0).expect_err("cross kind");
+        let err = verify::<ExecutionProof>(&bytes::Bytes::from(relabeled), &keys, Timestamp::from_secs(1030))
+            .expect_err("cross kind");
         assert!(matches!(err, EnvelopeError::BadSignature { .. }), "{err}");
         assert!(matches!(
-            verify::<FederationTask>(&proof_wire, &keys, 1030.0),
+            verify::<FederationTask>(&proof_wire, &keys, Timestamp::from_secs(1030)),
             Err(EnvelopeError::WrongKind { .. })
         ));
     }

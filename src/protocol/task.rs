@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 
 use crate::nats::subjects;
 use crate::protocol::atp::Atp;
+use crate::protocol::clock::Timestamp;
 use crate::protocol::envelope::{Signable, dedupe_id};
 use crate::protocol::lct::{Lct, check_task_type, token_problem};
 use crate::protocol::limits::{
@@ -125,9 +126,9 @@ pub struct FederationTask {
     /// Operation-specific parameters (a JSON object).
     pub parameters: Map<String, Value>,
     /// Unix seconds when the delegator created the task.
-    pub created_at: f64,
+    pub created_at: Timestamp,
     /// Unix seconds after which no executor may start it or produce its proof.
-    pub expires_at: f64,
+    pub expires_at: Timestamp,
     /// Subject the executor publishes the proof on: always the proofs subject of the source
     /// platform for this task, checked, so a task cannot make a worker publish elsewhere.
     pub reply_to: String,
@@ -164,11 +165,11 @@ impl Signable for FederationTask {
         self.source_lct.platform()
     }
 
-    fn created_at(&self) -> f64 {
+    fn created_at(&self) -> Timestamp {
         self.created_at
     }
 
-    fn expires_at(&self) -> Option<f64> {
+    fn expires_at(&self) -> Option<Timestamp> {
         Some(self.expires_at)
     }
 
@@ -191,7 +192,7 @@ impl Signable for FederationTask {
                 self.timeout_seconds
             ));
         }
-        if !(self.created_at.is_finite() && self.expires_at.is_finite()) || self.expires_at <= self.created_at {
+        if self.expires_at <= self.created_at {
             return Err("expires_at must be a finite time after created_at".into());
         }
         let parameters_bytes = serde_json::to_vec(&self.parameters)
@@ -235,8 +236,8 @@ pub(crate) mod tests {
             atp_budget: 10.0,
             timeout_seconds: 30,
             parameters: Map::new(),
-            created_at: 1000.0,
-            expires_at: 1060.0,
+            created_at: Timestamp::from_secs(1000),
+            expires_at: Timestamp::from_secs(1060),
             critical: false,
         }
     }

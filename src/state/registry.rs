@@ -16,6 +16,7 @@ use std::sync::Arc;
 use crate::identity::directory::KeyDirectory;
 use crate::nats::cas::{self, CasError};
 use crate::nats::subjects;
+use crate::protocol::clock::Timestamp;
 use crate::protocol::envelope::{EnvelopeError, Signable, Signer};
 
 /// How often a worker refreshes its platform's record.
@@ -26,7 +27,7 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
 /// `maxElectionTimeoutDefault` in nats-server's `server/raft.go`), then a put that was waiting
 /// (5 s request timeout) fails and the next tick writes. With 6 s, a cluster node's loss made
 /// every platform look dead to placement for a few seconds.
-pub const HEARTBEAT_STALE_SECONDS: f64 = 20.0;
+pub const HEARTBEAT_STALE: Duration = Duration::from_secs(20);
 
 /// One platform's record.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -46,7 +47,7 @@ pub struct PlatformRecord {
     /// Tasks it executes at once, at most.
     pub capacity: u32,
     /// Unix seconds of the last heartbeat.
-    pub heartbeat_at: f64,
+    pub heartbeat_at: Timestamp,
 }
 
 impl Signable for PlatformRecord {
@@ -57,11 +58,11 @@ impl Signable for PlatformRecord {
         &self.platform
     }
 
-    fn created_at(&self) -> f64 {
+    fn created_at(&self) -> Timestamp {
         self.heartbeat_at
     }
 
-    fn expires_at(&self) -> Option<f64> {
+    fn expires_at(&self) -> Option<Timestamp> {
         None
     }
 
@@ -71,8 +72,8 @@ impl Signable for PlatformRecord {
 }
 
 impl PlatformRecord {
-    pub fn is_healthy(&self, now: f64) -> bool {
-        now - self.heartbeat_at <= HEARTBEAT_STALE_SECONDS
+    pub fn is_healthy(&self, now: Timestamp) -> bool {
+        now.duration_since(self.heartbeat_at) <= HEARTBEAT_STALE
     }
 
     /// Load as a fraction of capacity.

@@ -17,6 +17,9 @@ use serde::{Deserialize, Serialize};
 use crate::ledger::model::{Lock, LockState, RollbackReason};
 use crate::nats::cas::{self, CasError, Step};
 use crate::nats::subjects;
+use std::time::Duration;
+
+use crate::protocol::clock::Timestamp;
 
 /// The score of a platform nobody has delegated to yet (or not for many half-lives).
 pub const SCORE_UNKNOWN: f64 = 0.5;
@@ -46,13 +49,14 @@ pub struct Reputation {
     pub refuted: u64,
     /// When it was last caught lying (Unix seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub caught_lying_at: Option<f64>,
+    pub caught_lying_at: Option<Timestamp>,
     /// Tasks paid since it was last caught lying.
     pub paid_since_caught: u64,
-    /// The half-life the weights decay with (the ledger's setting when it wrote this).
+    /// The half-life the weights decay with (the ledger's setting when it wrote this), in
+    /// seconds as stored; [`Reputation::record`] takes it as a `Duration`.
     pub half_life_seconds: f64,
     /// When the weights were last brought up to date (Unix seconds).
-    pub updated_at: f64,
+    pub updated_at: Timestamp,
 }
 
 /// One settlement as reputation counts it.
@@ -64,7 +68,7 @@ pub struct Settled {
     pub quality: f64,
     /// Its result was refuted: the executor is caught lying.
     pub refuted: bool,
-    pub at: f64,
+    pub at: Timestamp,
 }
 
 impl Settled {
@@ -100,7 +104,7 @@ impl Settled {
         }
     }
 
-    fn unpaid(refuted: bool, at: f64) -> Self {
+    fn unpaid(refuted: bool, at: Timestamp) -> Self {
         Self {
             paid: false,
             quality: 0.0,
@@ -124,23 +128,24 @@ impl Reputation {
             caught_lying_at: None,
             paid_since_caught: 0,
             half_life_seconds: HALF_LIFE_SECONDS_DEFAULT as f64,
-            updated_at: 0.0,
+            updated_at: Timestamp::EPOCH,
         }
     }
 
     /// The share of the weights still counting at `now`.
-    fn decay_factor(&self, now: f64) -> f64 {
-        let age = (now - self.updated_at).max(0.0);
+    fn decay_factor(&self, now: Timestamp) -> f64 {
+        let age = now.duration_since(self.updated_at);
         if self.half_life_seconds <= 0.0 {
             return 1.0;
         }
-        0.5_f64.powf(age / self.half_life_seconds)
+        // Half-lives elapsed: a ratio of two spans in seconds (the stored half-life is seconds).
+        0.5_f64.powf(age.as_secs_f64() / self.half_life_seconds)
     }
 
     /// 0..1 at `now`: the share of paid tasks times the average quality, each smoothed with
     /// one imagined task (half paid, full quality), so an unknown platform scores
     /// [`SCORE_UNKNOWN`] and a long-idle one drifts back to it.
-    pub fn score(&self, now: f64) -> f64 {
+    pub fn score(&self, now: Timestamp) -> f64 {
         let decay = self.decay_factor(now);
         let weight = self.weight * decay;
         if weight < WEIGHT_NEGLIGIBLE {
@@ -157,7 +162,7 @@ impl Reputation {
     }
 
     /// Counts one settlement, decaying the older ones to its time first.
-    pub fn record(&mut self, settled: Settled, half_life_seconds: f64) {
+    pub fn record(&mut self, settled: Settled, half_life: Duration) {
         let at = settled.at.max(self.updated_at);
         let decay = self.decay_factor(at);
         self.weight = self.weight * decay + 1.0;
@@ -171,7 +176,7 @@ impl Reputation {
         } else if settled.paid && self.caught_lying_at.is_some() {
             self.paid_since_caught += 1;
         }
-        self.half_life_seconds = half_life_seconds;
+        self.half_life_seconds = half_life.as_secs_f64();
         self.updated_at = at;
         debug_assert!(self.paid_weight <= self.weight + 1e-9 && self.quality_weight <= self.weight + 1e-9);
     }
@@ -191,7 +196,7 @@ impl Standing {
         on_probation: false,
     };
 
-    pub fn of(reputation: &Reputation, now: f64) -> Self {
+    pub fn of(reputation: &Reputation, now: Timestamp) -> Self {
         Self {
             score: reputation.score(now),
             on_probation: reputation.on_probation(),
@@ -214,7 +219,7 @@ pub struct ReputationSummary {
 }
 
 impl ReputationSummary {
-    pub fn of(reputation: &Reputation, now: f64) -> Self {
+    pub fn of(reputation: &Reputation, now: Timestamp) -> Self {
         Self {
             operation: reputation.operation.clone(),
             settled: reputation.settled,
@@ -283,13 +288,13 @@ impl Reputations {
         platform: &str,
         operation: &str,
         settled: &[Settled],
-        half_life_seconds: f64,
+        half_life: Duration,
     ) -> Result<Reputation, ReputationError> {
         let key = subjects::reputation_key(platform, operation);
         let updated = cas::update(&self.kv, &key, |current: Option<Reputation>| {
             let mut reputation = current.unwrap_or_else(|| Reputation::new(platform, operation));
             for one in settled {
-                reputation.record(*one, half_life_seconds);
+                reputation.record(*one, half_life);
             }
             Step::Write(reputation.clone(), reputation)
         })
@@ -302,10 +307,11 @@ impl Reputations {
 mod tests {
     use super::*;
 
-    const DAY: f64 = 24.0 * 3600.0;
-    const HALF_LIFE: f64 = 7.0 * DAY;
+    const HALF_LIFE: Duration = Duration::from_secs(7 * 24 * 3600);
+    /// The half-life in seconds, to build test times from.
+    const HALF_LIFE_SECONDS: f64 = 7.0 * 24.0 * 3600.0;
 
-    fn settled(paid: bool, quality: f64, at: f64) -> Settled {
+    fn settled(paid: bool, quality: f64, at: Timestamp) -> Settled {
         Settled {
             paid,
             quality,
@@ -318,56 +324,88 @@ mod tests {
     fn scores_follow_paid_share_and_quality() {
         let mut good = Reputation::new("Thor", "planning");
         let mut bad = Reputation::new("Sprout", "planning");
-        assert_eq!(good.score(0.0), SCORE_UNKNOWN);
+        assert_eq!(good.score(Timestamp::from_secs(0)), SCORE_UNKNOWN);
         for i in 0..10 {
-            good.record(settled(true, 0.95, f64::from(i)), HALF_LIFE);
-            bad.record(settled(false, 0.0, f64::from(i)), HALF_LIFE);
+            good.record(
+                settled(true, 0.95, Timestamp::from_unix_seconds(f64::from(i)).expect("a time")),
+                HALF_LIFE,
+            );
+            bad.record(
+                settled(false, 0.0, Timestamp::from_unix_seconds(f64::from(i)).expect("a time")),
+                HALF_LIFE,
+            );
         }
-        assert!(good.score(10.0) > 0.8, "{}", good.score(10.0));
-        assert!(bad.score(10.0) < 0.1, "{}", bad.score(10.0));
+        assert!(
+            good.score(Timestamp::from_secs(10)) > 0.8,
+            "{}",
+            good.score(Timestamp::from_secs(10))
+        );
+        assert!(
+            bad.score(Timestamp::from_secs(10)) < 0.1,
+            "{}",
+            bad.score(Timestamp::from_secs(10))
+        );
     }
 
     #[test]
     fn old_evidence_fades_toward_unknown_and_recent_work_dominates() {
         let mut r = Reputation::new("Thor", "planning");
         for i in 0..20 {
-            r.record(settled(false, 0.0, f64::from(i)), HALF_LIFE);
+            r.record(
+                settled(false, 0.0, Timestamp::from_unix_seconds(f64::from(i)).expect("a time")),
+                HALF_LIFE,
+            );
         }
-        let fresh = r.score(20.0);
-        let after_ten_half_lives = r.score(20.0 + 10.0 * HALF_LIFE);
+        let fresh = r.score(Timestamp::from_secs(20));
+        let after_ten_half_lives =
+            r.score(Timestamp::from_unix_seconds(20.0 + 10.0 * HALF_LIFE_SECONDS).expect("a time"));
         assert!(fresh < 0.1, "{fresh}");
         assert!(
             (after_ten_half_lives - SCORE_UNKNOWN).abs() < 0.05,
             "{after_ten_half_lives}"
         );
         // Four half-lives later the twenty bad tasks weigh 1.25: five good ones outweigh them.
-        let later = 4.0 * HALF_LIFE;
+        let later = 4.0 * HALF_LIFE_SECONDS;
         for i in 0..5 {
-            r.record(settled(true, 1.0, later + f64::from(i)), HALF_LIFE);
+            r.record(
+                settled(
+                    true,
+                    1.0,
+                    Timestamp::from_unix_seconds(later + f64::from(i)).expect("a time"),
+                ),
+                HALF_LIFE,
+            );
         }
         assert!((r.weight - 6.25).abs() < 0.01, "{}", r.weight);
-        assert!(r.score(later + 5.0) > SCORE_UNKNOWN, "{}", r.score(later + 5.0));
+        assert!(
+            r.score(Timestamp::from_unix_seconds(later + 5.0).expect("a time")) > SCORE_UNKNOWN,
+            "{}",
+            r.score(Timestamp::from_unix_seconds(later + 5.0).expect("a time"))
+        );
     }
 
     #[test]
     fn a_refuted_result_puts_the_executor_on_probation_until_it_earns_its_way_back() {
         let mut r = Reputation::new("Sprout", "planning");
-        r.record(settled(true, 1.0, 1.0), HALF_LIFE);
+        r.record(settled(true, 1.0, Timestamp::from_secs(1)), HALF_LIFE);
         assert!(!r.on_probation());
         r.record(
             Settled {
                 paid: false,
                 quality: 0.0,
                 refuted: true,
-                at: 2.0,
+                at: Timestamp::from_secs(2),
             },
             HALF_LIFE,
         );
         assert!(r.on_probation());
-        assert_eq!((r.refuted, r.caught_lying_at), (1, Some(2.0)));
+        assert_eq!((r.refuted, r.caught_lying_at), (1, Some(Timestamp::from_secs(2))));
         for i in 0..PROBATION_PAID_TASKS {
             assert!(r.on_probation(), "after {i} paid tasks");
-            r.record(settled(true, 1.0, 3.0 + i as f64), HALF_LIFE);
+            r.record(
+                settled(true, 1.0, Timestamp::from_unix_seconds(3.0 + i as f64).expect("a time")),
+                HALF_LIFE,
+            );
         }
         assert!(!r.on_probation());
     }
@@ -375,9 +413,9 @@ mod tests {
     #[test]
     fn a_settlement_dated_before_the_last_update_does_not_undo_decay() {
         let mut r = Reputation::new("Thor", "planning");
-        r.record(settled(true, 1.0, 100.0), HALF_LIFE);
-        r.record(settled(true, 1.0, 50.0), HALF_LIFE);
-        assert_eq!(r.updated_at, 100.0);
+        r.record(settled(true, 1.0, Timestamp::from_secs(100)), HALF_LIFE);
+        r.record(settled(true, 1.0, Timestamp::from_secs(50)), HALF_LIFE);
+        assert_eq!(r.updated_at, Timestamp::from_secs(100));
         assert!((r.weight - 2.0).abs() < 1e-9);
     }
 }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::ledger::client::LedgerReader;
 use crate::nats::cas::{self, CasError, Step};
 use crate::nats::subjects;
-use crate::protocol::clock::now_seconds;
+use crate::protocol::clock::Timestamp;
 use crate::protocol::lct::Lct;
 use crate::protocol::task::{FederationTask, TaskId};
 
@@ -46,7 +46,7 @@ pub struct TaskStatus {
     pub executor: Lct,
     pub operation: String,
     pub state: TaskState,
-    pub updated_at: f64,
+    pub updated_at: Timestamp,
     /// Stream sequence of the task message the running worker claimed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_sequence: Option<u64>,
@@ -73,7 +73,7 @@ impl TaskStatus {
             executor: task.target_lct.clone(),
             operation: task.operation.clone(),
             state,
-            updated_at: now_seconds(),
+            updated_at: Timestamp::now(),
             stream_sequence: None,
             worker: None,
             quality: None,
@@ -287,7 +287,7 @@ impl TaskBoard {
             let mut running = template.clone();
             running.state = TaskState::Running;
             running.stream_sequence = Some(stream_sequence);
-            running.updated_at = now_seconds();
+            running.updated_at = Timestamp::now();
             let Some(status) = current else {
                 return Step::Write(running, ClaimStep::Run { redelivered: false });
             };
@@ -351,7 +351,7 @@ impl TaskBoard {
         known.quality = quality;
         known.atp_consumed = atp_consumed;
         known.reason = reason.to_owned();
-        known.updated_at = now_seconds();
+        known.updated_at = Timestamp::now();
         let key = TaskParties::of(&known).executor_key();
         if cas::write_at(&self.kv, &key, &known, revision).await?.is_some() {
             return Ok(());
@@ -380,7 +380,7 @@ impl TaskBoard {
             status.quality = quality;
             status.atp_consumed = atp_consumed;
             status.reason = reason.to_owned();
-            status.updated_at = now_seconds();
+            status.updated_at = Timestamp::now();
             Step::Write(status, ())
         })
         .await?;
@@ -443,7 +443,7 @@ impl TaskBoard {
             Some(mut status) if !status.state.is_terminal() => {
                 status.state = state;
                 status.reason = reason.to_owned();
-                status.updated_at = now_seconds();
+                status.updated_at = Timestamp::now();
                 Step::Write(status, ())
             }
             _ => Step::Done(()),
@@ -480,7 +480,7 @@ impl TaskBoard {
             }
             status.state = TaskState::Cancelled;
             status.reason = reason.to_owned();
-            status.updated_at = now_seconds();
+            status.updated_at = Timestamp::now();
             Step::Write(status, CancelResult::Cancelled(before))
         })
         .await?;
@@ -500,7 +500,7 @@ mod tests {
             executor: "lct:web4:agent:dp@Legion#consciousness".parse().expect("lct"),
             operation: "execution".into(),
             state,
-            updated_at: 1.0,
+            updated_at: Timestamp::from_secs(1),
             stream_sequence: None,
             worker: None,
             quality: None,

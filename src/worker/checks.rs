@@ -9,9 +9,10 @@ use std::time::Instant;
 
 use crate::config::Config;
 use crate::identity::keys::KeyRecord;
-use crate::ledger::COMMIT_WINDOW_SECONDS;
+use crate::ledger::COMMIT_WINDOW;
 use crate::ledger::model::{Lock, LockState, RollbackReason};
 use crate::protocol::atp::Atp;
+use crate::protocol::clock::Timestamp;
 use crate::protocol::task::FederationTask;
 use crate::worker::admission::{Admissions, Admitted, RateLimiter};
 use crate::worker::ops::Operations;
@@ -28,13 +29,13 @@ fn refuse(rollback: RollbackReason, reason: String) -> Refusal {
 }
 
 /// (2) The task has not expired at `now` (Unix seconds).
-pub fn check_expiry(task: &FederationTask, now: f64) -> Result<(), Refusal> {
+pub fn check_expiry(task: &FederationTask, now: Timestamp) -> Result<(), Refusal> {
     if now > task.expires_at {
         return Err(refuse(
             RollbackReason::Timeout,
             format!(
                 "the task expired {:.1} s ago, before it could start",
-                now - task.expires_at
+                now.duration_since(task.expires_at).as_secs_f64()
             ),
         ));
     }
@@ -107,10 +108,13 @@ fn check_lock_times(task: &FederationTask, lock: &Lock, config: &Config) -> Resu
             task.task_id, lock.deadline, task.expires_at
         ));
     }
-    if lock.expires_at < lock.deadline + COMMIT_WINDOW_SECONDS {
+    if lock.expires_at < lock.deadline + COMMIT_WINDOW {
         return Err(format!(
-            "the lock of task {} expires at {:.3}, inside the executor's {COMMIT_WINDOW_SECONDS} s commit window after its deadline {:.3}",
-            task.task_id, lock.expires_at, lock.deadline
+            "the lock of task {} expires at {:.3}, inside the executor's {} s commit window after its deadline {:.3}",
+            task.task_id,
+            lock.expires_at,
+            COMMIT_WINDOW.as_secs(),
+            lock.deadline
         ));
     }
     let accepted = config.settlement.accepted_threshold_max.get();

@@ -10,14 +10,16 @@ use figment::providers::{Format, Toml};
 
 use crate::config::Config;
 use crate::identity::keys::KeyRecord;
-use crate::ledger::COMMIT_WINDOW_SECONDS;
+use crate::ledger::COMMIT_WINDOW;
 use crate::ledger::model::{Lock, LockState, RollbackReason};
 use crate::protocol::atp::Atp;
+use crate::protocol::clock::Timestamp;
 use crate::protocol::task::FederationTask;
 use crate::protocol::task::tests::sample_task;
 use crate::worker::admission::{Admissions, RateLimiter};
 use crate::worker::checks::{Refusal, check_budget, check_expiry, check_limits, check_permissions, check_rate};
 use crate::worker::ops::Operations;
+use std::time::Duration;
 
 /// Everything the checks read, for one task arriving at Legion from Thor.
 struct Case {
@@ -27,7 +29,7 @@ struct Case {
     lock: Option<Lock>,
     config: Config,
     /// Unix seconds when the worker checks the task.
-    now: f64,
+    now: Timestamp,
     /// Tasks of the same type already running, each holding this budget.
     running: Vec<Atp>,
     /// Requests from Thor already counted by the rate limiter this minute.
@@ -64,7 +66,7 @@ fn case() -> Case {
         quality_threshold: 0.7,
         created_at: task.created_at,
         deadline: task.expires_at,
-        expires_at: task.expires_at + 60.0,
+        expires_at: task.expires_at + Duration::from_secs(60),
         state: LockState::Pending,
         settlement: None,
         task_digest: Some(TASK_DIGEST.to_owned()),
@@ -73,11 +75,15 @@ fn case() -> Case {
         operation: None,
     };
     Case {
-        now: task.created_at + 1.0,
+        now: task.created_at + Duration::from_secs(1),
         task,
         signing_key: Some(KeyRecord {
             delegate: true,
-            ..KeyRecord::new("Thor", &SigningKey::from_bytes(&[7; 32]).verifying_key(), 0.0)
+            ..KeyRecord::new(
+                "Thor",
+                &SigningKey::from_bytes(&[7; 32]).verifying_key(),
+                Timestamp::EPOCH,
+            )
         }),
         lock: Some(lock),
         config: config(""),
@@ -133,7 +139,7 @@ fn each_check_refuses_with_its_reason() {
         ("at its expiry", |c| c.now = c.task.expires_at, None),
         (
             "past its expiry",
-            |c| c.now = c.task.expires_at + 0.5,
+            |c| c.now = c.task.expires_at + Duration::from_secs_f64(0.5),
             Some((Timeout, "expired")),
         ),
         (
@@ -224,7 +230,7 @@ fn each_check_refuses_with_its_reason() {
         ),
         (
             "with a lock falling due before the task expires",
-            |c| c.lock.as_mut().expect("lock").deadline = c.task.expires_at - 1.0,
+            |c| c.lock.as_mut().expect("lock").deadline = c.task.expires_at - Duration::from_secs(1),
             Some((Rejected, "before the task's expiry")),
         ),
         (
@@ -232,7 +238,7 @@ fn each_check_refuses_with_its_reason() {
             |c| {
                 let lock = c.lock.as_mut().expect("lock");
                 lock.deadline = c.task.expires_at;
-                lock.expires_at = c.task.created_at + 2.0;
+                lock.expires_at = c.task.created_at + Duration::from_secs(2);
             },
             Some((Rejected, "commit window")),
         ),
@@ -240,7 +246,7 @@ fn each_check_refuses_with_its_reason() {
             "with a lock expiring inside the commit window",
             |c| {
                 let lock = c.lock.as_mut().expect("lock");
-                lock.expires_at = lock.deadline + COMMIT_WINDOW_SECONDS - 0.001;
+                lock.expires_at = lock.deadline + COMMIT_WINDOW - Duration::from_millis(1);
             },
             Some((Rejected, "commit window")),
         ),
@@ -248,7 +254,7 @@ fn each_check_refuses_with_its_reason() {
             "with a lock leaving exactly the commit window",
             |c| {
                 let lock = c.lock.as_mut().expect("lock");
-                lock.expires_at = lock.deadline + COMMIT_WINDOW_SECONDS;
+                lock.expires_at = lock.deadline + COMMIT_WINDOW;
             },
             None,
         ),

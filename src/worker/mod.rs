@@ -34,7 +34,7 @@ use crate::delegation::client::FederationClient;
 use crate::identity::directory::KeyDirectory;
 use crate::ledger::client::{LedgerClient, LedgerReader};
 use crate::nats::subjects;
-use crate::protocol::clock::now_seconds;
+use crate::protocol::clock::Timestamp;
 use crate::protocol::envelope::Signer;
 use crate::protocol::task::{Lane, TaskId};
 use crate::state::registry::{HEARTBEAT_INTERVAL, PlatformRecord, Registry};
@@ -106,7 +106,7 @@ impl WorkerContext {
             key_id: self.signer.key_id().to_owned(),
             load: self.admissions.load(),
             capacity: self.capacity(),
-            heartbeat_at: now_seconds(),
+            heartbeat_at: Timestamp::now(),
         }
     }
 }

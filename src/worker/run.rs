@@ -17,7 +17,7 @@ use crate::ledger::protocol::{LedgerReply, Outcome, RejectCode};
 use crate::nats::subjects;
 use crate::observe::metrics::{self, RefusalReason, Refuser};
 use crate::protocol::atp::Atp;
-use crate::protocol::clock::now_seconds;
+use crate::protocol::clock::Timestamp;
 use crate::protocol::envelope::{EnvelopeError, Verified};
 use crate::protocol::proof::{ExecutionProof, ProofStatus, message_id};
 use crate::protocol::task::FederationTask;
@@ -274,7 +274,7 @@ async fn process(ctx: &WorkerContext, message: &Arc<jetstream::Message>, sequenc
             return republish(ctx, &task, paid.wire(), claimed).await;
         }
     }
-    if let Err(refusal) = checks::check_expiry(&task, now_seconds()) {
+    if let Err(refusal) = checks::check_expiry(&task, Timestamp::now()) {
         return refuse(ctx, &task, refusal, RefusalReason::Expired, claimed).await;
     }
     // (3) Permissions, (4) budget and concurrency, (5) rate, (6) limits.
@@ -348,7 +348,7 @@ fn refusal_proof(task: &FederationTask, status: ProofStatus, reason: &str) -> Ex
         execution_time: 0.0,
         quality_score: 0.0,
         result: Map::new(),
-        created_at: now_seconds(),
+        created_at: Timestamp::now(),
     }
 }
 
@@ -361,7 +361,7 @@ async fn execute(ctx: &WorkerContext, task: &FederationTask, message: &Arc<jetst
         return proof;
     };
     let budget = task.budget().unwrap_or(Atp::ZERO);
-    let left = Duration::from_secs_f64((task.expires_at - now_seconds()).max(0.0));
+    let left = Timestamp::now().until(task.expires_at);
     let timeout = Duration::from_secs(task.timeout_seconds).min(left);
     let input = OperationInput {
         parameters: task.parameters.clone(),
@@ -413,7 +413,7 @@ async fn execute(ctx: &WorkerContext, task: &FederationTask, message: &Arc<jetst
             proof.reason = e.to_string();
         }
     }
-    proof.created_at = now_seconds();
+    proof.created_at = Timestamp::now();
     proof
 }
 

@@ -18,7 +18,7 @@ use crate::ledger::model::{LockState, WitnessHold};
 use crate::ledger::protocol::{LedgerReply, Outcome};
 use crate::nats::subjects;
 use crate::protocol::atp::Atp;
-use crate::protocol::clock::now_seconds;
+use crate::protocol::clock::Timestamp;
 use crate::protocol::envelope::{Verified, digest};
 use crate::protocol::proof::{ExecutionProof, ProofStatus};
 use crate::protocol::task::{FederationTask, TaskId};
@@ -172,7 +172,7 @@ async fn appointed(
     if !executes || ctx.operations.get(&task.operation).is_none() {
         return Err(WitnessRefusal::Operation(task.operation.clone()));
     }
-    if now_seconds() >= hold.until {
+    if Timestamp::now() >= hold.until {
         return Err(WitnessRefusal::HoldExpired(id));
     }
     Ok((task, hold))
@@ -189,7 +189,7 @@ async fn run_and_answer(ctx: &WorkerContext, task: &FederationTask, hold: &Witne
         Err(e) => return Witnessed::RunFailed(e.to_string()),
     };
     let budget = task.budget().unwrap_or(Atp::ZERO);
-    let left = Duration::from_secs_f64((hold.until - now_seconds()).max(0.0));
+    let left = Timestamp::now().until(hold.until);
     let input = OperationInput {
         parameters: task.parameters.clone(),
         budget,
@@ -211,7 +211,7 @@ async fn run_and_answer(ctx: &WorkerContext, task: &FederationTask, hold: &Witne
         execution_time: started.elapsed().as_secs_f64(),
         quality_score: output.quality.clamp(0.0, 1.0),
         result: output.result,
-        created_at: now_seconds(),
+        created_at: Timestamp::now(),
     };
     let wire = match ctx.signer.sign(&proof) {
         Ok(wire) => wire,

@@ -13,7 +13,7 @@ use sage_federation::identity::federation::{FederationDir, endorse_identity_key}
 use sage_federation::identity::keys;
 use sage_federation::ledger::client::LedgerClient;
 use sage_federation::ledger::snapshot::LedgerSnapshot;
-use sage_federation::protocol::clock::now_seconds;
+use sage_federation::protocol::clock::Timestamp;
 use sage_federation::protocol::envelope::Signer;
 use sage_federation::state::registry::Registry;
 
@@ -363,7 +363,7 @@ pub fn hand_task(
     timeout_seconds: u64,
     ttl_seconds: f64,
 ) -> sage_federation::protocol::task::FederationTask {
-    let now = now_seconds();
+    let now = Timestamp::now();
     sage_federation::protocol::task::FederationTask {
         reply_to: sage_federation::nats::subjects::proof("Thor", "Legion", task_id.as_str()),
         task_id: task_id.clone(),
@@ -375,7 +375,7 @@ pub fn hand_task(
         timeout_seconds,
         parameters: parameters.as_object().cloned().expect("object"),
         created_at: now,
-        expires_at: now + ttl_seconds,
+        expires_at: now + Duration::from_secs_f64(ttl_seconds),
         critical: false,
     }
 }

@@ -10,6 +10,8 @@ use sage_federation::identity::federation::{FederationDir, InitOptions, LEDGER_I
 use sage_federation::nats::connection::{self, NatsAccess};
 use sage_federation::nats::infra;
 use sage_federation::nats::server::{self as nats_server, NatsServer, ServerOptions};
+use sage_federation::protocol::clock::Timestamp;
+use std::time::Duration;
 
 pub mod apt;
 pub mod attacker;
@@ -280,7 +282,7 @@ impl LedgerFixture {
     pub async fn assert_audit_clean(&self) -> sage_federation::ledger::audit::AuditReport {
         let report = sage_federation::ledger::audit::audit(
             &self.snapshot().await,
-            sage_federation::protocol::clock::now_seconds(),
+            sage_federation::protocol::clock::Timestamp::now(),
         );
         assert!(report.is_clean(), "audit violations: {:#?}", report.violations);
         report
@@ -296,7 +298,7 @@ pub fn endorsed(
     sage_federation::identity::chain::endorse(
         sage_federation::identity::keys::KeyRecord {
             delegate: true,
-            ..sage_federation::identity::keys::KeyRecord::new(platform, key, 0.0)
+            ..sage_federation::identity::keys::KeyRecord::new(platform, key, Timestamp::EPOCH)
         },
         sage_federation::identity::chain::Endorser::Root,
         root,
@@ -332,7 +334,7 @@ pub fn signed_proof(
         execution_time: 0.01,
         quality_score: quality,
         result: serde_json::Map::new(),
-        created_at: sage_federation::protocol::clock::now_seconds(),
+        created_at: sage_federation::protocol::clock::Timestamp::now(),
     };
     executor.sign(&proof).expect("sign proof")
 }
@@ -345,15 +347,15 @@ pub fn lock_terms(
     executor: &sage_federation::protocol::lct::Lct,
     atp: f64,
 ) -> sage_federation::ledger::client::LockTerms {
-    let now = sage_federation::protocol::clock::now_seconds();
+    let now = sage_federation::protocol::clock::Timestamp::now();
     sage_federation::ledger::client::LockTerms {
         task_id: task_id.clone(),
         delegator: delegator.clone(),
         executor: executor.clone(),
         amount: sage_federation::protocol::atp::Atp::from_f64(atp, "amount").expect("a valid amount"),
         quality_threshold: 0.7,
-        deadline: now + 60.0,
-        expires_at: now + 120.0,
+        deadline: now + Duration::from_secs(60),
+        expires_at: now + Duration::from_secs(120),
     }
 }
 
@@ -426,7 +428,7 @@ pub async fn wait_registry_healthy(
                 .await
                 .ok()
                 .flatten()
-                .is_some_and(|r| r.is_healthy(sage_federation::protocol::clock::now_seconds()) && r.capacity > 0)
+                .is_some_and(|r| r.is_healthy(sage_federation::protocol::clock::Timestamp::now()) && r.capacity > 0)
             {
                 healthy += 1;
             }
@@ -462,7 +464,7 @@ pub fn completed_proof(
         execution_time: 0.5,
         quality_score: quality,
         result,
-        created_at: sage_federation::protocol::clock::now_seconds(),
+        created_at: sage_federation::protocol::clock::Timestamp::now(),
     }
 }
 

@@ -16,6 +16,7 @@ use serde_json::{Map, Value, json};
 
 use super::federation::{Processes, hand_task};
 use super::lct;
+use std::time::Duration;
 
 pub const C: &str = "consciousness";
 /// What Thor locks per task, what Legion claims to consume, and the witness's share (ATP).
@@ -83,7 +84,7 @@ pub async fn locked_task_and_wire(
     let wire = parties.thor_key.sign(&task).expect("sign");
     let terms = LockTerms {
         deadline: task.expires_at,
-        expires_at: task.expires_at + 60.0,
+        expires_at: task.expires_at + Duration::from_secs(60),
         ..super::lock_terms(task_id, &lct("Thor", C), &lct("Legion", C), BUDGET_ATP)
     };
     let reply = parties

@@ -28,7 +28,7 @@ use sage_federation::nats::server::{self as nats_server, NatsServer, ServerOptio
 use sage_federation::nats::subjects;
 use sage_federation::nats::{connection, infra, server_config};
 use sage_federation::protocol::atp::{Atp, MICROS_PER_ATP};
-use sage_federation::protocol::clock::now_seconds;
+use sage_federation::protocol::clock::Timestamp;
 use sage_federation::protocol::envelope::Signer;
 use sage_federation::protocol::lct::Lct;
 use sage_federation::protocol::proof::{ExecutionProof, ProofStatus};
@@ -238,7 +238,7 @@ async fn ledger_setup(
             .publish(&chain::endorse(
                 KeyRecord {
                     delegate: true,
-                    ..KeyRecord::new(signer.platform(), &signer.verifying_key(), 0.0)
+                    ..KeyRecord::new(signer.platform(), &signer.verifying_key(), Timestamp::EPOCH)
                 },
                 Endorser::Root,
                 &root,
@@ -283,7 +283,7 @@ async fn lock_commit(
 ) -> anyhow::Result<(Duration, Duration)> {
     let from = Lct::new("bench", delegator.platform(), BENCH_TASK_TYPE)?;
     let to = Lct::new("bench", executor.platform(), EXECUTOR_TASK_TYPE)?;
-    let now = now_seconds();
+    let now = Timestamp::now();
     let start = Instant::now();
     let reply = delegator
         .lock(&LockTerms {
@@ -292,8 +292,8 @@ async fn lock_commit(
             executor: to.clone(),
             amount: Atp::from_micros(MICROS_PER_ATP),
             quality_threshold: 0.7,
-            deadline: now + 60.0,
-            expires_at: now + 120.0,
+            deadline: now + Duration::from_secs(60),
+            expires_at: now + Duration::from_secs(120),
         })
         .await?;
     let locked = start.elapsed();
@@ -308,7 +308,7 @@ async fn lock_commit(
         execution_time: 0.0,
         quality_score: 0.9,
         result: serde_json::Map::new(),
-        created_at: now_seconds(),
+        created_at: Timestamp::now(),
     };
     let proof = executor.sign(&proof)?;
     let start = Instant::now();
@@ -633,7 +633,7 @@ async fn delegation(
     KeyDirectory::open(&js, &root.verifying_key())
         .await?
         .publish(&chain::endorse(
-            KeyRecord::new("Treasury", &treasury.verifying_key(), 0.0),
+            KeyRecord::new("Treasury", &treasury.verifying_key(), Timestamp::EPOCH),
             Endorser::Root,
             &root,
         ))
@@ -681,7 +681,7 @@ async fn delegation(
 
     let report = sage_federation::ledger::audit::audit(
         &sage_federation::ledger::snapshot::LedgerSnapshot::read(&js).await?,
-        now_seconds(),
+        Timestamp::now(),
     );
     anyhow::ensure!(
         report.is_clean(),

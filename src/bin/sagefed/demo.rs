@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use crate::cli::platform::describe;
 use crate::up::Federation;
-use sage_federation::delegation::client::{
-    DelegationOutcome, DelegationRequest, FederationClient, Lane, SETTLE_GRACE_SECONDS,
-};
+use sage_federation::delegation::client::{DelegationOutcome, DelegationRequest, FederationClient, Lane, SETTLE_GRACE};
 use sage_federation::delegation::scenarios::{self, CONCURRENT_DELEGATIONS, CRITICAL_BACKLOG, Scenario, Settled};
 use sage_federation::delegation::status;
 use sage_federation::ledger::audit::audit;
@@ -21,7 +19,7 @@ use sage_federation::ledger::protocol::{Outcome, WitnessRequest};
 use sage_federation::ledger::snapshot::LedgerSnapshot;
 use sage_federation::nats::subjects;
 use sage_federation::protocol::atp::Atp;
-use sage_federation::protocol::clock::now_seconds;
+use sage_federation::protocol::clock::Timestamp;
 use sage_federation::protocol::proof::{ExecutionProof, ProofStatus};
 use sage_federation::protocol::task::FederationTask;
 use sage_federation::protocol::task::TaskId;
@@ -117,7 +115,7 @@ pub async fn run(federation: &Federation, url: &str) -> anyhow::Result<bool> {
     let mut all_ok = print_rows(&rows);
     let after = LedgerSnapshot::read(&js).await?;
     print_balances(&before, &after);
-    let report = audit(&after, now_seconds());
+    let report = audit(&after, Timestamp::now());
     if report.is_clean() {
         println!(
             "audit: ok (balances + locked = supply = {} ATP; every lock settled once)",
@@ -283,7 +281,7 @@ async fn locked_task(
 ) -> Result<(FederationTask, bytes::Bytes), String> {
     let error = |e: &dyn std::fmt::Display| e.to_string();
     let task_id = TaskId::random().map_err(|e| error(&e))?;
-    let now = now_seconds();
+    let now = Timestamp::now();
     let task = FederationTask {
         reply_to: subjects::proof(scenario.from, executor.platform(), task_id.as_str()),
         task_id: task_id.clone(),
@@ -295,7 +293,7 @@ async fn locked_task(
         timeout_seconds: scenario.timeout_seconds,
         parameters: scenario.request().parameters,
         created_at: now,
-        expires_at: now + scenario.timeout_seconds as f64,
+        expires_at: now + Duration::from_secs(scenario.timeout_seconds),
         critical: false,
     };
     let wire = delegator.signer().sign(&task).map_err(|e| error(&e))?;
@@ -307,7 +305,7 @@ async fn locked_task(
         // The check refutes a made-up result whatever the threshold.
         quality_threshold: LYING_SCENARIO_THRESHOLD,
         deadline: task.expires_at,
-        expires_at: task.expires_at + SETTLE_GRACE_SECONDS,
+        expires_at: task.expires_at + SETTLE_GRACE,
     };
     let ledger = LedgerClient::new(delegator.nats().clone(), delegator.signer().clone());
     let locked = match witness {
@@ -337,7 +335,7 @@ fn made_up_proof(task: &FederationTask, budget: f64) -> ExecutionProof {
             .as_object()
             .cloned()
             .unwrap_or_default(),
-        created_at: now_seconds(),
+        created_at: Timestamp::now(),
     }
 }
 

@@ -10,7 +10,8 @@ use sage_federation::identity::chain::{self, Endorser, Revocation, Succession};
 use sage_federation::identity::directory::KeyDirectory;
 use sage_federation::identity::federation::FederationDir;
 use sage_federation::identity::keys::{self, KeyRecord};
-use sage_federation::protocol::clock::now_seconds;
+use sage_federation::protocol::clock::Timestamp;
+use std::time::Duration;
 
 /// Default overlap of a rotation: the old key keeps verifying this long, in seconds.
 pub const ROTATION_OVERLAP_SECONDS_DEFAULT: u64 = 3600;
@@ -106,7 +107,7 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
             admin,
         } => {
             let root = keys::read_secret(&root_key)?;
-            let revocation = Revocation::signed(&platform, &key_id, now_seconds(), &root);
+            let revocation = Revocation::signed(&platform, &key_id, Timestamp::now(), &root);
             let client = nats.connect(&admin, "sagefed-keys").await?;
             let directory =
                 KeyDirectory::open(&async_nats::jetstream::new(client.clone()), &root.verifying_key()).await?;
@@ -123,7 +124,7 @@ fn print_registry(registry: &keys::KeyRegistry) {
     records.sort_by(|a, b| {
         a.platform
             .cmp(&b.platform)
-            .then(a.not_before.total_cmp(&b.not_before))
+            .then(a.not_before.cmp(&b.not_before))
             .then(a.key_id.cmp(&b.key_id))
     });
     for r in records {
@@ -156,14 +157,14 @@ async fn rotate(nats: &NatsArgs, config: &Path, overlap_seconds: u64) -> anyhow:
     let old_id = keys::key_id(&old.verifying_key());
     let mut records = keys::read_records(&key_path)?;
     let new = keys::generate()?;
-    let now = now_seconds();
+    let now = Timestamp::now();
     let mut record = KeyRecord::new(config.platform(), &new.verifying_key(), now);
     // The successor holds what its endorser holds, never more.
     record.delegate = records.iter().any(|r| r.key_id == old_id && r.delegate);
     record.critical = records.iter().any(|r| r.key_id == old_id && r.critical);
     record.replaces = Some(Succession {
         key_id: old_id.clone(),
-        old_key_ends: now + overlap_seconds as f64,
+        old_key_ends: now + Duration::from_secs(overlap_seconds),
     });
     let record = chain::endorse(record, Endorser::Key { key_id: old_id.clone() }, &old);
     let client = nats.connect(config.platform(), "sagefed-keys").await?;
@@ -183,7 +184,7 @@ async fn rotate(nats: &NatsArgs, config: &Path, overlap_seconds: u64) -> anyhow:
         "rotated {}: new key {} (endorsed by {old_id}); {old_id} verifies until {:.0} ({overlap_seconds} s)",
         config.platform(),
         record.key_id,
-        now + overlap_seconds as f64
+        now + Duration::from_secs(overlap_seconds)
     );
     Ok(())
 }

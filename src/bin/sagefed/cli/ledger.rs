@@ -18,7 +18,7 @@ use sage_federation::ledger::protocol::{Outcome, RejectCode};
 use sage_federation::ledger::service::{LedgerOptions, serve};
 use sage_federation::ledger::snapshot::LedgerSnapshot;
 use sage_federation::nats::{infra, subjects};
-use sage_federation::protocol::clock::now_seconds;
+use sage_federation::protocol::clock::Timestamp;
 use sage_federation::protocol::envelope::Signer;
 use sage_federation::protocol::lct::Lct;
 
@@ -133,7 +133,7 @@ pub struct AuditArgs {
 pub async fn audit_command(args: &AuditArgs) -> anyhow::Result<ExitCode> {
     let client = args.nats.connect(crate::up::TREASURY, "sagefed-audit").await?;
     let snapshot = LedgerSnapshot::read(&async_nats::jetstream::new(client)).await?;
-    let report = audit(&snapshot, now_seconds());
+    let report = audit(&snapshot, Timestamp::now());
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
