@@ -189,15 +189,23 @@ impl DelegateError {
     /// Whether the same request may succeed later: the bus or the ledger was unreachable or
     /// busy, as opposed to a refusal that repeats.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
+        // Exhaustive, so that a new kind must say which it is.
+        match self {
             Self::Publish(_)
-                | Self::LinkDown(_)
-                | Self::Registry(_)
-                | Self::RegistryStalled
-                | Self::WitnessUnsettled(_)
-                | Self::WitnessedTask(_)
-        ) || matches!(self, Self::Ledger(e) if e.is_transient())
+            | Self::LinkDown(_)
+            | Self::Registry(_)
+            | Self::RegistryStalled
+            | Self::WitnessUnsettled(_)
+            | Self::WitnessedTask(_) => true,
+            Self::Ledger(e) => e.is_transient(),
+            Self::NotPermitted(_)
+            | Self::CriticalNotPermitted(_)
+            | Self::NoPlatform(_)
+            | Self::Lock(_)
+            | Self::Invalid(_)
+            | Self::BadProof(_)
+            | Self::NoLock { .. } => false,
+        }
     }
 }
 
